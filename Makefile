@@ -1,0 +1,35 @@
+# tritonctl: every target creates or refreshes .venv idempotently (a stamp file tracks pyproject.toml).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test bench lint examples clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[examples,dev]"
+	touch $(STAMP)
+
+examples: venv
+	$(BIN)/tritonctl examples build
+	$(BIN)/tritonctl generate tritonctl.yaml -o model_repository
+
+demo: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m toolkit.demo
+
+test: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
+
+bench: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m toolkit.bench
+
+lint: venv
+	$(BIN)/ruff check toolkit tests load
+	$(BIN)/ruff format --check toolkit tests load
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
