@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from toolkit.errors import TritonctlError
 from toolkit.examples.digits import build_digits
 from toolkit.examples.housing import build_housing
 
@@ -19,7 +20,7 @@ DEFAULT_OUT = Path("examples/artifacts")
 MAX_TOTAL_BYTES = 1_000_000
 
 
-class ExampleBuildError(Exception):
+class ExampleBuildError(TritonctlError):
     """The example artifacts could not be built within their promised limits."""
 
 

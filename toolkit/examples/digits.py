@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from toolkit.errors import TritonctlError
+
 N_FEATURES = 64
 N_CLASSES = 10
 SEED = 0
@@ -22,7 +24,7 @@ TARGET_OPSET = 17
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
-class DigitsTrainingError(Exception):
+class DigitsTrainingError(TritonctlError):
     """A digits model failed to train to the accuracy the examples promise."""
 
 

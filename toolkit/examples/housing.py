@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from toolkit.errors import TritonctlError
+
 FEATURES = [
     "year_built",
     "square_feet",
@@ -45,7 +47,7 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 PREPROCESS_NAME = "housing_preprocess"
 
 
-class HousingError(Exception):
+class HousingError(TritonctlError):
     """Bad arguments to the housing example builders (unknown city, too many cities, bad sizes)."""
 
 
