@@ -1,0 +1,187 @@
+"""Safe extraction of model artifacts (``<name>.tar.gz`` holding a Triton model directory).
+
+Artifacts come from buckets that other people write to, so a tarball is untrusted input: every member is checked
+*before* anything touches the disk (absolute paths, ``..``, links, device files, size and file-count bombs), then
+tarfile's own ``filter="data"`` runs as a second line of defence. Extraction goes to a temporary directory beside the
+destination and is renamed into place, so an error never leaves a half-extracted model that Triton could try to load.
+
+Link policy: **every** symbolic or hard link is rejected, escaping or not. A Triton model directory never needs one,
+and allowing "internal" links opens write-through tricks (a link followed by a file written through it) that are
+easy to get wrong; a plain rejection with the member's name is simpler to reason about.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from toolkit.errors import TritonctlError
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+DEFAULT_MAX_FILES = 10_000
+# Temporary names start with this so a cache scanning its root can recognise (and clean) leftovers of a crash.
+TMP_PREFIX = ".tritonctl-tmp-"
+ARTIFACT_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")
+
+
+class ArtifactError(TritonctlError):
+    """A model artifact is missing, unreachable, malformed or unsafe; the message names the artifact/member."""
+
+
+def validate_model_name(name: str) -> str:
+    """Return ``name`` if it is a valid Triton model name, else raise ``ArtifactError`` saying why.
+
+    The name becomes a directory in the model repository, so slashes, ``..`` and leading dots are refused.
+    """
+    if not isinstance(name, str) or not name:
+        raise ArtifactError("model name must be a non-empty string")
+    if len(name) > 128:
+        raise ArtifactError(f"model name {name[:40]!r}... is {len(name)} characters long (at most 128)")
+    if name.startswith("."):
+        raise ArtifactError(f"model name {name!r} must not start with '.'")
+    if not _NAME_RE.match(name):
+        raise ArtifactError(f"model name {name!r} may only contain letters, digits, '_', '-' and '.'")
+    return name
+
+
+def artifact_model_name(path: Path | str) -> str:
+    """Derive the model name from an artifact file name (``resnet.tar.gz`` -> ``resnet``)."""
+    base = PurePosixPath(str(path)).name
+    for suffix in ARTIFACT_SUFFIXES:
+        if base.endswith(suffix):
+            return validate_model_name(base[: -len(suffix)])
+    raise ArtifactError(f"artifact {base!r} is not named <model>.tar.gz")
+
+
+def _member_parts(member: tarfile.TarInfo, tar_label: str) -> tuple[str, ...]:
+    """Normalised path components of a member; rejects absolute paths and ``..``."""
+    raw = member.name
+    if raw.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", raw):
+        raise ArtifactError(f"{tar_label}: member {raw!r} has an absolute path")
+    parts = tuple(p for p in raw.replace("\\", "/").split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise ArtifactError(f"{tar_label}: member {raw!r} contains '..' (path traversal)")
+    return parts
+
+
+def _check_member(member: tarfile.TarInfo, tar_label: str) -> None:
+    if member.issym():
+        raise ArtifactError(
+            f"{tar_label}: member {member.name!r} is a symbolic link (-> {member.linkname!r}); "
+            "links are not allowed in model artifacts"
+        )
+    if member.islnk():
+        raise ArtifactError(
+            f"{tar_label}: member {member.name!r} is a hard link (-> {member.linkname!r}); "
+            "links are not allowed in model artifacts"
+        )
+    if member.ischr() or member.isblk():
+        raise ArtifactError(f"{tar_label}: member {member.name!r} is a device file")
+    if member.isfifo():
+        raise ArtifactError(f"{tar_label}: member {member.name!r} is a FIFO")
+    if not (member.isreg() or member.isdir()):
+        raise ArtifactError(f"{tar_label}: member {member.name!r} has unsupported type {member.type!r}")
+
+
+def _scan(tf: tarfile.TarFile, tar_label: str, max_bytes: int, max_files: int) -> list[tarfile.TarInfo]:
+    """Read the member list lazily (so a file-count bomb is stopped early) and check every member."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    for member in tf:
+        if len(members) >= max_files:
+            raise ArtifactError(f"{tar_label}: more than {max_files} members (file-count bomb?)")
+        _check_member(member, tar_label)
+        parts = _member_parts(member, tar_label)
+        if not parts:
+            continue  # the "./" entry itself
+        total += max(member.size, 0)
+        if total > max_bytes:
+            raise ArtifactError(
+                f"{tar_label}: uncompressed size exceeds {max_bytes} bytes at member {member.name!r} (size bomb?)"
+            )
+        members.append(member)
+    if not members:
+        raise ArtifactError(f"{tar_label}: archive is empty")
+    return members
+
+
+def _model_root(members: list[tarfile.TarInfo], name: str, tar_label: str) -> tuple[str, ...]:
+    """Where config.pbtxt lives: ``()`` for a flat layout, ``(name,)`` for a single top-level folder."""
+    paths = {_member_parts(m, tar_label): m for m in members}
+    config = paths.get(("config.pbtxt",))
+    if config is not None and config.isreg():
+        return ()
+    tops = {p[0] for p in paths}
+    if len(tops) == 1:
+        (top,) = tops
+        nested = paths.get((top, "config.pbtxt"))
+        if nested is not None and nested.isreg():
+            if top != name:
+                raise ArtifactError(f"{tar_label}: top-level folder {top!r} does not match the model name {name!r}")
+            return (top,)
+    raise ArtifactError(f"{tar_label}: no config.pbtxt at the top level or in a single top-level folder {name + '/'!r}")
+
+
+def install_dir(src: Path, target: Path) -> None:
+    """Atomically put ``src`` (a fresh directory on the same filesystem) at ``target``, replacing an old copy.
+
+    The old copy is renamed aside first and deleted afterwards, so ``target`` is never half-written.
+    """
+    os.chmod(src, 0o755)
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=TMP_PREFIX + "old-"))
+        os.replace(target, aside / "old")
+        try:
+            os.replace(src, target)
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(src, target)
+
+
+def extract_model_tarball(
+    tar_path: Path,
+    dest_dir: Path,
+    *,
+    name: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+) -> Path:
+    """Extract a model artifact to ``dest_dir/<name>/`` (holding ``config.pbtxt``) and return that path.
+
+    ``name`` defaults to the artifact's file name without ``.tar.gz``. Accepts ``config.pbtxt`` + version dirs at the
+    top, or a single top-level folder ``<name>/`` holding them. Raises ``ArtifactError`` on anything unsafe or
+    malformed; on error nothing is left in ``dest_dir``.
+    """
+    tar_path = Path(tar_path)
+    dest_dir = Path(dest_dir)
+    name = validate_model_name(name) if name is not None else artifact_model_name(tar_path)
+    label = f"artifact {tar_path.name!r}"
+    if not tar_path.is_file():
+        raise ArtifactError(f"{label} not found at {tar_path}")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest_dir, prefix=f"{TMP_PREFIX}{name}-"))
+    try:
+        try:
+            with tarfile.open(tar_path, "r:*") as tf:
+                members = _scan(tf, label, max_bytes, max_files)
+                root = _model_root(members, name, label)
+                if hasattr(tarfile, "data_filter"):
+                    tf.extractall(tmp, members=members, filter="data")
+                else:  # pragma: no cover - Python without PEP 706; our own checks above still ran
+                    tf.extractall(tmp, members=members)
+        except ArtifactError:
+            raise
+        except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
+            raise ArtifactError(f"{label} is not a readable tar.gz archive: {exc}") from exc
+        install_dir(tmp.joinpath(*root), dest_dir / name)
+        return dest_dir / name
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
