@@ -1,0 +1,48 @@
+"""Shared fixtures: a real embedded Triton (session-scoped, free ports, loopback) over the example repository.
+
+The example repository is generated afresh into a temporary directory from the root manifest, so tests exercise
+`generate` as well and never depend on the committed model_repository/ being current.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from toolkit.repository.generate import generate_repository
+from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
+from toolkit.spec import load_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "tritonctl.yaml"
+
+
+@pytest.fixture(scope="session")
+def example_manifest():  # type: ignore[no-untyped-def]
+    return load_manifest(MANIFEST)
+
+
+@pytest.fixture(scope="session")
+def example_repo(tmp_path_factory: pytest.TempPathFactory, example_manifest) -> Path:  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("example_repo")
+    generate_repository(example_manifest, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def triton(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
+    """One embedded Triton for the whole session, in explicit mode with nothing loaded: tests load what they use."""
+    work = tmp_path_factory.mktemp("triton_work")
+    server = EmbeddedTriton(ServerOptions(repository=example_repo, workdir=work, log_file=work / "triton.log"))
+    server.start(timeout=90)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(triton: EmbeddedTriton) -> Iterator[TritonAdmin]:
+    a = TritonAdmin(triton.endpoint)
+    yield a
+    a.close()
