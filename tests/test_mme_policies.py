@@ -123,6 +123,7 @@ def test_policy_respects_candidates_and_errors() -> None:
     for t, n in enumerate("ABC"):
         pol.on_load(n, t, 1, 1.0)
     assert pol.choose_victim({"B", "C"}, 3) == "B"  # A pinned: not a candidate
+    assert pol.choose_victim({"B", "Z"}, 3) == "Z"  # never reported (loaded before the policy): oldest
     with pytest.raises(PolicyError, match="no eviction candidates"):
         pol.choose_victim(set(), 3)
     with pytest.raises(PolicyError, match="unknown eviction policy"):

@@ -70,10 +70,13 @@ class LRUPolicy:
 
     def choose_victim(self, candidates: Collection[str], now: float) -> str:
         cands = _as_set(candidates)
+        unknown = [c for c in cands if c not in self._order]
+        if unknown:  # never reported to the policy (e.g. loaded before it started): oldest by definition
+            return min(unknown)
         for name in self._order:  # usually the very first one
             if name in cands:
                 return name
-        return next(iter(cands))  # a candidate the policy never heard of: evict it first
+        raise PolicyError("no eviction candidates")  # unreachable: every candidate is known
 
 
 class GDSFPolicy:
@@ -111,8 +114,8 @@ class GDSFPolicy:
 
     def on_hit(self, name: str, now: float) -> None:
         self._count(name, now)
-        if name not in self._ratio:  # a model resident before the policy started: treat as a unit-cost load
-            self._ratio[name] = 1.0
+        if name not in self._ratio:  # resident before the policy started: assume a typical cost/size
+            self._ratio[name] = sum(self._ratio.values()) / len(self._ratio) if self._ratio else 1.0
         self._reprioritise(name)
 
     def on_load(self, name: str, now: float, size_bytes: int, load_seconds: float) -> None:

@@ -189,7 +189,7 @@ class S3Store:
         client: Any | None = None,
         *,
         region_name: str | None = None,
-        connect_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
         read_timeout: float = 30.0,
     ) -> None:
         if not bucket:
@@ -332,6 +332,7 @@ class S3Store:
 
 def open_store(uri: str, **kw: Any) -> ArtifactStore:
     """``s3://bucket/prefix`` -> ``S3Store``; ``file:///path`` or a plain path -> ``LocalStore``."""
+    kw = {k: v for k, v in kw.items() if v is not None}  # lets a CLI pass endpoint_url=None unconditionally
     if uri.startswith("s3://"):
         bucket, _, prefix = uri[len("s3://") :].partition("/")
         if not bucket:
