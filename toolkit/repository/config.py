@@ -74,7 +74,8 @@ def _tensor(t: TensorSpec, is_input: bool) -> mc.ModelInput | mc.ModelOutput:
     msg.name = t.name
     msg.data_type = dtype_enum(t.dtype)  # type: ignore[assignment]
     msg.dims.extend(t.dims)
-    if t.reshape is not None:
+    if t.reshape is not None:  # an empty reshape is meaningful ([N] from the model, [N, 1] to clients): keep it
+        msg.reshape.SetInParent()
         msg.reshape.shape.extend(t.reshape)
     if is_input and t.optional:
         msg.optional = True  # type: ignore[union-attr]

@@ -106,10 +106,7 @@ class TritonPythonModel:
         tensors = []
         for (name, dtype, dims), value in zip(self.outputs, results):
             part = np.asarray(value[lo:hi] if self.batching else value)
-            if dtype == np.object_:
-                part = part.astype(np.object_)
-            else:
-                part = part.astype(dtype, copy=False)
+            part = part.astype(np.object_) if dtype == np.object_ else part.astype(dtype, copy=False)
             shape = ([hi - lo] if self.batching else []) + [d if d > 0 else -1 for d in dims]
             tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(part.reshape(shape))))
         return pb_utils.InferenceResponse(output_tensors=tensors)
@@ -136,5 +133,5 @@ class TritonPythonModel:
             results = self.run(inputs)
             n = len(next(iter(inputs.values()))) if self.batching else 0
             return self._respond(results, 0, n)
-        except Exception as exc:  # noqa: BLE001 - report, never crash the stub
+        except Exception as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.framework} adapter: {exc}"))

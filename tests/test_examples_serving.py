@@ -1,0 +1,89 @@
+"""Every example model loads into the real embedded Triton and answers correctly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from toolkit.examples.digits import load_split
+from toolkit.examples.housing import CITIES4, generate
+from toolkit.server import EmbeddedTriton, TritonAdmin
+
+ROOT = Path(__file__).resolve().parent.parent
+ART = ROOT / "examples" / "artifacts"
+
+
+def infer(client: httpclient.InferenceServerClient, model: str, name: str, x: np.ndarray) -> httpclient.InferResult:
+    inp = httpclient.InferInput(name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    return client.infer(model, [inp])
+
+
+@pytest.fixture(scope="module")
+def client(triton: EmbeddedTriton, admin: TritonAdmin, example_manifest):  # type: ignore[no-untyped-def]
+    for m in example_manifest.models:
+        admin.load(m.name)
+    c = httpclient.InferenceServerClient(triton.endpoint.http)
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize("model", ["digits_logreg", "digits_mlp", "digits_forest"])
+def test_digits_classifiers_accuracy(client, model: str) -> None:  # type: ignore[no-untyped-def]
+    _, x_test, _, y_test = load_split()
+    labels, probs = [], []
+    for lo in range(0, len(x_test), 64):  # max_batch_size is 64
+        r = infer(client, model, "X", x_test[lo : lo + 64])
+        labels.append(r.as_numpy("label"))
+        probs.append(r.as_numpy("probabilities"))
+    label = np.concatenate(labels).ravel()
+    prob = np.concatenate(probs)
+    assert label.dtype == np.int64 and prob.shape == (len(x_test), 10)
+    np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-4)
+    assert (prob.argmax(axis=1) == label).mean() > 0.99
+    accuracy = float((label == y_test).mean())
+    expected = json.loads((ART / "metrics.json").read_text())["digits_accuracy"][model]
+    assert accuracy >= 0.90
+    assert accuracy == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("city", CITIES4)
+def test_housing_equals_sklearn_in_process(client, city: str) -> None:  # type: ignore[no-untyped-def]
+    x, _ = generate(city, 32, seed=123)
+    pre = joblib.load(ART / "housing_preprocess.joblib")
+    reg = joblib.load(ART / f"housing_{city}.joblib")
+    feats = infer(client, "housing_preprocess", "raw", x).as_numpy("features")
+    np.testing.assert_allclose(feats, pre.transform(x), rtol=1e-5, atol=1e-4)
+    price = infer(client, f"housing_{city}", "features", feats).as_numpy("price")
+    assert price.shape == (32, 1)
+    np.testing.assert_allclose(price.ravel(), reg.predict(pre.transform(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_grpc_and_dynamic_batching_agree(client, triton: EmbeddedTriton) -> None:  # type: ignore[no-untyped-def]
+    _, x_test, _, _ = load_split()
+    g = grpcclient.InferenceServerClient(triton.endpoint.grpc)
+    inp = grpcclient.InferInput("X", [4, 64], "FP32")
+    inp.set_data_from_numpy(x_test[:4])
+    via_grpc = g.infer("digits_mlp", [inp]).as_numpy("probabilities")
+    via_http = infer(client, "digits_mlp", "X", x_test[:4]).as_numpy("probabilities")
+    np.testing.assert_allclose(via_grpc, via_http, rtol=1e-6)
+    g.close()
+
+
+def test_wrong_shape_and_dtype_are_rejected_with_tritons_message(client) -> None:  # type: ignore[no-untyped-def]
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match=r"unexpected shape|expected"):
+        infer(client, "digits_logreg", "X", np.zeros((1, 63), np.float32))
+    bad = httpclient.InferInput("X", [1, 64], "FP64")
+    bad.set_data_from_numpy(np.zeros((1, 64), np.float64))
+    with pytest.raises(InferenceServerException, match=r"FP64|datatype"):
+        client.infer("digits_logreg", [bad])
+    # the model keeps serving after bad requests
+    assert infer(client, "digits_logreg", "X", np.zeros((1, 64), np.float32)).as_numpy("label").shape == (1, 1)

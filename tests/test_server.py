@@ -1,0 +1,118 @@
+"""Embedded Triton lifecycle: start, readiness, clear startup errors, clean stop with no orphan stubs,
+crash -> supervised restart on the same ports with the same models."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from toolkit.errors import ServerError
+from toolkit.server import EmbeddedTriton, ServerOptions, Supervisor, TritonAdmin
+
+PY_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * 2)]))
+        return out
+"""
+CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: 8
+input {{ name: "X" data_type: TYPE_FP32 dims: 2 }}
+output {{ name: "Y" data_type: TYPE_FP32 dims: 2 }}
+instance_group {{ kind: KIND_CPU count: 1 }}
+"""
+
+
+def make_repo(root: Path, names: list[str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        (root / n / "1").mkdir(parents=True)
+        (root / n / "config.pbtxt").write_text(CONFIG.format(name=n))
+        (root / n / "1" / "model.py").write_text(PY_MODEL)
+    return root
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stubs_of(server: EmbeddedTriton) -> list[psutil.Process]:
+    assert server.process is not None
+    return [p for p in descendants(server.process.pid) if "triton_python_backend_stub" in " ".join(p.cmdline())]
+
+
+def test_start_load_stop_leaves_no_orphans(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", ["double", "double2"])
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, load=["double"]))
+    server.start(timeout=60)
+    admin = TritonAdmin(server.endpoint)
+    assert admin.ready() and admin.loaded() == ["double"]
+    admin.load("double2")
+    stubs = stubs_of(server)
+    assert len(stubs) == 2
+    main_pid = server.process.pid  # type: ignore[union-attr]
+    server.stop()
+    time.sleep(0.2)
+    assert not psutil.pid_exists(main_pid) or psutil.Process(main_pid).status() == psutil.STATUS_ZOMBIE
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in stubs)
+    assert not admin.live()
+
+
+def test_port_taken_is_a_clear_error(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", [])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(ServerError, match=f"http port {port} on 127.0.0.1 is already in use"):
+            EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, http_port=port)).start()
+
+
+def test_missing_repository_and_failing_model_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ServerError, match="is not a directory"):
+        EmbeddedTriton(ServerOptions(repository=tmp_path / "nope", workdir=tmp_path)).start()
+    repo = make_repo(tmp_path / "repo", ["broken"])
+    (repo / "broken" / "1" / "model.py").write_text("raise RuntimeError('boom at import')\n")
+    with pytest.raises(ServerError, match=r"exited with code|failed to load"):
+        EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, load=["broken"])).start(timeout=60)
+
+
+def test_crash_is_restarted_with_models_reloaded(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", ["double"])
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path))
+    states: list[str] = []
+    sup = Supervisor(server, index_interval=0.2, on_state=states.append)
+    endpoint = sup.start()
+    try:
+        admin = TritonAdmin(endpoint)
+        admin.load("double")
+        deadline = time.monotonic() + 5
+        while sup.loaded_models() != {"double"} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        old_pid = server.process.pid  # type: ignore[union-attr]
+        server.kill()
+        t0 = time.monotonic()
+        assert sup.wait_up(0.01) is False or not sup.is_up or server.process.pid != old_pid  # type: ignore[union-attr]
+        deadline = t0 + 20
+        while not (sup.is_up and server.process and server.process.pid != old_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sup.restarts == 1 and sup.is_up
+        assert server.endpoint == endpoint  # same ports
+        assert TritonAdmin(server.endpoint).loaded() == ["double"]
+        assert states[-2:] == ["down", "up"]
+    finally:
+        sup.stop()
+    assert not sup.is_up

@@ -1,0 +1,5 @@
+"""``python -m toolkit`` is ``tritonctl``."""
+
+from toolkit.cli.main import app
+
+app()

@@ -1,0 +1,209 @@
+"""``tritonctl``: the command line. Thin Typer commands over the library; see ``tritonctl --help``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from toolkit.cli.common import (
+    GRPC_URL_OPTION,
+    METRICS_URL_OPTION,
+    URL_OPTION,
+    endpoint_from,
+    fail,
+    friendly,
+    parse_tensor_arg,
+)
+from toolkit.errors import TritonctlError
+
+app = typer.Typer(
+    name="tritonctl",
+    help="SageMaker hosting patterns on NVIDIA Triton: manifest, repository, server, MME, gateway, load tests.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="Triton's repository API: list, load, unload, readiness.", no_args_is_help=True)
+examples_app = typer.Typer(help="Build the example models (digits, housing) from bundled data.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(examples_app, name="examples")
+
+
+@app.command()
+@friendly
+def schema() -> None:
+    """Print the manifest's JSON schema (for editors and CI checks)."""
+    from toolkit.spec import manifest_json_schema
+
+    typer.echo(manifest_json_schema())
+
+
+@app.command()
+@friendly
+def generate(
+    manifest: Path = typer.Argument(Path("tritonctl.yaml"), help="the manifest"),
+    output: Path = typer.Option(Path("model_repository"), "-o", "--output", help="repository directory to write"),
+    target: str = typer.Option("embedded", help="embedded (python backend adapters) or triton (native backends)"),
+    prune: bool = typer.Option(True, help="remove generated model directories no longer in the manifest"),
+) -> None:
+    """Write a Triton model repository from the manifest (deterministic; unchanged files are not rewritten)."""
+    from toolkit.repository.generate import generate_repository
+    from toolkit.spec import load_manifest
+
+    report = generate_repository(load_manifest(manifest), output, target=target, prune=prune)
+    typer.echo(f"{output}: {report.summary()}")
+
+
+@app.command()
+@friendly
+def validate(repository: Path = typer.Argument(Path("model_repository"), help="model repository directory")) -> None:
+    """Check a repository offline for what Triton would reject at load; non-zero exit on any error."""
+    from toolkit.repository.validate import format_findings, validate_repository
+
+    if not repository.is_dir():
+        fail(f"{repository} is not a directory")
+    findings = validate_repository(repository)
+    errors = [f for f in findings if f.severity == "error"]
+    if findings:
+        typer.echo(format_findings(findings), err=bool(errors))
+    if errors:
+        raise typer.Exit(1)
+    typer.echo(f"{repository}: ok ({len(findings)} warnings)")
+
+
+@models_app.command("list")
+@friendly
+def models_list(url: str | None = URL_OPTION, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every model in the repository with its state."""
+    from toolkit.server import TritonAdmin
+
+    index = TritonAdmin(endpoint_from(url), timeout=10).index()
+    if as_json:
+        typer.echo(json.dumps(index))
+        return
+    for m in sorted(index, key=lambda m: m["name"]):
+        reason = f"  ({m['reason']})" if m.get("reason") else ""
+        typer.echo(f"{m['name']:<32} {m.get('version', '') or '-':<4} {m.get('state', 'UNAVAILABLE')}{reason}")
+
+
+@models_app.command("load")
+@friendly
+def models_load(names: list[str] = typer.Argument(...), url: str | None = URL_OPTION) -> None:
+    """Load (or reload) models."""
+    from toolkit.server import TritonAdmin
+
+    admin = TritonAdmin(endpoint_from(url))
+    for name in names:
+        admin.load(name)
+        typer.echo(f"{name}: READY")
+
+
+@models_app.command("unload")
+@friendly
+def models_unload(names: list[str] = typer.Argument(...), url: str | None = URL_OPTION) -> None:
+    """Unload models."""
+    from toolkit.server import TritonAdmin
+
+    admin = TritonAdmin(endpoint_from(url))
+    for name in names:
+        admin.unload(name)
+        typer.echo(f"{name}: unloaded")
+
+
+@models_app.command("ready")
+@friendly
+def models_ready(name: str, url: str | None = URL_OPTION) -> None:
+    """Exit 0 when the model is ready, 1 otherwise."""
+    from toolkit.server import TritonAdmin
+
+    ready = TritonAdmin(endpoint_from(url), timeout=10).model_ready(name)
+    typer.echo(f"{name}: {'READY' if ready else 'NOT READY'}")
+    if not ready:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def invoke(
+    model: str,
+    input_: list[str] = typer.Option(..., "--input", "-i", help="NAME=@x.npy or NAME=<json>; repeat per input"),
+    protocol: str = typer.Option("http", help="http or grpc"),
+    url: str | None = URL_OPTION,
+    grpc_url: str | None = GRPC_URL_OPTION,
+    version: str = typer.Option("", help="model version (default: Triton's policy)"),
+    as_json: bool = typer.Option(False, "--json", help="print outputs as JSON"),
+) -> None:
+    """Run one inference. Inputs without the batch dimension are sent as a batch of one."""
+    from toolkit.cli.invoke import format_outputs
+    from toolkit.cli.invoke import invoke as run_invoke
+
+    inputs = dict(parse_tensor_arg(a) for a in input_)
+    typer.echo(format_outputs(run_invoke(endpoint_from(url, grpc_url), model, inputs, protocol, version), as_json))
+
+
+@app.command()
+@friendly
+def metrics(
+    url: str | None = URL_OPTION,
+    metrics_url: str | None = METRICS_URL_OPTION,
+    all_: bool = typer.Option(False, "--all", help="every metric line, not only tritonctl_/nv_inference_ ones"),
+) -> None:
+    """Prometheus metrics of the server (Triton's, plus the MME's SageMaker-named ones when served by tritonctl)."""
+    from toolkit.server import TritonAdmin
+
+    text = TritonAdmin(endpoint_from(url, metrics_url=metrics_url), timeout=10).metrics_text()
+    keep = (
+        "tritonctl_",
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_cpu_memory",
+    )
+    for line in text.splitlines():
+        if all_ or line.startswith(keep) or (line.startswith("# HELP") and any(k in line for k in keep)):
+            typer.echo(line)
+
+
+@app.command()
+@friendly
+def status(url: str | None = URL_OPTION) -> None:
+    """Server health, version, and loaded models."""
+    from toolkit.server import TritonAdmin
+
+    admin = TritonAdmin(endpoint_from(url), timeout=5)
+    if not admin.live():
+        fail(f"Triton at {admin.endpoint.http} is not reachable")
+    meta = admin.server_metadata()
+    typer.echo(f"server   {meta.get('name')} {meta.get('version')} at {admin.endpoint.http_url}")
+    typer.echo(f"ready    {admin.ready()}")
+    loaded = admin.loaded()
+    typer.echo(f"loaded   {len(loaded)}: {', '.join(loaded) if loaded else '-'}")
+
+
+@examples_app.command("build")
+@friendly
+def examples_build(
+    output: Path = typer.Option(Path("examples/artifacts"), "-o", "--output"),
+) -> None:
+    """Train the example models from sklearn's bundled digits and the seeded housing generator (no downloads)."""
+    try:
+        from toolkit.examples.build import build_all
+    except ImportError as exc:
+        raise TritonctlError(f"examples need the extras: pip install 'tritonctl[examples]' ({exc})") from None
+    for name, path in sorted(build_all(output).items()):
+        typer.echo(f"{name:<28} {path}")
+
+
+def _register_subcommands() -> None:
+    """Commands that live in their own modules (one per area of the toolkit)."""
+
+
+_register_subcommands()
+
+
+if __name__ == "__main__":
+    app()
