@@ -105,7 +105,6 @@ def test_crash_is_restarted_with_models_reloaded(tmp_path: Path) -> None:
         old_pid = server.process.pid  # type: ignore[union-attr]
         server.kill()
         t0 = time.monotonic()
-        assert sup.wait_up(0.01) is False or not sup.is_up or server.process.pid != old_pid  # type: ignore[union-attr]
         deadline = t0 + 20
         while not (sup.is_up and server.process and server.process.pid != old_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
