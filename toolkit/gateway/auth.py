@@ -1,0 +1,287 @@
+"""Who is calling, and may they: API keys, SigV4 (verified with botocore's own signer), IAM-like policies.
+
+Identity-based policies as in IAM: each principal carries Allow/Deny statements on actions
+(``sagemaker:InvokeEndpoint`` = ``invoke``, ``tritonctl:Admin`` = ``admin``), resources (endpoint ARNs) and
+``StringLike``-style conditions on ``sagemaker:TargetModel``, ``sagemaker:TargetContainerHostname``,
+``sagemaker:TargetVariant``. An explicit Deny wins; once any policy exists, whatever no statement allows is denied.
+Secrets come from the file or from the environment (``env:NAME``) and never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from toolkit.gateway.errors import AccessDeniedError, AuthError, GatewayConfigError
+
+INVOKE = "sagemaker:InvokeEndpoint"
+ADMIN = "tritonctl:Admin"
+_ACTION_ALIASES = {"invoke": INVOKE, "admin": ADMIN}
+_OPERATORS = ("StringLike", "StringNotLike", "StringEquals", "StringNotEquals")
+MAX_CLOCK_SKEW_S = 300
+_AUTH_RE = re.compile(r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]+)$")
+
+
+@lru_cache(maxsize=1024)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """IAM wildcards: ``*`` any run, ``?`` one character; everything else literal."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern) + r"\Z", re.S)
+
+
+def like(pattern: str, value: str) -> bool:
+    return _glob(pattern).match(value) is not None
+
+
+def _secret(value: Any, what: str) -> str:
+    """A literal, or ``env:NAME`` read from the environment (missing variable = config error naming the variable)."""
+    if not isinstance(value, str) or not value:
+        raise GatewayConfigError(f"{what}: expected a non-empty string or env:NAME")
+    if value.startswith("env:"):
+        name = value[4:]
+        got = os.environ.get(name)
+        if not got:
+            raise GatewayConfigError(f"{what}: environment variable {name} is not set")
+        return got
+    return value
+
+
+def _as_list(v: Any) -> list[str]:
+    if v is None:
+        return []
+    return [str(x) for x in (v if isinstance(v, list) else [v])]
+
+
+@dataclass(frozen=True)
+class Statement:
+    effect: str  # Allow | Deny
+    actions: tuple[str, ...]
+    resources: tuple[str, ...]
+    conditions: tuple[tuple[str, str, tuple[str, ...]], ...]  # (operator, key lower-case, values)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], where: str) -> Statement:
+        d = {str(k).lower(): v for k, v in raw.items()}
+        effect = str(d.get("effect", ""))
+        if effect not in ("Allow", "Deny"):
+            raise GatewayConfigError(f"{where}: Effect must be Allow or Deny, got {effect!r}")
+        actions = tuple(_ACTION_ALIASES.get(a, a) for a in _as_list(d.get("action")))
+        if not actions:
+            raise GatewayConfigError(f"{where}: Action is required (invoke, admin, sagemaker:InvokeEndpoint, ...)")
+        resources = tuple(
+            r if r.startswith("arn:") or r == "*" else f"arn:*:*:*:*:{r}" for r in _as_list(d.get("resource", "*"))
+        )
+        conds: list[tuple[str, str, tuple[str, ...]]] = []
+        for op, kv in (d.get("condition") or {}).items():
+            if op not in _OPERATORS:
+                raise GatewayConfigError(
+                    f"{where}: condition operator {op!r} unsupported (use {', '.join(_OPERATORS)})"
+                )
+            if not isinstance(kv, Mapping):
+                raise GatewayConfigError(f"{where}: {op} needs a mapping of condition keys to values")
+            for key, values in kv.items():
+                conds.append((op, str(key).lower(), tuple(_as_list(values))))
+        unknown = set(d) - {"effect", "action", "resource", "condition", "sid"}
+        if unknown:
+            raise GatewayConfigError(f"{where}: unknown statement keys {sorted(unknown)}")
+        return cls(effect, actions, resources, tuple(conds))
+
+    def matches(self, action: str, resource: str, context: Mapping[str, str]) -> bool:
+        if not any(like(a, action) for a in self.actions):
+            return False
+        if not any(r == "*" or like(r, resource) for r in self.resources):
+            return False
+        for op, key, values in self.conditions:
+            got = context.get(key)
+            if op in ("StringLike", "StringEquals"):
+                if got is None:
+                    return False
+                ok = any(like(v, got) if op == "StringLike" else v == got for v in values)
+            else:
+                ok = got is None or not any(like(v, got) if op == "StringNotLike" else v == got for v in values)
+            if not ok:
+                return False
+        return True
+
+
+@dataclass
+class Principal:
+    name: str
+    statements: list[Statement] = field(default_factory=list)
+
+
+ANONYMOUS = Principal("anonymous")
+
+
+@dataclass
+class AuthConfig:
+    """Principals and their policies; an empty config means an open gateway (loopback development)."""
+
+    principals: list[Principal] = field(default_factory=list)
+    api_keys: dict[str, str] = field(default_factory=dict)  # sha256(key) -> principal
+    access_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # key id -> (principal, secret)
+    region: str = "us-east-1"
+    account: str = "000000000000"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.principals)
+
+    @property
+    def has_policies(self) -> bool:
+        return any(p.statements for p in self.principals)
+
+    def principal(self, name: str) -> Principal:
+        return next(p for p in self.principals if p.name == name)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AuthConfig:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise GatewayConfigError(f"cannot read auth file {p}: {exc.strerror}") from None
+        try:
+            raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise GatewayConfigError(
+                f"auth file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"
+            ) from None
+        return cls.from_dict(raw or {}, str(p))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "auth") -> AuthConfig:
+        if not isinstance(raw, Mapping):
+            raise GatewayConfigError(f"{source}: expected a mapping with principals:")
+        cfg = cls(region=str(raw.get("region", "us-east-1")), account=str(raw.get("account", "000000000000")))
+        for i, pr in enumerate(raw.get("principals") or []):
+            where = f"{source}: principals[{i}]"
+            if not isinstance(pr, Mapping) or not pr.get("name"):
+                raise GatewayConfigError(f"{where}: each principal needs a name")
+            name = str(pr["name"])
+            if any(p.name == name for p in cfg.principals):
+                raise GatewayConfigError(f"{where}: principal {name!r} defined twice")
+            stmts = pr.get("policy") or []
+            if isinstance(stmts, Mapping):  # a whole IAM document {"Statement": [...]}
+                stmts = stmts.get("Statement") or stmts.get("statement") or []
+            principal = Principal(name, [Statement.parse(s, f"{where}.policy[{j}]") for j, s in enumerate(stmts)])
+            cfg.principals.append(principal)
+            for k, key in enumerate(_as_list(pr.get("api_keys"))):
+                digest = hashlib.sha256(_secret(key, f"{where}.api_keys[{k}]").encode()).hexdigest()
+                if digest in cfg.api_keys:
+                    raise GatewayConfigError(f"{where}.api_keys[{k}]: the same API key is given to two principals")
+                cfg.api_keys[digest] = name
+            for k, ak in enumerate(pr.get("access_keys") or []):
+                if not isinstance(ak, Mapping) or not ak.get("id") or "secret" not in ak:
+                    raise GatewayConfigError(f"{where}.access_keys[{k}]: needs id and secret (literal or env:NAME)")
+                cfg.access_keys[str(ak["id"])] = (name, _secret(ak["secret"], f"{where}.access_keys[{k}].secret"))
+        return cfg
+
+    # -- authentication ----------------------------------------------------------------------------------------------
+    def authenticate(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Principal:
+        """The calling principal, or AuthError. Works on any case-insensitive header mapping."""
+        if not self.enabled:
+            return ANONYMOUS
+        authz = headers.get("Authorization", "")
+        key = headers.get("X-Api-Key") or (authz[7:].strip() if authz[:7].lower() == "bearer " else "")
+        if key:
+            name = self.api_keys.get(hashlib.sha256(key.encode()).hexdigest())
+            if name is None:
+                raise AuthError("The API key included in the request is invalid.")
+            return self.principal(name)
+        if authz.startswith("AWS4-HMAC-SHA256"):
+            return self.principal(self._verify_sigv4(method, raw_path, headers, body, authz))
+        raise AuthError(
+            "Missing Authentication Token: sign the request (SigV4) or send an API key",
+            code="MissingAuthenticationTokenException",
+        )
+
+    def _verify_sigv4(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes, authz: str) -> str:
+        m = _AUTH_RE.match(authz.strip())
+        if not m:
+            raise AuthError(
+                "Authorization header is not a well-formed AWS4-HMAC-SHA256 header", code="IncompleteSignatureException"
+            )
+        credential, signed, signature = m.groups()
+        parts = credential.split("/")
+        if len(parts) != 5 or parts[4] != "aws4_request":
+            raise AuthError(
+                "Credential scope must be KEYID/DATE/REGION/SERVICE/aws4_request", code="IncompleteSignatureException"
+            )
+        key_id, date, region, service, _ = parts
+        entry = self.access_keys.get(key_id)
+        if entry is None:
+            raise AuthError("The security token included in the request is invalid.")
+        principal, secret = entry
+        amz_date = headers.get("X-Amz-Date", "")
+        try:
+            when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            raise AuthError("X-Amz-Date header missing or malformed", code="IncompleteSignatureException") from None
+        skew = abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds())
+        if skew > MAX_CLOCK_SKEW_S or date != amz_date[:8]:
+            raise AuthError(
+                f"Signature expired: {amz_date} is more than {MAX_CLOCK_SKEW_S} s from now",
+                code="InvalidSignatureException",
+            )
+        names = signed.split(";")
+        if "host" not in names:
+            raise AuthError("SignedHeaders must include host", code="InvalidSignatureException")
+        sent_hash = headers.get("X-Amz-Content-SHA256")
+        if sent_hash is not None and sent_hash != hashlib.sha256(body).hexdigest():
+            raise AuthError("X-Amz-Content-SHA256 does not match the body", code="InvalidSignatureException")
+        hdrs = {}
+        for n in names:
+            if n not in headers:
+                raise AuthError(f"signed header {n!r} is missing from the request", code="InvalidSignatureException")
+            hdrs[n] = headers[n]
+        req = AWSRequest(method=method, url=f"http://{headers.get('Host', '')}{raw_path}", headers=hdrs, data=body)
+        req.context["timestamp"] = amz_date
+        signer = SigV4Auth(Credentials(key_id, secret), service, region)
+        expected = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
+        if not hmac.compare_digest(expected, signature):
+            raise AuthError(
+                "The request signature we calculated does not match the signature you provided.",
+                code="InvalidSignatureException",
+            )
+        return principal
+
+    # -- authorization -----------------------------------------------------------------------------------------------
+    def endpoint_arn(self, endpoint: str) -> str:
+        return f"arn:aws:sagemaker:{self.region}:{self.account}:endpoint/{endpoint.lower()}"
+
+    def admin_arn(self) -> str:
+        return f"arn:aws:tritonctl:{self.region}:{self.account}:admin"
+
+    def allowed(self, principal: Principal, action: str, resource: str, context: Mapping[str, str]) -> bool:
+        if not self.enabled or not self.has_policies:
+            return True
+        ctx = {k.lower(): v for k, v in context.items() if v is not None}
+        verdict = False
+        for s in principal.statements:
+            if s.matches(action, resource, ctx):
+                if s.effect == "Deny":
+                    return False
+                verdict = True
+        return verdict
+
+    def authorize(self, principal: Principal, action: str, resource: str, context: Mapping[str, str | None]) -> None:
+        ctx = {k: v for k, v in context.items() if v is not None}
+        if not self.allowed(principal, action, resource, ctx):
+            detail = "".join(f" with {k}={v}" for k, v in ctx.items())
+            raise AccessDeniedError(
+                f"User: {principal.name} is not authorized to perform: {action} on resource: {resource}{detail}"
+            )

@@ -1,0 +1,197 @@
+"""State shared by the HTTP and gRPC front ends: options, limits, the pooled connection to Triton, error mapping.
+
+The hot path for a warm model is: health flag check, authentication (skipped when no principals exist), one
+counter for the concurrency limit, ``manager.serving`` (dict lookups for a resident model), and one request on a
+pooled keep-alive connection whose body is forwarded as bytes: tensors are never decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from toolkit.errors import TritonUnavailableError
+from toolkit.gateway.auth import ADMIN, AuthConfig, Principal
+from toolkit.gateway.endpoints import EndpointRouter
+from toolkit.gateway.errors import (
+    AccessDeniedError,
+    GatewayError,
+    ModelError,
+    ModelNotReadyError,
+    NotFoundError,
+    ServiceUnavailableError,
+    ThrottlingError,
+    TimeoutError_,
+    ValidationError,
+)
+from toolkit.gateway.models import ModelProvider
+from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
+from toolkit.server.launcher import TritonEndpoint
+from toolkit.spec.models import EndpointSpec
+
+MiB = 1024 * 1024
+KSERVE_ENDPOINT = "kserve"  # the endpoint name KServe (HTTP and gRPC) requests are authorized against
+
+_FWD_REQUEST = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding", "Accept-Encoding")
+_FWD_RESPONSE = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
+
+
+@dataclass
+class GatewayOptions:
+    """Ports (0 = a free one, None = disabled) and limits. Defaults follow SageMaker's runtime limits."""
+
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    grpc_port: int | None = None
+    admin_port: int | None = None
+    max_body_bytes: int = 6 * MiB
+    timeout_s: float = 60.0
+    max_concurrency: int = 256
+    load_wait_s: float = 30.0  # longer than this waiting for a cold model -> 429 ModelNotReadyException
+    endpoints: list[EndpointSpec] = field(default_factory=list)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    repository: Path | None = None
+
+
+@dataclass
+class Forwarded:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def triton_message(body: bytes) -> str:
+    """Triton's ``{"error": "..."}`` text, or the raw body when it is not JSON."""
+    try:
+        got = json.loads(body)
+        if isinstance(got, dict) and isinstance(got.get("error"), str):
+            return got["error"]
+    except ValueError:
+        pass
+    return body.decode(errors="replace")[:2000]
+
+
+def to_gateway_error(exc: BaseException, *, sagemaker: bool = False) -> GatewayError:
+    """Every failure below the gateway becomes one typed, client-facing error."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, ModelNotFoundError):
+        return ValidationError(str(exc)) if sagemaker else NotFoundError(str(exc))
+    if isinstance(exc, LoadTimeoutError):
+        return ModelNotReadyError(str(exc))
+    if isinstance(exc, (TritonDownError, TritonUnavailableError)):
+        return ServiceUnavailableError(str(exc))
+    if isinstance(exc, ModelLoadError):
+        return ModelError(f"Model {exc.model} failed to load: {exc.reason}", original_status=500)
+    if isinstance(exc, asyncio.TimeoutError):
+        return TimeoutError_("Triton did not answer within the request timeout")
+    if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError)):
+        return ServiceUnavailableError(f"Triton is unavailable: {exc}")
+    return GatewayError(f"internal error: {type(exc).__name__}")
+
+
+class GatewayCore:
+    """Shared by the front ends; created and used inside the gateway's event loop."""
+
+    def __init__(
+        self,
+        options: GatewayOptions,
+        triton: TritonEndpoint,
+        models: ModelProvider,
+        is_up: Callable[[], bool] | None = None,
+    ) -> None:
+        self.options = options
+        self.triton = triton
+        self.base = triton.http_url
+        self.models = models
+        self.auth = options.auth
+        self.router = EndpointRouter(options.endpoints, models.knows)
+        self._is_up = is_up
+        self.inflight = 0
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        conn = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=False)
+        self.session = aiohttp.ClientSession(
+            connector=conn,
+            timeout=aiohttp.ClientTimeout(total=self.options.timeout_s),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+        )
+        await self.models.start()
+
+    async def close(self) -> None:
+        await self.models.close()
+        if self.session is not None:
+            await self.session.close()
+
+    def is_up(self) -> bool:
+        return self._is_up() if self._is_up is not None else True
+
+    def require_up(self) -> None:
+        if not self.is_up():
+            raise ServiceUnavailableError("Triton is restarting; retry shortly.")
+
+    # -- limits --------------------------------------------------------------------------------------------------------
+    def acquire(self) -> None:
+        if self.inflight >= self.options.max_concurrency:
+            raise ThrottlingError(f"Too many concurrent requests (limit {self.options.max_concurrency}); retry later.")
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+
+    def check_admin(self, principal: Principal) -> None:
+        """Admin needs an explicit Allow: with no principals the repository API lives only on the admin port."""
+        a = self.auth
+        if not (a.enabled and a.has_policies and a.allowed(principal, ADMIN, a.admin_arn(), {})):
+            raise AccessDeniedError(
+                f"User: {principal.name} is not authorized to perform: {ADMIN} on resource: {a.admin_arn()}"
+            )
+
+    # -- forwarding ----------------------------------------------------------------------------------------------------
+    async def forward(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> Forwarded:
+        assert self.session is not None
+        out = {h: v for h in _FWD_REQUEST if (v := headers.get(h)) is not None}
+        for attempt in (0, 1):
+            try:
+                async with self.session.request(method, self.base + path, data=body, headers=out) as r:
+                    data = await r.read()
+                    rh = {h: v for h in _FWD_RESPONSE if (v := r.headers.get(h)) is not None}
+                    return Forwarded(r.status, rh, data)
+            except aiohttp.ServerDisconnectedError:
+                # A keep-alive connection that died with a previous Triton: retry once on a fresh one.
+                if attempt or not self.is_up():
+                    raise ServiceUnavailableError("Triton closed the connection; retry shortly.") from None
+            except asyncio.TimeoutError:
+                raise TimeoutError_(f"Triton did not answer within {self.options.timeout_s:g} s") from None
+            except (aiohttp.ClientConnectionError, OSError) as exc:
+                raise ServiceUnavailableError(f"Triton is unavailable: {exc}") from None
+        raise AssertionError("unreachable")
+
+    async def infer(self, model: str, body: bytes, headers: Mapping[str, str], path: str | None = None) -> Forwarded:
+        """Load (if cold) and infer; Triton's own 4xx/5xx answers come back as they are."""
+        async with self.models.serving(model, timeout=self.options.load_wait_s):
+            return await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
+
+    def metrics_text(self) -> str:
+        lines = [
+            "# HELP tritonctl_gateway_requests_total Requests answered by the gateway, by API and status code.",
+            "# TYPE tritonctl_gateway_requests_total counter",
+        ]
+        for (api, code), n in sorted(self.requests.items()):
+            lines.append(f'tritonctl_gateway_requests_total{{api="{api}",code="{code}"}} {n}')
+        lines += [
+            "# TYPE tritonctl_gateway_inflight gauge",
+            f"tritonctl_gateway_inflight {self.inflight}",
+            "# TYPE tritonctl_gateway_triton_up gauge",
+            f"tritonctl_gateway_triton_up {int(self.is_up())}",
+        ]
+        return "\n".join(lines) + "\n" + self.models.metrics_text()

@@ -1,0 +1,111 @@
+"""Gateway errors shaped like the SageMaker runtime's, so botocore raises the matching exception class.
+
+botocore's rest-json parser reads the error code from the ``x-amzn-ErrorType`` header (and ``__type`` in the body),
+so every refusal carries both; the KServe routes reuse the same objects and render Triton's ``{"error": ...}`` body.
+"""
+
+from __future__ import annotations
+
+from toolkit.errors import TritonctlError
+
+
+class GatewayError(TritonctlError):
+    """A request the gateway refuses; ``status`` and ``code`` decide the HTTP (and gRPC) answer."""
+
+    status = 500
+    code = "InternalFailure"
+    grpc_code = "INTERNAL"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+
+
+class ValidationError(GatewayError):
+    """Missing or unknown target, malformed body or headers (SageMaker: 400 ValidationError)."""
+
+    status = 400
+    code = "ValidationError"
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class NotFoundError(GatewayError):
+    """Unknown endpoint, model or route."""
+
+    status = 404
+    code = "ValidationError"
+    grpc_code = "NOT_FOUND"
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    code = "ValidationError"
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class ModelError(GatewayError):
+    """Triton (the 'container') rejected the request; the message is Triton's own (SageMaker: 424 ModelError)."""
+
+    status = 424
+    code = "ModelError"
+    grpc_code = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, original_status: int = 400) -> None:
+        super().__init__(message)
+        self.original_status = original_status
+
+
+class ModelNotReadyError(GatewayError):
+    """The model's load outlasted the wait budget (SageMaker: 429 ModelNotReadyException); retry later."""
+
+    status = 429
+    code = "ModelNotReadyException"
+    grpc_code = "UNAVAILABLE"
+
+
+class ThrottlingError(GatewayError):
+    """More requests in flight than ``max_concurrency``: refuse now instead of queueing without bound."""
+
+    status = 429
+    code = "ThrottlingException"
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class ServiceUnavailableError(GatewayError):
+    """Triton is down or restarting: answered at once, never after a hang."""
+
+    status = 503
+    code = "ServiceUnavailable"
+    grpc_code = "UNAVAILABLE"
+
+
+class TimeoutError_(GatewayError):
+    """Triton did not answer within the request timeout."""
+
+    status = 504
+    code = "ModelError"
+    grpc_code = "DEADLINE_EXCEEDED"
+
+
+class AuthError(GatewayError):
+    """Authentication failed (missing, unknown or bad credentials)."""
+
+    status = 403
+    code = "UnrecognizedClientException"
+    grpc_code = "UNAUTHENTICATED"
+
+
+class AccessDeniedError(GatewayError):
+    """An authenticated principal is not allowed the action on the resource (IAM semantics)."""
+
+    status = 403
+    code = "AccessDeniedException"
+    grpc_code = "PERMISSION_DENIED"
+
+
+class GatewayConfigError(TritonctlError):
+    """The gateway's configuration (auth file, endpoints) is invalid."""

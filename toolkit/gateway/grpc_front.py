@@ -1,0 +1,195 @@
+"""gRPC passthrough for ``inference.GRPCInferenceService``: raw bytes in, raw bytes out.
+
+Generic handlers with no (de)serializers forward each message unchanged over one pooled channel to Triton, so
+``tritonclient.grpc`` works as against Triton itself. Only the model name is read (protobuf field 1 of the model
+requests), for lazy loading and the policy check; the repository methods need an admin Allow, shared-memory
+registration is refused (it cannot work across a network hop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from multidict import CIMultiDict
+
+from toolkit.gateway.auth import INVOKE, Principal
+from toolkit.gateway.core import KSERVE_ENDPOINT, GatewayCore, to_gateway_error
+from toolkit.gateway.errors import GatewayError, PayloadTooLargeError, ServiceUnavailableError, ValidationError
+
+SERVICE = "inference.GRPCInferenceService"
+SERVER_METHODS = ("ServerLive", "ServerReady", "ServerMetadata")
+MODEL_METHODS = ("ModelReady", "ModelMetadata", "ModelConfig", "ModelStatistics", "ModelInfer")
+LOADING_METHODS = ("ModelMetadata", "ModelConfig", "ModelInfer")
+ADMIN_METHODS = ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
+REFUSED = (
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
+    "TraceSetting",
+    "LogSettings",
+)
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[i]
+        result |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def string_field(buf: bytes, number: int) -> str:
+    """The first string field ``number`` of a serialized protobuf message, without parsing the rest (tensors)."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            if field == number:
+                if i + n > len(buf):
+                    raise ValueError("truncated field")
+                return buf[i : i + n].decode()
+            i += n
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    return ""
+
+
+class _Refused(GatewayError):
+    status = 501
+    code = "ValidationError"
+    grpc_code = "UNIMPLEMENTED"
+
+
+def _grpc_code(err: GatewayError) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, err.grpc_code, grpc.StatusCode.INTERNAL)
+
+
+class GrpcFront:
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+        self.server: grpc.aio.Server | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.calls: dict[str, Any] = {}
+
+    async def start(self, host: str, port: int) -> int:
+        size = self.core.options.max_body_bytes
+        opts = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", -1)]
+        self.channel = grpc.aio.insecure_channel(
+            self.core.triton.grpc,
+            options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+        )
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for m in SERVER_METHODS + MODEL_METHODS + ADMIN_METHODS + REFUSED:
+            self.calls[m] = self.channel.unary_unary(f"/{SERVICE}/{m}")
+            handlers[m] = grpc.unary_unary_rpc_method_handler(self._handler(m))
+        handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self._stream)
+        self.server = grpc.aio.server(options=opts)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        await self.server.start()
+        return bound
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        if self.channel is not None:
+            await self.channel.close()
+
+    def _principal(self, context: grpc.aio.ServicerContext, method: str, request: bytes) -> Principal:
+        md = CIMultiDict((k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str))
+        return self.core.auth.authenticate("POST", f"/{SERVICE}/{method}", md, request)
+
+    def _handler(self, method: str):  # type: ignore[no-untyped-def]
+        call = self.calls[method]
+        core = self.core
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            err: GatewayError | None = None
+            try:
+                if method in REFUSED:
+                    raise _Refused(f"{method} is not available through the gateway")
+                core.require_up()
+                principal = self._principal(context, method, request) if core.auth.enabled else None
+                if method in ADMIN_METHODS:
+                    core.check_admin(principal or Principal("anonymous"))
+                if method not in MODEL_METHODS:
+                    return await call(request, timeout=core.options.timeout_s)
+                try:
+                    model = string_field(request, 1)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise ValidationError(f"malformed {method} request: {exc}") from None
+                if principal is not None:
+                    core.auth.authorize(
+                        principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
+                    )
+                if method not in LOADING_METHODS:
+                    return await call(request, timeout=core.options.timeout_s)
+                core.acquire()
+                try:
+                    async with core.models.serving(model, timeout=core.options.load_wait_s):
+                        return await call(request, timeout=core.options.timeout_s)
+                finally:
+                    core.release()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    err = ServiceUnavailableError(f"Triton is unavailable: {exc.details()}")
+                else:
+                    await context.abort(exc.code(), exc.details() or "")
+            except Exception as exc:
+                err = to_gateway_error(exc)
+            assert err is not None
+            await context.abort(_grpc_code(err), err.message)
+            raise AssertionError("unreachable")
+
+        return handle
+
+    async def _stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """ModelStreamInfer: each message's model is loaded (and authorized) before it is forwarded."""
+        core = self.core
+        if not core.is_up():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "Triton is restarting; retry shortly.")
+        assert self.channel is not None
+        principal: Principal | None = None
+        md = [(k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)]
+        if core.auth.enabled:
+            principal = core.auth.authenticate("POST", f"/{SERVICE}/ModelStreamInfer", CIMultiDict(md), b"")
+
+        async def upstream() -> AsyncIterator[bytes]:
+            async for req in requests:
+                model = string_field(req, 1)
+                if principal is not None:
+                    core.auth.authorize(
+                        principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
+                    )
+                await core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
+                yield req
+
+        try:
+            call = self.channel.stream_stream(f"/{SERVICE}/ModelStreamInfer")(upstream())
+            async for resp in call:
+                yield resp
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), exc.details() or "")
+        except PayloadTooLargeError as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, exc.message)
+        except Exception as exc:
+            err = to_gateway_error(exc)
+            await context.abort(_grpc_code(err), err.message)

@@ -1,0 +1,313 @@
+"""aiohttp front end: KServe v2 passthrough, the SageMaker runtime API, and the separate admin API.
+
+Bodies are forwarded as bytes (JSON or the binary tensor extension alike); only a serial endpoint parses the JSON
+header of intermediate responses, to feed one step's outputs to the next step as inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from toolkit.gateway.auth import INVOKE, Principal
+from toolkit.gateway.core import KSERVE_ENDPOINT, Forwarded, GatewayCore, to_gateway_error, triton_message
+from toolkit.gateway.errors import GatewayError, ModelError, NotFoundError, PayloadTooLargeError, ValidationError
+
+SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def kserve_error(err: GatewayError) -> web.Response:
+    return web.Response(
+        status=err.status,
+        body=json.dumps({"error": err.message}).encode(),
+        content_type="application/json",
+        headers={"x-amzn-ErrorType": err.code},
+    )
+
+
+def sagemaker_error(err: GatewayError) -> web.Response:
+    body: dict[str, object] = {"__type": err.code, "message": err.message}
+    if isinstance(err, ModelError):
+        body.update(OriginalStatusCode=err.original_status, OriginalMessage=err.message)
+    return web.Response(
+        status=err.status,
+        body=json.dumps(body).encode(),
+        content_type="application/json",
+        headers={"x-amzn-ErrorType": err.code, "x-amzn-RequestId": str(uuid.uuid4())},
+    )
+
+
+def _reply(f: Forwarded, extra: dict[str, str] | None = None) -> web.Response:
+    headers = dict(f.headers)
+    if extra:
+        headers.update(extra)
+    return web.Response(status=f.status, body=f.body, headers=headers)
+
+
+def parse_sagemaker_content_type(ctype: str, body: bytes) -> dict[str, str]:
+    """Request headers for Triton from a SageMaker Content-Type; a binary header size that lies is a 400."""
+    base, _, params = ctype.partition(";")
+    base = base.strip().lower()
+    if base in ("", "application/json"):
+        return {"Content-Type": "application/json"}
+    if base != SAGEMAKER_BINARY:
+        raise ValidationError(
+            f"Unsupported Content-Type {ctype!r}: use application/json or {SAGEMAKER_BINARY};json-header-size=N"
+        )
+    size: str | None = None
+    for p in params.split(";"):
+        k, _, v = p.partition("=")
+        if k.strip().lower() == "json-header-size":
+            size = v.strip()
+    if size is None or not size.isdigit():
+        raise ValidationError(f"{SAGEMAKER_BINARY} needs json-header-size=N (a non-negative integer)")
+    n = int(size)
+    if n == 0 or n > len(body):
+        raise ValidationError(f"json-header-size={n} does not fit a body of {len(body)} bytes")
+    return {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(n)}
+
+
+def next_step_request(f: Forwarded) -> tuple[bytes, dict[str, str]]:
+    """Serial endpoints: turn one step's response into the next step's request (outputs become inputs by name)."""
+    n = int(f.headers.get("Inference-Header-Content-Length") or len(f.body))
+    header = json.loads(f.body[:n])
+    inputs = []
+    for o in header.get("outputs", []):
+        item = {"name": o["name"], "datatype": o["datatype"], "shape": o["shape"]}
+        if "data" in o:
+            item["data"] = o["data"]
+        if o.get("parameters", {}).get("binary_data_size") is not None:
+            item["parameters"] = {"binary_data_size": o["parameters"]["binary_data_size"]}
+        inputs.append(item)
+    head = json.dumps({"inputs": inputs}).encode()
+    tail = f.body[n:]
+    if tail:
+        return head + tail, {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(head)),
+        }
+    return head, {"Content-Type": "application/json"}
+
+
+class HttpFront:
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+
+    async def _body(self, request: web.Request) -> bytes:
+        limit = self.core.options.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLargeError(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.") from None
+
+    def _auth(self, request: web.Request, body: bytes) -> Principal:
+        a = self.core.auth
+        return a.authenticate(request.method, request.raw_path, request.headers, body) if a.enabled else _ANON
+
+    # -- KServe v2 -----------------------------------------------------------------------------------------------------
+    async def kserve_model(self, request: web.Request) -> web.Response:
+        core = self.core
+        try:
+            mi = request.match_info
+            model, action, version = mi["model"], mi.get("action", ""), mi.get("version")
+            if action not in ("", "infer", "ready", "config", "stats"):
+                raise NotFoundError(f"Unknown route {request.path}")
+            want = "POST" if action == "infer" else "GET"
+            if request.method != want:
+                raise GatewayError(f"{request.path} takes {want}", status=405, code="ValidationError")
+            body = await self._body(request) if action == "infer" else b""
+            core.require_up()
+            principal = self._auth(request, body)
+            if core.auth.enabled:
+                core.auth.authorize(
+                    principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
+                )
+            path = request.raw_path
+            if action in ("ready", "stats"):  # never loads a model
+                f = await core.forward("GET", path, None, request.headers)
+            elif not core.models.knows(model):
+                raise NotFoundError(f"Request for unknown model: '{model}' is not found")
+            elif action == "infer":
+                core.acquire()
+                try:
+                    f = await core.infer(model, body, request.headers, path)
+                finally:
+                    core.release()
+            else:
+                async with core.models.serving(model, timeout=core.options.load_wait_s):
+                    f = await core.forward("GET", path, None, request.headers)
+            del version
+        except Exception as exc:
+            err = to_gateway_error(exc)
+            core.requests["kserve", err.status] += 1
+            return kserve_error(err)
+        core.requests["kserve", f.status] += 1
+        return _reply(f)
+
+    async def kserve_server(self, request: web.Request) -> web.Response:
+        """/v2, /v2/health/*, /v2/models/stats: forwarded, but answered at once (truthfully) when Triton is down."""
+        core = self.core
+        path = request.path
+        if path == "/v2/health/live":
+            return web.Response(status=200)  # the gateway is live; readiness tells about Triton
+        try:
+            if request.method != "GET":
+                raise GatewayError(f"{path} takes GET", status=405, code="ValidationError")
+            core.require_up()
+            if path == "/v2/models/stats" and core.auth.enabled:
+                self._auth(request, b"")
+            f = await core.forward("GET", request.raw_path, None, request.headers)
+        except Exception as exc:
+            err = to_gateway_error(exc)
+            if path == "/v2/health/ready":
+                return web.Response(status=err.status)
+            return kserve_error(err)
+        return _reply(f)
+
+    async def repository(self, request: web.Request) -> web.Response:
+        """The repository API on the invoke port: only for principals with an explicit admin Allow."""
+        try:
+            body = await self._body(request)
+            self.core.check_admin(self._auth(request, body))
+            return await self._admin_repository(request, body)
+        except Exception as exc:
+            return kserve_error(to_gateway_error(exc))
+
+    # -- SageMaker runtime ---------------------------------------------------------------------------------------------
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.core.is_up() else 503)
+
+    async def invocations(self, request: web.Request) -> web.Response:
+        core = self.core
+        h = request.headers
+        try:
+            if request.method != "POST":
+                raise GatewayError("invocations take POST", status=405, code="ValidationError")
+            name = request.match_info.get("endpoint")
+            if name is None:  # the container contract's bare /invocations: the only endpoint, if there is one
+                names = core.router.names()
+                if len(names) != 1:
+                    raise ValidationError(
+                        "POST /invocations needs exactly one configured endpoint; use /endpoints/NAME"
+                    )
+                name = names[0]
+            body = await self._body(request)
+            fwd = parse_sagemaker_content_type(h.get("Content-Type", ""), body)
+            core.require_up()
+            principal = self._auth(request, body)
+            route = core.router.resolve(
+                name,
+                h.get("X-Amzn-SageMaker-Target-Model"),
+                h.get("X-Amzn-SageMaker-Target-Container-Hostname"),
+                h.get("X-Amzn-SageMaker-Target-Variant"),
+            )
+            if core.auth.enabled:
+                core.auth.authorize(principal, INVOKE, core.auth.endpoint_arn(name), route.context)
+            core.acquire()
+            try:
+                for i, model in enumerate(route.chain):
+                    f = await core.infer(model, body, fwd)
+                    if f.status != 200:
+                        msg = triton_message(f.body)
+                        kind = "client" if f.status < 500 else "server"
+                        raise ModelError(
+                            f'Received {kind} error ({f.status}) from model {model} with message "{msg}".',
+                            original_status=f.status,
+                        )
+                    if i + 1 < len(route.chain):
+                        body, fwd = next_step_request(f)
+            finally:
+                core.release()
+        except Exception as exc:
+            err = to_gateway_error(exc, sagemaker=True)
+            core.requests["sagemaker", err.status] += 1
+            return sagemaker_error(err)
+        core.requests["sagemaker", 200] += 1
+        n = f.headers.get("Inference-Header-Content-Length")
+        ctype = f"{SAGEMAKER_BINARY};json-header-size={n}" if n else "application/json"
+        return web.Response(
+            status=200,
+            body=f.body,
+            headers={"Content-Type": ctype, "x-Amzn-Invoked-Production-Variant": route.variant},
+        )
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        err = NotFoundError(f"Unknown route {request.method} {request.path}")
+        self.core.requests["other", 404] += 1
+        if request.path.startswith("/v2"):
+            return kserve_error(err)
+        return sagemaker_error(ValidationError(f"Unknown route {request.method} {request.path}", status=404))
+
+    # -- admin ---------------------------------------------------------------------------------------------------------
+    async def _admin_repository(self, request: web.Request, body: bytes) -> web.Response:
+        core = self.core
+        core.require_up()
+        model, action = request.match_info.get("model"), request.match_info.get("action")
+        if model is None:  # index
+            return _reply(await core.forward("POST", "/v2/repository/index", body or b"{}", request.headers))
+        if action == "load":
+            await core.models.ensure_loaded(model, timeout=core.options.timeout_s)
+        elif action == "unload":
+            await core.models.unload(model)  # type: ignore[attr-defined]
+        else:
+            raise NotFoundError(f"Unknown repository action {action!r}")
+        return web.Response(status=200, content_type="application/json", body=b"{}")
+
+    async def admin_repository(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._body(request)
+            if self.core.auth.enabled:
+                self.core.check_admin(self._auth(request, body))
+            return await self._admin_repository(request, body)
+        except Exception as exc:
+            return kserve_error(to_gateway_error(exc))
+
+    async def admin_models(self, request: web.Request) -> web.Response:
+        states = getattr(self.core.models, "states", None)
+        rows = [s if isinstance(s, dict) else getattr(s, "__dict__", str(s)) for s in (states() if states else [])]
+        return web.json_response(
+            {"triton_up": self.core.is_up(), "models": rows}, dumps=lambda o: json.dumps(o, default=str)
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.core.metrics_text(), content_type="text/plain")
+
+    # -- apps ----------------------------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.core.options.max_body_bytes)
+        r = app.router
+        for p in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/stats"):
+            r.add_route("*", p, self.kserve_server)
+        for p in (
+            "/v2/models/{model}",
+            "/v2/models/{model}/{action}",
+            "/v2/models/{model}/versions/{version}",
+            "/v2/models/{model}/versions/{version}/{action}",
+        ):
+            r.add_route("*", p, self.kserve_model)
+        r.add_route("POST", "/v2/repository/index", self.repository)
+        r.add_route("POST", "/v2/repository/models/{model}/{action}", self.repository)
+        r.add_route("GET", "/ping", self.ping)
+        r.add_route("*", "/endpoints/{endpoint}/invocations", self.invocations)
+        r.add_route("*", "/invocations", self.invocations)
+        r.add_route("*", "/{tail:.*}", self.not_found)
+        return app
+
+    def admin_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.core.options.max_body_bytes)
+        r = app.router
+        r.add_route("POST", "/v2/repository/index", self.admin_repository)
+        r.add_route("POST", "/v2/repository/models/{model}/{action}", self.admin_repository)
+        r.add_route("GET", "/models", self.admin_models)
+        r.add_route("GET", "/metrics", self.metrics)
+        r.add_route("GET", "/ping", self.ping)
+        return app
+
+
+_ANON = Principal("anonymous")

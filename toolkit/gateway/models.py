@@ -1,0 +1,158 @@
+"""What the gateway needs from a model manager, and a small built-in one for when there is no MME manager.
+
+The gateway codes against ``ModelProvider`` (the subset of ``toolkit.mme.manager.ModelManager`` it calls).
+``RepositoryModels`` is the manager-less mode: models come only from Triton's repository directory (or whatever an
+external Triton has), are loaded on first use through the repository API with single-flight, and are never evicted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import aiohttp
+
+from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
+from toolkit.server.launcher import TritonEndpoint
+
+
+@runtime_checkable
+class ModelProvider(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def knows(self, name: str) -> bool: ...
+
+    def is_resident(self, name: str) -> bool: ...
+
+    async def ensure_loaded(self, name: str, timeout: float | None = None) -> None: ...
+
+    def serving(self, name: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]: ...
+
+    async def unload(self, name: str) -> None:
+        assert self._session is not None
+        url = f"{self.endpoint.http_url}/v2/repository/models/{name}/unload"
+        try:
+            async with self._session.post(url, data=b"{}") as r:
+                if r.status != 200:
+                    raise ModelLoadError(name, (await r.read()).decode(errors="replace"))
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise TritonDownError(name, f"Triton at {self.endpoint.http} is unreachable: {exc}") from None
+        self._resident.discard(name)
+
+    def metrics_text(self) -> str: ...
+
+    def on_triton_restart(self) -> None: ...
+
+
+class RepositoryModels:
+    """Manager-less mode: load-on-first-use from the Triton repository, no eviction, no store."""
+
+    def __init__(
+        self,
+        endpoint: TritonEndpoint,
+        repository: Path | None = None,
+        *,
+        load_timeout: float = 60.0,
+        on_loaded: Callable[[str], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.repository = Path(repository) if repository else None
+        self.load_timeout = load_timeout
+        self.on_loaded = on_loaded
+        self._resident: set[str] = set()
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._bg: asyncio.Future[None] | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.load_timeout))
+        await self._sync()
+
+    async def _sync(self) -> None:
+        assert self._session is not None
+        try:
+            async with self._session.post(f"{self.endpoint.http_url}/v2/repository/index", data=b"{}") as r:
+                index = json.loads(await r.read()) if r.status == 200 else []
+        except (aiohttp.ClientError, OSError, ValueError):
+            return
+        self._resident = {m["name"] for m in index if m.get("state") == "READY"}
+
+    async def close(self) -> None:
+        for t in self._loading.values():
+            t.cancel()
+        if self._session is not None:
+            await self._session.close()
+
+    def knows(self, name: str) -> bool:
+        if name in self._resident:
+            return True
+        if self.repository is None:
+            return True  # an external Triton: let its repository API decide
+        return "/" not in name and name not in ("", ".", "..") and (self.repository / name / "config.pbtxt").is_file()
+
+    def is_resident(self, name: str) -> bool:
+        return name in self._resident
+
+    async def _load(self, name: str) -> None:
+        assert self._session is not None
+        url = f"{self.endpoint.http_url}/v2/repository/models/{name}/load"
+        try:
+            async with self._session.post(url, data=b"{}") as r:
+                body = await r.read()
+                if r.status != 200:
+                    try:
+                        msg = json.loads(body).get("error", body.decode(errors="replace"))
+                    except ValueError:
+                        msg = body.decode(errors="replace")
+                    raise ModelLoadError(name, msg)
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise TritonDownError(name, f"Triton at {self.endpoint.http} is unreachable: {exc}") from None
+        self._resident.add(name)
+        if self.on_loaded is not None:
+            self.on_loaded(name)
+
+    async def ensure_loaded(self, name: str, timeout: float | None = None) -> None:
+        if name in self._resident:
+            return
+        if not self.knows(name):
+            raise ModelNotFoundError(name, "not in the model repository")
+        task = self._loading.get(name)
+        if task is None:
+            task = asyncio.ensure_future(self._load(name))
+            self._loading[name] = task
+            task.add_done_callback(lambda _t: self._loading.pop(name, None))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.TimeoutError:
+            raise LoadTimeoutError(name, timeout or 0.0) from None
+
+    @contextlib.asynccontextmanager
+    async def serving(self, name: str, timeout: float | None = None) -> AsyncIterator[None]:
+        if name not in self._resident:
+            await self.ensure_loaded(name, timeout)
+        yield
+
+    async def unload(self, name: str) -> None:
+        assert self._session is not None
+        url = f"{self.endpoint.http_url}/v2/repository/models/{name}/unload"
+        try:
+            async with self._session.post(url, data=b"{}") as r:
+                if r.status != 200:
+                    raise ModelLoadError(name, (await r.read()).decode(errors="replace"))
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise TritonDownError(name, f"Triton at {self.endpoint.http} is unreachable: {exc}") from None
+        self._resident.discard(name)
+
+    def metrics_text(self) -> str:
+        return f"# TYPE tritonctl_LoadedModelCount gauge\ntritonctl_LoadedModelCount {len(self._resident)}\n"
+
+    def on_triton_restart(self) -> None:
+        # The supervisor reloaded what it knew; re-read the index so that nothing is wrongly thought resident.
+        self._bg = asyncio.ensure_future(self._sync())

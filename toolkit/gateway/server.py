@@ -1,0 +1,162 @@
+"""The gateway process: one event loop running the HTTP, gRPC and admin front ends over one ``GatewayCore``.
+
+``Gateway`` is used from async code (``await gw.start()`` / ``await gw.stop()``); ``GatewayThread`` runs one in a
+background thread with its own loop, for tests, the benchmark, and the CLI (whose main thread waits for signals).
+Supervisor state changes arrive from the supervisor's thread and are handed to the loop thread-safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from toolkit.errors import ServerError
+from toolkit.gateway.core import GatewayCore, GatewayOptions
+from toolkit.gateway.grpc_front import GrpcFront
+from toolkit.gateway.http_front import HttpFront
+from toolkit.gateway.models import ModelProvider, RepositoryModels
+from toolkit.server.launcher import TritonEndpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GatewayAddresses:
+    http: str
+    grpc: str | None
+    admin: str | None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http}"
+
+    @property
+    def admin_url(self) -> str | None:
+        return f"http://{self.admin}" if self.admin else None
+
+
+class Gateway:
+    def __init__(
+        self,
+        options: GatewayOptions,
+        triton: TritonEndpoint,
+        models: ModelProvider | None = None,
+        is_up: Callable[[], bool] | None = None,
+    ) -> None:
+        self.options = options
+        self.models = models or RepositoryModels(triton, options.repository, load_timeout=options.timeout_s)
+        self.core = GatewayCore(options, triton, self.models, is_up)
+        self.http = HttpFront(self.core)
+        self.grpc: GrpcFront | None = None
+        self._runners: list[web.AppRunner] = []
+        self.addresses: GatewayAddresses | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.options.host, port, backlog=1024, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[union-attr]
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+    async def start(self) -> GatewayAddresses:
+        self.loop = asyncio.get_running_loop()
+        o = self.options
+        await self.core.start()
+        try:
+            http_port = await self._serve(self.http.app(), o.http_port)
+            admin = None
+            if o.admin_port is not None:
+                admin = f"{o.host}:{await self._serve(self.http.admin_app(), o.admin_port)}"
+            grpc_addr = None
+            if o.grpc_port is not None:
+                self.grpc = GrpcFront(self.core)
+                bound = await self.grpc.start(o.host, o.grpc_port)
+                if bound == 0:
+                    raise ServerError(f"gateway gRPC port {o.grpc_port} on {o.host} could not be bound")
+                grpc_addr = f"{o.host}:{bound}"
+        except OSError as exc:
+            await self.stop()
+            raise ServerError(f"gateway cannot listen on {o.host}: {exc.strerror or exc}") from None
+        self.addresses = GatewayAddresses(f"{o.host}:{http_port}", grpc_addr, admin)
+        return self.addresses
+
+    async def stop(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
+        for r in self._runners:
+            await r.cleanup()
+        self._runners.clear()
+        await self.core.close()
+
+    def triton_state_changed(self, state: str) -> None:
+        """Supervisor callback (any thread): after a restart, the manager resyncs with the reloaded Triton."""
+        if state == "up" and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.models.on_triton_restart)
+
+
+class GatewayThread:
+    """A ``Gateway`` on its own event loop in a daemon thread (uvloop when available)."""
+
+    def __init__(self, gateway: Gateway, use_uvloop: bool = True) -> None:
+        self.gateway = gateway
+        self.use_uvloop = use_uvloop
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="tritonctl-gateway", daemon=True)
+
+    def _new_loop(self) -> asyncio.AbstractEventLoop:
+        if self.use_uvloop:
+            try:
+                import uvloop
+
+                return uvloop.new_event_loop()
+            except ImportError:
+                pass
+        return asyncio.new_event_loop()
+
+    def _run(self) -> None:
+        loop = self._new_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            await self.gateway.start()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.gateway.stop()
+
+    def start(self, timeout: float = 30.0) -> GatewayAddresses:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ServerError("gateway did not start in time")
+        if self._error is not None:
+            raise self._error
+        assert self.gateway.addresses is not None
+        return self.gateway.addresses
+
+    def stop(self, timeout: float = 15.0) -> None:
+        loop, ev = self.gateway.loop, self._stop
+        if loop is not None and ev is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(ev.set)
+        self._thread.join(timeout)
