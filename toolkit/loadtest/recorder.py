@@ -1,0 +1,99 @@
+"""Per-process measurements: precise latency histograms per target, errors by type, and a per-second time series.
+
+It listens to Locust's ``request`` event, so it sees exactly what Locust sees, but keeps the float milliseconds that
+our users measured with ``perf_counter`` instead of Locust's rounded buckets. No locust import here: the
+orchestrator uses the same class to merge worker results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from typing import Any
+
+from toolkit.loadtest.hist import LatencyHistogram
+
+
+class Recorder:
+    def __init__(self, t0: float = 0.0, warmup: float = 0.0) -> None:
+        self.t0 = t0  # epoch seconds of the run's start; time-series buckets are whole seconds since t0
+        self.warmup = warmup
+        self.per_target: dict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
+        self.errors: Counter[tuple[str, str]] = Counter()  # (target, error type) -> count
+        self.series: dict[int, LatencyHistogram] = defaultdict(LatencyHistogram)  # successes, all targets
+        self.series_errors: Counter[int] = Counter()
+        self.series_per_target: dict[str, Counter[int]] = defaultdict(Counter)
+        self.cold: Counter[str] = Counter()  # requests over the cold threshold (MME estimate)
+        self.cold_threshold_ms: float | None = None
+        self.first_ok: float | None = None
+        self.last_ok: float | None = None
+
+    def record(self, name: str, ms: float, start: float, error: str | None) -> None:
+        sec = max(0, math.floor(start - self.t0))
+        in_window = start >= self.t0 + self.warmup
+        if error is not None:
+            self.series_errors[sec] += 1
+            if in_window:
+                self.errors[(name, error)] += 1
+            return
+        self.series[sec].record(ms)
+        self.series_per_target[name][sec] += 1
+        if in_window:
+            self.per_target[name].record(ms)
+            end = start + ms / 1000.0
+            self.first_ok = start if self.first_ok is None else min(self.first_ok, start)
+            self.last_ok = end if self.last_ok is None else max(self.last_ok, end)
+            if self.cold_threshold_ms is not None and ms >= self.cold_threshold_ms:
+                self.cold[name] += 1
+
+    # Locust event hook ------------------------------------------------------------------------------------------------
+    def on_request(
+        self, request_type: str, name: str, response_time: float, exception: BaseException | None = None, **kw: Any
+    ) -> None:
+        start = float(kw.get("start_time") or 0.0)
+        self.record(name, float(response_time), start, None if exception is None else describe_error(exception))
+
+    # hand-off ---------------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "t0": self.t0,
+            "warmup": self.warmup,
+            "per_target": {k: h.to_dict() for k, h in self.per_target.items()},
+            "errors": [[t, e, n] for (t, e), n in self.errors.items()],
+            "series": {str(s): h.to_dict() for s, h in self.series.items()},
+            "series_errors": {str(s): n for s, n in self.series_errors.items()},
+            "series_per_target": {k: {str(s): n for s, n in c.items()} for k, c in self.series_per_target.items()},
+            "cold": dict(self.cold),
+            "first_ok": self.first_ok,
+            "last_ok": self.last_ok,
+        }
+
+    def merge_dict(self, d: dict[str, Any]) -> None:
+        """Add a worker's result; its seconds are re-based on this recorder's t0."""
+        shift = round(float(d["t0"]) - self.t0)
+        for k, h in d["per_target"].items():
+            self.per_target[k].merge(LatencyHistogram.from_dict(h))
+        for t, e, n in d["errors"]:
+            self.errors[(t, e)] += int(n)
+        for s, h in d["series"].items():
+            self.series[int(s) + shift].merge(LatencyHistogram.from_dict(h))
+        for s, n in d["series_errors"].items():
+            self.series_errors[int(s) + shift] += int(n)
+        for k, c in d["series_per_target"].items():
+            for s, n in c.items():
+                self.series_per_target[k][int(s) + shift] += int(n)
+        for k, n in d.get("cold", {}).items():
+            self.cold[k] += int(n)
+        for attr, pick in (("first_ok", min), ("last_ok", max)):
+            v = d.get(attr)
+            if v is not None:
+                cur = getattr(self, attr)
+                setattr(self, attr, v if cur is None else pick(cur, v))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, stable error *type* (messages with per-request details would never group)."""
+    text = str(exc).strip().replace("\n", " ")
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return text if text.startswith(("HTTP ", "gRPC ")) else f"{type(exc).__name__}: {text}"

@@ -1,0 +1,129 @@
+"""Server-side breakdown, as perf_analyzer reports it, from two snapshots taken around the measured window.
+
+Triton's ``/v2/models/stats`` counters are cumulative; the difference between the snapshots gives, per model, the
+requests served and the average queue / compute input / compute infer / compute output time per request. The MME
+manager's Prometheus text (SageMaker metric names) gives the hit ratio, loads and loading wait the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from typing import Any
+
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def _get(url: str, timeout: float = 10.0) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return bytes(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def snapshot_stats(triton_http_url: str | None) -> dict[str, dict[str, Any]] | None:
+    """``{model: stats}`` (one entry per model name, versions summed), or None when Triton cannot be asked."""
+    if not triton_http_url:
+        return None
+    raw = _get(triton_http_url.rstrip("/") + "/v2/models/stats")
+    if raw is None:
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for m in json.loads(raw).get("model_stats", []):
+        s = out.setdefault(m["name"], {"inference_count": 0, "execution_count": 0, "success": [0, 0], "fail": [0, 0]})
+        s["inference_count"] += int(m.get("inference_count", 0))
+        s["execution_count"] += int(m.get("execution_count", 0))
+        st = m.get("inference_stats", {})
+        for key in ("success", "fail", *PHASES):
+            c = st.get(key, {})
+            acc = s.setdefault(key, [0, 0])
+            acc[0] += int(c.get("count", 0))
+            acc[1] += int(c.get("ns", 0))
+    return out
+
+
+def diff_stats(before: dict[str, dict[str, Any]] | None, after: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """Per model with traffic in the window: requests, inferences, executions, avg batch, µs per phase."""
+    if after is None:
+        return {}
+    before = before or {}
+    out: dict[str, Any] = {}
+    for name, a in sorted(after.items()):
+        b = before.get(name, {})
+        succ = a["success"][0] - b.get("success", [0, 0])[0]
+        fail = a["fail"][0] - b.get("fail", [0, 0])[0]
+        if succ <= 0 and fail <= 0:
+            continue
+        execs = a["execution_count"] - b.get("execution_count", 0)
+        infers = a["inference_count"] - b.get("inference_count", 0)
+        row: dict[str, Any] = {
+            "requests": succ,
+            "failed": fail,
+            "inferences": infers,
+            "executions": execs,
+            "avg_batch": (infers / execs) if execs else 0.0,
+        }
+        for key in ("success", *PHASES):
+            n = a[key][0] - b.get(key, [0, 0])[0]
+            ns = a[key][1] - b.get(key, [0, 0])[1]
+            row[f"{'request' if key == 'success' else key}_us"] = (ns / n / 1000.0) if n else 0.0
+        out[name] = row
+    return out
+
+
+# -- Prometheus text (the MME manager's metrics) ------------------------------------------------------------------
+_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEInfa]+)")
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, str], float]:
+    """``{(metric, labels): value}`` for every sample line (labels as written, e.g. ``{model="a"}``)."""
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if m and not line.startswith("#"):
+            try:
+                out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+            except ValueError:
+                continue
+    return out
+
+
+def scrape(url: str | None) -> dict[tuple[str, str], float] | None:
+    if not url:
+        return None
+    raw = _get(url)
+    return None if raw is None else parse_prometheus(raw.decode(errors="replace"))
+
+
+def _total(samples: dict[tuple[str, str], float], metric: str) -> float:
+    return sum(v for (name, _), v in samples.items() if name == metric)
+
+
+def mme_metrics(before: dict[tuple[str, str], float] | None, after: dict[tuple[str, str], float] | None) -> dict:
+    """Hit ratio, loads, evictions and loading wait over the window, from the manager's own counters."""
+    if not after or not any(k[0].startswith("tritonctl_") for k in after):
+        return {}
+    before = before or {}
+
+    def d(metric: str) -> float:
+        return _total(after, metric) - _total(before, metric)
+
+    invocations = d("tritonctl_ModelInvocations_total")
+    hits = d("tritonctl_ModelCacheHit") or d("tritonctl_ModelCacheHit_total")
+    wait_n = d("tritonctl_ModelLoadingWaitTime_seconds_count")
+    load_n = d("tritonctl_ModelLoadingTime_seconds_count")
+    return {
+        "invocations": invocations,
+        "hits": hits,
+        "hit_ratio": (hits / invocations) if invocations else None,
+        "loads": load_n,
+        "evictions": d("tritonctl_ModelEvictions_total"),
+        "load_failures": d("tritonctl_ModelLoadFailures_total"),
+        "loading_waits": wait_n,
+        "avg_loading_wait_ms": (d("tritonctl_ModelLoadingWaitTime_seconds_sum") / wait_n * 1000.0) if wait_n else 0.0,
+        "avg_loading_time_ms": (d("tritonctl_ModelLoadingTime_seconds_sum") / load_n * 1000.0) if load_n else 0.0,
+        "loaded_models": _total(after, "tritonctl_LoadedModelCount"),
+    }

@@ -1,0 +1,219 @@
+"""Locust users for Triton: KServe v2 over HTTP (FastHttpUser) and gRPC, and the SageMaker runtime API (SigV4).
+
+Importing this module imports locust, which monkey-patches the process with gevent: only worker processes (and
+locustfiles) import it, never the CLI or the test process. Each user times its own calls with ``perf_counter`` and
+reports float milliseconds through Locust's ``request`` event, where ``Recorder`` keeps sub-ms histograms.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, task
+
+from toolkit.loadtest.payload import http_request, make_arrays, sagemaker_request
+from toolkit.loadtest.scenario import Shape, Target
+
+
+class InferHTTPError(Exception):
+    """A non-200 answer; the message keeps the status and the server's error text, which is the error *type*."""
+
+
+class _Traffic:
+    """Target choice shared by all user kinds: weighted random over the scenario's (resolved) targets."""
+
+    targets: ClassVar[list[Target]] = []
+    cum_weights: ClassVar[list[float]] = []
+    binary: ClassVar[bool] = True
+    endpoint: ClassVar[str] = ""
+    timeout: ClassVar[float] = 60.0
+
+    def pick(self) -> int:
+        if len(self.targets) == 1:
+            return 0
+        return random.choices(range(len(self.targets)), cum_weights=self.cum_weights)[0]
+
+
+def _error_text(status: int, body: bytes | None) -> str:
+    import json
+
+    msg = ""
+    if body:
+        try:
+            msg = str(json.loads(body).get("error") or json.loads(body).get("message") or "")
+        except (ValueError, AttributeError):
+            msg = body[:160].decode(errors="replace")
+    return f"HTTP {status}: {msg}".strip()
+
+
+class TritonHttpUser(_Traffic, FastHttpUser):
+    """POST /v2/models/{m}/infer with a pre-built JSON or binary-tensor body."""
+
+    abstract = True  # made concrete by configure()
+    wait_time = constant(0)
+    network_timeout = 60.0
+    connection_timeout = 60.0
+
+    def on_start(self) -> None:
+        rng = np.random.default_rng(os.getpid() ^ id(self))
+        self._requests = [self._build(t, make_arrays(t, rng)) for t in self.targets]
+
+    def _build(self, t: Target, arrays: dict[str, np.ndarray]) -> tuple[str, bytes, dict[str, str]]:
+        path, body, headers = http_request(t, arrays, self.binary)
+        headers["Accept-Encoding"] = "identity"  # as perf_analyzer: no response compression
+        return path, body, headers
+
+    def _headers(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        return headers
+
+    @task
+    def infer(self) -> None:
+        i = self.pick()
+        path, body, headers = self._requests[i]
+        headers = self._headers(path, body, headers)
+        t0 = time.perf_counter()
+        with self.client.request(
+            "POST", path, data=body, headers=headers, name=self.targets[i].label, catch_response=True
+        ) as resp:
+            elapsed = (time.perf_counter() - t0) * 1000.0
+            resp.request_meta["response_time"] = elapsed
+            if resp.status_code != 200:
+                resp.failure(InferHTTPError(_error_text(resp.status_code or 0, resp.content)))
+            else:
+                resp.success()
+
+
+class SageMakerUser(TritonHttpUser):
+    """POST /endpoints/{endpoint}/invocations, SigV4-signed as the AWS SDK would (service ``sagemaker``)."""
+
+    abstract = True
+
+    def on_start(self) -> None:
+        from botocore.auth import SigV4Auth
+        from botocore.credentials import Credentials
+
+        super().on_start()
+        import boto3
+
+        creds = boto3.Session().get_credentials()
+        if creds is None:  # a local gateway: any well-formed credentials will do
+            creds = Credentials("tritonctl-loadtest", "tritonctl-loadtest")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self._signer = SigV4Auth(creds.get_frozen_credentials(), "sagemaker", region)
+
+    def _build(self, t: Target, arrays: dict[str, np.ndarray]) -> tuple[str, bytes, dict[str, str]]:
+        path, body, headers = sagemaker_request(t, arrays, self.binary, self.endpoint)
+        headers["Accept-Encoding"] = "identity"
+        return path, body, headers
+
+    def _headers(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        from botocore.awsrequest import AWSRequest
+
+        req = AWSRequest(method="POST", url=f"{self.host.rstrip('/')}{path}", data=body, headers=dict(headers))
+        self._signer.add_auth(req)  # X-Amz-Date + Authorization, fresh per request like the SDK
+        return dict(req.headers.items())
+
+
+class TritonGrpcUser(_Traffic, User):
+    """tritonclient.grpc under gevent (the worker calls ``grpc.experimental.gevent.init_gevent()`` first)."""
+
+    abstract = True
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        import tritonclient.grpc as grpcclient
+
+        url = self.host.split("://", 1)[-1].rstrip("/")
+        self._client = grpcclient.InferenceServerClient(url)
+        rng = np.random.default_rng(os.getpid() ^ id(self))
+        self._requests: list[tuple[list[Any], list[Any] | None]] = []
+        for t in self.targets:
+            inputs = []
+            for name, arr in make_arrays(t, rng).items():
+                dtype = t.inputs[name].dtype if t.inputs else "FP32"
+                inp = grpcclient.InferInput(name, list(arr.shape), dtype)
+                inp.set_data_from_numpy(arr)
+                inputs.append(inp)
+            outputs = [grpcclient.InferRequestedOutput(o) for o in t.outputs] if t.outputs else None
+            self._requests.append((inputs, outputs))
+
+    def on_stop(self) -> None:
+        self._client.close()
+
+    @task
+    def infer(self) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        i = self.pick()
+        t = self.targets[i]
+        inputs, outputs = self._requests[i]
+        start = time.time()
+        t0 = time.perf_counter()
+        exc: BaseException | None = None
+        try:
+            self._client.infer(t.model, inputs, outputs=outputs, client_timeout=self.timeout)
+        except InferenceServerException as e:
+            exc = InferHTTPError(f"gRPC {e.status() or ''}: {e.message() or e}".replace(" :", ":"))
+        except Exception as e:
+            exc = e
+        elapsed = (time.perf_counter() - t0) * 1000.0
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=t.label,
+            response_time=elapsed,
+            response_length=0,
+            exception=exc,
+            context={},
+            start_time=start,
+        )
+
+
+def make_shape(shape: Shape, users: int, spawn_rate: float, duration: float, share: float) -> LoadTestShape | None:
+    """A LoadTestShape for step/ramp (user counts scaled by this worker's ``share``); None for constant/rate."""
+    if shape.kind in ("constant", "rate"):
+        return None
+    if shape.kind == "step":
+        stages: list[tuple[float, int, float]] = []
+        t, n = 0.0, 0
+        while t < duration:
+            n = min(users, n + shape.step_users)
+            stages.append((min(shape.step_time, duration - t), n, spawn_rate))
+            t += shape.step_time
+    else:
+        stages = [(s.duration, s.users, s.spawn_rate) for s in shape.stages]
+
+    class _Stages(LoadTestShape):
+        def tick(self) -> tuple[int, float] | None:
+            run_time = self.get_run_time()
+            end = 0.0
+            for dur, n, rate in stages:
+                end += dur
+                if run_time < end:
+                    return max(0, round(n * share)), max(rate * share, 0.1)
+            return None
+
+    return _Stages()
+
+
+def configure(
+    protocol: str, targets: list[Target], binary: bool, endpoint: str, rps_per_user: float | None, timeout: float
+) -> type[User]:
+    """A concrete user class for this run (class attributes carry the traffic; Locust instantiates it)."""
+    base: type[Any] = {"http": TritonHttpUser, "grpc": TritonGrpcUser, "sagemaker": SageMakerUser}[protocol]
+    weights = [t.weight for t in targets]
+    cum = [sum(weights[: i + 1]) for i in range(len(weights))]
+    attrs: dict[str, Any] = {
+        "abstract": False,
+        "targets": targets,
+        "cum_weights": cum,
+        "binary": binary,
+        "endpoint": endpoint,
+        "timeout": timeout,
+        "network_timeout": timeout,
+        "wait_time": constant_throughput(rps_per_user) if rps_per_user else constant(0),
+    }
+    return type(f"Run{base.__name__}", (base,), attrs)

@@ -1,0 +1,86 @@
+"""One load-generating process: ``python -m toolkit.loadtest.worker CONFIG.json RESULT.json``.
+
+It runs Locust in-process through its Environment API (headless, no web UI), waits for the common start time so
+that several workers start together, prints one JSON progress line per second on stdout for the orchestrator's live
+display, and writes its Recorder (histograms, errors, time series) to RESULT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
+    import grpc.experimental.gevent as grpc_gevent
+
+    grpc_gevent.init_gevent()  # before any channel exists, or gRPC blocks the gevent hub
+
+    import gevent
+    from locust.env import Environment
+
+    from toolkit.loadtest.recorder import Recorder
+    from toolkit.loadtest.scenario import Shape, Target
+    from toolkit.loadtest.users import configure, make_shape
+
+    targets = [Target.model_validate(t) for t in cfg["targets"]]
+    users = int(cfg["users"])
+    rps = cfg.get("rps")
+    user_cls = configure(
+        cfg["protocol"],
+        targets,
+        cfg["binary"],
+        cfg.get("endpoint") or "",
+        (float(rps) / users) if rps and users else None,
+        float(cfg.get("timeout", 60.0)),
+    )
+    shape = make_shape(
+        Shape.model_validate(cfg["shape"]),
+        int(cfg["shape_users"]),
+        float(cfg["spawn_rate"]),
+        float(cfg["duration"]),
+        float(cfg["share"]),
+    )
+    rec = Recorder(t0=float(cfg["start_at"]), warmup=float(cfg.get("warmup", 0.0)))
+    rec.cold_threshold_ms = cfg.get("cold_threshold_ms")
+    env = Environment(user_classes=[user_cls], host=cfg["host"], shape_class=shape)
+    env.events.request.add_listener(rec.on_request)
+    runner = env.create_local_runner()
+
+    delay = float(cfg["start_at"]) - time.time()
+    if delay > 0:
+        gevent.sleep(delay)
+    if shape is not None:
+        runner.start_shape()
+    elif users > 0:
+        runner.start(users, spawn_rate=float(cfg["spawn_rate"]))
+    stop_at = float(cfg["start_at"]) + float(cfg["duration"])
+
+    def progress() -> None:
+        while True:
+            done = sum(h.count for h in rec.series.values())
+            errs = sum(rec.series_errors.values())
+            print(json.dumps({"t": time.time(), "ok": done, "errors": errs, "users": runner.user_count}), flush=True)
+            gevent.sleep(1.0)
+
+    ticker = gevent.spawn(progress)
+    while time.time() < stop_at and (shape is None or runner.state not in ("stopped", "quitting")):
+        gevent.sleep(min(0.1, max(0.0, stop_at - time.time())))
+    runner.quit()  # stops users; in-flight requests are finished or abandoned (not counted either way)
+    ticker.kill()
+    result_path.write_text(json.dumps(rec.to_dict()))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m toolkit.loadtest.worker CONFIG.json RESULT.json", file=sys.stderr)
+        return 2
+    run_worker(json.loads(Path(argv[0]).read_text()), Path(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
