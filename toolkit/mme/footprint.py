@@ -1,0 +1,68 @@
+"""How much memory a loaded model holds, measured the only way that works on this Triton build.
+
+Triton's ``nv_cpu_memory_used_bytes`` reads 0 for python-backend models, so the footprint of a model is the resident
+set size of its ``triton_python_backend_stub`` processes (one per instance), found by the model directory in their
+command line (``<repo>/<name>/<version>/model.py``). When no stub is found (an ensemble, a native backend, a remote
+Triton) the declared size is used: the ``tritonctl.memory_bytes`` parameter of config.pbtxt, or a default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import psutil
+
+STUB_NAME = "triton_python_backend_stub"
+DEFAULT_MODEL_BYTES = 64 * 1024**2
+_MEMORY_PARAM = re.compile(
+    r'key:\s*"tritonctl\.memory_bytes"\s*value:?\s*\{\s*string_value:\s*"(\d+)"\s*\}', re.MULTILINE
+)
+
+
+def stub_rss(repository: Path, names: Iterable[str] | None = None) -> dict[str, int]:
+    """RSS in bytes of the python-backend stubs serving models of ``repository``, summed per model name.
+
+    Only stubs whose model file lies directly under ``repository`` count, so two Tritons on one host (tests, a
+    blue/green restart) never see each other's models.
+    """
+    root = str(Path(repository).resolve()) + os.sep
+    wanted = set(names) if names is not None else None
+    sizes: dict[str, int] = {}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] != STUB_NAME and not (proc.info["cmdline"] or [""])[0].endswith(STUB_NAME):
+                continue
+            cmd = proc.info["cmdline"] or []
+            model_path = next((c for c in cmd[1:] if c.startswith(root)), None)
+            if model_path is None:
+                continue
+            name = model_path[len(root) :].split(os.sep, 1)[0]
+            if wanted is not None and name not in wanted:
+                continue
+            sizes[name] = sizes.get(name, 0) + int(proc.memory_info().rss)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return sizes
+
+
+def declared_bytes(model_dir: Path) -> int | None:
+    """The ``tritonctl.memory_bytes`` parameter of ``model_dir/config.pbtxt``, if the model declares one."""
+    try:
+        text = (Path(model_dir) / "config.pbtxt").read_text()
+    except OSError:
+        return None
+    m = _MEMORY_PARAM.search(text)
+    return int(m.group(1)) if m else None
+
+
+def parse_size(text: str) -> int:
+    """``8GiB``, ``512MB``, ``1.5G``, ``1000`` -> bytes (binary and decimal units; bad input -> ValueError)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?)B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot read a size from {text!r} (examples: 8GiB, 512MB, 1000000)")
+    value, unit, binary = float(m.group(1)), m.group(2).upper(), m.group(3)
+    power = " KMGT".index(unit) if unit else 0
+    return int(value * (1024 if binary or not unit else 1000) ** power) if unit else int(value)
