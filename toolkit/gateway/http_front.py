@@ -71,6 +71,14 @@ def parse_sagemaker_content_type(ctype: str, body: bytes) -> dict[str, str]:
     return {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(n)}
 
 
+def check_binary_header(value: str | None, body: bytes) -> None:
+    """The binary tensor extension's JSON header length must be a number that fits the body."""
+    if value is None:
+        return
+    if not value.strip().isdigit() or not 0 < int(value) <= len(body):
+        raise ValidationError(f"Inference-Header-Content-Length {value!r} does not fit a body of {len(body)} bytes")
+
+
 def next_step_request(f: Forwarded) -> tuple[bytes, dict[str, str]]:
     """Serial endpoints: turn one step's response into the next step's request (outputs become inputs by name)."""
     n = int(f.headers.get("Inference-Header-Content-Length") or len(f.body))
@@ -122,6 +130,8 @@ class HttpFront:
             if request.method != want:
                 raise GatewayError(f"{request.path} takes {want}", status=405, code="ValidationError")
             body = await self._body(request) if action == "infer" else b""
+            if action == "infer":
+                check_binary_header(request.headers.get("Inference-Header-Content-Length"), body)
             core.require_up()
             principal = self._auth(request, body)
             if core.auth.enabled:
@@ -198,7 +208,6 @@ class HttpFront:
                     )
                 name = names[0]
             body = await self._body(request)
-            fwd = parse_sagemaker_content_type(h.get("Content-Type", ""), body)
             core.require_up()
             principal = self._auth(request, body)
             route = core.router.resolve(
@@ -207,6 +216,7 @@ class HttpFront:
                 h.get("X-Amzn-SageMaker-Target-Container-Hostname"),
                 h.get("X-Amzn-SageMaker-Target-Variant"),
             )
+            fwd = parse_sagemaker_content_type(h.get("Content-Type", ""), body)
             if core.auth.enabled:
                 core.auth.authorize(principal, INVOKE, core.auth.endpoint_arn(name), route.context)
             core.acquire()

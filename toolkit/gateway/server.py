@@ -49,7 +49,11 @@ class Gateway:
         is_up: Callable[[], bool] | None = None,
     ) -> None:
         self.options = options
-        self.models = models or RepositoryModels(triton, options.repository, load_timeout=options.timeout_s)
+        if models is None and options.repository is not None:
+            from toolkit.mme.manager import ModelManager
+
+            models = ModelManager(triton, repository=options.repository, load_timeout=options.timeout_s)
+        self.models = models or RepositoryModels(triton, None, load_timeout=options.timeout_s)
         self.core = GatewayCore(options, triton, self.models, is_up)
         self.http = HttpFront(self.core)
         self.grpc: GrpcFront | None = None

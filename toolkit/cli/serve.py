@@ -1,0 +1,225 @@
+"""``tritonctl serve``: Triton (embedded and supervised, or external) behind the gateway, in the foreground.
+
+``serve()`` is the plain function (tests and other tools call it); ``serve_command`` is the Typer command the CLI
+registers as ``app.command("serve")(serve_command)``. Ctrl-C or SIGTERM stops the gateway, then Triton, cleanly.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from toolkit.errors import TritonctlError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.I)
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+class ServeError(TritonctlError):
+    """``tritonctl serve`` was given options that cannot work together."""
+
+
+def parse_size(text: str) -> int:
+    """``8GiB`` -> 8589934592, ``500MB`` -> 500000000, ``1024`` -> 1024."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ServeError(f"bad size {text!r}: use e.g. 8GiB, 512MiB, 2GB or a number of bytes")
+    num, unit = float(m.group(1)), (m.group(2) or "").upper()
+    if "I" in unit:
+        return int(num * 1024 ** "BKMGT".index(unit[0]))
+    return int(num * _UNITS[unit[:1]])
+
+
+def _make_manager(endpoint: Any, repository: Path | None, **kw: Any) -> Any:
+    """The MME manager over the repository directory (None = the gateway's manager-less mode, for --url alone)."""
+    from toolkit.mme.manager import ModelManager
+
+    if repository is None:
+        if any(v is not None for v in kw.values()):
+            raise ServeError(
+                "--store/--max-models/--memory-budget/--policy need a model repository DIR that Triton reads"
+            )
+        return None
+    store = None
+    if kw.get("store"):
+        from toolkit.mme.stores import open_store
+
+        store = open_store(kw["store"])
+    return ModelManager(
+        endpoint,
+        repository=repository,
+        store=store,
+        max_models=kw.get("max_models"),
+        memory_budget_bytes=kw.get("memory_budget_bytes"),
+        policy=kw.get("policy") or "lru",
+    )
+
+
+def serve(
+    repository: Path | None = None,
+    *,
+    manifest: Path | None = None,
+    load: list[str] | None = None,
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    metrics_port: int | None = None,
+    gateway: bool = True,
+    gateway_port: int = 8080,
+    gateway_grpc_port: int | None = 8081,
+    admin_port: int | None = None,
+    url: str | None = None,
+    store: str | None = None,
+    max_models: int | None = None,
+    memory_budget: str | None = None,
+    policy: str = "lru",
+    auth: Path | None = None,
+    host: str = "127.0.0.1",
+    workdir: Path | None = None,
+    echo: Callable[[str], None] = print,
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Run until SIGINT/SIGTERM (or ``stop_event``); every started piece is stopped on the way out."""
+    from toolkit.gateway.auth import AuthConfig
+    from toolkit.gateway.core import GatewayOptions
+    from toolkit.gateway.server import Gateway, GatewayThread
+    from toolkit.server import EmbeddedTriton, ServerOptions, Supervisor, TritonEndpoint
+
+    endpoints = []
+    if manifest is not None:
+        from toolkit.repository.generate import generate_repository
+        from toolkit.spec import load_manifest
+
+        spec = load_manifest(manifest)
+        endpoints = list(spec.endpoints)
+        if repository is None and url is None:
+            repository = Path(workdir or tempfile.mkdtemp(prefix="tritonctl-serve-")) / "model_repository"
+            report = generate_repository(spec, repository)
+            echo(f"generated {repository}: {report.summary()}")
+    if repository is None and url is None:
+        raise ServeError("give a model repository DIR, --manifest FILE, or --url of a running Triton")
+    loads = load or ["none"]
+    if loads == ["all"]:
+        loads = ["*"]
+    elif loads == ["none"]:
+        loads = []
+    elif "all" in loads or "none" in loads:
+        raise ServeError("--load takes all, none, or model names (not a mix)")
+    auth_cfg = AuthConfig.load(auth) if auth else AuthConfig()
+
+    stop = stop_event or threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    supervisor: Supervisor | None = None
+    runner: GatewayThread | None = None
+    try:
+        if url is not None:
+            endpoint = TritonEndpoint.from_url(url)
+            is_up = None
+            echo(f"using Triton at {endpoint.http_url}")
+        else:
+            assert repository is not None
+            work = workdir or Path(tempfile.mkdtemp(prefix="tritonctl-serve-"))
+            options = ServerOptions(
+                repository=repository,
+                host=host,
+                http_port=http_port,
+                grpc_port=grpc_port,
+                metrics_port=metrics_port,
+                load=loads,
+                workdir=work,
+                log_file=work / "tritonserver.log",
+            )
+            supervisor = Supervisor(EmbeddedTriton(options))
+            endpoint = supervisor.start(timeout=120)
+            is_up = lambda: supervisor is not None and supervisor.is_up  # noqa: E731
+            echo(f"triton   http {endpoint.http}  grpc {endpoint.grpc}  metrics {endpoint.metrics}  (log {work})")
+        if gateway:
+            mm = _make_manager(
+                endpoint,
+                repository,
+                store=store,
+                max_models=max_models,
+                memory_budget_bytes=parse_size(memory_budget) if memory_budget else None,
+                policy=policy if policy != "lru" else None,
+            )
+            gopts = GatewayOptions(
+                host=host,
+                http_port=gateway_port,
+                grpc_port=gateway_grpc_port,
+                admin_port=admin_port,
+                endpoints=endpoints,
+                auth=auth_cfg,
+                repository=repository,
+            )
+            gw = Gateway(gopts, endpoint, models=mm, is_up=is_up)
+            if supervisor is not None:
+                supervisor.on_state = gw.triton_state_changed
+            runner = GatewayThread(gw)
+            a = runner.start()
+            echo(f"gateway  http {a.http_url}  grpc {a.grpc or '-'}  admin {a.admin_url or '-'}")
+            if endpoints:
+                echo("endpoints " + ", ".join(f"{e.name} ({e.mode})" for e in endpoints))
+        echo("serving; Ctrl-C to stop")
+        while not stop.wait(0.5):
+            pass
+    finally:
+        if runner is not None:
+            runner.stop()
+        if supervisor is not None:
+            supervisor.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        echo("stopped")
+
+
+def serve_command(
+    repository: Path | None = typer.Argument(None, help="Triton model repository directory"),
+    manifest: Path | None = typer.Option(None, "--manifest", help="manifest: repository generated, endpoints read"),
+    load: list[str] | None = typer.Option(None, "--load", help="all, none (default), or a model name (repeatable)"),
+    http_port: int | None = typer.Option(None, "--http-port", help="Triton HTTP port (default: a free one)"),
+    grpc_port: int | None = typer.Option(None, "--grpc-port", help="Triton gRPC port (default: a free one)"),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Triton metrics port (default: a free one)"),
+    gateway: bool = typer.Option(True, "--gateway/--no-gateway", help="run the front door (else Triton only)"),
+    gateway_port: int = typer.Option(8080, "--gateway-port", help="gateway HTTP port (KServe v2 + SageMaker API)"),
+    gateway_grpc_port: int | None = typer.Option(8081, "--gateway-grpc-port", help="gateway gRPC port (KServe v2)"),
+    admin_port: int | None = typer.Option(None, "--admin-port", help="admin API port (repository load/unload/index)"),
+    url: str | None = typer.Option(None, "--url", help="an external Triton (HTTP URL) instead of the embedded one"),
+    store: str | None = typer.Option(None, "--store", help="MME artifact store: a directory or s3://bucket/prefix"),
+    max_models: int | None = typer.Option(None, "--max-models", help="MME: most models resident at once"),
+    memory_budget: str | None = typer.Option(None, "--memory-budget", help="MME: memory for resident models (8GiB)"),
+    policy: str = typer.Option("lru", "--policy", help="MME eviction policy: lru or gdsf"),
+    auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address every server binds to"),
+) -> None:
+    """Serve models: Triton behind the gateway (KServe v2 HTTP/gRPC + SageMaker runtime API) until Ctrl-C."""
+    from toolkit.cli.common import friendly
+
+    friendly(serve)(
+        repository,
+        manifest=manifest,
+        load=load,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        gateway=gateway,
+        gateway_port=gateway_port,
+        gateway_grpc_port=gateway_grpc_port,
+        admin_port=admin_port,
+        url=url,
+        store=store,
+        max_models=max_models,
+        memory_budget=memory_budget,
+        policy=policy,
+        auth=auth,
+        host=host,
+        echo=typer.echo,
+    )
