@@ -80,7 +80,14 @@ def check_ensemble(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelCo
 
     mbs = cfg.max_batch_size
     if cfg.HasField("dynamic_batching"):
-        err("dynamic_batching", "an ensemble may not have dynamic_batching (Triton rejects it); batch in its steps")
+        # In ModelConfig, dynamic_batching and ensemble_scheduling are one oneof: a file with both does not even
+        # parse, and one with dynamic_batching alone has lost its steps. Triton rejects both.
+        err(
+            "dynamic_batching",
+            "an ensemble may not have dynamic_batching (it replaces ensemble_scheduling, and Triton rejects it); "
+            "put dynamic_batching on the step models instead",
+        )
+        return out
     steps = list(cfg.ensemble_scheduling.step)
     if not steps:
         err("ensemble_scheduling", "has no steps")
@@ -141,6 +148,19 @@ def check_ensemble(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelCo
         if have is not None and not _compatible(have, want):
             by = f"step {src} ({steps[src].model_name})" if src >= 0 else "the ensemble input"
             err(f"output[{j}]", f"declared output {t.name!r} is {want.text()} but {by} produces {have.text()}")
+    consumed = {tensor for _, _, tensor, _ in consumers} | {t.name for t in cfg.output}
+    for tensor, (src, _) in producers.items():
+        if tensor in consumed:
+            continue
+        if src < 0:
+            err("input", f"ensemble input {tensor!r} is consumed by no step (Triton rejects unused tensors)")
+        else:
+            key = next(k for k, v in steps[src].output_map.items() if v == tensor)
+            err(
+                f"ensemble_scheduling.step[{src}].output_map[{key}]",
+                f"step {src} ({steps[src].model_name}): output {key!r} -> tensor {tensor!r} is consumed by no step and "
+                "is not an ensemble output (Triton rejects unused tensors; drop it from output_map)",
+            )
     cycle = _find_cycle(edges, len(steps))
     if cycle:
         path = " -> ".join(f"step {k} ({steps[k].model_name})" for k in cycle)
