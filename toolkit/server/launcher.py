@@ -95,6 +95,8 @@ class ServerOptions:
     exit_timeout_s: int = 5
     extra_args: list[str] = field(default_factory=list)
     log_verbose: int = 0
+    # Our configs are complete; Triton's auto-complete only costs load time (1.4 s vs 0.12 s for a python model).
+    auto_complete_config: bool = False
 
 
 class EmbeddedTriton:
@@ -140,7 +142,7 @@ class EmbeddedTriton:
             f"--model-repository={Path(o.repository).resolve()}",
             f"--backend-directory={self.backend_dir}",
             "--model-control-mode=explicit",
-            "--disable-auto-complete-config",
+            *([] if o.auto_complete_config else ["--disable-auto-complete-config"]),
             f"--http-address={o.host}",
             f"--http-port={http}",
             f"--grpc-address={o.host}",
