@@ -200,10 +200,13 @@ def _watch(procs: list[Any], start_at: float, duration: float, say: Callable[[st
     """Collect the workers' progress lines and print one aggregated line per second until all have exited."""
     latest: dict[int, dict[str, Any]] = {}
 
+    fresh = threading.Event()
+
     def read(i: int, stream: Any) -> None:
         for line in stream:
             try:
                 latest[i] = json.loads(line)
+                fresh.set()
             except ValueError:
                 continue
 
@@ -218,8 +221,9 @@ def _watch(procs: list[Any], start_at: float, duration: float, say: Callable[[st
                 p.kill()
             raise LoadTestError("load workers did not finish in time (killed)")
         time.sleep(1.0)
-        if not latest or time.time() < start_at:
+        if not latest or time.time() < start_at or not fresh.is_set():
             continue
+        fresh.clear()
         ok = sum(v["ok"] for v in latest.values())
         errs = sum(v["errors"] for v in latest.values())
         now = time.time()
