@@ -97,6 +97,8 @@ class ServerOptions:
     log_verbose: int = 0
     # Our configs are complete; Triton's auto-complete only costs load time (1.4 s vs 0.12 s for a python model).
     auto_complete_config: bool = False
+    # Size of Triton's local response cache; models opt in with `response_cache: true` in the manifest.
+    response_cache_bytes: int | None = None
 
 
 class EmbeddedTriton:
@@ -154,6 +156,11 @@ class EmbeddedTriton:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
         ]
+        if o.response_cache_bytes:
+            cmd += [
+                f"--cache-directory={self.install.cache_dir}",
+                f"--cache-config=local,size={o.response_cache_bytes}",
+            ]
         cmd += [f"--load-model={m}" for m in o.load]
         return cmd + list(o.extra_args)
 

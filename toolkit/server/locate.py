@@ -24,6 +24,7 @@ class TritonInstall:
     lib_dir: Path
     python_backend: Path
     stub: Path
+    cache_dir: Path  # response-cache implementations (local)
 
 
 def _pytriton_root() -> Path:
@@ -58,7 +59,9 @@ def locate_triton(python_version: str | None = None) -> TritonInstall:
         raise ServerError(
             f"no python backend stub for Python {version} in nvidia-pytriton (available: {', '.join(have)})"
         )
-    return TritonInstall(binary=binary, lib_dir=lib_dir, python_backend=python_backend, stub=stub)
+    return TritonInstall(
+        binary=binary, lib_dir=lib_dir, python_backend=python_backend, stub=stub, cache_dir=ts / "caches"
+    )
 
 
 def prepare_backend_dir(install: TritonInstall, cache_root: Path | None = None) -> Path:
