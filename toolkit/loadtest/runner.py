@@ -27,7 +27,8 @@ from toolkit.loadtest.scenario import LoadTestError, Scenario, Target
 from toolkit.loadtest.serverstats import diff_stats, mme_metrics, scrape, snapshot_stats
 from toolkit.server.launcher import TritonEndpoint
 
-STARTUP_S = 3.0  # time given to workers to import locust before the common start
+READY_TIMEOUT_S = 60.0  # workers import locust, gevent, tritonclient (~1 s each, more on a loaded machine)
+START_DELAY_S = 0.3  # between "all ready" and the common start
 
 
 @dataclass
@@ -109,7 +110,6 @@ def run_loadtest(opts: RunOptions) -> dict[str, Any]:
     binary = (opts.encoding or sc.encoding) == "binary"
     say = opts.progress or (lambda s: None)
 
-    start_at = time.time() + STARTUP_S
     stats_url, metrics_url = opts.stats_url(), opts.metrics_url()
     snaps: dict[str, Any] = {}
 
@@ -117,12 +117,25 @@ def run_loadtest(opts: RunOptions) -> dict[str, Any]:
         snaps["stats"] = snapshot_stats(stats_url)
         snaps["mme"] = scrape(metrics_url)
 
-    timer = threading.Timer(max(0.0, start_at + warmup - time.time()), take_before)
-    timer.start()
     with tempfile.TemporaryDirectory(prefix="tritonctl-loadtest-") as tmp:
-        procs = _launch(opts, targets, binary, users, spawn_rate, rps, duration, warmup, start_at, k, Path(tmp))
-        _watch(procs, start_at, duration, say)
-        timer.join()
+        procs = _launch(opts, targets, binary, users, spawn_rate, rps, duration, warmup, k, Path(tmp))
+        try:
+            watcher = _Watcher(procs)
+            watcher.wait_ready(READY_TIMEOUT_S)
+            start_at = time.time() + START_DELAY_S
+            timer = threading.Timer(max(0.0, start_at + warmup - time.time()), take_before)
+            timer.start()
+            for p, _, _ in procs:
+                assert p.stdin is not None
+                p.stdin.write(f"{start_at!r}\n")
+                p.stdin.flush()
+            watcher.watch(start_at, duration, say)
+            timer.join()
+        finally:
+            for p, _, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
         after_stats, after_mme = snapshot_stats(stats_url), scrape(metrics_url)
         rec = Recorder(t0=start_at, warmup=warmup)
         for i, (p, _, err_path) in enumerate(procs):
@@ -156,7 +169,6 @@ def _launch(
     rps: float | None,
     duration: float,
     warmup: float,
-    start_at: float,
     k: int,
     tmp: Path,
 ) -> list[Any]:
@@ -178,7 +190,6 @@ def _launch(
             "share": 1.0 / k,
             "duration": duration,
             "warmup": warmup,
-            "start_at": start_at,
             "timeout": sc.timeout,
             "cold_threshold_ms": sc.mme.cold_threshold_ms if sc.mme else None,
         }
@@ -188,6 +199,7 @@ def _launch(
         with open(err_path, "wb") as err:
             p = subprocess.Popen(
                 [sys.executable, "-m", "toolkit.loadtest.worker", str(cfg_path), str(tmp / f"result-{i}.json")],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
@@ -196,46 +208,64 @@ def _launch(
     return procs
 
 
-def _watch(procs: list[Any], start_at: float, duration: float, say: Callable[[str], None]) -> None:
-    """Collect the workers' progress lines and print one aggregated line per second until all have exited."""
-    latest: dict[int, dict[str, Any]] = {}
+class _Watcher:
+    """Reads the workers' JSON lines: the ready handshake, then one progress line per second each."""
 
-    fresh = threading.Event()
+    def __init__(self, procs: list[Any]) -> None:
+        self.procs = procs
+        self.latest: dict[int, dict[str, Any]] = {}
+        self.ready: set[int] = set()
+        self.fresh = threading.Event()
+        self.readers = [
+            threading.Thread(target=self._read, args=(i, p.stdout), daemon=True) for i, (p, _, _) in enumerate(procs)
+        ]
+        for r in self.readers:
+            r.start()
 
-    def read(i: int, stream: Any) -> None:
+    def _read(self, i: int, stream: Any) -> None:
         for line in stream:
             try:
-                latest[i] = json.loads(line)
-                fresh.set()
+                msg = json.loads(line)
             except ValueError:
                 continue
+            if msg.get("ready"):
+                self.ready.add(i)
+            else:
+                self.latest[i] = msg
+            self.fresh.set()
 
-    readers = [threading.Thread(target=read, args=(i, p.stdout), daemon=True) for i, (p, _, _) in enumerate(procs)]
-    for r in readers:
-        r.start()
-    deadline = start_at + duration + 120.0
-    last_ok, last_t = 0, time.time()
-    while any(p.poll() is None for p, _, _ in procs):
-        if time.time() > deadline:
-            for p, _, _ in procs:
-                p.kill()
-            raise LoadTestError("load workers did not finish in time (killed)")
-        time.sleep(1.0)
-        if not latest or time.time() < start_at or not fresh.is_set():
-            continue
-        fresh.clear()
-        ok = sum(v["ok"] for v in latest.values())
-        errs = sum(v["errors"] for v in latest.values())
-        now = time.time()
-        rate = (ok - last_ok) / max(now - last_t, 1e-6)
-        last_ok, last_t = ok, now
-        elapsed = min(now - start_at, duration)
-        say(
-            f"[{elapsed:5.0f}/{duration:.0f} s] users {sum(v['users'] for v in latest.values()):4d}  "
-            f"ok {ok:8d}  errors {errs:6d}  {rate:8.1f} req/s"
-        )
-    for r in readers:
-        r.join(timeout=2)
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while len(self.ready) < len(self.procs):
+            dead = [i for i, (p, _, _) in enumerate(self.procs) if p.poll() is not None]
+            if dead:
+                err = self.procs[dead[0]][2].read_text(errors="replace")[-2000:]
+                raise LoadTestError(f"load worker {dead[0]} exited before starting:\n{err}")
+            if time.time() > deadline:
+                raise LoadTestError(f"load workers not ready after {timeout:.0f} s")
+            time.sleep(0.02)
+
+    def watch(self, start_at: float, duration: float, say: Callable[[str], None]) -> None:
+        """Print one aggregated progress line per second until all workers have exited."""
+        deadline = start_at + duration + 120.0
+        last_ok, last_t = 0, time.time()
+        while any(p.poll() is None for p, _, _ in self.procs):
+            if time.time() > deadline:
+                raise LoadTestError("load workers did not finish in time (killed)")
+            time.sleep(0.2 if time.time() > start_at + duration else 1.0)
+            if not self.latest or not self.fresh.is_set():
+                continue
+            self.fresh.clear()
+            ok = sum(v["ok"] for v in self.latest.values())
+            errs = sum(v["errors"] for v in self.latest.values())
+            now = time.time()
+            rate = (ok - last_ok) / max(now - last_t, 1e-6)
+            last_ok, last_t = ok, now
+            elapsed = min(now - start_at, duration)
+            users = sum(v["users"] for v in self.latest.values())
+            say(f"[{elapsed:5.0f}/{duration:.0f} s] users {users:4d}  ok {ok:8d}  errors {errs:6d}  {rate:8.1f} req/s")
+        for r in self.readers:
+            r.join(timeout=2)
 
 
 def _summ(h: LatencyHistogram, errors: int, window: float) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """One load-generating process: ``python -m toolkit.loadtest.worker CONFIG.json RESULT.json``.
 
-It runs Locust in-process through its Environment API (headless, no web UI), waits for the common start time so
-that several workers start together, prints one JSON progress line per second on stdout for the orchestrator's live
-display, and writes its Recorder (histograms, errors, time series) to RESULT.json.
+It runs Locust in-process through its Environment API (headless, no web UI). A ready/go handshake over stdout/stdin
+gives all workers one common start time; then it prints one JSON progress line per second for the orchestrator's
+live display, and finally writes its Recorder (histograms, errors, time series) to RESULT.json.
 """
 
 from __future__ import annotations
@@ -44,20 +44,27 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
         float(cfg["duration"]),
         float(cfg["share"]),
     )
-    rec = Recorder(t0=float(cfg["start_at"]), warmup=float(cfg.get("warmup", 0.0)))
+    rec = Recorder(t0=0.0, warmup=float(cfg.get("warmup", 0.0)))
     rec.cold_threshold_ms = cfg.get("cold_threshold_ms")
     env = Environment(user_classes=[user_cls], host=cfg["host"], shape_class=shape)
     env.events.request.add_listener(rec.on_request)
     runner = env.create_local_runner()
 
-    delay = float(cfg["start_at"]) - time.time()
+    # handshake: say we are ready (imports done), then wait for the common start time on stdin
+    print(json.dumps({"ready": True}), flush=True)
+    line = sys.stdin.readline()
+    if not line.strip():
+        return  # the orchestrator gave up
+    start_at = float(line)
+    rec.t0 = start_at
+    delay = start_at - time.time()
     if delay > 0:
         gevent.sleep(delay)
     if shape is not None:
         runner.start_shape()
     elif users > 0:
         runner.start(users, spawn_rate=float(cfg["spawn_rate"]))
-    stop_at = float(cfg["start_at"]) + float(cfg["duration"])
+    stop_at = start_at + float(cfg["duration"])
 
     def progress() -> None:
         while True:
