@@ -200,6 +200,15 @@ def examples_build(
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (one per area of the toolkit)."""
+    from toolkit.cli.loadtest import loadtest_cmd  # noqa: PLC0415
+    from toolkit.cli.serve import serve_command  # noqa: PLC0415
+
+    app.command("serve", help="Serve a repository: embedded (or external) Triton behind the gateway.")(
+        friendly(serve_command)
+    )
+    app.command("loadtest", help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).")(
+        friendly(loadtest_cmd)
+    )
 
 
 _register_subcommands()
