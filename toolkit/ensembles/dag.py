@@ -99,6 +99,8 @@ def check_ensemble(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelCo
         where = f"ensemble_scheduling.step[{i}]"
         sname = f"step {i} ({st.model_name})"
         model = configs.get(st.model_name)
+        if not st.output_map:
+            err(f"{where}.output_map", f"{sname}: has no output_map (Triton requires every step to produce a tensor)")
         if model is None:
             err(f"{where}.model_name", f"{sname}: model {st.model_name!r} is not in the repository")
         else:
