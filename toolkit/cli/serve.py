@@ -89,7 +89,8 @@ def serve(
     from toolkit.gateway.auth import AuthConfig
     from toolkit.gateway.core import GatewayOptions
     from toolkit.gateway.server import Gateway, GatewayThread
-    from toolkit.server import EmbeddedTriton, ServerOptions, Supervisor, TritonEndpoint
+    from toolkit.gateway.supervision import LazyReloadSupervisor
+    from toolkit.server import EmbeddedTriton, ServerOptions, TritonEndpoint
 
     endpoints = []
     if manifest is not None:
@@ -118,12 +119,11 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    supervisor: Supervisor | None = None
+    supervisor: LazyReloadSupervisor | None = None
     runner: GatewayThread | None = None
     try:
         if url is not None:
             endpoint = TritonEndpoint.from_url(url)
-            is_up = None
             echo(f"using Triton at {endpoint.http_url}")
         else:
             assert repository is not None
@@ -138,9 +138,8 @@ def serve(
                 workdir=work,
                 log_file=work / "tritonserver.log",
             )
-            supervisor = Supervisor(EmbeddedTriton(options))
+            supervisor = LazyReloadSupervisor(EmbeddedTriton(options))
             endpoint = supervisor.start(timeout=120)
-            is_up = lambda: supervisor is not None and supervisor.is_up  # noqa: E731
             echo(f"triton   http {endpoint.http}  grpc {endpoint.grpc}  metrics {endpoint.metrics}  (log {work})")
         if gateway:
             mm = _make_manager(
@@ -160,9 +159,9 @@ def serve(
                 auth=auth_cfg,
                 repository=repository,
             )
-            gw = Gateway(gopts, endpoint, models=mm, is_up=is_up)
+            gw = Gateway(gopts, endpoint, models=mm)
             if supervisor is not None:
-                supervisor.on_state = gw.triton_state_changed
+                gw.attach(supervisor)
             runner = GatewayThread(gw)
             a = runner.start()
             echo(f"gateway  http {a.http_url}  grpc {a.grpc or '-'}  admin {a.admin_url or '-'}")

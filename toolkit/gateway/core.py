@@ -77,6 +77,11 @@ def triton_message(body: bytes) -> str:
     return body.decode(errors="replace")[:2000]
 
 
+def _is_parse_error(body: bytes) -> bool:
+    msg = triton_message(body)
+    return msg.startswith(("failed to parse", "Unable to parse", "parse error"))
+
+
 def to_gateway_error(exc: BaseException, *, sagemaker: bool = False) -> GatewayError:
     """Every failure below the gateway becomes one typed, client-facing error."""
     if isinstance(exc, GatewayError):
@@ -179,7 +184,10 @@ class GatewayCore:
     async def infer(self, model: str, body: bytes, headers: Mapping[str, str], path: str | None = None) -> Forwarded:
         """Load (if cold) and infer; Triton's own 4xx/5xx answers come back as they are."""
         async with self.models.serving(model, timeout=self.options.load_wait_s):
-            return await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
+            f = await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
+        if f.status == 500 and _is_parse_error(f.body):
+            f.status = 400  # Triton answers 500 to a body it cannot parse: that is the client's error
+        return f
 
     def metrics_text(self) -> str:
         lines = [

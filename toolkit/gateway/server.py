@@ -21,6 +21,7 @@ from toolkit.gateway.grpc_front import GrpcFront
 from toolkit.gateway.http_front import HttpFront
 from toolkit.gateway.models import ModelProvider, RepositoryModels
 from toolkit.server.launcher import TritonEndpoint
+from toolkit.server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Gateway:
         self._runners: list[web.AppRunner] = []
         self.addresses: GatewayAddresses | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._supervisor: Supervisor | None = None
+        self._rewarm_task: asyncio.Future[None] | None = None
 
     async def _serve(self, app: web.Application, port: int) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -101,10 +104,30 @@ class Gateway:
         self._runners.clear()
         await self.core.close()
 
+    def attach(self, supervisor: Supervisor) -> None:
+        """Follow a supervisor: its state drives 503s and, after a restart, resync plus background re-warm."""
+        self._supervisor = supervisor
+        self.core._is_up = lambda: supervisor.is_up
+        supervisor.on_state = self.triton_state_changed
+
     def triton_state_changed(self, state: str) -> None:
-        """Supervisor callback (any thread): after a restart, the manager resyncs with the reloaded Triton."""
+        """Supervisor callback (any thread): after a restart, the manager resyncs with the restarted Triton."""
         if state == "up" and self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.models.on_triton_restart)
+            self.loop.call_soon_threadsafe(self._after_restart)
+
+    def _after_restart(self) -> None:
+        self.models.on_triton_restart()
+        names = list(getattr(self._supervisor, "rewarm", None) or [])
+        if names:
+            self._rewarm_task = asyncio.ensure_future(self._rewarm(names))
+
+    async def _rewarm(self, names: list[str]) -> None:
+        await asyncio.sleep(0.05)  # let the manager's resync run first
+        for name in names:
+            try:
+                await self.models.ensure_loaded(name, timeout=self.options.timeout_s)
+            except Exception as exc:  # a model that no longer loads must not stop the others
+                log.warning("re-warming %s after the restart failed: %s", name, exc)
 
 
 class GatewayThread:
