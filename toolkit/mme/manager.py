@@ -180,6 +180,8 @@ class ModelManager:
         self.default_model_bytes = default_model_bytes
         self.backoff = backoff
         self.measure_footprint = measure_footprint
+        self.measure_delay = 0.5
+        self._measuring = False
         self.metrics = MMEMetrics()
         self.metrics.budget.set(float(memory_budget_bytes or 0))
         self._entries: dict[str, _Entry] = {}
@@ -351,7 +353,7 @@ class ModelManager:
             model_dir = self.repository / name
             if not (model_dir / "config.pbtxt").is_file():
                 await self._fetch(e)
-            e.composing = await asyncio.to_thread(composing_models, model_dir)
+            e.composing = composing_models(model_dir)  # one small local file: cheaper than a thread hop
             for dep in e.composing:  # an ensemble pins its composing models while it is loaded
                 d = await self._acquire(dep, self.load_timeout)
                 d.pinned_by.add(name)
@@ -367,8 +369,9 @@ class ModelManager:
             self.policy.on_load(name, self._now(), e.size_bytes, seconds)
             e.future = None
             fut.set_result(None)
-            if self.measure_footprint:
-                self._spawn(self._measure(e))
+            if self.measure_footprint and not self._measuring:
+                self._measuring = True
+                self._spawn(self._measure())
         except BaseException as exc:
             await self._cleanup_failed(e, registered)
             e.future = None
@@ -439,14 +442,24 @@ class ModelManager:
             if d is not None:
                 d.pinned_by.discard(e.name)
 
-    async def _measure(self, e: _Entry) -> None:
-        sizes = await asyncio.to_thread(stub_rss, self.repository, [e.name])
-        if e.state is State.READY and sizes.get(e.name):
-            e.size_bytes = self._measured[e.name] = sizes[e.name]
-            self._update_gauges()
-            if self.memory_budget_bytes is not None and self._resident_bytes() > self.memory_budget_bytes:
-                async with self._admit:
-                    await self._evict_until(lambda: self._resident_bytes() <= (self.memory_budget_bytes or 0))
+    async def _measure(self) -> None:
+        """Measure stub RSS of freshly loaded models, batched and delayed so it stays off the cold-start path
+        (a process scan costs milliseconds of CPU that a concurrent load would otherwise wait for)."""
+        try:
+            await asyncio.sleep(self.measure_delay)
+            todo = [e.name for e in self._entries.values() if e.state is State.READY and e.name not in self._measured]
+            sizes = await asyncio.to_thread(stub_rss, self.repository, todo) if todo else {}
+        finally:
+            self._measuring = False
+        for name, rss in sizes.items():
+            e = self._entries[name]
+            if e.state is State.READY and rss:
+                e.size_bytes = self._measured[name] = rss
+        self._update_gauges()
+        budget = self.memory_budget_bytes
+        if budget is not None and self._resident_bytes() > budget:
+            async with self._admit:
+                await self._evict_until(lambda: self._resident_bytes() <= budget)
 
     def _estimate(self, name: str) -> int:
         if name in self.declared_sizes:
