@@ -27,7 +27,7 @@ from toolkit.examples.housing import FEATURES, build_preprocessor, cities, gener
 from toolkit.repository.generate import render_model_dir
 from toolkit.spec.models import ModelSpec, TensorSpec
 
-MODEL_TEMPLATE = '''"""Housing price for {city}: StandardScaler + one-hot (deck, front_porch) + LinearRegression, in numpy."""
+MODEL_TEMPLATE = '''"""Housing price for {city}: scaling + one-hot (deck, front_porch) + LinearRegression, in numpy."""
 import numpy as np
 
 MEAN = np.array({mean!r}, dtype=np.float64)
@@ -143,9 +143,8 @@ async def _serve(endpoint: Any, repo: Path, store: Any, picks: list[str], max_mo
             await _invoke(mgr, client, city, x)
             warm = time.perf_counter() - t0
             ok = bool(np.allclose(got, expected_prices(city, x), rtol=1e-4))
-            say(
-                f"  {city:<18} cold {cold * 1000:6.1f} ms  warm {warm * 1000:5.1f} ms  prices {np.round(got, 0)}  ok={ok}"
-            )
+            timing = f"cold {cold * 1000:6.1f} ms  warm {warm * 1000:5.1f} ms"
+            say(f"  {city:<18} {timing}  prices {np.round(got, 0)}  ok={ok}")
             report.setdefault("cities", {})[city] = {"cold_ms": cold * 1000, "warm_ms": warm * 1000, "ok": ok}
         resident = [s.name for s in mgr.states() if s.state == "READY"]
         say(f"  resident now ({len(resident)} of budget {max_models}): {', '.join(resident)}")
