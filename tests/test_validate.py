@@ -195,3 +195,14 @@ def test_ensemble_dag_rules_are_included(tmp_path: Path) -> None:
     step.model_name = "step"
     (tmp_path / "pipeline" / "config.pbtxt").write_text(render_config(ens))
     assert not has_errors(validate_repository(tmp_path))
+
+
+def test_triton_target_rendering_validates_clean(example_manifest, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The NGC rendering (native backends, renamed artifacts, ensembles) passes too; it cannot load here."""
+    from toolkit.repository.generate import generate_repository
+
+    generate_repository(example_manifest, tmp_path, target="triton")
+    findings = validate_repository(tmp_path, gpus=True)
+    assert findings == [], format_findings(findings)
+    (next(tmp_path.glob("*/1/model.onnx"))).unlink()
+    assert any(f.field == "default_model_filename" for f in validate_repository(tmp_path))
