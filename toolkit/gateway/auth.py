@@ -131,8 +131,8 @@ class AuthConfig:
     """Principals and their policies; an empty config means an open gateway (loopback development)."""
 
     principals: list[Principal] = field(default_factory=list)
-    api_keys: dict[str, str] = field(default_factory=dict)  # sha256(key) -> principal
-    access_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # key id -> (principal, secret)
+    api_keys: dict[str, str] = field(default_factory=dict, repr=False)  # sha256(key) -> principal
+    access_keys: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)  # id -> (principal, secret)
     region: str = "us-east-1"
     account: str = "000000000000"
 

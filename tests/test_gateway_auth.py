@@ -1,0 +1,221 @@
+"""Access control through the gateway: SigV4 verified against configured secrets (real boto3 signing), API keys,
+IAM-like Allow/Deny with StringLike conditions, explicit deny wins, default deny, admin scope."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import urllib3
+from botocore import UNSIGNED
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
+from tritonclient.utils import InferenceServerException
+
+from toolkit.gateway.auth import AuthConfig
+from toolkit.gateway.core import GatewayOptions
+from toolkit.gateway.errors import GatewayConfigError
+from toolkit.gateway.server import Gateway, GatewayAddresses, GatewayThread
+from toolkit.server import EmbeddedTriton
+from toolkit.spec.models import Manifest
+
+ALICE_SECRET = "alice-secret-0123456789"
+AUTH_YAML = """
+region: us-east-1
+account: "123456789012"
+principals:
+  - name: alice
+    access_keys: [{id: AKIDALICE, secret: "env:TEST_GW_ALICE_SECRET"}]
+    policy:
+      Version: "2012-10-17"
+      Statement:
+        - {Effect: Allow, Action: "sagemaker:InvokeEndpoint", Resource: "arn:aws:sagemaker:*:*:endpoint/housing",
+           Condition: {StringLike: {"sagemaker:TargetModel": ["housing_*"]}}}
+        - {Effect: Deny, Action: "sagemaker:InvokeEndpoint", Resource: "*",
+           Condition: {StringLike: {"sagemaker:TargetModel": ["housing_Houston*"]}}}
+        - {Effect: Allow, Action: invoke, Resource: "endpoint/digits-mce",
+           Condition: {StringLike: {"sagemaker:TargetContainerHostname": ["digits_l*", "digits_m?p"]}}}
+  - name: bob
+    api_keys: [bob-key-42]
+    policy:
+      - {Effect: Allow, Action: ["invoke", "admin"], Resource: "*"}
+  - name: carol
+    access_keys: [{id: AKIDCAROL, secret: carol-secret}]
+"""
+X = np.random.default_rng(2).random((1, 64), dtype=np.float32)
+
+
+def _v2(name: str, arr: np.ndarray) -> bytes:
+    t = {"name": name, "datatype": "FP32", "shape": list(arr.shape), "data": arr.ravel().tolist()}
+    return json.dumps({"inputs": [t]}).encode()
+
+
+@pytest.fixture(scope="module")
+def secured(
+    triton: EmbeddedTriton, example_repo: Path, example_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayAddresses]:
+    f = tmp_path_factory.mktemp("auth") / "auth.yaml"
+    f.write_text(AUTH_YAML)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TEST_GW_ALICE_SECRET", ALICE_SECRET)
+    cfg = AuthConfig.load(f)
+    opts = GatewayOptions(
+        http_port=0, grpc_port=0, endpoints=list(example_manifest.endpoints), auth=cfg, repository=example_repo
+    )
+    runner = GatewayThread(Gateway(opts, triton.endpoint))
+    yield runner.start()
+    runner.stop()
+    mp.undo()
+
+
+def _sm(addr: GatewayAddresses, key: str = "AKIDALICE", secret: str = ALICE_SECRET, unsigned: bool = False):  # type: ignore[no-untyped-def]
+    cfg = Config(retries={"max_attempts": 1}, signature_version=UNSIGNED if unsigned else None)
+    return boto3.client(
+        "sagemaker-runtime", endpoint_url=addr.http_url, region_name="us-east-1",
+        aws_access_key_id=key, aws_secret_access_key=secret, config=cfg,
+    )  # fmt: skip
+
+
+def _code(call) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    with pytest.raises(ClientError) as e:
+        call()
+    r = e.value.response
+    return r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Code"], r["Error"]["Message"]
+
+
+def test_allow_with_wildcards_and_explicit_deny_wins(secured: GatewayAddresses) -> None:
+    sm = _sm(secured)
+    body = _v2("features", np.ones((1, 10), np.float32))
+    r = sm.invoke_endpoint(
+        EndpointName="housing", TargetModel="housing_Chicago_IL", ContentType="application/json", Body=body
+    )
+    assert json.loads(r["Body"].read())["model_name"] == "housing_Chicago_IL"
+    args = {"EndpointName": "housing", "TargetModel": "housing_Houston_TX", "ContentType": "application/json"}
+    status, code, msg = _code(lambda: sm.invoke_endpoint(Body=body, **args))
+    assert (status, code) == (403, "AccessDeniedException")
+    assert "alice" in msg and "endpoint/housing" in msg and "housing_Houston_TX" in msg
+    for host, ok in (("digits_logreg", True), ("digits_mlp", True), ("digits_forest", False)):
+        call = lambda h=host: sm.invoke_endpoint(  # noqa: E731
+            EndpointName="digits-mce", TargetContainerHostname=h, ContentType="application/json", Body=_v2("X", X)
+        )
+        if ok:
+            assert json.loads(call()["Body"].read())["model_name"] == host
+        else:
+            assert _code(call)[:2] == (403, "AccessDeniedException")
+    # no statement allows the digits endpoint -> default deny
+    assert (
+        _code(lambda: sm.invoke_endpoint(EndpointName="digits", ContentType="application/json", Body=_v2("X", X)))[1]
+        == "AccessDeniedException"
+    )
+
+
+def test_default_deny_for_principal_without_policy(secured: GatewayAddresses) -> None:
+    sm = _sm(secured, "AKIDCAROL", "carol-secret")  # correctly signed, but carol has no Allow
+    args = {"EndpointName": "housing", "TargetModel": "housing_Chicago_IL", "ContentType": "application/json"}
+    status, code, msg = _code(lambda: sm.invoke_endpoint(Body=b"{}", **args))
+    assert (status, code) == (403, "AccessDeniedException") and "carol" in msg
+
+
+def test_unsigned_unknown_key_wrong_signature(secured: GatewayAddresses) -> None:
+    args = {
+        "EndpointName": "housing",
+        "TargetModel": "housing_Chicago_IL",
+        "ContentType": "application/json",
+        "Body": b"{}",
+    }
+    assert _code(lambda: _sm(secured, unsigned=True).invoke_endpoint(**args))[:2] == (
+        403,
+        "MissingAuthenticationTokenException",
+    )
+    assert _code(lambda: _sm(secured, "AKIDNOBODY", "x").invoke_endpoint(**args))[:2] == (
+        403,
+        "UnrecognizedClientException",
+    )
+    status, code, msg = _code(lambda: _sm(secured, "AKIDALICE", "wrong-secret").invoke_endpoint(**args))
+    assert (status, code) == (403, "InvalidSignatureException") and ALICE_SECRET not in msg
+
+
+def _signed(addr: GatewayAddresses, body: bytes, when: dt.datetime, tamper: bytes | None = None) -> tuple[int, str]:
+    url = f"{addr.http_url}/endpoints/housing/invocations"
+    req = AWSRequest("POST", url, data=body, headers={
+        "Content-Type": "application/json", "X-Amzn-SageMaker-Target-Model": "housing_Chicago_IL",
+        "X-Amz-Date": when.strftime("%Y%m%dT%H%M%SZ"), "Host": addr.http})  # fmt: skip
+    req.context["timestamp"] = when.strftime("%Y%m%dT%H%M%SZ")
+    s = SigV4Auth(Credentials("AKIDALICE", ALICE_SECRET), "sagemaker", "us-east-1")
+    sig = s.signature(s.string_to_sign(req, s.canonical_request(req)), req)
+    headers = dict(req.headers.items())
+    headers["Authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={s.scope(req)}, SignedHeaders={s.signed_headers(s.headers_to_sign(req))}, "
+        f"Signature={sig}"
+    )
+    r = urllib3.PoolManager().request("POST", url, body=tamper if tamper is not None else body, headers=headers)
+    return r.status, r.headers.get("x-amzn-ErrorType", "")
+
+
+def test_stale_and_tampered_signatures(secured: GatewayAddresses) -> None:
+    body = _v2("features", np.ones((1, 10), np.float32))
+    now = dt.datetime.now(dt.timezone.utc)
+    assert _signed(secured, body, now)[0] == 200  # the hand-made signature is right...
+    assert _signed(secured, body, now - dt.timedelta(minutes=20)) == (403, "InvalidSignatureException")  # ...stale
+    tampered = body.replace(b"1.0", b"9.0", 1)
+    assert tampered != body and hashlib.sha256(tampered).digest() != hashlib.sha256(body).digest()
+    assert _signed(secured, body, now, tamper=tampered) == (403, "InvalidSignatureException")
+
+
+def test_api_keys_for_tritonclient_and_admin_scope(secured: GatewayAddresses) -> None:
+    h = {"x-api-key": "bob-key-42"}
+    c = httpclient.InferenceServerClient(secured.http)
+    i = httpclient.InferInput("X", list(X.shape), "FP32")
+    i.set_data_from_numpy(X)
+    assert c.infer("digits_mlp", [i], headers=h).as_numpy("label").shape == (1, 1)
+    with pytest.raises(InferenceServerException, match="Missing Authentication Token"):
+        c.infer("digits_mlp", [i])
+    with pytest.raises(InferenceServerException, match="API key"):
+        c.infer("digits_mlp", [i], headers={"x-api-key": "guess"})
+    c.load_model("housing_LosAngeles_CA", headers=h)  # bob has admin scope on the invoke port
+    assert c.is_model_ready("housing_LosAngeles_CA", headers=h)
+    g = grpcclient.InferenceServerClient(secured.grpc or "")
+    gi = grpcclient.InferInput("X", list(X.shape), "FP32")
+    gi.set_data_from_numpy(X)
+    assert g.infer("digits_logreg", [gi], headers={"authorization": "Bearer bob-key-42"}).as_numpy("label") is not None
+    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+        g.infer("digits_logreg", [gi])
+
+
+def test_secrets_never_in_logs_or_repr(secured: GatewayAddresses, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    _code(lambda: _sm(secured, "AKIDALICE", "wrong-secret").invoke_endpoint(EndpointName="housing", Body=b"{}"))
+    cfg = AuthConfig.from_dict(
+        {"principals": [{"name": "z", "api_keys": ["sekrit-key"], "access_keys": [{"id": "A", "secret": "sekrit"}]}]}
+    )
+    assert "sekrit" not in repr(cfg) and "sekrit" not in caplog.text and ALICE_SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        ({"principals": [{"api_keys": ["k"]}]}, "needs a name"),
+        ({"principals": [{"name": "a", "policy": [{"Effect": "Maybe", "Action": "invoke"}]}]}, "Allow or Deny"),
+        ({"principals": [{"name": "a", "policy": [{"Effect": "Allow"}]}]}, "Action is required"),
+        ({"principals": [{"name": "a", "policy": [{"Effect": "Allow", "Action": "invoke", "Condition": {"X": {}}}]}]},
+         "unsupported"),
+        ({"principals": [{"name": "a", "access_keys": [{"id": "A", "secret": "env:TEST_GW_UNSET_VAR"}]}]},
+         "TEST_GW_UNSET_VAR is not set"),
+        ({"principals": [{"name": "a", "api_keys": ["k"]}, {"name": "b", "api_keys": ["k"]}]}, "two principals"),
+    ],
+)  # fmt: skip
+def test_bad_auth_config_is_a_clear_error(raw: dict, why: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(GatewayConfigError, match=why):
+        AuthConfig.from_dict(raw)
