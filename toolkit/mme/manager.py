@@ -200,6 +200,10 @@ class ModelManager:
         self._loop = asyncio.get_running_loop()
         self._client = httpaio.InferenceServerClient(self.endpoint.http, conn_timeout=self.load_timeout)
         await self._resync()
+        if self.measure_footprint:
+            ready = [e.name for e in self._entries.values() if e.state is State.READY]
+            for name, rss in (await asyncio.to_thread(stub_rss, self.repository, ready)).items():
+                self._entries[name].size_bytes = self._measured[name] = rss
         await self.refresh_listing()
 
     async def close(self) -> None:

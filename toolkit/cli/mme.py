@@ -1,0 +1,130 @@
+"""``tritonctl mme``: the multi-model endpoint from the command line.
+
+``simulate`` replays a Zipf (or recorded) trace through the eviction policies and Belady's optimum, offline.
+``list``/``load``/``unload`` drive a running Triton's repository API through the same ``ModelManager`` the gateway uses
+(fetching from ``--store`` into ``--repository`` first, with a progress bar). A serving process keeps its own manager:
+these commands are for operators and scripts, and the serving manager re-syncs from Triton's index on restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from toolkit.cli.common import URL_OPTION, endpoint_from, friendly
+from toolkit.mme.errors import ModelNotFoundError
+from toolkit.mme.manager import ModelManager
+from toolkit.mme.simulate import format_table, run_simulation
+from toolkit.mme.stores import ArtifactStore, open_store
+
+mme_app = typer.Typer(help="Multi-model endpoint: simulate eviction policies, list/load/unload models.")
+
+REPO_OPTION = typer.Option(
+    Path("model_repository"), "--repository", "-r", help="Triton's model repository directory (--model-repository)"
+)
+STORE_OPTION = typer.Option(None, "--store", help="artifact store: s3://bucket/prefix or a directory")
+ENDPOINT_URL_OPTION = typer.Option(None, "--endpoint-url", help="S3-compatible endpoint for s3:// stores")
+
+
+def _store(uri: str | None, endpoint_url: str | None) -> ArtifactStore | None:
+    if uri is None:
+        return None
+    return open_store(uri, endpoint_url=endpoint_url) if endpoint_url else open_store(uri)
+
+
+async def _with_manager(url: str | None, repository: Path, store: ArtifactStore | None, body: Any) -> Any:
+    mgr = ModelManager(endpoint_from(url), repository=repository, store=store)
+    await mgr.start()
+    try:
+        return await body(mgr)
+    finally:
+        await mgr.close()
+
+
+@mme_app.command("simulate")
+@friendly
+def simulate_cmd(
+    models: int = typer.Option(200, "--models", help="distinct models in the synthetic trace"),
+    zipf: float = typer.Option(1.0, "--zipf", help="Zipf exponent of model popularity"),
+    budget: int = typer.Option(60, "--budget", help="models that fit in memory at once"),
+    requests: int = typer.Option(20_000, "--requests", help="requests in the synthetic trace"),
+    trace: Path | None = typer.Option(None, "--trace", help="recorded trace: one model per line, or CSV with 'model'"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="print the raw result as JSON"),
+) -> None:
+    """Hit ratio of LRU, the cost-aware policy (GDSF) and Belady's offline optimum on one trace."""
+    result = run_simulation(models=models, alpha=zipf, budget=budget, requests=requests, seed=seed, trace=trace)
+    typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+
+
+@mme_app.command("list")
+@friendly
+def list_cmd(
+    url: str | None = URL_OPTION,
+    repository: Path = REPO_OPTION,
+    store: str | None = STORE_OPTION,
+    endpoint_url: str | None = ENDPOINT_URL_OPTION,
+) -> None:
+    """Models in the repository and the store, with their state in Triton."""
+
+    async def body(mgr: ModelManager) -> None:
+        rows = mgr.states()
+        typer.echo(f"{'model':<32} {'state':<10} {'size':>10}")
+        for s in rows:
+            size = f"{s.size_bytes / 2**20:.1f}M" if s.size_bytes else "-"
+            typer.echo(f"{s.name:<32} {s.state:<10} {size:>10}")
+        typer.echo(f"{len(rows)} models, {sum(s.state == 'READY' for s in rows)} loaded")
+
+    asyncio.run(_with_manager(url, repository, _store(store, endpoint_url), body))
+
+
+@mme_app.command("load")
+@friendly
+def load_cmd(
+    name: str = typer.Argument(..., help="model name"),
+    url: str | None = URL_OPTION,
+    repository: Path = REPO_OPTION,
+    store: str | None = STORE_OPTION,
+    endpoint_url: str | None = ENDPOINT_URL_OPTION,
+    timeout: float = typer.Option(60.0, "--timeout", help="seconds to wait for the load"),
+) -> None:
+    """Fetch a model from the store (if not in the repository) and load it into Triton."""
+    st = _store(store, endpoint_url)
+    if st is not None and not (repository / name / "config.pbtxt").is_file():
+        if not st.exists(name):
+            raise ModelNotFoundError(name, f"not in {st!r}")
+        with typer.progressbar(length=1, label=f"fetching {name}") as bar:
+            state = {"total": 0}
+
+            def progress(done: int, total: int) -> None:
+                if total and total != state["total"]:
+                    bar.length, state["total"] = total, total
+                bar.update(done - bar.pos)
+
+            st.fetch(name, repository, progress=progress)
+    t0 = time.monotonic()
+    asyncio.run(_with_manager(url, repository, st, lambda mgr: mgr.ensure_loaded(name, timeout)))
+    typer.echo(f"loaded {name} in {time.monotonic() - t0:.2f} s")
+
+
+@mme_app.command("unload")
+@friendly
+def unload_cmd(
+    name: str = typer.Argument(..., help="model name"),
+    url: str | None = URL_OPTION,
+    repository: Path = REPO_OPTION,
+) -> None:
+    """Unload a model from Triton (waits until Triton has released it)."""
+
+    async def body(mgr: ModelManager) -> None:
+        if not mgr.is_resident(name):
+            raise ModelNotFoundError(name, "it is not loaded")
+        await mgr.unload(name)
+
+    asyncio.run(_with_manager(url, repository, None, body))
+    typer.echo(f"unloaded {name}")
