@@ -58,13 +58,16 @@ def generate(
 
 @app.command()
 @friendly
-def validate(repository: Path = typer.Argument(Path("model_repository"), help="model repository directory")) -> None:
+def validate(
+    repository: Path = typer.Argument(Path("model_repository"), help="model repository directory"),
+    gpus: bool = typer.Option(False, "--gpus", help="the target server has GPUs (accept KIND_GPU instance groups)"),
+) -> None:
     """Check a repository offline for what Triton would reject at load; non-zero exit on any error."""
     from toolkit.repository.validate import format_findings, validate_repository
 
     if not repository.is_dir():
         fail(f"{repository} is not a directory")
-    findings = validate_repository(repository)
+    findings = validate_repository(repository, gpus=gpus)
     errors = [f for f in findings if f.severity == "error"]
     if findings:
         typer.echo(format_findings(findings), err=bool(errors))
@@ -200,8 +203,8 @@ def examples_build(
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (one per area of the toolkit)."""
-    from toolkit.cli.loadtest import loadtest_cmd  # noqa: PLC0415
-    from toolkit.cli.serve import serve_command  # noqa: PLC0415
+    from toolkit.cli.loadtest import loadtest_cmd
+    from toolkit.cli.serve import serve_command
 
     app.command("serve", help="Serve a repository: embedded (or external) Triton behind the gateway.")(
         friendly(serve_command)
