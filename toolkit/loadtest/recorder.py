@@ -27,8 +27,11 @@ class Recorder:
         self.cold_threshold_ms: float | None = None
         self.first_ok: float | None = None
         self.last_ok: float | None = None
+        self.closed = False  # set once the results are handed off: later completions are ignored
 
     def record(self, name: str, ms: float, start: float, error: str | None) -> None:
+        if self.closed:
+            return
         sec = max(0, math.floor(start - self.t0))
         in_window = start >= self.t0 + self.warmup
         if error is not None:

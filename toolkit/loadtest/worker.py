@@ -8,6 +8,7 @@ live display, and finally writes its Recorder (histograms, errors, time series) 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,9 +77,15 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
     ticker = gevent.spawn(progress)
     while time.time() < stop_at and (shape is None or runner.state not in ("stopped", "quitting")):
         gevent.sleep(min(0.1, max(0.0, stop_at - time.time())))
-    runner.quit()  # stops users; in-flight requests are finished or abandoned (not counted either way)
-    ticker.kill()
+    # Results first: what finished inside the window is final. Then stop the users; a gRPC call killed mid-flight
+    # under gevent can make channel teardown hang, so the stop is bounded and the process exits hard.
     result_path.write_text(json.dumps(rec.to_dict()))
+    rec.closed = True
+    ticker.kill()
+    with gevent.Timeout(3.0, False):
+        runner.quit()
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main(argv: list[str]) -> int:

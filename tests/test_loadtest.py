@@ -1,0 +1,130 @@
+"""Load tests against the real embedded Triton (shared session fixture) plus the pure pieces they rest on.
+
+Two short headless runs share the module: a 5-second HTTP run of a healthy model (report with throughput, no errors,
+per-model server breakdown, HTML/CSV/PNG files) and a 2-second gRPC run that mixes a healthy target with one sending
+a wrong shape (the error shows up by type, only on that target).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from toolkit.loadtest.hist import LatencyHistogram
+from toolkit.loadtest.report import write_report
+from toolkit.loadtest.runner import RunOptions, run_loadtest
+from toolkit.loadtest.scenario import LoadTestError, load_scenario, parse_duration, parse_scenario, zipf_weights
+from toolkit.loadtest.serverstats import diff_stats, mme_metrics, parse_prometheus
+from toolkit.server import EmbeddedTriton, TritonAdmin
+
+MODEL = "digits_logreg"
+
+
+# -- pure pieces ---------------------------------------------------------------------------------------------------
+def test_histogram_percentiles_match_numpy_within_one_percent() -> None:
+    rng = np.random.default_rng(1)
+    samples = np.concatenate([rng.lognormal(-0.5, 0.4, 20000), rng.uniform(0.05, 0.2, 500)])  # ms, sub-ms heavy
+    parts = [LatencyHistogram(), LatencyHistogram()]
+    for i, s in enumerate(samples):
+        parts[i % 2].record(float(s))
+    h = LatencyHistogram.from_dict(json.loads(json.dumps(parts[0].to_dict()))).merge(parts[1])
+    assert h.count == len(samples)
+    assert math.isclose(h.mean_ms, float(samples.mean()), rel_tol=1e-9)
+    for q in (50, 90, 95, 99):
+        exact = float(np.percentile(samples, q, method="inverted_cdf"))
+        assert abs(h.percentile(q) - exact) / exact < 0.01, (q, h.percentile(q), exact)
+    assert h.percentile(100) == pytest.approx(samples.max())
+    assert h.percentile(50) < 1.0  # sub-millisecond values are kept as such (Locust would say 1 ms)
+
+
+def test_scenarios_parse_and_bad_ones_are_rejected_clearly() -> None:
+    assert parse_duration("1m30s") == 90 and parse_duration("500ms") == 0.5 and parse_duration(7) == 7
+    with pytest.raises(LoadTestError, match="bad duration"):
+        parse_duration("10 parsecs")
+    sc = load_scenario("single_model")
+    assert sc.targets[0].model == MODEL
+    with pytest.raises(LoadTestError, match="targets or mme"):
+        parse_scenario({"name": "x"})
+    with pytest.raises(LoadTestError, match=r"shape.*rps"):
+        parse_scenario({"name": "x", "targets": [{"model": "m"}], "shape": {"kind": "rate"}})
+    with pytest.raises(LoadTestError, match="no scenario"):
+        load_scenario("no_such_scenario")
+    w = zipf_weights(4, 1.0)
+    assert sum(w) == pytest.approx(1.0) and w[0] == pytest.approx(2 * w[1]) and w[0] == pytest.approx(4 * w[3])
+
+
+def test_server_stats_diff_and_mme_metrics() -> None:
+    before = {"m": {"inference_count": 10, "execution_count": 5, "success": [10, 10_000], "fail": [0, 0],
+                    "queue": [10, 1_000], "compute_input": [10, 0], "compute_infer": [10, 5_000],
+                    "compute_output": [10, 0]}}  # fmt: skip
+    after = {"m": {"inference_count": 30, "execution_count": 10, "success": [30, 50_000], "fail": [1, 5],
+                   "queue": [30, 21_000], "compute_input": [30, 2_000], "compute_infer": [30, 45_000],
+                   "compute_output": [30, 4_000]},
+             "idle": {"inference_count": 0, "execution_count": 0, "success": [0, 0], "fail": [0, 0]}}  # fmt: skip
+    d = diff_stats(before, after)
+    assert list(d) == ["m"]
+    assert d["m"]["requests"] == 20 and d["m"]["failed"] == 1 and d["m"]["avg_batch"] == 4.0
+    assert d["m"]["queue_us"] == pytest.approx(1.0) and d["m"]["compute_infer_us"] == pytest.approx(2.0)
+    text_a = 'tritonctl_ModelCacheHit{model="a"} 3\ntritonctl_ModelInvocations_total{model="a"} 4\n'
+    text_b = (
+        '# TYPE x counter\ntritonctl_ModelCacheHit{model="a"} 10\ntritonctl_ModelCacheHit{model="b"} 5\n'
+        'tritonctl_ModelInvocations_total{model="a"} 12\ntritonctl_ModelInvocations_total{model="b"} 7\n'
+        "tritonctl_ModelLoadingTime_seconds_count 2\ntritonctl_ModelLoadingTime_seconds_sum 0.4\n"
+    )
+    m = mme_metrics(parse_prometheus(text_a), parse_prometheus(text_b))
+    assert m["hits"] == 12 and m["invocations"] == 15 and m["hit_ratio"] == pytest.approx(0.8)
+    assert m["loads"] == 2 and m["avg_loading_time_ms"] == pytest.approx(200.0)
+
+
+# -- real runs -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def loaded(triton: EmbeddedTriton, admin: TritonAdmin) -> EmbeddedTriton:
+    admin.load(MODEL)
+    return triton
+
+
+def test_http_run_report_has_throughput_no_errors_and_server_breakdown(loaded: EmbeddedTriton, tmp_path: Path) -> None:
+    ep = loaded.endpoint
+    opts = RunOptions(scenario=load_scenario("single_model"), target=ep.http_url, users=2, duration=5.0)
+    report = run_loadtest(opts)
+    total = report["client"]["total"]
+    assert total["count"] > 50 and total["throughput_rps"] > 10
+    assert total["errors"] == 0 and report["client"]["errors"] == []
+    assert 0 < total["p50_ms"] <= total["p90_ms"] <= total["p99_ms"] <= total["max_ms"]
+    srv = report["server"][MODEL]
+    assert srv["compute_infer_us"] > 0 and srv["queue_us"] >= 0 and srv["failed"] == 0
+    # the server saw what the client sent (the windows differ by the requests in flight at the edges)
+    assert abs(srv["requests"] - total["count"]) <= 2 * opts.users + 2
+    assert sum(r["rps"] for r in report["timeseries"]) >= total["count"]
+    html = write_report(report, tmp_path / "r")
+    for f in ("report.json", "client.csv", "timeseries.csv", "errors.csv", "server.csv", "throughput.png",
+              "latency.png", "server.png"):  # fmt: skip
+        assert (tmp_path / "r" / f).stat().st_size > 0, f
+    page = html.read_text()
+    assert MODEL in page and "compute_infer_us" in page and "<img src='latency.png'" in page
+
+
+def test_bad_shape_shows_up_as_errors_by_type_grpc(loaded: EmbeddedTriton) -> None:
+    sc = parse_scenario({
+        "name": "bad_shape",
+        "protocol": "grpc",
+        "targets": [
+            {"model": MODEL, "name": "good", "weight": 1},
+            {"model": MODEL, "name": "bad", "weight": 1, "inputs": {"X": {"dtype": "FP32", "shape": [63]}}},
+        ],
+    })  # fmt: skip
+    ep = loaded.endpoint
+    report: dict[str, Any] = run_loadtest(RunOptions(scenario=sc, target=ep.grpc, triton_url=ep.http_url, users=2,
+                                                      duration=2.0))  # fmt: skip
+    per = report["client"]["per_target"]
+    assert per["good"]["count"] > 0 and per["good"]["errors"] == 0
+    assert per["bad"]["count"] == 0 and per["bad"]["errors"] > 0
+    errors = report["client"]["errors"]
+    assert {e["target"] for e in errors} == {"bad"}
+    assert any("INVALID_ARG" in e["type"] and "63" in e["type"] for e in errors), errors
+    assert report["client"]["total"]["errors"] == per["bad"]["errors"]
