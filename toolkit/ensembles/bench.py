@@ -1,0 +1,176 @@
+"""Benchmark: a serial 3-step ensemble against a client that calls the same three models in turn.
+
+Both sides use the same client library (tritonclient gRPC, one client per worker thread), the same payload (one house,
+raw FP32[1, 8]) and the same embedded Triton, in one run: for each concurrency the ensemble and the client-orchestrated
+chain are measured back to back, closed loop, for the same duration. The ensemble saves two client<->server round trips
+and the tensor (de)serialisation around them; Triton passes intermediate tensors between steps in memory.
+
+    python -m toolkit.ensembles.bench [--duration 5] [--concurrency 1,8] [--output docs/benchmarks/ensembles.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from toolkit.repository.generate import generate_repository
+from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
+from toolkit.spec import load_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENSEMBLE = "housing_pipeline_Chicago_IL"
+STEPS = ["housing_preprocess", "housing_Chicago_IL", "housing_postprocess"]
+PAYLOAD = np.array([[2001, 2100, 3, 2, 0.4, 1, 1, 0]], dtype=np.float32)
+
+
+@dataclass
+class Result:
+    mode: str
+    concurrency: int
+    latencies_ms: list[float]
+    wall_s: float
+    errors: int
+
+    @property
+    def p50(self) -> float:
+        return float(np.percentile(self.latencies_ms, 50))
+
+    @property
+    def p99(self) -> float:
+        return float(np.percentile(self.latencies_ms, 99))
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_ms) / self.wall_s
+
+
+def _call(client: grpcclient.InferenceServerClient, model: str, name: str, arr: np.ndarray, out: str) -> np.ndarray:
+    inp = grpcclient.InferInput(name, list(arr.shape), "FP32" if arr.dtype == np.float32 else "INT64")
+    inp.set_data_from_numpy(arr)
+    res = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(out)])
+    return res.as_numpy(out)
+
+
+def ensemble_call(client: grpcclient.InferenceServerClient) -> np.ndarray:
+    return _call(client, ENSEMBLE, "raw", PAYLOAD, "price_dollars")
+
+
+def client_chain(client: grpcclient.InferenceServerClient) -> np.ndarray:
+    feats = _call(client, STEPS[0], "raw", PAYLOAD, "features")
+    price = _call(client, STEPS[1], "features", feats, "price")
+    return _call(client, STEPS[2], "price", price, "price_dollars")
+
+
+def run(
+    url: str, mode: str, fn: Callable[[grpcclient.InferenceServerClient], np.ndarray], c: int, secs: float
+) -> Result:
+    """Closed loop: ``c`` threads, each with its own client, call ``fn`` back to back for ``secs`` seconds."""
+    lat: list[list[float]] = [[] for _ in range(c)]
+    errors = [0] * c
+    clients = [grpcclient.InferenceServerClient(url) for _ in range(c)]
+    for cl in clients:  # warm the connections and the models
+        for _ in range(20):
+            fn(cl)
+    start = time.perf_counter()
+    stop = start + secs
+
+    def worker(k: int) -> None:
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            try:
+                fn(clients[k])
+            except Exception:  # counted, never hidden: the table reports errors
+                errors[k] += 1
+                continue
+            lat[k].append((time.perf_counter() - t0) * 1000.0)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(c)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    for cl in clients:
+        cl.close()
+    return Result(mode, c, [x for part in lat for x in part], wall, sum(errors))
+
+
+def table(results: list[Result]) -> str:
+    rows = [
+        "| mode | concurrency | requests | p50 ms | p99 ms | throughput req/s | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        n = len(r.latencies_ms)
+        rows.append(f"| {r.mode} | {r.concurrency} | {n} | {r.p50:.2f} | {r.p99:.2f} | {r.rps:.0f} | {r.errors} |")
+    by = {(r.mode, r.concurrency): r for r in results}
+    ratios = []
+    for c in sorted({r.concurrency for r in results}):
+        e, cl = by.get(("ensemble", c)), by.get(("client-orchestrated", c))
+        if e and cl:
+            ratios.append(
+                f"- c={c}: ensemble p50 = {e.p50 / cl.p50:.2f}x the client-orchestrated p50; "
+                f"throughput {e.rps / cl.rps:.2f}x"
+            )
+    return "\n".join([*rows, "", *ratios]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per (mode, concurrency)")
+    ap.add_argument("--concurrency", default="1,8", help="comma-separated concurrency levels")
+    ap.add_argument("--output", type=Path, default=None, help="write the markdown report here")
+    args = ap.parse_args(argv)
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    with tempfile.TemporaryDirectory(prefix="tritonctl-bench-") as tmp:
+        repo = Path(tmp) / "repo"
+        generate_repository(load_manifest(ROOT / "tritonctl.yaml"), repo)
+        srv = EmbeddedTriton(ServerOptions(repository=repo, workdir=Path(tmp), log_file=Path(tmp) / "triton.log"))
+        srv.start(timeout=90)
+        try:
+            admin = TritonAdmin(srv.endpoint)
+            admin.load(ENSEMBLE)  # loads the three steps too
+            url = srv.endpoint.grpc
+            with grpcclient.InferenceServerClient(url) as cl:  # both paths give the same answer
+                assert np.array_equal(ensemble_call(cl), client_chain(cl))
+            results = []
+            for c in levels:
+                results.append(run(url, "ensemble", ensemble_call, c, args.duration))
+                results.append(run(url, "client-orchestrated", client_chain, c, args.duration))
+            admin.close()
+        finally:
+            srv.stop()
+    text = table(results)
+    print(text)
+    if args.output:
+        cmd = "python -m toolkit.ensembles.bench " + " ".join(argv if argv is not None else [])
+        head = (
+            "# Benchmark: serial ensemble vs client-orchestrated calls\n\n"
+            f"`{ENSEMBLE}` ({' -> '.join(STEPS)}) as one Triton ensemble, against a client calling the three models\n"
+            "in turn. Same gRPC client library (one client per thread), same payload (one house, FP32[1, 8]), same\n"
+            f"embedded Triton 2.51 (python backend), closed loop, {args.duration:g} s per row, one run.\n\n"
+            f"Machine: {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}.\n\n"
+            f"Command: `.venv/bin/{cmd.strip()}`\n\n"
+        )
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(head + text)
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
