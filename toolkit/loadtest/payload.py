@@ -42,9 +42,16 @@ def resolve_target(target: Target, metadata: dict[str, Any] | None, config: dict
 
 def make_array(spec: TensorSpec, batch: int | None, rng: np.random.Generator) -> np.ndarray:
     shape = ([batch] if batch is not None else []) + list(spec.shape)
+    n = int(np.prod(shape))
     if spec.dtype == "BYTES":
-        return np.array([b"x"] * int(np.prod(shape)), dtype=np.object_).reshape(shape)
+        words = [c.encode() for c in (spec.choices or ["x"])]
+        return np.array([words[int(i)] for i in rng.integers(0, len(words), n)], dtype=np.object_).reshape(shape)
     np_dtype = triton_to_np_dtype(spec.dtype)
+    if spec.data is not None:
+        row = np.asarray(spec.data, dtype=np_dtype)
+        if row.size != int(np.prod(spec.shape)):
+            raise LoadTestError(f"data for a {spec.shape} tensor has {row.size} values")
+        return np.resize(row, n).reshape(shape)
     if spec.value is not None:
         return np.full(shape, spec.value, dtype=np_dtype)
     if spec.dtype == "BOOL":
@@ -77,6 +84,8 @@ def kserve_body(target: Target, arrays: dict[str, np.ndarray], binary: bool) -> 
         }
         if target.outputs:
             req["outputs"] = [{"name": o} for o in target.outputs]
+        if target.parameters:
+            req["parameters"] = dict(target.parameters)
         return json.dumps(req, separators=(",", ":")).encode(), None
     inputs = []
     for name, arr in arrays.items():
@@ -84,7 +93,9 @@ def kserve_body(target: Target, arrays: dict[str, np.ndarray], binary: bool) -> 
         inp.set_data_from_numpy(arr, binary_data=True)
         inputs.append(inp)
     outputs = [httpclient.InferRequestedOutput(o, binary_data=True) for o in target.outputs or []] or None
-    body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(
+        inputs, outputs=outputs, parameters=dict(target.parameters) if target.parameters else None
+    )
     if isinstance(body, str):
         body = body.encode()
     return body, json_size

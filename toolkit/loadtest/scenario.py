@@ -48,11 +48,14 @@ class TensorSpec(BaseModel):
     low: float = 0.0
     high: float = 1.0
     value: float | None = None
+    data: list[float] | None = None  # one sample's values (flattened), repeated for every row
+    choices: list[str] | None = None  # BYTES: one of these per row (picked at random)
 
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, v: str) -> str:
         v = v.upper().removeprefix("TYPE_")
+        v = "BYTES" if v == "STRING" else v
         if v not in DTYPES:
             raise ValueError(f"unknown dtype {v!r}; one of {sorted(DTYPES)}")
         return v
@@ -68,6 +71,7 @@ class Target(BaseModel):
     batched: bool | None = None  # None: ask the server's metadata (or assume True when it cannot be asked)
     inputs: dict[str, TensorSpec] | None = None  # None: derived from the model's metadata
     outputs: list[str] | None = None  # None: all outputs
+    parameters: dict[str, str | int | bool] | None = None  # KServe request parameters (e.g. a routing key)
     endpoint: str | None = None  # SageMaker endpoint name (sagemaker protocol)
     target_model: str | None = None  # SageMaker MME X-Amzn-SageMaker-Target-Model
     name: str | None = None  # label in the report (default: target_model or model)
@@ -117,17 +121,31 @@ class Shape(BaseModel):
 class MMETraffic(BaseModel):
     """Zipf(alpha) popularity over N target models of one SageMaker multi-model endpoint.
 
-    ``models`` is a format string with ``{i}`` (0-based rank), e.g. ``"housing_{i:03d}.tar.gz"``; rank 0 is the
-    most popular. Every generated target copies ``template`` (inputs, batch) with its own target_model.
+    ``models`` is a list of target models (most popular first), or a format string with ``{i}`` (0-based rank) and
+    ``n``, e.g. ``"model_{i:03d}.tar.gz"``. Every generated target copies ``template`` (inputs, batch) with its own
+    target_model.
     """
 
     model_config = ConfigDict(extra="forbid")
     endpoint: str
-    models: str
-    n: int = Field(ge=1)
+    models: str | list[str]
+    n: int | None = Field(None, ge=1)
     alpha: float = Field(1.0, ge=0)
     template: Target
     cold_threshold_ms: float = 50.0  # client-side estimate: a slower request probably waited for a model load
+
+    @model_validator(mode="after")
+    def _check(self) -> MMETraffic:
+        if isinstance(self.models, str) and (self.n is None or "{i" not in self.models):
+            raise ValueError("mme.models as a format string needs {i} and n")
+        if isinstance(self.models, list) and not self.models:
+            raise ValueError("mme.models is empty")
+        return self
+
+    def names(self) -> list[str]:
+        if isinstance(self.models, list):
+            return list(self.models[: self.n] if self.n else self.models)
+        return [self.models.format(i=i) for i in range(self.n or 0)]
 
 
 class Scenario(BaseModel):
@@ -161,9 +179,10 @@ class Scenario(BaseModel):
         """The explicit targets plus the MME's Zipf-weighted ones."""
         out = list(self.targets)
         if self.mme is not None:
-            for i, w in enumerate(zipf_weights(self.mme.n, self.mme.alpha)):
+            names = self.mme.names()
+            for name, w in zip(names, zipf_weights(len(names), self.mme.alpha), strict=True):
                 t = self.mme.template.model_copy(deep=True)
-                t.target_model = self.mme.models.format(i=i)
+                t.target_model = name
                 t.endpoint = self.mme.endpoint
                 t.weight = w
                 out.append(t)
@@ -200,6 +219,7 @@ def load_scenario(name_or_path: str) -> Scenario:
 def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     if not isinstance(data, dict):
         raise LoadTestError(f"{source}: a scenario is a mapping")
+    data = {k: v for k, v in data.items() if not str(k).startswith("x-")}  # YAML anchors' home, as in the manifest
     data.setdefault("name", Path(source).stem)
     try:
         return Scenario.model_validate(data)

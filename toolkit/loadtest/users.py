@@ -155,7 +155,7 @@ class TritonGrpcUser(_Traffic, User):
         t0 = time.perf_counter()
         exc: BaseException | None = None
         try:
-            self._client.infer(t.model, inputs, outputs=outputs, client_timeout=self.timeout)
+            self._client.infer(t.model, inputs, outputs=outputs, client_timeout=self.timeout, parameters=t.parameters)
         except InferenceServerException as e:
             exc = InferHTTPError(f"gRPC {e.status() or ''}: {e.message() or e}".replace(" :", ":"))
         except Exception as e:
