@@ -374,3 +374,68 @@ def test_endpoint_down_gives_typed_error(env: dict[str, Any], tmp_path: Path) ->
         await mgr.close()
 
     run(body())
+
+
+def test_byte_budget_uses_declared_and_measured_footprints(env: dict[str, Any]) -> None:
+    async def body(mgr: ModelManager, client: httpaio.InferenceServerClient) -> None:
+        for name in ("m00", "m01", "m02", "m03"):
+            async with mgr.serving(name):
+                await infer(client, name)
+            loaded = [s for s in mgr.states() if s.state == "READY"]
+            assert sum(s.size_bytes for s in loaded) <= 250 and len(loaded) <= 2
+        assert {s.name for s in mgr.states() if s.state == "READY"} == {"m02", "m03"}
+        assert "tritonctl_MemoryBudgetBytes 250" in mgr.metrics_text()
+
+    sizes = {f"m{i:02d}": 100 for i in range(4)}
+    run(with_manager(env, body, memory_budget_bytes=250, declared_sizes=sizes, measure_footprint=False))
+
+    async def measured(mgr: ModelManager, client: httpaio.InferenceServerClient) -> None:
+        mgr.measure_delay = 0.0
+        async with mgr.serving("m04"):
+            await infer(client, "m04")
+        for _ in range(100):
+            if mgr._measured.get("m04"):
+                break
+            await asyncio.sleep(0.02)
+        size = {s.name: s.size_bytes for s in mgr.states()}["m04"]
+        assert 5 * 2**20 < size < 2 * 2**30, size  # the stub's RSS, not the 64 MiB default
+        assert size != mgr.default_model_bytes
+
+    run(with_manager(env, measured))
+
+
+def test_resync_after_out_of_band_unload(env: dict[str, Any]) -> None:
+    async def body(mgr: ModelManager, client: httpaio.InferenceServerClient) -> None:
+        await mgr.ensure_loaded("m06")
+        env["admin"].unload("m06")  # as if Triton restarted without it
+        mgr.on_triton_restart()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if not mgr.is_resident("m06"):
+                break
+        assert not mgr.is_resident("m06")
+        await asyncio.sleep(1.5)  # let Triton finish unloading, then the next request reloads it
+        async with mgr.serving("m06"):
+            assert np.allclose(await infer(client, "m06"), [7.0, 14.0])
+
+    run(with_manager(env, body))
+
+
+def test_city_example_store_serves_sklearn_equal_predictions(env: dict[str, Any], tmp_path: Path) -> None:
+    from toolkit.examples.housing import generate
+    from toolkit.mme.example import build_city_store, expected_prices
+
+    artifacts = build_city_store(tmp_path / "cities", n=50)
+    assert len(artifacts) == 50 and all(p.name.endswith(".tar.gz") for p in artifacts.values())
+
+    async def body(mgr: ModelManager, client: httpaio.InferenceServerClient) -> None:
+        assert sum(mgr.knows(n) for n in artifacts) == 50
+        for city in ("Seattle_WA", "Houston_TX"):
+            x, _ = generate(city, 5, seed=7)
+            inp = httpaio.InferInput("raw", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            async with mgr.serving(f"housing_{city}"):
+                got = (await client.infer(f"housing_{city}", [inp])).as_numpy("price").reshape(-1)
+            assert np.allclose(got, expected_prices(city, x), rtol=1e-4)
+
+    run(with_manager(env, body, store=LocalStore(tmp_path / "cities")))

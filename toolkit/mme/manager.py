@@ -485,34 +485,41 @@ class ModelManager:
             if e.name != exclude and (e.state is State.READY or (e.state is State.LOADING and e.reserved))
         )
 
-    def _resident_bytes(self, exclude: str = "") -> int:
-        held = (State.READY, State.UNLOADING)
+    def _resident_bytes(self, exclude: str = "", *, unloading: bool = True) -> int:
+        """Bytes held; ``unloading=False`` is what will be held once the unloads under way finish."""
+        held = (State.READY, State.UNLOADING) if unloading else (State.READY,)
         return sum(
             e.size_bytes
             for e in self._entries.values()
             if e.name != exclude and (e.state in held or (e.state is State.LOADING and e.reserved))
         )
 
-    def _fits(self, e: _Entry, size: int) -> bool:
+    def _fits(self, e: _Entry, size: int, *, unloading: bool = True) -> bool:
         if self.max_models is not None and self._resident_count(e.name) + 1 > self.max_models:
             return False
         budget = self.memory_budget_bytes
-        return budget is None or self._resident_bytes(e.name) + size <= budget
+        return budget is None or self._resident_bytes(e.name, unloading=unloading) + size <= budget
 
     async def _make_room(self, e: _Entry, size: int) -> None:
         if self.memory_budget_bytes is not None and size > self.memory_budget_bytes:
             raise ModelLoadError(e.name, f"needs {size} bytes, more than the whole budget {self.memory_budget_bytes}")
         deadline = time.monotonic() + self.load_timeout
         async with self._admit:
-            await self._evict_until(lambda: self._fits(e, size), deadline, e)
+            await self._evict_until(
+                lambda: self._fits(e, size), deadline, e, eventually=lambda: self._fits(e, size, unloading=False)
+            )
             e.reserved = True
 
-    async def _evict_until(self, ok: Any, deadline: float | None = None, e: _Entry | None = None) -> None:
-        """Evict idle, unpinned READY models (policy order) until ``ok()``; wait for busy ones up to ``deadline``."""
+    async def _evict_until(
+        self, ok: Any, deadline: float | None = None, e: _Entry | None = None, eventually: Any = None
+    ) -> None:
+        """Evict idle, unpinned READY models (policy order) until ``ok()``; wait for busy ones up to ``deadline``.
+
+        ``eventually()`` says whether the unloads already under way will be enough: then wait, evict no more."""
         while not ok():
             idle = [x.name for x in self._entries.values() if x.state is State.READY and x.in_flight == 0]
             candidates = [n for n in idle if not self._entries[n].pinned_by and (e is None or n != e.name)]
-            if candidates:
+            if candidates and not (eventually is not None and eventually()):
                 victim = self.policy.choose_victim(candidates, self._now())
                 self.metrics.evictions.inc()
                 await self._unload_entry(self._entries[victim])
