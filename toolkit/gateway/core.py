@@ -31,6 +31,7 @@ from toolkit.gateway.errors import (
     ValidationError,
 )
 from toolkit.gateway.models import ModelProvider
+from toolkit.gateway.upstream import UpstreamError, UpstreamPool
 from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
 from toolkit.server.launcher import TritonEndpoint
 from toolkit.spec.models import EndpointSpec
@@ -39,7 +40,7 @@ MiB = 1024 * 1024
 KSERVE_ENDPOINT = "kserve"  # the endpoint name KServe (HTTP and gRPC) requests are authorized against
 
 _FWD_REQUEST = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding", "Accept-Encoding")
-_FWD_RESPONSE = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
+_FWD_RESPONSE = tuple((h, h.lower()) for h in ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding"))
 
 
 @dataclass
@@ -120,22 +121,17 @@ class GatewayCore:
         self._is_up = is_up
         self.inflight = 0
         self.requests: Counter[tuple[str, int]] = Counter()
-        self.session: aiohttp.ClientSession | None = None
+        self.upstream: UpstreamPool | None = None
 
     async def start(self) -> None:
-        conn = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=False)
-        self.session = aiohttp.ClientSession(
-            connector=conn,
-            timeout=aiohttp.ClientTimeout(total=self.options.timeout_s),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-        )
+        host, _, port = self.triton.http.rpartition(":")
+        self.upstream = UpstreamPool(host, int(port), self.options.timeout_s)
         await self.models.start()
 
     async def close(self) -> None:
         await self.models.close()
-        if self.session is not None:
-            await self.session.close()
+        if self.upstream is not None:
+            await self.upstream.close()
 
     def is_up(self) -> bool:
         return self._is_up() if self._is_up is not None else True
@@ -163,23 +159,15 @@ class GatewayCore:
 
     # -- forwarding ----------------------------------------------------------------------------------------------------
     async def forward(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> Forwarded:
-        assert self.session is not None
+        assert self.upstream is not None
         out = {h: v for h in _FWD_REQUEST if (v := headers.get(h)) is not None}
-        for attempt in (0, 1):
-            try:
-                async with self.session.request(method, self.base + path, data=body, headers=out) as r:
-                    data = await r.read()
-                    rh = {h: v for h in _FWD_RESPONSE if (v := r.headers.get(h)) is not None}
-                    return Forwarded(r.status, rh, data)
-            except aiohttp.ServerDisconnectedError:
-                # A keep-alive connection that died with a previous Triton: retry once on a fresh one.
-                if attempt or not self.is_up():
-                    raise ServiceUnavailableError("Triton closed the connection; retry shortly.") from None
-            except asyncio.TimeoutError:
-                raise TimeoutError_(f"Triton did not answer within {self.options.timeout_s:g} s") from None
-            except (aiohttp.ClientConnectionError, OSError) as exc:
-                raise ServiceUnavailableError(f"Triton is unavailable: {exc}") from None
-        raise AssertionError("unreachable")
+        try:
+            status, rh, data = await self.upstream.request(method, path, body, out)
+        except asyncio.TimeoutError:
+            raise TimeoutError_(f"Triton did not answer within {self.options.timeout_s:g} s") from None
+        except (UpstreamError, OSError) as exc:
+            raise ServiceUnavailableError(f"Triton is unavailable: {exc}") from None
+        return Forwarded(status, {h: v for h, k in _FWD_RESPONSE if (v := rh.get(k)) is not None}, data)
 
     async def infer(self, model: str, body: bytes, headers: Mapping[str, str], path: str | None = None) -> Forwarded:
         """Load (if cold) and infer; Triton's own 4xx/5xx answers come back as they are."""
