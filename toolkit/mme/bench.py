@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -149,6 +150,8 @@ async def bench(models: int, budget: int, warm_requests: int, work: Path) -> dic
     finally:
         server.stop()
     return {
+        "cpus": os.cpu_count(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "models": models,
         "cold_no_eviction": summary(cold),
         f"cold_with_eviction_max_models_{budget}": summary(evicting),
