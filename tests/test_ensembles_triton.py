@@ -300,6 +300,9 @@ def _mutate(base: mc.ModelConfig, rule: str) -> mc.ModelConfig:
     elif rule == "unused_tensor":
         s = steps.add(model_name="housing_NewYork_NY", model_version=-1)
         s.input_map["features"], s.output_map["price"] = "housing_preprocess__features", "ny_price"
+    elif rule == "bad_key":  # a step input name the model does not have (its real input left unmapped)
+        del steps[1].input_map["features"]
+        steps[1].input_map["nofeat"] = "housing_preprocess__features"
     elif rule == "unused_step":
         s = steps.add(model_name="housing_NewYork_NY", model_version=-1)
         s.input_map["features"] = "housing_preprocess__features"
@@ -316,6 +319,7 @@ CASES = {
     "max_batch": (["max_batch_size 64", "step 0 (housing_preprocess)", "32"], "maximum batch size"),
     "dynamic_batching": (["dynamic_batching"], "ensemble scheduling must be set"),
     "missing": (["step 1 (housing_nowhere)", "not in the repository"], "not available"),
+    "bad_key": (["step 1 (housing_Chicago_IL)", "'nofeat' is not an input"], "mapping to non-existing input nofeat"),
     "unused_tensor": (["step 3 (housing_NewYork_NY)", "'ny_price'", "consumed by no step"], "'ny_price' is unused"),
     # Triton requires an output_map in every step and rejects unused tensors, so an unused step never loads.
     "unused_step": (["step 3 (housing_NewYork_NY)", "contributes to no ensemble output"], "must specify 'output_map'"),
