@@ -118,6 +118,7 @@ def mme_metrics(before: dict[tuple[str, str], float] | None, after: dict[tuple[s
     return {
         "invocations": invocations,
         "hits": hits,
+        "misses": d("tritonctl_ModelCacheMiss") or d("tritonctl_ModelCacheMiss_total"),
         "hit_ratio": (hits / invocations) if invocations else None,
         "loads": load_n,
         "evictions": d("tritonctl_ModelEvictions_total"),

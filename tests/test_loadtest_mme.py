@@ -1,0 +1,103 @@
+"""The MME Zipf scenario through the real gateway (SageMaker runtime API, SigV4 verified) and the real MME manager.
+
+Its own Triton over an empty repository; a LocalStore of 6 tiny python models; the manager keeps at most 3 loaded, so
+Zipf traffic causes misses, loads and evictions. The report's MME section comes from the manager's Prometheus text
+(the gateway admin /metrics); it must agree with the manager's own per-model state and with what the client sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from toolkit.gateway.auth import AuthConfig, Principal
+from toolkit.gateway.core import GatewayOptions
+from toolkit.gateway.server import Gateway, GatewayThread
+from toolkit.loadtest.runner import RunOptions, run_loadtest
+from toolkit.loadtest.scenario import parse_scenario
+from toolkit.mme.manager import ModelManager
+from toolkit.mme.stores import LocalStore
+from toolkit.server import EmbeddedTriton, ServerOptions
+from toolkit.spec.models import EndpointSpec
+
+N_MODELS = 6
+CONFIG = """name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [{{ name: "X" data_type: TYPE_FP32 dims: [2] }}]
+output [{{ name: "Y" data_type: TYPE_FP32 dims: [2] }}]
+instance_group [{{ kind: KIND_CPU count: 1 }}]
+"""
+MODEL_PY = """import triton_python_backend_utils as pb_utils
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
+                * 2)]) for r in requests]
+"""
+KEY_ID, SECRET = "AKIDLOADTEST", "loadtest-secret"
+
+
+@pytest.fixture(scope="module")
+def mme_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    base = tmp_path_factory.mktemp("lt_mme")
+    store, repo = base / "store", base / "repo"
+    repo.mkdir()
+    for i in range(N_MODELS):
+        d = store / f"m{i:02d}"
+        (d / "1").mkdir(parents=True)
+        (d / "config.pbtxt").write_text(CONFIG.format(name=d.name))
+        (d / "1" / "model.py").write_text(MODEL_PY)
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=base, log_file=base / "triton.log"))
+    server.start(timeout=90)
+    manager = ModelManager(server.endpoint, repository=repo, store=LocalStore(store), max_models=3)
+    auth = AuthConfig(principals=[Principal("loadtester")], access_keys={KEY_ID: ("loadtester", SECRET)})
+    opts = GatewayOptions(http_port=0, admin_port=0, repository=repo, auth=auth,
+                          endpoints=[EndpointSpec(name="mme", mode="multi-model", store=str(store))])  # fmt: skip
+    gw = GatewayThread(Gateway(opts, server.endpoint, models=manager))
+    addrs = gw.start()
+    yield {"server": server, "manager": manager, "gateway": addrs}
+    gw.stop()
+    server.stop()
+
+
+def test_zipf_hit_ratio_agrees_with_manager_metrics(
+    mme_gateway: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)  # the workers sign with these (the gateway verifies SigV4)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    sc = parse_scenario({
+        "name": "mme_zipf_test",
+        "protocol": "sagemaker",
+        "encoding": "json",
+        "mme": {"endpoint": "mme", "models": "m{i:02d}.tar.gz", "n": N_MODELS, "alpha": 1.3, "cold_threshold_ms": 60,
+                "template": {"model": "m00", "batched": False, "inputs": {"X": {"shape": [2]}}}},
+    })  # fmt: skip
+    gw, manager = mme_gateway["gateway"], mme_gateway["manager"]
+    triton_url = mme_gateway["server"].endpoint.http_url
+    opts = RunOptions(scenario=sc, target=gw.http_url, triton_url=triton_url, mme_metrics_url=f"{gw.admin_url}/metrics",
+                      users=2, duration=4.0)  # fmt: skip
+    report = run_loadtest(opts)
+    client = report["client"]
+    assert client["total"]["errors"] == 0, client["errors"]
+    sent = client["total"]["count"]
+    assert sent > 10
+    # Zipf: the most popular model got the most traffic
+    per = client["per_target"]
+    assert per["m00.tar.gz"]["count"] == max(p["count"] for p in per.values())
+    mme = report["mme"]
+    states = {s.name: s for s in manager.states()}
+    hits = sum(s.hits for s in states.values())
+    loads = sum(s.loads for s in states.values())
+    # the manager was fresh: its lifetime counters are the window's, and every client request went through it
+    assert abs(mme["invocations"] - sent) <= 2
+    assert mme["hits"] == hits and mme["loads"] == loads
+    assert mme["hit_ratio"] == pytest.approx(hits / mme["invocations"])
+    assert 0 < mme["hit_ratio"] < 1 and mme["loads"] > 2 and mme["evictions"] > 0
+    assert mme["avg_loading_wait_ms"] > 0 and mme["misses"] > 0
+    # the client's latency-based estimate (> cold_threshold_ms = waited for a load) is in the same range
+    assert abs(mme["client_hit_ratio_estimate"] - mme["hit_ratio"]) < 0.2, mme
+    # the server side saw the same models
+    assert set(report["server"]) <= {f"m{i:02d}" for i in range(N_MODELS)} and "m00" in report["server"]
