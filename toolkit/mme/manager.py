@@ -182,6 +182,8 @@ class ModelManager:
         self.measure_footprint = measure_footprint
         self.measure_delay = 0.5
         self._measuring = False
+        self._unloading: dict[str, tuple[_Entry, asyncio.Future[None], float]] = {}
+        self._unload_watcher = False
         self.metrics = MMEMetrics()
         self.metrics.budget.set(float(memory_budget_bytes or 0))
         self._entries: dict[str, _Entry] = {}
@@ -210,6 +212,9 @@ class ModelManager:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for e, fut, _t0 in list(self._unloading.values()):
+            self._finish_unload(e, fut)
+        self._unloading.clear()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -552,26 +557,38 @@ class ModelManager:
         except ModelLoadError as exc:
             log.warning("unload of %s failed: %s", e.name, exc)
         self._update_gauges()
-        self._spawn(self._finish_unload(e, fut, t0))
+        self._unloading[e.name] = (e, fut, t0)
+        if not self._unload_watcher:
+            self._unload_watcher = True
+            self._spawn(self._watch_unloads())
 
-    async def _finish_unload(self, e: _Entry, fut: asyncio.Future[None], t0: float) -> None:
+    async def _watch_unloads(self) -> None:
+        """One poller for every model Triton is still unloading (not one per model): finish those gone."""
         try:
-            while time.monotonic() - t0 < 60.0:
+            while self._unloading:
                 try:
                     index = await self._index()
+                    still = {m["name"] for m in index if m.get("state") in ("READY", "UNLOADING")}
                 except ModelLoadError:
-                    break
-                if not any(m["name"] == e.name and m.get("state") in ("READY", "UNLOADING") for m in index):
-                    break
-                await asyncio.sleep(0.02)
-            self.metrics.unloading.observe(time.monotonic() - t0)
+                    still = set()  # Triton is gone: so are its models
+                now = time.monotonic()
+                for name, (e, fut, t0) in list(self._unloading.items()):
+                    if name not in still or now - t0 > 60.0:
+                        del self._unloading[name]
+                        self.metrics.unloading.observe(now - t0)
+                        self._finish_unload(e, fut)
+                if self._unloading:
+                    await asyncio.sleep(0.025)
         finally:
-            e.state, e.future = State.UNLOADED, None
-            self._release_files(e)
-            if not fut.done():
-                fut.set_result(None)
-            self._update_gauges()
-            self._notify()
+            self._unload_watcher = False
+
+    def _finish_unload(self, e: _Entry, fut: asyncio.Future[None]) -> None:
+        e.state, e.future = State.UNLOADED, None
+        self._release_files(e)
+        if not fut.done():
+            fut.set_result(None)
+        self._update_gauges()
+        self._notify()
 
     async def unload(self, name: str) -> None:
         """Unload now (waits for in-flight requests to drain, then for Triton to release the model)."""
