@@ -70,6 +70,14 @@ def manifest():  # type: ignore[no-untyped-def]
             options={"method": "weighted_mean", "weights": [3, 2, 1]},
         )
     )
+    routes = {c: f"housing_{c}" for c in CITIES}  # a parameter router that waits 50 ms to batch requests
+    m.ensembles.append(
+        EnsembleSpec(
+            name="housing_by_city_batched",
+            pattern="dynamic",
+            options={"by": "parameter", "key": "city", "routes": routes, "batch_delay_us": 50_000},
+        )
+    )
     return m
 
 
@@ -227,6 +235,36 @@ def test_dynamic_by_field_splits_a_mixed_batch_and_merges_in_order(
         assert {m.decode() for m in routed["model"][idx, 0]} == {f"housing_{city}"}
     with pytest.raises(InferenceServerException, match="unknown route 'Atlantis'"):
         infer(client, "housing_by_city_field", {"features": feats[:2], "city": cities("Chicago_IL", "Atlantis")})
+
+
+def test_concurrent_requests_batched_across_routes_come_back_to_their_callers(
+    admin: TritonAdmin, server: EmbeddedTriton
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for name in ["housing_by_city_batched", "housing_preprocess", *(f"housing_{c}" for c in CITIES)]:
+        admin.load(name)
+    with httpclient.InferenceServerClient(server.endpoint.http) as c:
+        feats = infer(c, "housing_preprocess", {"raw": RAW})["features"]
+        direct = {city: infer(c, f"housing_{city}", {"features": feats[i : i + 1]})["price"] for i, city in
+                  enumerate(CITIES)}  # fmt: skip
+        infer(c, "housing_by_city_batched", {"features": feats[:1]}, city=CITIES[0])  # targets loaded
+
+    def one(k: int) -> tuple[str, np.ndarray]:
+        i = k % len(CITIES)
+        with httpclient.InferenceServerClient(server.endpoint.http) as cl:
+            out = infer(cl, "housing_by_city_batched", {"features": feats[i : i + 1]}, city=CITIES[i])
+        return CITIES[i], out["price"]
+
+    before = admin.stats("housing_by_city_batched")["model_stats"][0]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(one, range(24)))
+    after = admin.stats("housing_by_city_batched")["model_stats"][0]
+    for city, price in results:  # each caller gets its own city's price, though requests shared batches
+        np.testing.assert_allclose(price, direct[city], rtol=1e-6)
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences == 24 and executions < inferences, (inferences, executions)
 
 
 def test_rules_router_first_match_then_default(admin: TritonAdmin, client: httpclient.InferenceServerClient) -> None:

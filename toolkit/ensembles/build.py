@@ -110,6 +110,7 @@ class DynamicOptions(_Opts):
     default: str | None = None
     served: str = "model"
     instances: int = Field(default=1, ge=1)
+    batch_delay_us: int = Field(default=0, ge=0)  # router's dynamic_batching max_queue_delay_microseconds
 
 
 class Variant(_Opts):
@@ -124,6 +125,7 @@ class ABOptions(_Opts):
     seed: int | None = None
     served: str = "variant"
     instances: int = Field(default=1, ge=1)
+    batch_delay_us: int = Field(default=0, ge=0)
 
 
 def _options(spec: EnsembleSpec, cls: type[_Opts]) -> Any:
@@ -404,7 +406,7 @@ class _Builder:
 
     # -- routers (BLS): dynamic selection and A/B ---------------------------------------------------------------------
     def _router(self, targets: list[str], params: dict[str, str], served: str, key_inputs: list[Tensor],
-                instances: int) -> list[GeneratedModel]:  # fmt: skip
+                instances: int, delay_us: int = 0) -> list[GeneratedModel]:  # fmt: skip
         if not targets:
             raise EnsembleError(f"{self.where}: no route targets")
         base = self.sig(targets[0], f"route {targets[0]!r}")
@@ -424,6 +426,7 @@ class _Builder:
         cfg = _python_config(self.spec.name, mbs, inputs, outputs, params, instances)
         if mbs > 0:
             cfg.dynamic_batching.SetInParent()  # rows of concurrent requests reach the router together
+            cfg.dynamic_batching.max_queue_delay_microseconds = delay_us
         return [GeneratedModel(self.spec.name, cfg, {"1/model.py": ROUTER_TEMPLATE})]
 
     def dynamic(self) -> list[GeneratedModel]:
@@ -446,7 +449,7 @@ class _Builder:
             targets = [r.model for r in o.rules]
         if o.default:
             targets.append(o.default)
-        return self._router(list(dict.fromkeys(targets)), params, o.served, key_inputs, o.instances)
+        return self._router(list(dict.fromkeys(targets)), params, o.served, key_inputs, o.instances, o.batch_delay_us)
 
     def ab(self) -> list[GeneratedModel]:
         o: ABOptions = _options(self.spec, ABOptions)
@@ -459,7 +462,7 @@ class _Builder:
             "tritonctl.seed": "" if o.seed is None else str(o.seed),
         }
         targets = list(dict.fromkeys(v.model for v in o.variants))
-        return self._router(targets, params, o.served, [], o.instances)
+        return self._router(targets, params, o.served, [], o.instances, o.batch_delay_us)
 
 
 def _type_of(t: Tensor | None) -> tuple[str, tuple[int, ...]]:
