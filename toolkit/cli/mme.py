@@ -128,3 +128,7 @@ def unload_cmd(
 
     asyncio.run(_with_manager(url, repository, None, body))
     typer.echo(f"unloaded {name}")
+
+
+if __name__ == "__main__":
+    mme_app()
