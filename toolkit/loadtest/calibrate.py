@@ -1,0 +1,160 @@
+"""Calibration against NVIDIA's perf_analyzer: same server, model, concurrency and protocol, in one run.
+
+    bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer     # once (PYTHON=$PWD/.venv/bin/python)
+    python -m toolkit.loadtest.calibrate --model digits_logreg --concurrency 4 --processes 1,2 \
+        --output docs/benchmarks/loadtest.md
+
+perf_analyzer runs first and last (bracketing drift on a shared machine); our driver runs in between with each
+process count. Goal: throughput >= 0.7x perf_analyzer's and p50 within 20% of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from toolkit.loadtest.runner import RunOptions, embedded_triton, run_loadtest
+from toolkit.loadtest.scenario import LoadTestError, parse_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+PA = ROOT / "tools" / "perf_analyzer" / "perf_analyzer"
+
+
+def run_perf_analyzer(binary: Path, model: str, url: str, protocol: str, concurrency: int, window_ms: int) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".csv") as f:
+        cmd = [
+            str(binary),
+            "-m",
+            model,
+            "-u",
+            url,
+            "-i",
+            protocol,
+            "--concurrency-range",
+            str(concurrency),
+            "--measurement-interval",
+            str(window_ms),
+            "-f",
+            f.name,
+        ]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise LoadTestError(f"perf_analyzer failed ({r.returncode}): {(r.stderr or r.stdout)[-1000:]}")
+        with open(f.name) as fh:
+            row = next(csv.DictReader(fh))
+    return {
+        "throughput_rps": float(row["Inferences/Second"]),
+        "p50_ms": float(row["p50 latency"]) / 1000.0,
+        "p90_ms": float(row["p90 latency"]) / 1000.0,
+        "p99_ms": float(row["p99 latency"]) / 1000.0,
+        "command": " ".join(cmd[:-2]),
+    }
+
+
+def calibrate(
+    model: str, concurrency: int, processes: list[int], duration: float, protocol: str, repository: Path
+) -> dict[str, Any]:
+    if not PA.exists():
+        raise LoadTestError(f"{PA} missing: bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer")
+    sc = parse_scenario(
+        {"name": f"calibrate_{model}", "protocol": protocol, "encoding": "binary", "targets": [{"model": model}]}
+    )
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp, embedded_triton(repository, [model], Path(tmp)) as ep:
+        url = ep.http if protocol == "http" else ep.grpc
+        window = int(duration * 1000 / 3)
+        rows.append(
+            {"driver": "perf_analyzer (before)", **run_perf_analyzer(PA, model, url, protocol, concurrency, window)}
+        )
+        for k in processes:
+            rep = run_loadtest(
+                RunOptions(
+                    scenario=sc,
+                    target=ep.http_url if protocol == "http" else ep.grpc,
+                    triton_url=ep.http_url,
+                    users=concurrency,
+                    spawn_rate=1000,
+                    duration=duration,
+                    warmup=2.0,
+                    processes=k,
+                )
+            )
+            t = rep["client"]["total"]
+            rows.append(
+                {
+                    "driver": f"tritonctl loadtest, {k} process{'es' if k > 1 else ''}",
+                    **{x: t[x] for x in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms")},
+                    "errors": t["errors"],
+                    "command": f"tritonctl loadtest single_model --target {url} --protocol {protocol} --users {concurrency} "
+                    f"--processes {k} --duration {duration:g}s --warmup 2s",
+                }
+            )
+        rows.append(
+            {"driver": "perf_analyzer (after)", **run_perf_analyzer(PA, model, url, protocol, concurrency, window)}
+        )
+    pa = [r for r in rows if r["driver"].startswith("perf_analyzer")]
+    ref_tp = sum(r["throughput_rps"] for r in pa) / len(pa)
+    ref_p50 = sum(r["p50_ms"] for r in pa) / len(pa)
+    for r in rows:
+        r["tp_ratio"] = r["throughput_rps"] / ref_tp
+        r["p50_diff"] = r["p50_ms"] / ref_p50 - 1.0
+        r["meets_goal"] = r["tp_ratio"] >= 0.7 and abs(r["p50_diff"]) <= 0.2
+    return {
+        "model": model,
+        "concurrency": concurrency,
+        "protocol": protocol,
+        "rows": rows,
+        "ref_tp": ref_tp,
+        "ref_p50": ref_p50,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    lines = [
+        f"### {res['model']}, concurrency {res['concurrency']}, {res['protocol']} ({res['cpus']} CPUs, "
+        f"{res['platform']})",
+        "",
+        "| driver | throughput (req/s) | vs perf_analyzer | p50 (ms) | p50 vs perf_analyzer | p90 (ms) | p99 (ms) "
+        "| goal |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in res["rows"]:
+        goal = "" if r["driver"].startswith("perf_analyzer") else ("met" if r["meets_goal"] else "**missed**")
+        lines.append(
+            f"| {r['driver']} | {r['throughput_rps']:.0f} | {r['tp_ratio']:.2f}x | {r['p50_ms']:.3f} | "
+            f"{r['p50_diff']:+.0%} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {goal} |"
+        )
+    lines += ["", "Commands:", "", "```"] + [r["command"] for r in res["rows"]] + ["```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="digits_logreg")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--processes", default="1,2")
+    ap.add_argument("--duration", type=float, default=15.0)
+    ap.add_argument("--protocol", default="http", choices=["http", "grpc"])
+    ap.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    ap.add_argument("--output", type=Path, help="append the markdown table to this file")
+    a = ap.parse_args()
+    res = calibrate(
+        a.model, a.concurrency, [int(x) for x in a.processes.split(",")], a.duration, a.protocol, a.repository
+    )
+    md = to_markdown(res)
+    print(md)
+    if a.output:
+        with open(a.output, "a") as f:
+            f.write(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
