@@ -78,22 +78,36 @@ async def _infer(client: httpaio.InferenceServerClient, name: str) -> None:
     await client.infer(name, [inp])
 
 
-async def _cold(endpoint: Any, repo: Path, store: LocalStore, names: list[str], max_models: int | None) -> list[float]:
+async def _cold(
+    endpoint: Any, repo: Path, store: LocalStore, names: list[str], max_models: int | None
+) -> dict[str, Any]:
     mgr = ModelManager(endpoint, repository=repo, store=store, max_models=max_models)
     await mgr.start()
     client = httpaio.InferenceServerClient(endpoint.http)
-    times: list[float] = []
+    total: list[float] = []
+    ready: list[float] = []
     try:
         for name in names:
             t0 = time.perf_counter()
             async with mgr.serving(name):
+                t1 = time.perf_counter()
                 await _infer(client, name)
-            times.append(time.perf_counter() - t0)
+            total.append(time.perf_counter() - t0)
+            ready.append(t1 - t0)
+        m = mgr.metrics
+        n = len(names)
+        fetch, load = m.downloading.total / n, m.loading.total / n
+        breakdown = {
+            "fetch": fetch * 1000,
+            "triton_load": load * 1000,
+            "manager_other": (sum(ready) / n - fetch - load) * 1000,  # evictions, bookkeeping, thread hops
+            "first_infer": (sum(total) - sum(ready)) / n * 1000,
+        }
         await asyncio.gather(*(mgr.unload(name) for name in names))  # leave Triton cold for the next scenario
     finally:
         await client.close()
         await mgr.close()
-    return times
+    return {**summary(total), "mean_breakdown_ms": {k: round(v, 2) for k, v in breakdown.items()}}
 
 
 async def _warm(endpoint: Any, repo: Path, store: LocalStore, n: int) -> dict[str, Any]:
@@ -153,8 +167,8 @@ async def bench(models: int, budget: int, warm_requests: int, work: Path) -> dic
         "cpus": os.cpu_count(),
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "models": models,
-        "cold_no_eviction": summary(cold),
-        f"cold_with_eviction_max_models_{budget}": summary(evicting),
+        "cold_no_eviction": cold,
+        f"cold_with_eviction_max_models_{budget}": evicting,
         "warm": warm,
     }
 
