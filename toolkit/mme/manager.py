@@ -151,6 +151,7 @@ class ModelManager:
         default_model_bytes: int = DEFAULT_MODEL_BYTES,
         backoff: tuple[float, float] = (0.5, 30.0),
         measure_footprint: bool = True,
+        listing_refresh_s: float = 30.0,
     ) -> None:
         if max_models is not None and max_models < 1:
             raise ManagerConfigError(f"max_models must be >= 1, got {max_models}")
@@ -180,6 +181,7 @@ class ModelManager:
         self.default_model_bytes = default_model_bytes
         self.backoff = backoff
         self.measure_footprint = measure_footprint
+        self.listing_refresh_s = listing_refresh_s
         self.measure_delay = 0.5
         self._measuring = False
         self._unloading: dict[str, tuple[_Entry, asyncio.Future[None], float]] = {}
@@ -207,6 +209,8 @@ class ModelManager:
             for name, rss in (await asyncio.to_thread(stub_rss, self.repository, ready)).items():
                 self._entries[name].size_bytes = self._measured[name] = rss
         await self.refresh_listing()
+        if self.store is not None and self.listing_refresh_s > 0:
+            self._spawn(self._refresh_forever())
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -227,6 +231,12 @@ class ModelManager:
             self._known = set(await asyncio.to_thread(self.store.list_models))
         except ArtifactError as exc:
             log.warning("cannot list the artifact store: %s", exc)
+
+    async def _refresh_forever(self) -> None:
+        """``knows`` is synchronous (the gateway routes with it), so the store listing is re-read periodically."""
+        while True:
+            await asyncio.sleep(self.listing_refresh_s)
+            await self.refresh_listing()
 
     def on_triton_restart(self) -> None:
         """Called (from any thread) after the supervisor restarted Triton and reloaded models: resync states."""
