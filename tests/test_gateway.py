@@ -24,9 +24,8 @@ from tritonclient.utils import InferenceServerException
 
 from toolkit.gateway.core import GatewayOptions
 from toolkit.gateway.server import Gateway, GatewayAddresses, GatewayThread
-from toolkit.gateway.supervision import LazyReloadSupervisor
 from toolkit.mme.manager import ModelManager
-from toolkit.server import EmbeddedTriton, ServerOptions
+from toolkit.server import EmbeddedTriton, ServerOptions, Supervisor
 from toolkit.spec.models import EndpointSpec, Manifest
 
 X = np.random.default_rng(0).random((2, 64), dtype=np.float32)
@@ -34,7 +33,7 @@ RAW = np.random.default_rng(1).random((3, 8), dtype=np.float32)
 
 
 class Stack:
-    def __init__(self, sup: LazyReloadSupervisor, main: GatewayAddresses, limited: GatewayAddresses) -> None:
+    def __init__(self, sup: Supervisor, main: GatewayAddresses, limited: GatewayAddresses) -> None:
         self.sup, self.main, self.limited = sup, main, limited
 
 
@@ -51,7 +50,7 @@ def _endpoints(manifest: Manifest) -> list[EndpointSpec]:
 def stack(example_repo: Path, example_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("gw_triton")
     opts = ServerOptions(repository=example_repo, workdir=work, log_file=work / "triton.log", load=["digits_mlp"])
-    sup = LazyReloadSupervisor(EmbeddedTriton(opts), index_interval=0.5)
+    sup = Supervisor(EmbeddedTriton(opts), index_interval=0.5, reload="lazy")
     sup.start(timeout=90)
     runners = []
     addrs = []
@@ -307,6 +306,10 @@ def test_triton_killed_mid_traffic(stack: Stack) -> None:
     a = stack.main.http
     good = _v2("X", X)
     assert _raw(a, "POST", "/v2/models/digits_mlp/infer", good) == 200
+    assert _raw(a, "POST", "/v2/models/digits_forest/infer", good) == 200  # resident before the crash
+    deadline = time.monotonic() + 5
+    while "digits_forest" not in stack.sup.loaded_models() and time.monotonic() < deadline:
+        time.sleep(0.1)
     log: list[tuple[float, int, float]] = []
     stop = threading.Event()
 

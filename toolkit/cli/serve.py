@@ -89,8 +89,7 @@ def serve(
     from toolkit.gateway.auth import AuthConfig
     from toolkit.gateway.core import GatewayOptions
     from toolkit.gateway.server import Gateway, GatewayThread
-    from toolkit.gateway.supervision import LazyReloadSupervisor
-    from toolkit.server import EmbeddedTriton, ServerOptions, TritonEndpoint
+    from toolkit.server import EmbeddedTriton, ServerOptions, Supervisor, TritonEndpoint
 
     endpoints = []
     if manifest is not None:
@@ -119,7 +118,7 @@ def serve(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    supervisor: LazyReloadSupervisor | None = None
+    supervisor: Supervisor | None = None
     runner: GatewayThread | None = None
     try:
         if url is not None:
@@ -138,7 +137,7 @@ def serve(
                 workdir=work,
                 log_file=work / "tritonserver.log",
             )
-            supervisor = LazyReloadSupervisor(EmbeddedTriton(options))
+            supervisor = Supervisor(EmbeddedTriton(options), reload="lazy")
             endpoint = supervisor.start(timeout=120)
             echo(f"triton   http {endpoint.http}  grpc {endpoint.grpc}  metrics {endpoint.metrics}  (log {work})")
         if gateway:

@@ -3,6 +3,11 @@
 The supervisor records which models were READY (it polls the repository index while healthy and callers can tell it
 about loads/unloads), so a crash costs a restart plus reloads, not a cold repository. Callers such as the gateway read
 ``is_up`` to answer 503 at once instead of hanging on a dead socket.
+
+Two reload modes: ``eager`` restarts Triton with every previously loaded model on its command line (Triton is ready
+only once all are loaded: seconds with many models), ``lazy`` restarts it empty (ready in a fraction of a second) and
+leaves ``rewarm`` -- the models resident before the crash -- for the caller (the gateway) to reload in the background
+while requests load what they need on demand.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from toolkit.errors import ServerError, TritonctlError
 from toolkit.server.client import TritonAdmin
@@ -30,12 +36,15 @@ class Supervisor:
         index_interval: float = 2.0,
         backoff: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
         on_state: Callable[[str], None] | None = None,
+        reload: Literal["eager", "lazy"] = "eager",
     ) -> None:
         self.server = server
         self.poll_interval = poll_interval
         self.index_interval = index_interval
         self.backoff = backoff
         self.on_state = on_state
+        self.reload = reload
+        self.rewarm: list[str] = []  # lazy mode: what was resident before the last restart
         self.restarts = 0
         self.last_error: str | None = None
         self._loaded: set[str] = set()
@@ -119,6 +128,10 @@ class Supervisor:
 
     def _restart(self) -> None:
         ports = self.server._ports
+        if self.reload == "lazy":
+            with self._lock:
+                self.rewarm = sorted(self._loaded)
+                self._loaded = set()
         for attempt, delay in enumerate(self._delays()):
             if self._stop.is_set():
                 return

@@ -256,8 +256,10 @@ class EndpointSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> EndpointSpec:
-        if self.mode in ("single", "serial") and not (self.model or self.variants):
-            raise ValueError(f"a {self.mode} endpoint needs model: or variants:")
+        if self.mode == "single" and not (self.model or self.variants):
+            raise ValueError("a single endpoint needs model: or variants:")
+        if self.mode == "serial" and not (self.model or self.models or self.variants):
+            raise ValueError("a serial endpoint needs models: (its steps in order), model: (a pipeline) or variants:")
         if self.mode == "multi-container" and not self.models:
             raise ValueError("a multi-container endpoint needs models: (its containers)")
         if self.mode == "multi-model" and not (self.store or self.models):
