@@ -70,12 +70,12 @@ def manifest():  # type: ignore[no-untyped-def]
             options={"method": "weighted_mean", "weights": [3, 2, 1]},
         )
     )
-    routes = {c: f"housing_{c}" for c in CITIES}  # a parameter router that waits 50 ms to batch requests
+    routes = {c: f"housing_{c}" for c in CITIES}  # a parameter router that waits 100 ms to batch requests
     m.ensembles.append(
         EnsembleSpec(
             name="housing_by_city_batched",
             pattern="dynamic",
-            options={"by": "parameter", "key": "city", "routes": routes, "batch_delay_us": 50_000},
+            options={"by": "parameter", "key": "city", "routes": routes, "batch_delay_us": 100_000},
         )
     )
     return m
@@ -240,6 +240,7 @@ def test_dynamic_by_field_splits_a_mixed_batch_and_merges_in_order(
 def test_concurrent_requests_batched_across_routes_come_back_to_their_callers(
     admin: TritonAdmin, server: EmbeddedTriton
 ) -> None:
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     for name in ["housing_by_city_batched", "housing_preprocess", *(f"housing_{c}" for c in CITIES)]:
@@ -250,9 +251,13 @@ def test_concurrent_requests_batched_across_routes_come_back_to_their_callers(
                   enumerate(CITIES)}  # fmt: skip
         infer(c, "housing_by_city_batched", {"features": feats[:1]}, city=CITIES[0])  # targets loaded
 
+    gate = threading.Barrier(12)  # all callers send at once, so requests meet in the router's queue
+
     def one(k: int) -> tuple[str, np.ndarray]:
         i = k % len(CITIES)
         with httpclient.InferenceServerClient(server.endpoint.http) as cl:
+            if k < 12:
+                gate.wait(timeout=30)
             out = infer(cl, "housing_by_city_batched", {"features": feats[i : i + 1]}, city=CITIES[i])
         return CITIES[i], out["price"]
 

@@ -9,17 +9,28 @@ configured through config.pbtxt parameters. Every inconsistency is an ``Ensemble
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
-from toolkit.errors import GenerateError
+from toolkit.ensembles.types import (
+    ABOptions,
+    AggregateOptions,
+    DynamicOptions,
+    EnsembleError,
+    ScatterOptions,
+    Signature,
+    Tensor,
+    parse_options,
+    signature_of,
+    signature_of_config,
+    tensor_of,
+)
 from toolkit.repository.config import dtype_enum
 from toolkit.repository.generate import GeneratedModel
-from toolkit.spec.models import EnsembleSpec, Manifest, ModelSpec, StepSpec, TensorSpec
+from toolkit.spec.models import EnsembleSpec, Manifest, StepSpec
+
+__all__ = ["EnsembleError", "build_ensembles"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 AGGREGATE_TEMPLATE = TEMPLATES / "aggregate.py"
@@ -28,114 +39,6 @@ SEP = "__"  # namespacing of ensemble tensors: <model>__<tensor>
 MAX_PIPELINE_STEPS = 15
 # Triton needs a version directory even for an ensemble (which has no files); an empty one would not survive git.
 VERSION_KEEP = {"1/.keep": b"an ensemble has no model file; Triton only needs this version directory\n"}
-
-
-class EnsembleError(GenerateError):
-    """An ensemble spec cannot be turned into a valid Triton ensemble."""
-
-
-@dataclass(frozen=True)
-class Tensor:
-    name: str
-    dtype: str  # KServe spelling; STRING is folded into BYTES
-    dims: tuple[int, ...]
-    optional: bool = False
-
-
-@dataclass(frozen=True)
-class Signature:
-    """What an ensemble needs to know about a model it composes."""
-
-    inputs: tuple[Tensor, ...]
-    outputs: tuple[Tensor, ...]
-    max_batch_size: int
-
-    def input(self, name: str) -> Tensor | None:
-        return next((t for t in self.inputs if t.name == name), None)
-
-    def output(self, name: str) -> Tensor | None:
-        return next((t for t in self.outputs if t.name == name), None)
-
-
-def _t(t: TensorSpec) -> Tensor:
-    return Tensor(t.name, "BYTES" if t.dtype == "STRING" else t.dtype, tuple(t.dims), t.optional)
-
-
-def signature_of(spec: ModelSpec) -> Signature:
-    return Signature(tuple(_t(t) for t in spec.inputs), tuple(_t(t) for t in spec.outputs), spec.max_batch_size)
-
-
-def signature_of_config(cfg: mc.ModelConfig) -> Signature:
-    def conv(ts: Any) -> tuple[Tensor, ...]:
-        out = []
-        for t in ts:
-            dt = mc.DataType.Name(t.data_type).removeprefix("TYPE_")
-            out.append(Tensor(t.name, "BYTES" if dt == "STRING" else dt, tuple(t.dims), getattr(t, "optional", False)))
-        return tuple(out)
-
-    return Signature(conv(cfg.input), conv(cfg.output), cfg.max_batch_size)
-
-
-# -- options of each pattern (spec.options), checked strictly so that typos are errors -------------------------------
-class _Opts(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ScatterOptions(_Opts):
-    pick: Literal["most_probable"] | None = None
-    score: str = "probabilities"
-
-
-class AggregateOptions(_Opts):
-    method: Literal["mean", "weighted_mean", "majority_vote"]
-    weights: list[float] | None = None
-    score: str = "probabilities"
-    label: str = "label"
-
-
-class Rule(_Opts):
-    field: str
-    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in"] = "eq"
-    value: Any
-    model: str
-    index: int = Field(default=0, ge=0)
-    name: str | None = None
-
-
-class DynamicOptions(_Opts):
-    by: Literal["parameter", "input", "rules"]
-    key: str | None = None
-    routes: dict[str, str] = Field(default_factory=dict)
-    rules: list[Rule] = Field(default_factory=list)
-    default: str | None = None
-    served: str = "model"
-    instances: int = Field(default=1, ge=1)
-    batch_delay_us: int = Field(default=0, ge=0)  # router's dynamic_batching max_queue_delay_microseconds
-
-
-class Variant(_Opts):
-    name: str
-    model: str
-    weight: float = Field(default=1.0, ge=0)
-
-
-class ABOptions(_Opts):
-    variants: list[Variant] = Field(min_length=2)
-    sticky: str | None = None
-    seed: int | None = None
-    served: str = "variant"
-    instances: int = Field(default=1, ge=1)
-    batch_delay_us: int = Field(default=0, ge=0)
-
-
-def _options(spec: EnsembleSpec, cls: type[_Opts]) -> Any:
-    try:
-        return cls.model_validate(spec.options)
-    except ValidationError as exc:
-        lines = [
-            f"ensemble {spec.name!r}: options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        ]
-        raise EnsembleError("\n".join(lines)) from None
 
 
 # -- config helpers ------------------------------------------------------------------------------------------------
@@ -281,7 +184,7 @@ class _Builder:
                 have = produced.get(src)
                 if have is None:
                     raise EnsembleError(f"{self.where}: declared output {t.name!r} is produced by no step")
-                if have.dtype != _t(t).dtype or not _dims_match(have.dims, tuple(t.dims)):
+                if have.dtype != tensor_of(t).dtype or not _dims_match(have.dims, tuple(t.dims)):
                     raise EnsembleError(
                         f"{self.where}: declared output {t.name!r} is {t.dtype}{t.dims} but the step produces "
                         f"{have.dtype}{list(have.dims)}"
@@ -362,7 +265,7 @@ class _Builder:
         ]
 
     def scatter_gather(self) -> list[GeneratedModel]:
-        opts: ScatterOptions = _options(self.spec, ScatterOptions)
+        opts: ScatterOptions = parse_options(self.spec, ScatterOptions)
         models = list(self.spec.models)
         inputs = self._fan_out(models)
         if opts.pick is None:  # plain fan-out: every model's outputs, namespaced by model
@@ -385,7 +288,7 @@ class _Builder:
         return self._with_aggregator(models, per_model, opts.score, params, outs, "picker")
 
     def aggregate(self) -> list[GeneratedModel]:
-        opts: AggregateOptions = _options(self.spec, AggregateOptions)
+        opts: AggregateOptions = parse_options(self.spec, AggregateOptions)
         models = list(self.spec.models)
         self._fan_out(models)
         params = {"tritonctl.method": opts.method}
@@ -419,7 +322,7 @@ class _Builder:
                 )
         mbs = self.batch(sorted(set(targets)))
         extra = [t for t in key_inputs if base.input(t.name) is None]
-        inputs = list(base.inputs) + extra + [_t(t) for t in self.spec.inputs or [] if base.input(t.name) is None
+        inputs = list(base.inputs) + extra + [tensor_of(t) for t in self.spec.inputs or [] if base.input(t.name) is None
                                               and t.name not in {e.name for e in extra}]  # fmt: skip
         params = {**params, "tritonctl.forward": json.dumps([t.name for t in base.inputs]), "tritonctl.served": served}
         outputs = [*base.outputs, Tensor(served, "BYTES", (1,))]
@@ -430,7 +333,7 @@ class _Builder:
         return [GeneratedModel(self.spec.name, cfg, {"1/model.py": ROUTER_TEMPLATE})]
 
     def dynamic(self) -> list[GeneratedModel]:
-        o: DynamicOptions = _options(self.spec, DynamicOptions)
+        o: DynamicOptions = parse_options(self.spec, DynamicOptions)
         params = {"tritonctl.mode": "dynamic", "tritonctl.by": o.by, "tritonctl.default": o.default or ""}
         key_inputs: list[Tensor] = []
         if o.by in ("parameter", "input"):
@@ -441,7 +344,7 @@ class _Builder:
             targets = list(o.routes.values())
             if o.by == "input":
                 declared = next((t for t in self.spec.inputs or [] if t.name == o.key), None)
-                key_inputs.append(_t(declared) if declared else Tensor(o.key, "BYTES", (1,)))
+                key_inputs.append(tensor_of(declared) if declared else Tensor(o.key, "BYTES", (1,)))
         else:
             if not o.rules:
                 raise EnsembleError(f"{self.where}: by rules needs options.rules (an ordered list)")
@@ -452,7 +355,7 @@ class _Builder:
         return self._router(list(dict.fromkeys(targets)), params, o.served, key_inputs, o.instances, o.batch_delay_us)
 
     def ab(self) -> list[GeneratedModel]:
-        o: ABOptions = _options(self.spec, ABOptions)
+        o: ABOptions = parse_options(self.spec, ABOptions)
         if sum(v.weight for v in o.variants) <= 0:
             raise EnsembleError(f"{self.where}: variant weights must not all be 0")
         params = {
