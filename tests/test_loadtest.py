@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from toolkit.loadtest.hist import LatencyHistogram
+from toolkit.loadtest.recorder import Recorder
 from toolkit.loadtest.report import write_report
 from toolkit.loadtest.runner import RunOptions, run_loadtest
 from toolkit.loadtest.scenario import LoadTestError, load_scenario, parse_duration, parse_scenario, zipf_weights
@@ -23,6 +24,13 @@ from toolkit.loadtest.serverstats import diff_stats, mme_metrics, parse_promethe
 from toolkit.server import EmbeddedTriton, TritonAdmin
 
 MODEL = "digits_logreg"
+
+
+def _direct(samples: np.ndarray) -> LatencyHistogram:
+    h = LatencyHistogram()
+    for s in samples:
+        h.record(float(s))
+    return h
 
 
 # -- pure pieces ---------------------------------------------------------------------------------------------------
@@ -40,6 +48,18 @@ def test_histogram_percentiles_match_numpy_within_one_percent() -> None:
         assert abs(h.percentile(q) - exact) / exact < 0.01, (q, h.percentile(q), exact)
     assert h.percentile(100) == pytest.approx(samples.max())
     assert h.percentile(50) < 1.0  # sub-millisecond values are kept as such (Locust would say 1 ms)
+    # the workers' hot path (raw appends, vectorised at hand-off) gives the same histograms and time series
+    rec = Recorder(t0=1000.0, warmup=1.0)
+    for i, s in enumerate(samples):
+        rec.add("m", float(s), 1000.0 + 2.0 * i / len(samples), None)
+    d = rec.to_dict()
+    assert (
+        LatencyHistogram.from_dict(d["series"]["0"]).count + LatencyHistogram.from_dict(d["series"]["1"]).count
+        == h.count
+    )
+    window = LatencyHistogram.from_dict(d["per_target"]["m"])
+    tail = samples[len(samples) // 2 :]
+    assert window.count == len(tail) and window.buckets == _direct(tail).buckets
 
 
 def test_scenarios_parse_and_bad_ones_are_rejected_clearly() -> None:

@@ -91,8 +91,8 @@ def calibrate(
                     "driver": f"tritonctl loadtest, {k} process{'es' if k > 1 else ''}",
                     **{x: t[x] for x in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms")},
                     "errors": t["errors"],
-                    "command": f"tritonctl loadtest single_model --target {url} --protocol {protocol} --users {concurrency} "
-                    f"--processes {k} --duration {duration:g}s --warmup 2s",
+                    "command": f"tritonctl loadtest single_model --target {url} --protocol {protocol} "
+                    f"--users {concurrency} --processes {k} --duration {duration:g}s --warmup 2s",
                 }
             )
         rows.append(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import numpy as np
+
 _GROWTH = 1.01  # bucket width: 1% relative error bound on any reported percentile
 _LOG_GROWTH = math.log(_GROWTH)
 
@@ -44,6 +46,24 @@ class LatencyHistogram:
         self.sum_ms += ms
         self.min_ms = min(self.min_ms, ms)
         self.max_ms = max(self.max_ms, ms)
+
+    @staticmethod
+    def buckets_of(ms: np.ndarray) -> np.ndarray:
+        """Vectorised ``_bucket`` for an array of milliseconds."""
+        us = np.maximum(ms * 1000.0, 1.0)
+        return np.where(us <= 1.0, 0, (np.log(us) / _LOG_GROWTH).astype(np.int64) + 1)
+
+    @staticmethod
+    def add_many(h: LatencyHistogram, buckets: np.ndarray, ms: np.ndarray) -> None:
+        if not len(ms):
+            return
+        keys, counts = np.unique(buckets, return_counts=True)
+        for b, n in zip(keys.tolist(), counts.tolist(), strict=True):
+            h.buckets[b] = h.buckets.get(b, 0) + n
+        h.count += len(ms)
+        h.sum_ms += float(ms.sum())
+        h.min_ms = min(h.min_ms, float(ms.min()))
+        h.max_ms = max(h.max_ms, float(ms.max()))
 
     def merge(self, other: LatencyHistogram) -> LatencyHistogram:
         for b, n in other.buckets.items():

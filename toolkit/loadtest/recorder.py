@@ -1,15 +1,19 @@
 """Per-process measurements: precise latency histograms per target, errors by type, and a per-second time series.
 
-It listens to Locust's ``request`` event, so it sees exactly what Locust sees, but keeps the float milliseconds that
-our users measured with ``perf_counter`` instead of Locust's rounded buckets. No locust import here: the
-orchestrator uses the same class to merge worker results.
+Our users call ``add`` directly (or, in a plain locustfile, Locust's ``request`` event reaches ``on_request``) with
+the float milliseconds they measured with ``perf_counter`` instead of Locust's rounded buckets. The hot path only
+appends to arrays; histograms are built with numpy once, at hand-off, so that measuring costs the load generator
+almost nothing. No locust import here: the orchestrator uses the same class to merge worker results.
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections import Counter, defaultdict
 from typing import Any
+
+import numpy as np
 
 from toolkit.loadtest.hist import LatencyHistogram
 
@@ -28,6 +32,47 @@ class Recorder:
         self.first_ok: float | None = None
         self.last_ok: float | None = None
         self.closed = False  # set once the results are handed off: later completions are ignored
+        self._raw: dict[str, tuple[array[float], array[float]]] = {}  # target -> (start times, ms), successes
+
+    def add(self, name: str, ms: float, start: float, error: str | None) -> None:
+        """Hot path: successes are appended raw (folded into histograms by ``flush``)."""
+        if error is not None:
+            self.record(name, ms, start, error)
+            return
+        if self.closed:
+            return
+        raw = self._raw.get(name)
+        if raw is None:
+            raw = self._raw[name] = (array("d"), array("d"))
+        raw[0].append(start)
+        raw[1].append(ms)
+
+    def ok_count(self) -> int:
+        """Successes so far, raw and folded (for live progress)."""
+        return sum(h.count for h in self.series.values()) + sum(len(r[1]) for r in self._raw.values())
+
+    def flush(self) -> None:
+        """Fold the raw samples into the histograms and the time series (vectorised)."""
+        for name, (starts_a, ms_a) in self._raw.items():
+            if not len(ms_a):
+                continue
+            starts, ms = np.frombuffer(starts_a, dtype=np.float64), np.frombuffer(ms_a, dtype=np.float64)
+            secs = np.maximum(0, np.floor(starts - self.t0)).astype(np.int64)
+            buckets = LatencyHistogram.buckets_of(ms)
+            inwin = starts >= self.t0 + self.warmup
+            LatencyHistogram.add_many(self.per_target[name], buckets[inwin], ms[inwin])
+            for sec in np.unique(secs):
+                sel = secs == sec
+                LatencyHistogram.add_many(self.series[int(sec)], buckets[sel], ms[sel])
+                self.series_per_target[name][int(sec)] += int(sel.sum())
+            if inwin.any():
+                ends = starts[inwin] + ms[inwin] / 1000.0
+                lo, hi = float(starts[inwin].min()), float(ends.max())
+                self.first_ok = lo if self.first_ok is None else min(self.first_ok, lo)
+                self.last_ok = hi if self.last_ok is None else max(self.last_ok, hi)
+                if self.cold_threshold_ms is not None:
+                    self.cold[name] += int((ms[inwin] >= self.cold_threshold_ms).sum())
+        self._raw.clear()
 
     def record(self, name: str, ms: float, start: float, error: str | None) -> None:
         if self.closed:
@@ -54,10 +99,11 @@ class Recorder:
         self, request_type: str, name: str, response_time: float, exception: BaseException | None = None, **kw: Any
     ) -> None:
         start = float(kw.get("start_time") or 0.0)
-        self.record(name, float(response_time), start, None if exception is None else describe_error(exception))
+        self.add(name, float(response_time), start, None if exception is None else describe_error(exception))
 
     # hand-off ---------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        self.flush()
         return {
             "t0": self.t0,
             "warmup": self.warmup,

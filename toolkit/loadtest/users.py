@@ -16,6 +16,7 @@ import numpy as np
 from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, task
 
 from toolkit.loadtest.payload import http_request, make_arrays, sagemaker_request
+from toolkit.loadtest.recorder import Recorder, describe_error
 from toolkit.loadtest.scenario import Shape, Target
 
 
@@ -31,6 +32,22 @@ class _Traffic:
     binary: ClassVar[bool] = True
     endpoint: ClassVar[str] = ""
     timeout: ClassVar[float] = 60.0
+    recorder: ClassVar[Recorder | None] = None  # set by the worker; None in a plain locustfile (Locust's events)
+
+    def report(self, name: str, ms: float, start: float, exc: BaseException | None) -> None:
+        """Hand a measurement to our recorder directly (cheapest), or fire Locust's request event."""
+        if self.recorder is not None:
+            self.recorder.add(name, ms, start, None if exc is None else describe_error(exc))
+            return
+        self.environment.events.request.fire(  # type: ignore[attr-defined]
+            request_type="infer",
+            name=name,
+            response_time=ms,
+            response_length=0,
+            exception=exc,
+            context={},
+            start_time=start,
+        )
 
     def pick(self) -> int:
         if len(self.targets) == 1:
@@ -103,10 +120,7 @@ class TritonHttpUser(_Traffic, FastHttpUser):
             exc = e
             self._conn = None
         elapsed = (time.perf_counter() - t0) * 1000.0
-        self.environment.events.request.fire(
-            request_type="POST", name=self.targets[i].label, response_time=elapsed, response_length=0,
-            exception=exc, context={}, start_time=start,
-        )  # fmt: skip
+        self.report(self.targets[i].label, elapsed, start, exc)
 
 
 class SageMakerUser(TritonHttpUser):
@@ -183,15 +197,7 @@ class TritonGrpcUser(_Traffic, User):
         except Exception as e:
             exc = e
         elapsed = (time.perf_counter() - t0) * 1000.0
-        self.environment.events.request.fire(
-            request_type="grpc",
-            name=t.label,
-            response_time=elapsed,
-            response_length=0,
-            exception=exc,
-            context={},
-            start_time=start,
-        )
+        self.report(t.label, elapsed, start, exc)
 
 
 def make_shape(shape: Shape, users: int, spawn_rate: float, duration: float, share: float) -> LoadTestShape | None:

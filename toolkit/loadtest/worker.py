@@ -48,7 +48,7 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
     rec = Recorder(t0=0.0, warmup=float(cfg.get("warmup", 0.0)))
     rec.cold_threshold_ms = cfg.get("cold_threshold_ms")
     env = Environment(user_classes=[user_cls], host=cfg["host"], shape_class=shape)
-    env.events.request.add_listener(rec.on_request)
+    user_cls.recorder = rec  # type: ignore[attr-defined]  # users report straight to it (no event dispatch)
     runner = env.create_local_runner()
 
     # handshake: say we are ready (imports done), then wait for the common start time on stdin
@@ -69,7 +69,7 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
 
     def progress() -> None:
         while True:
-            done = sum(h.count for h in rec.series.values())
+            done = rec.ok_count()
             errs = sum(rec.series_errors.values())
             print(json.dumps({"t": time.time(), "ok": done, "errors": errs, "users": runner.user_count}), flush=True)
             gevent.sleep(1.0)
