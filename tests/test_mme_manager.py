@@ -257,6 +257,8 @@ def test_bad_artifacts_and_failing_load_give_clear_errors_others_keep_serving(en
             await mgr.ensure_loaded("corrupt")
         with pytest.raises(ArtifactFetchError, match=r"path traversal"):
             await mgr.ensure_loaded("evil")
+        with pytest.raises(ArtifactFetchError, match="next attempt allowed"):  # in the backoff; keeps its type
+            await mgr.ensure_loaded("evil")
         with pytest.raises(ArtifactFetchError, match="symbolic link"):
             await mgr.ensure_loaded("linky")
         with pytest.raises(ModelNotFoundError):
@@ -353,6 +355,7 @@ def test_ensemble_pins_composing_models(env: dict[str, Any]) -> None:
             assert np.allclose(await infer(client, "ens"), [90.0, 180.0])  # x * 9 * 10
         pinned = {s.name: s.pinned for s in mgr.states()}
         assert pinned["m08"] and pinned["m09"] and not pinned["ens"]
+        assert {s.name: s.size_bytes for s in mgr.states()}["ens"] == 0  # its members carry the memory
         with pytest.raises(ModelPinnedError):
             await mgr.unload("m08")
         await mgr.unload("ens")

@@ -351,7 +351,7 @@ class ModelManager:
         while e.state is not State.READY:
             if e.future is None:
                 if e.state is State.FAILED and time.monotonic() < e.retry_at and e.error is not None:
-                    raise ModelLoadError(e.name, e.error.reason, retry_in=e.retry_at - time.monotonic())
+                    raise type(e.error)(e.name, e.error.reason, retry_in=e.retry_at - time.monotonic())
                 e.future = asyncio.get_running_loop().create_future()
                 e.future.add_done_callback(lambda f: f.cancelled() or f.exception())
                 e.state, e.reserved = State.LOADING, False
@@ -376,7 +376,8 @@ class ModelManager:
             for dep in e.composing:  # an ensemble pins its composing models while it is loaded
                 d = await self._acquire(dep, self.load_timeout)
                 d.pinned_by.add(name)
-            size = self._estimate(name)
+            # An ensemble holds no memory of its own: its composing models are counted (and pinned) separately.
+            size = self.declared_sizes.get(name, 0) if e.composing else self._estimate(name)
             await self._make_room(e, size)
             e.size_bytes = size
             registered = True
