@@ -272,7 +272,7 @@ def test_bad_artifacts_and_failing_load_give_clear_errors_others_keep_serving(en
             await mgr.ensure_loaded("boom")
         assert not (env["repo"] / "boom").exists() and not (env["repo"] / "evil").exists()
         assert "boom" not in triton_ready(env["admin"])
-        await asyncio.sleep(0.25)  # backoff (0.2 s) elapsed: the next request retries the load
+        await asyncio.sleep(0.6)  # backoff (0.5 s) elapsed: the next request retries the load
         with pytest.raises(ModelLoadError, match="initialize exploded"):
             await mgr.ensure_loaded("boom")
         assert {s.name: s.state for s in mgr.states()}["boom"] == "FAILED"
@@ -280,7 +280,7 @@ def test_bad_artifacts_and_failing_load_give_clear_errors_others_keep_serving(en
         async with mgr.serving("m00"):
             assert np.allclose(await infer(client, "m00"), [1.0, 2.0])
 
-    run(with_manager(env, body, backoff=(0.2, 1.0)))
+    run(with_manager(env, body, backoff=(0.5, 1.0)))
 
 
 def _free_port() -> int:
