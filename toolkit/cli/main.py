@@ -203,12 +203,14 @@ def examples_build(
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (one per area of the toolkit)."""
+    from toolkit.cli.graph import graph_cmd
     from toolkit.cli.loadtest import loadtest_cmd
     from toolkit.cli.serve import serve_command
 
     app.command("serve", help="Serve a repository: embedded (or external) Triton behind the gateway.")(
         friendly(serve_command)
     )
+    app.command("graph", help="Draw an ensemble's DAG (Mermaid always; SVG/PNG with graphviz).")(friendly(graph_cmd))
     app.command("loadtest", help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).")(
         friendly(loadtest_cmd)
     )

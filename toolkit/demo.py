@@ -1,0 +1,237 @@
+"""``make demo``: build the examples, serve them (embedded Triton + gateway), invoke every pattern, stop.
+
+Everything goes through the gateway the way a user's code would: tritonclient (HTTP and gRPC) for KServe v2, boto3's
+``sagemaker-runtime`` client for the SageMaker API. Models load lazily on first request through the MME manager.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _say(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def _wait_ping(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"gateway at {url} not ready after {timeout:.0f} s")
+
+
+def _infer(client: Any, mod: Any, model: str, inputs: dict[str, np.ndarray], **kw: Any) -> Any:
+    tensors = []
+    for name, arr in inputs.items():
+        dtype = "BYTES" if arr.dtype == object else {"float32": "FP32", "int64": "INT64"}[str(arr.dtype)]
+        t = mod.InferInput(name, list(arr.shape), dtype)
+        t.set_data_from_numpy(arr)
+        tensors.append(t)
+    return client.infer(model, tensors, **kw)
+
+
+def kserve_section(http_url: str, grpc_url: str) -> None:
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from toolkit.examples.digits import load_split
+    from toolkit.examples.housing import generate
+
+    _, x_test, _, y_test = load_split()
+    x, y = x_test[:64], y_test[:64]
+    http = httpclient.InferenceServerClient(http_url)
+    grpc = grpcclient.InferenceServerClient(grpc_url)
+    _say("KServe v2 through the gateway (tritonclient, unchanged): three frameworks, first request loads lazily")
+    for model in ("digits_logreg", "digits_mlp", "digits_forest"):
+        t0 = time.perf_counter()
+        label = _infer(http, httpclient, model, {"X": x}).as_numpy("label").ravel()
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        label_grpc = _infer(grpc, grpcclient, model, {"X": x}).as_numpy("label").ravel()
+        warm = time.perf_counter() - t0
+        assert (label == label_grpc).all()
+        print(
+            f"  {model:<15} accuracy {np.mean(label == y):.3f} on 64 held-out digits  "
+            f"(http cold {cold * 1000:.0f} ms, grpc warm {warm * 1000:.1f} ms)"
+        )
+
+    _say("Ensembles: scatter-gather, aggregate (vote, mean)")
+    r = _infer(http, httpclient, "digits_scatter_gather", {"X": x[:4]})
+    models = [m.decode() for m in r.as_numpy("model").ravel()]
+    print(
+        f"  digits_scatter_gather  labels {r.as_numpy('label').ravel().tolist()} (truth {y[:4].tolist()}), "
+        f"most confident: {models}"
+    )
+    for name in ("digits_vote", "digits_mean"):
+        label = _infer(http, httpclient, name, {"X": x}).as_numpy("label").ravel()
+        print(f"  {name:<22} accuracy {np.mean(label == y):.3f}")
+
+    _say("Housing: serial pipeline, dynamic selection (parameter, input field, rules), A/B")
+    raw, _ = generate("Chicago_IL", 3, seed=7)
+    dollars = _infer(http, httpclient, "housing_pipeline_Chicago_IL", {"raw": raw}).as_numpy("price_dollars")
+    print(f"  housing_pipeline_Chicago_IL  raw -> preprocess -> Chicago -> round: {dollars.ravel().tolist()}")
+    feats = _infer(http, httpclient, "housing_preprocess", {"raw": raw}).as_numpy("features")
+    r = _infer(http, httpclient, "housing_by_city", {"features": feats}, parameters={"city": "Houston_TX"})
+    print(
+        f"  housing_by_city (parameter city=Houston_TX): {r.as_numpy('price').ravel().round(0).tolist()} "
+        f"via {r.as_numpy('model').ravel()[0].decode()}"
+    )
+    cities = np.array([[b"NewYork_NY"], [b"Chicago_IL"], [b"LosAngeles_CA"]], dtype=object)
+    r = _infer(http, httpclient, "housing_city_pipeline", {"raw": raw, "city": cities})
+    served = [m.decode() for m in r.as_numpy("model").ravel()]
+    print(f"  housing_city_pipeline (city per row): {r.as_numpy('price_dollars').ravel().tolist()} via {served}")
+    r = _infer(http, httpclient, "housing_rules", {"features": feats})
+    print(f"  housing_rules (no city -> size rule or default): via {[m.decode() for m in r.as_numpy('model').ravel()]}")
+    seen = {}
+    for user in ("alice", "bob", "carol", "dave", "erin"):
+        r = _infer(http, httpclient, "housing_ab", {"features": feats[:1]}, parameters={"user": user})
+        seen[user] = r.as_numpy("variant").ravel()[0].decode()
+    print(f"  housing_ab (sticky per user): {seen}")
+    http.close()
+    grpc.close()
+
+
+def sagemaker_section(http_url: str) -> None:
+    import boto3
+
+    from toolkit.examples.digits import load_split
+    from toolkit.examples.housing import generate
+
+    _say("SageMaker runtime API through the gateway (boto3 sagemaker-runtime, unchanged)")
+    sm = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=http_url,
+        region_name="us-east-1",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="demo-secret",
+    )
+    _, x_test, _, y_test = load_split()
+    body = json.dumps(
+        {"inputs": [{"name": "X", "shape": [2, 64], "datatype": "FP32", "data": x_test[:2].ravel().tolist()}]}
+    )
+    r = sm.invoke_endpoint(EndpointName="digits", ContentType="application/json", Body=body)
+    out = json.loads(r["Body"].read())
+    labels = next(o["data"] for o in out["outputs"] if o["name"] == "label")
+    print(
+        f"  digits (production variants) -> variant {r['InvokedProductionVariant']}: labels {labels} "
+        f"(truth {y_test[:2].tolist()})"
+    )
+    r = sm.invoke_endpoint(
+        EndpointName="digits-mce", TargetContainerHostname="digits_forest", ContentType="application/json", Body=body
+    )
+    labels = next(o["data"] for o in json.loads(r["Body"].read())["outputs"] if o["name"] == "label")
+    print(f"  digits-mce TargetContainerHostname=digits_forest: labels {labels}")
+    try:
+        sm.invoke_endpoint(EndpointName="digits-mce", ContentType="application/json", Body=body)
+    except sm.exceptions.ValidationError as exc:
+        print(f"  digits-mce without a target -> ValidationError: {exc.response['Error']['Message'][:90]}")
+    raw, _ = generate("Chicago_IL", 1, seed=7)
+    pre = {"inputs": [{"name": "raw", "shape": [1, 8], "datatype": "FP32", "data": raw.ravel().tolist()}]}
+    r = sm.invoke_endpoint(
+        EndpointName="housing",
+        TargetModel="housing_preprocess.tar.gz",
+        ContentType="application/json",
+        Body=json.dumps(pre),
+    )
+    feats = next(o["data"] for o in json.loads(r["Body"].read())["outputs"] if o["name"] == "features")
+    req = {"inputs": [{"name": "features", "shape": [1, 10], "datatype": "FP32", "data": feats}]}
+    for city in ("housing_NewYork_NY", "housing_Houston_TX"):
+        r = sm.invoke_endpoint(
+            EndpointName="housing", TargetModel=f"{city}.tar.gz", ContentType="application/json", Body=json.dumps(req)
+        )
+        price = next(o["data"] for o in json.loads(r["Body"].read())["outputs"] if o["name"] == "price")
+        print(f"  housing (multi-model) TargetModel={city}.tar.gz: price {price[0]:,.0f}")
+
+
+def metrics_section(admin_url: str) -> None:
+    _say("MME metrics (SageMaker names) from the gateway's admin port")
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(
+            (
+                "tritonctl_LoadedModelCount",
+                "tritonctl_ModelLoadingTime_seconds_count",
+                "tritonctl_ModelLoadingTime_seconds_sum",
+            )
+        ) or (line.startswith("tritonctl_ModelCacheHit") and "digits_logreg" in line):
+            print("  " + line)
+
+
+def main(steps: Callable[..., None] | None = None) -> None:
+    from toolkit.cli.serve import serve
+    from toolkit.examples.build import build_all
+    from toolkit.mme.example import run_mme_demo
+    from toolkit.repository.generate import generate_repository
+    from toolkit.repository.validate import format_findings, has_errors, validate_repository
+    from toolkit.server import free_port
+    from toolkit.spec import load_manifest
+
+    _say("Build the examples (sklearn load_digits + seeded housing generator; no downloads)")
+    for name, path in sorted(build_all(ROOT / "examples" / "artifacts").items()):
+        print(f"  {name:<24} {path.relative_to(ROOT)}")
+    manifest = load_manifest(ROOT / "tritonctl.yaml")
+    report = generate_repository(manifest, ROOT / "model_repository")
+    print(f"  model_repository: {report.summary()}")
+    findings = validate_repository(ROOT / "model_repository")
+    print("  validate: " + ("ok" if not findings else format_findings(findings)))
+    if has_errors(findings):
+        raise SystemExit(1)
+
+    ports = {k: free_port() for k in ("gateway", "grpc", "admin")}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run_server() -> None:
+        try:
+            serve(
+                ROOT / "model_repository",
+                manifest=ROOT / "tritonctl.yaml",
+                gateway_port=ports["gateway"],
+                gateway_grpc_port=ports["grpc"],
+                admin_port=ports["admin"],
+                stop_event=stop,
+                echo=lambda s: print("  " + s, flush=True),
+            )
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    _say("Start the embedded Triton behind the gateway")
+    thread = threading.Thread(target=run_server, name="tritonctl-serve")
+    thread.start()
+    http_url = f"http://127.0.0.1:{ports['gateway']}"
+    try:
+        _wait_ping(http_url)
+        kserve_section(f"127.0.0.1:{ports['gateway']}", f"127.0.0.1:{ports['grpc']}")
+        sagemaker_section(http_url)
+        metrics_section(f"http://127.0.0.1:{ports['admin']}")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    if errors:
+        raise errors[0]
+    print("  stopped Triton and the gateway")
+
+    _say("Multi-model endpoint over 50 city models: local store, then S3 (moto server), budget of 4 resident")
+    run_mme_demo(n=50, invoke=6, max_models=4, say=lambda s: print("  " + s, flush=True))
+    _say("Demo done")
+
+
+if __name__ == "__main__":
+    main()
