@@ -442,3 +442,26 @@ def test_city_example_store_serves_sklearn_equal_predictions(env: dict[str, Any]
             assert np.allclose(got, expected_prices(city, x), rtol=1e-4)
 
     run(with_manager(env, body, store=LocalStore(tmp_path / "cities")))
+
+
+def test_cli_simulate_list_load_unload(env: dict[str, Any]) -> None:
+    from typer.testing import CliRunner
+
+    from toolkit.cli.mme import mme_app
+
+    runner = CliRunner()
+    sim = ["simulate", "--models", "50", "--zipf", "1.0", "--budget", "10", "--requests", "2000"]
+    res = runner.invoke(mme_app, sim)
+    assert res.exit_code == 0, res.output
+    assert "lru" in res.output and "gdsf" in res.output and "belady" in res.output
+    url = env["server"].endpoint.http_url
+    common = ["--url", url, "-r", str(env["repo"])]
+    res = runner.invoke(mme_app, ["load", "m07", *common, "--store", str(env["store"])])
+    assert res.exit_code == 0 and "loaded m07" in res.output, res.output
+    res = runner.invoke(mme_app, ["list", *common, "--store", str(env["store"])])
+    assert res.exit_code == 0 and any(ln.split()[:2] == ["m07", "READY"] for ln in res.output.splitlines())
+    assert "m03" in res.output  # store models are listed too, UNLOADED
+    res = runner.invoke(mme_app, ["unload", "m07", *common])
+    assert res.exit_code == 0 and "m07" not in triton_ready(env["admin"])
+    res = runner.invoke(mme_app, ["load", "nope", *common, "--store", str(env["store"])])
+    assert res.exit_code == 1 and "not found" in res.output
