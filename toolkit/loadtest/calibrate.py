@@ -4,8 +4,9 @@
     python -m toolkit.loadtest.calibrate --model digits_logreg --concurrency 4 --processes 1,2 \
         --output docs/benchmarks/loadtest.md
 
-perf_analyzer runs first and last (bracketing drift on a shared machine); our driver runs in between with each
-process count. Goal: throughput >= 0.7x perf_analyzer's and p50 within 20% of it.
+Each round runs perf_analyzer, then our driver with each process count; ratios are paired within a round and the
+medians over the rounds are reported, so that a busy shared machine does not decide the outcome.
+Goal: throughput >= 0.7x perf_analyzer's and p50 within 20% of it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import csv
 import os
 import platform
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -58,81 +60,109 @@ def run_perf_analyzer(binary: Path, model: str, url: str, protocol: str, concurr
 
 
 def calibrate(
-    model: str, concurrency: int, processes: list[int], duration: float, protocol: str, repository: Path
+    model: str,
+    concurrency: int,
+    processes: list[int],
+    duration: float,
+    protocol: str,
+    repository: Path,
+    rounds: int = 3,
 ) -> dict[str, Any]:
+    """``rounds`` x (perf_analyzer, then ours for each process count); medians of the paired per-round ratios."""
     if not PA.exists():
         raise LoadTestError(f"{PA} missing: bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer")
     sc = parse_scenario(
         {"name": f"calibrate_{model}", "protocol": protocol, "encoding": "binary", "targets": [{"model": model}]}
     )
-    rows: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp, embedded_triton(repository, [model], Path(tmp)) as ep:
         url = ep.http if protocol == "http" else ep.grpc
+        target = ep.http_url if protocol == "http" else ep.grpc
         window = int(duration * 1000 / 3)
-        rows.append(
-            {"driver": "perf_analyzer (before)", **run_perf_analyzer(PA, model, url, protocol, concurrency, window)}
-        )
-        for k in processes:
-            rep = run_loadtest(
-                RunOptions(
-                    scenario=sc,
-                    target=ep.http_url if protocol == "http" else ep.grpc,
-                    triton_url=ep.http_url,
-                    users=concurrency,
-                    spawn_rate=1000,
-                    duration=duration,
-                    warmup=2.0,
-                    processes=k,
+        for rnd in range(rounds):
+            pa = run_perf_analyzer(PA, model, url, protocol, concurrency, window)
+            raw.append({"round": rnd, "driver": "perf_analyzer", **pa})
+            for k in processes:
+                rep = run_loadtest(
+                    RunOptions(
+                        scenario=sc,
+                        target=target,
+                        triton_url=ep.http_url,
+                        users=concurrency,
+                        spawn_rate=1000,
+                        duration=duration,
+                        warmup=2.0,
+                        processes=k,
+                    )
                 )
-            )
-            t = rep["client"]["total"]
-            rows.append(
-                {
-                    "driver": f"tritonctl loadtest, {k} process{'es' if k > 1 else ''}",
-                    **{x: t[x] for x in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms")},
-                    "errors": t["errors"],
-                    "command": f"tritonctl loadtest single_model --target {url} --protocol {protocol} "
-                    f"--users {concurrency} --processes {k} --duration {duration:g}s --warmup 2s",
-                }
-            )
-        rows.append(
-            {"driver": "perf_analyzer (after)", **run_perf_analyzer(PA, model, url, protocol, concurrency, window)}
-        )
-    pa = [r for r in rows if r["driver"].startswith("perf_analyzer")]
-    ref_tp = sum(r["throughput_rps"] for r in pa) / len(pa)
-    ref_p50 = sum(r["p50_ms"] for r in pa) / len(pa)
-    for r in rows:
-        r["tp_ratio"] = r["throughput_rps"] / ref_tp
-        r["p50_diff"] = r["p50_ms"] / ref_p50 - 1.0
-        r["meets_goal"] = r["tp_ratio"] >= 0.7 and abs(r["p50_diff"]) <= 0.2
+                t = rep["client"]["total"]
+                raw.append(
+                    {
+                        "round": rnd,
+                        "driver": f"tritonctl loadtest, {k} process{'es' if k > 1 else ''}",
+                        **{x: t[x] for x in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms")},
+                        "errors": t["errors"],
+                        "tp_ratio": t["throughput_rps"] / pa["throughput_rps"],
+                        "p50_diff": t["p50_ms"] / pa["p50_ms"] - 1.0,
+                        "command": f"tritonctl loadtest single_model --target {target} --protocol {protocol} "
+                        f"--users {concurrency} --processes {k} --duration {duration:g}s --warmup 2s",
+                    }
+                )
+    rows = []
+    for driver in dict.fromkeys(r["driver"] for r in raw):
+        rs = [r for r in raw if r["driver"] == driver]
+        row: dict[str, Any] = {"driver": driver, "command": rs[0]["command"], "n": len(rs)}
+        for key in ("throughput_rps", "p50_ms", "p90_ms", "p99_ms", "tp_ratio", "p50_diff"):
+            if key in rs[0]:
+                row[key] = statistics.median(r[key] for r in rs)
+        if "tp_ratio" in row:
+            row["meets_goal"] = row["tp_ratio"] >= 0.7 and abs(row["p50_diff"]) <= 0.2
+        rows.append(row)
     return {
         "model": model,
         "concurrency": concurrency,
         "protocol": protocol,
         "rows": rows,
-        "ref_tp": ref_tp,
-        "ref_p50": ref_p50,
+        "raw": raw,
+        "rounds": rounds,
+        "duration": duration,
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
+        "load": os.getloadavg(),
     }
 
 
 def to_markdown(res: dict[str, Any]) -> str:
     lines = [
-        f"### {res['model']}, concurrency {res['concurrency']}, {res['protocol']} ({res['cpus']} CPUs, "
-        f"{res['platform']})",
+        f"### {res['model']}, concurrency {res['concurrency']}, {res['protocol']}: {res['rounds']} rounds of "
+        f"{res['duration']:g} s ({res['cpus']} CPUs, load average {res['load'][0]:.1f} at the end)",
+        "",
+        "Medians over the rounds; ratios are paired with the perf_analyzer run of the same round.",
         "",
         "| driver | throughput (req/s) | vs perf_analyzer | p50 (ms) | p50 vs perf_analyzer | p90 (ms) | p99 (ms) "
         "| goal |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in res["rows"]:
-        goal = "" if r["driver"].startswith("perf_analyzer") else ("met" if r["meets_goal"] else "**missed**")
+        if "tp_ratio" not in r:
+            lines.append(
+                f"| {r['driver']} | {r['throughput_rps']:.0f} | 1.00x | {r['p50_ms']:.3f} | 0% | "
+                f"{r['p90_ms']:.3f} | {r['p99_ms']:.3f} | |"
+            )
+            continue
+        goal = "met" if r["meets_goal"] else "**missed**"
         lines.append(
             f"| {r['driver']} | {r['throughput_rps']:.0f} | {r['tp_ratio']:.2f}x | {r['p50_ms']:.3f} | "
             f"{r['p50_diff']:+.0%} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {goal} |"
         )
-    lines += ["", "Commands:", "", "```"] + [r["command"] for r in res["rows"]] + ["```", ""]
+    lines += ["", "Per round (throughput req/s / p50 ms):", ""]
+    for rnd in range(res["rounds"]):
+        cells = [
+            f"{r['driver']} {r['throughput_rps']:.0f} / {r['p50_ms']:.3f}" for r in res["raw"] if r["round"] == rnd
+        ]
+        lines.append(f"- round {rnd + 1}: " + "; ".join(cells))
+    lines += ["", "Commands (ports were free ones of the embedded Triton):", "", "```"]
+    lines += [r["command"] for r in res["rows"]] + ["```", ""]
     return "\n".join(lines)
 
 
@@ -144,6 +174,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--protocol", default="http", choices=["http", "grpc"])
     ap.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--output", type=Path, help="append the markdown table to this file")
     a = ap.parse_args()
     res = calibrate(
