@@ -213,18 +213,19 @@ def s3_bucket(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> str
     import boto3
 
     s3: Any = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket="models")
+    bucket = "stores-test"  # moto backends are process-wide: a name no other test uses
+    s3.create_bucket(Bucket=bucket)
     tmp = tmp_path_factory.mktemp("s3src")
     s3.upload_file(
-        str(write_tar(tmp / "resnet.tar.gz", model_members("resnet", payload=3000))), "models", "mme/resnet.tar.gz"
+        str(write_tar(tmp / "resnet.tar.gz", model_members("resnet", payload=3000))), bucket, "mme/resnet.tar.gz"
     )
     s3.upload_file(
-        str(write_tar(tmp / "evil.tar.gz", [*model_members("evil"), _file("../x", b"x")])), "models", "mme/evil.tar.gz"
+        str(write_tar(tmp / "evil.tar.gz", [*model_members("evil"), _file("../x", b"x")])), bucket, "mme/evil.tar.gz"
     )
-    s3.put_object(Bucket="models", Key="mme/dirmodel/config.pbtxt", Body=CONFIG % b"dirmodel")
-    s3.put_object(Bucket="models", Key="mme/dirmodel/1/model.py", Body=MODEL_PY)
-    s3.put_object(Bucket="models", Key="mme/notamodel/readme.txt", Body=b"x")
-    return "models"
+    s3.put_object(Bucket=bucket, Key="mme/dirmodel/config.pbtxt", Body=CONFIG % b"dirmodel")
+    s3.put_object(Bucket=bucket, Key="mme/dirmodel/1/model.py", Body=MODEL_PY)
+    s3.put_object(Bucket=bucket, Key="mme/notamodel/readme.txt", Body=b"x")
+    return bucket
 
 
 def test_s3_store_list_and_fetch(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
