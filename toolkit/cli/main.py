@@ -205,11 +205,13 @@ def _register_subcommands() -> None:
     """Commands that live in their own modules (one per area of the toolkit)."""
     from toolkit.cli.graph import graph_cmd
     from toolkit.cli.loadtest import loadtest_cmd
+    from toolkit.cli.mme import mme_app
     from toolkit.cli.serve import serve_command
 
     app.command("serve", help="Serve a repository: embedded (or external) Triton behind the gateway.")(
         friendly(serve_command)
     )
+    app.add_typer(mme_app, name="mme", help="Multi-model endpoint: simulate eviction policies, list/load/unload.")
     app.command("graph", help="Draw an ensemble's DAG (Mermaid always; SVG/PNG with graphviz).")(friendly(graph_cmd))
     app.command("loadtest", help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).")(
         friendly(loadtest_cmd)

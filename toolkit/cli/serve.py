@@ -6,7 +6,6 @@ registers as ``app.command("serve")(serve_command)``. Ctrl-C or SIGTERM stops th
 
 from __future__ import annotations
 
-import re
 import signal
 import tempfile
 import threading
@@ -18,23 +17,19 @@ import typer
 
 from toolkit.errors import TritonctlError
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.I)
-_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
 
 class ServeError(TritonctlError):
     """``tritonctl serve`` was given options that cannot work together."""
 
 
 def parse_size(text: str) -> int:
-    """``8GiB`` -> 8589934592, ``500MB`` -> 500000000, ``1024`` -> 1024."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ServeError(f"bad size {text!r}: use e.g. 8GiB, 512MiB, 2GB or a number of bytes")
-    num, unit = float(m.group(1)), (m.group(2) or "").upper()
-    if "I" in unit:
-        return int(num * 1024 ** "BKMGT".index(unit[0]))
-    return int(num * _UNITS[unit[:1]])
+    """``8GiB`` -> 8589934592, ``500MB`` -> 500000000 (the MME's own parser, with a CLI-shaped error)."""
+    from toolkit.mme.footprint import parse_size as _parse
+
+    try:
+        return _parse(text)
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
 
 
 def _make_manager(endpoint: Any, repository: Path | None, **kw: Any) -> Any:
