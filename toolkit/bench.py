@@ -1,0 +1,62 @@
+"""``make bench``: every benchmark of the project, one after the other, each writing its page under docs/benchmarks/.
+
+Benchmarks are separate from the tests on purpose: speed goals are ratios measured in one run on a noisy 2-core
+machine, which a unit test cannot assert without flaking. Run a single one with ``python -m toolkit.bench NAME``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PY = sys.executable
+BENCHES: dict[str, list[str]] = {
+    "foundation": [PY, "-m", "toolkit.server.bench", "10"],
+    "ensembles": [PY, "-m", "toolkit.ensembles.bench", "--duration", "10", "--output", "docs/benchmarks/ensembles.md"],
+    "mme-simulate": [
+        PY,
+        "-m",
+        "toolkit",
+        "mme",
+        "simulate",
+        "--models",
+        "200",
+        "--zipf",
+        "1.0",
+        "--budget",
+        "60",
+        "--requests",
+        "20000",
+    ],
+    "mme-cold-start": [PY, "-m", "toolkit.mme.bench", "--json", "reports/bench/mme.json"],
+    "gateway": [PY, "-m", "toolkit.gateway.bench", "--seconds", "3", "--rounds", "3"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        print(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHES)}", file=sys.stderr)
+        return 2
+    Path("reports/bench").mkdir(parents=True, exist_ok=True)
+    failed = []
+    for name in names:
+        print(f"\n### {name}: {' '.join(BENCHES[name][1:])}", flush=True)
+        t0 = time.perf_counter()
+        log = Path("reports/bench") / f"{name}.log"
+        with log.open("w") as out:
+            proc = subprocess.run(BENCHES[name], stdout=out, stderr=subprocess.STDOUT, check=False)
+        print(log.read_text()[-4000:], flush=True)
+        print(f"### {name}: exit {proc.returncode} in {time.perf_counter() - t0:.0f} s (log {log})", flush=True)
+        if proc.returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
