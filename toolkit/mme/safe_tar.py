@@ -35,6 +35,14 @@ class ArtifactError(TritonctlError):
     """A model artifact is missing, unreachable, malformed or unsafe; the message names the artifact/member."""
 
 
+class ArtifactNotFoundError(ArtifactError):
+    """The store holds no artifact for the model (as opposed to one it cannot reach, read or trust).
+
+    A separate type so callers can tell "unknown model" (the gateway's 404) from "the fetch failed" without
+    matching message text.
+    """
+
+
 def validate_model_name(name: str) -> str:
     """Return ``name`` if it is a valid Triton model name, else raise ``ArtifactError`` saying why.
 

@@ -2,7 +2,8 @@
 
 The MME manager only needs "which models exist", "is this one there" and "put a ready model directory here";
 keeping that behind ``ArtifactStore`` lets the manager, the disk cache and the tests treat both stores alike.
-Every failure (missing key, access denied, bucket unreachable) becomes an ``ArtifactError`` with a clear message.
+Every failure (missing key, access denied, bucket unreachable) becomes an ``ArtifactError`` with a clear message;
+a missing model is the subclass ``ArtifactNotFoundError``, so callers can tell it apart by type.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from toolkit.mme.safe_tar import (
     TMP_PREFIX,
     ArtifactError,
+    ArtifactNotFoundError,
     extract_model_tarball,
     install_dir,
     validate_model_name,
@@ -102,7 +104,7 @@ class LocalStore:
         """A string that changes whenever the artifact changes (mtime + size based)."""
         src = self._locate(name)
         if src is None:
-            raise ArtifactError(f"model {name!r} not found in {self!r}")
+            raise ArtifactNotFoundError(f"model {name!r} not found in {self!r}")
         files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
         h = hashlib.sha1()
         for f in files:
@@ -114,7 +116,9 @@ class LocalStore:
         start = time.monotonic()
         src = self._locate(name)
         if src is None:
-            raise ArtifactError(f"model {name!r} not found in {self!r} (expected {name}.tar.gz or {name}/config.pbtxt)")
+            raise ArtifactNotFoundError(
+                f"model {name!r} not found in {self!r} (expected {name}.tar.gz or {name}/config.pbtxt)"
+            )
         version = self.version(name)
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +164,7 @@ def _s3_errors(what: str, endpoint: str) -> Iterator[None]:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         if code in ("404", "NoSuchKey", "NotFound"):
-            raise ArtifactError(f"{what}: not found") from exc
+            raise ArtifactNotFoundError(f"{what}: not found") from exc
         if code == "NoSuchBucket":
             raise ArtifactError(f"{what}: bucket does not exist") from exc
         if code in ("403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
@@ -306,7 +310,7 @@ class S3Store:
         base = self._key(name) + "/"
         objects = [o for page in self._list(base) for o in page.get("Contents", [])]
         if not any(o["Key"] == base + "config.pbtxt" for o in objects):
-            raise ArtifactError(
+            raise ArtifactNotFoundError(
                 f"model {name!r} not found in {self!r} (expected {self._where(self._key(name + '.tar.gz'))} "
                 f"or {self._where(base + 'config.pbtxt')})"
             )
