@@ -1,0 +1,269 @@
+"""Single-flight loading for the MME manager: fetch (store -> disk cache -> repository), make room, Triton load.
+
+Each model has at most one operation in progress, a Future in ``Entry.future``; every request for that model awaits
+the same Future, so N concurrent cold requests cause one fetch and one load, and a failure reaches every waiter. A
+failed model stays FAILED for an exponential backoff, then the next request retries: a broken artifact must not turn
+every request into a fresh download. Blocking work (store fetches, tar extraction, psutil) goes to threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from toolkit.mme._eviction import Evictor
+from toolkit.mme._residency import Entry, Residency, State
+from toolkit.mme._triton import TritonRepository
+from toolkit.mme.diskcache import DiskCache
+from toolkit.mme.errors import (
+    ArtifactFetchError,
+    LoadTimeoutError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NoCapacityError,
+)
+from toolkit.mme.footprint import declared_bytes, stub_rss
+from toolkit.mme.metrics import MMEMetrics
+from toolkit.mme.policies import EvictionPolicy
+from toolkit.mme.safe_tar import TMP_PREFIX, ArtifactError, ArtifactNotFoundError, install_dir
+from toolkit.mme.stores import ArtifactStore
+
+log = logging.getLogger("toolkit.mme.manager")  # the public module's logger: existing log filters keep working
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Put a copy of ``src`` at ``dst`` using hard links (cheap; the cache may delete its copy independently)."""
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f"{TMP_PREFIX}{dst.name}-"))
+    try:
+        for dirpath, _dirs, files in os.walk(src):
+            rel = Path(dirpath).relative_to(src)
+            (tmp / rel).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                try:
+                    os.link(Path(dirpath) / f, tmp / rel / f)
+                except OSError:
+                    shutil.copy2(Path(dirpath) / f, tmp / rel / f)
+        install_dir(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def composing_models(model_dir: Path) -> list[str]:
+    """Models an ensemble's steps use (empty for a non-ensemble); read from config.pbtxt."""
+    try:
+        text = (model_dir / "config.pbtxt").read_text()
+    except OSError:
+        return []
+    if "ensemble" not in text:
+        return []
+    cfg = mc.ModelConfig()
+    try:
+        text_format.Parse(text, cfg, allow_unknown_field=True)
+    except text_format.ParseError:
+        return []
+    if cfg.platform != "ensemble":
+        return []
+    return list(dict.fromkeys(step.model_name for step in cfg.ensemble_scheduling.step))
+
+
+class Loader:
+    """Brings one model from wherever it is to READY, and knows (estimates, then measures) what it costs in bytes.
+
+    ``acquire`` is the manager's own request path: an ensemble's composing models are loaded (and counted, and hit)
+    exactly as if a client had asked for them."""
+
+    def __init__(
+        self,
+        residency: Residency,
+        triton: TritonRepository,
+        evictor: Evictor,
+        policy: EvictionPolicy,
+        metrics: MMEMetrics,
+        *,
+        repository: Path,
+        store: ArtifactStore | None,
+        disk_cache: DiskCache | None,
+        declared_sizes: dict[str, int],
+        default_model_bytes: int,
+        backoff: tuple[float, float],
+        measure_footprint: bool,
+        load_timeout: float,
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+        acquire: Callable[[str, float | None], Awaitable[Entry]],
+    ) -> None:
+        self._res = residency
+        self._triton = triton
+        self._evictor = evictor
+        self._policy = policy
+        self._metrics = metrics
+        self.repository = repository
+        self.store = store
+        self.disk_cache = disk_cache
+        self.declared_sizes = declared_sizes
+        self.default_model_bytes = default_model_bytes
+        self.backoff = backoff
+        self.measure_footprint = measure_footprint
+        self._load_timeout = load_timeout
+        self._spawn = spawn
+        self._acquire = acquire
+        self.measured: dict[str, int] = {}  # stub RSS of models seen loaded: the best estimate for the next load
+        self.measure_delay = 0.5
+        self._measuring = False
+
+    # -------------------------------------------------------------------------------------------- waiting ---
+    async def wait_ready(self, e: Entry, deadline: float) -> None:
+        """Start the load if none is under way (and no backoff forbids it), then wait for it up to ``deadline``."""
+        start = time.monotonic()
+        while e.state is not State.READY:
+            if e.future is None:
+                if e.state is State.FAILED and time.monotonic() < e.retry_at and e.error is not None:
+                    raise type(e.error)(e.name, e.error.reason, retry_in=e.retry_at - time.monotonic())
+                e.future = asyncio.get_running_loop().create_future()
+                e.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+                e.state, e.reserved = State.LOADING, False
+                self._spawn(self._load(e, e.future))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LoadTimeoutError(e.name, time.monotonic() - start, f"state {e.state.value}")
+            try:
+                await asyncio.wait_for(asyncio.shield(e.future), remaining)
+            except TimeoutError:
+                raise LoadTimeoutError(e.name, time.monotonic() - start, f"still {e.state.value}") from None
+
+    # ----------------------------------------------------------------------------------------------- load ---
+    async def _load(self, e: Entry, fut: asyncio.Future[None]) -> None:
+        name = e.name
+        registered = False
+        try:
+            model_dir = self.repository / name
+            if not (model_dir / "config.pbtxt").is_file():
+                await self._fetch(e)
+            e.composing = composing_models(model_dir)  # one small local file: cheaper than a thread hop
+            for dep in e.composing:  # an ensemble pins its composing models while it is loaded
+                d = await self._acquire(dep, self._load_timeout)
+                d.pinned_by.add(name)
+            # An ensemble holds no memory of its own: its composing models are counted (and pinned) separately.
+            size = self.declared_sizes.get(name, 0) if e.composing else self.estimate(name)
+            await self._evictor.make_room(e, size)
+            e.size_bytes = size
+            registered = True
+            t0 = time.monotonic()
+            await self._triton.load(name)
+            seconds = time.monotonic() - t0
+            self._metrics.loading.observe(seconds)
+            e.state, e.reserved, e.loads, e.failures, e.error = State.READY, False, e.loads + 1, 0, None
+            self._policy.on_load(name, self._res.now(), e.size_bytes, seconds)
+            e.future = None
+            fut.set_result(None)
+            if self.measure_footprint and not self._measuring:
+                self._measuring = True
+                self._spawn(self._measure())
+        except BaseException as exc:
+            await self._cleanup_failed(e, registered)
+            e.future = None
+            if isinstance(exc, NoCapacityError | ModelNotFoundError | LoadTimeoutError):
+                e.state = State.UNLOADED
+                fut.set_exception(exc)
+            elif isinstance(exc, ModelLoadError):
+                self._fail(e, exc, fut)
+            elif isinstance(exc, asyncio.CancelledError):
+                e.state = State.UNLOADED
+                fut.cancel()
+                raise
+            else:
+                log.exception("unexpected error loading %s", name)
+                self._fail(e, ModelLoadError(name, f"{type(exc).__name__}: {exc}"), fut)
+        finally:
+            self._res.update_gauges()
+            self._res.notify()
+
+    def _fail(self, e: Entry, err: ModelLoadError, fut: asyncio.Future[None]) -> None:
+        e.failures += 1
+        e.state, e.error = State.FAILED, err
+        e.retry_at = time.monotonic() + min(self.backoff[0] * 2 ** (e.failures - 1), self.backoff[1])
+        self._metrics.failures.inc(model=e.name)
+        fut.set_exception(err)
+
+    async def _cleanup_failed(self, e: Entry, registered: bool) -> None:
+        """Leave nothing half-registered: unload from Triton, unpin dependencies, drop fetched files."""
+        e.reserved = False
+        if registered:
+            await self._triton.unload_quietly(e.name)
+        self.release_files(e, failed=True)
+        self._res.unpin_composing(e)
+
+    # ---------------------------------------------------------------------------------------------- fetch ---
+    async def _fetch(self, e: Entry) -> None:
+        if self.store is None:
+            raise ModelNotFoundError(e.name, f"not in the repository {self.repository}")
+        t0 = time.monotonic()
+        try:
+            if self.disk_cache is not None:
+                # Pinned only while hard-linking into the repository: afterwards Triton's copy shares the inodes,
+                # so the cache may delete its own entry at any time without touching a loaded model.
+                path = await asyncio.to_thread(self.disk_cache.get_or_fetch, e.name, self.store, pin=True)
+                try:
+                    await asyncio.to_thread(link_tree, path, self.repository / e.name)
+                finally:
+                    self.disk_cache.unpin(e.name)
+            else:
+                await asyncio.to_thread(self.store.fetch, e.name, self.repository)
+        except ArtifactNotFoundError as exc:
+            raise ModelNotFoundError(e.name, str(exc)) from None
+        except ArtifactError as exc:
+            raise ArtifactFetchError(e.name, str(exc)) from None
+        e.fetched = True
+        self._metrics.downloading.observe(time.monotonic() - t0)
+
+    def release_files(self, e: Entry, failed: bool = False) -> None:
+        """Drop the repository copy of a store model when a disk cache keeps the files (else the repository acts
+        as the cache); after a failed load always drop it, so the next attempt fetches a possibly fixed artifact."""
+        if e.fetched and (self.disk_cache is not None or failed):
+            shutil.rmtree(self.repository / e.name, ignore_errors=True)
+            e.fetched = False
+
+    # ------------------------------------------------------------------------------------------ footprint ---
+    def estimate(self, name: str) -> int:
+        """Bytes a model will hold, before it is measured: declared > measured before > config > mean > default."""
+        if name in self.declared_sizes:
+            return self.declared_sizes[name]
+        if name in self.measured:
+            return self.measured[name]
+        declared = declared_bytes(self.repository / name)
+        if declared is not None:
+            return declared
+        if self.measured:
+            return int(sum(self.measured.values()) / len(self.measured))
+        return self.default_model_bytes
+
+    async def measure_now(self, names: list[str]) -> None:
+        """Measure models found already loaded at start-up (nothing else is running yet, so no delay)."""
+        for name, rss in (await asyncio.to_thread(stub_rss, self.repository, names)).items():
+            self._res.entry(name).size_bytes = self.measured[name] = rss
+
+    async def _measure(self) -> None:
+        """Measure stub RSS of freshly loaded models, batched and delayed so it stays off the cold-start path
+        (a process scan costs milliseconds of CPU that a concurrent load would otherwise wait for)."""
+        entries = self._res.entries
+        try:
+            await asyncio.sleep(self.measure_delay)
+            todo = [e.name for e in entries.values() if e.state is State.READY and e.name not in self.measured]
+            sizes = await asyncio.to_thread(stub_rss, self.repository, todo) if todo else {}
+        finally:
+            self._measuring = False
+        for name, rss in sizes.items():
+            e = entries[name]
+            if e.state is State.READY and rss:
+                e.size_bytes = self.measured[name] = rss
+        self._res.update_gauges()
+        await self._evictor.trim_to_budget()
