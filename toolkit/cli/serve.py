@@ -33,8 +33,10 @@ def parse_size(text: str) -> int:
 
 
 def _make_manager(endpoint: Any, repository: Path | None, **kw: Any) -> Any:
-    """The MME manager over the repository directory (None = the gateway's manager-less mode, for --url alone)."""
-    from toolkit.mme.manager import ModelManager
+    """The MME manager over the repository directory (None = the gateway's manager-less mode, for --url alone).
+
+    ``load_timeout`` (seconds; None = the manager's own default) bounds each cold load and every Triton call."""
+    from toolkit.mme.manager import DEFAULT_LOAD_TIMEOUT, ModelManager
 
     if repository is None:
         if any(v is not None for v in kw.values()):
@@ -54,6 +56,7 @@ def _make_manager(endpoint: Any, repository: Path | None, **kw: Any) -> Any:
         max_models=kw.get("max_models"),
         memory_budget_bytes=kw.get("memory_budget_bytes"),
         policy=kw.get("policy") or "lru",
+        load_timeout=kw.get("load_timeout") or DEFAULT_LOAD_TIMEOUT,
     )
 
 
