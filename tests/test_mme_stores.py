@@ -16,7 +16,7 @@ import pytest
 
 from toolkit.errors import TritonctlError
 from toolkit.mme.diskcache import CacheFullError, DiskCache
-from toolkit.mme.safe_tar import ArtifactError, extract_model_tarball, validate_model_name
+from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, extract_model_tarball, validate_model_name
 from toolkit.mme.stores import FetchResult, LocalStore, S3Store, open_store
 
 CONFIG = b'name: "%s"\nbackend: "python"\nmax_batch_size: 0\n'
@@ -173,7 +173,7 @@ def test_local_store_tar_and_dir(tmp_path: Path) -> None:
     time.sleep(0.01)
     (src / "config.pbtxt").write_bytes(CONFIG % b"plain" + b"# changed\n")
     assert store.fetch("plain", dest).version != v1
-    with pytest.raises(ArtifactError, match="'nope' not found"):
+    with pytest.raises(ArtifactNotFoundError, match="'nope' not found"):
         store.fetch("nope", dest)
     with pytest.raises(ArtifactError, match="not a directory"):
         open_store(str(tmp_path / "absent"))
@@ -245,13 +245,14 @@ def test_s3_store_list_and_fetch(s3_endpoint: str, s3_bucket: str, tmp_path: Pat
 
 def test_s3_store_errors(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
     store = S3Store(s3_bucket, "mme", endpoint_url=s3_endpoint)
-    with pytest.raises(ArtifactError, match="'missing' not found"):
+    with pytest.raises(ArtifactNotFoundError, match="'missing' not found"):
         store.fetch("missing", tmp_path)
     with pytest.raises(ArtifactError, match=r"'\.\.'"):
         store.fetch("evil", tmp_path)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ArtifactError, match="bucket does not exist"):
+    with pytest.raises(ArtifactError, match="bucket does not exist") as info:
         S3Store("no-such-bucket", "", endpoint_url=s3_endpoint).fetch("resnet", tmp_path)
+    assert not isinstance(info.value, ArtifactNotFoundError)  # a store problem, not a missing model
 
 
 def test_s3_unreachable_fails_fast(tmp_path: Path) -> None:
