@@ -27,6 +27,7 @@ class Recorder:
         self.series: dict[int, LatencyHistogram] = defaultdict(LatencyHistogram)  # successes, all targets
         self.series_errors: Counter[int] = Counter()
         self.series_per_target: dict[str, Counter[int]] = defaultdict(Counter)
+        self.users: dict[int, int] = {}  # active users sampled each second (the shape's effect)
         self.cold: Counter[str] = Counter()  # requests over the cold threshold (MME estimate)
         self.cold_threshold_ms: float | None = None
         self.first_ok: float | None = None
@@ -113,6 +114,7 @@ class Recorder:
             "series_errors": {str(s): n for s, n in self.series_errors.items()},
             "series_per_target": {k: {str(s): n for s, n in c.items()} for k, c in self.series_per_target.items()},
             "cold": dict(self.cold),
+            "users": {str(k): v for k, v in self.users.items()},
             "first_ok": self.first_ok,
             "last_ok": self.last_ok,
         }
@@ -131,6 +133,8 @@ class Recorder:
         for k, c in d["series_per_target"].items():
             for s, n in c.items():
                 self.series_per_target[k][int(s) + shift] += int(n)
+        for s, n in d.get("users", {}).items():
+            self.users[int(s) + shift] = self.users.get(int(s) + shift, 0) + int(n)
         for k, n in d.get("cold", {}).items():
             self.cold[k] += int(n)
         for attr, pick in (("first_ok", min), ("last_ok", max)):

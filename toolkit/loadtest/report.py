@@ -73,9 +73,16 @@ def plot_throughput(report: dict[str, Any], path: Path) -> None:
         ax.plot(t, [r["errors"] for r in ts], color="red", lw=1.5, ls="--", label="errors")
     if report.get("warmup_s"):
         ax.axvspan(0, report["warmup_s"], color="grey", alpha=0.15, label="warm-up (not in summary)")
+    users = [(r["t"], r.get("users")) for r in ts if r.get("users") is not None]
+    if users and len({u for _, u in users}) > 1:  # a shape changed the load: show it
+        ax2 = ax.twinx()
+        ax2.step([t for t, _ in users], [u for _, u in users], where="post", color="tab:gray", ls=":", lw=1.5)
+        ax2.set_ylabel("active users (dotted)", color="tab:gray")
+        ax2.set_ylim(bottom=0)
+        ax2.grid(False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.09 if len(fig.axes) > 1 else 1.01, 1.0), fontsize=8)
     ax.set(xlabel="time since start (s)", ylabel="requests / s", title=f"Throughput — {report['scenario']}")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

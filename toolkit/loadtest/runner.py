@@ -297,7 +297,7 @@ def build_report(
     series = []
     for s in seconds:
         h = rec.series.get(s, LatencyHistogram())
-        row: dict[str, Any] = {"t": s, "rps": h.count, "errors": rec.series_errors.get(s, 0)}
+        row: dict[str, Any] = {"t": s, "rps": h.count, "errors": rec.series_errors.get(s, 0), "users": rec.users.get(s)}
         row.update({k2: h.summary()[k2] for k2 in ("avg_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms")})
         series.append(row)
     return {

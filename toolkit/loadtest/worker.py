@@ -70,6 +70,7 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
     def progress() -> None:
         while True:
             done = rec.ok_count()
+            rec.users[max(0, int(time.time() - start_at))] = runner.user_count
             errs = sum(rec.series_errors.values())
             print(json.dumps({"t": time.time(), "ok": done, "errors": errs, "users": runner.user_count}), flush=True)
             gevent.sleep(1.0)
