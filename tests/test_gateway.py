@@ -8,6 +8,7 @@ import http.client
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -299,6 +300,31 @@ def test_malformed_requests_get_4xx_and_gateway_keeps_serving(stack: Stack) -> N
         with pytest.raises(grpc.RpcError) as e:
             call(b"\x0a\xff\xff\xff", timeout=5)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_metrics_on_the_main_port_carry_sagemaker_names(stack: Stack) -> None:
+    from typer.testing import CliRunner
+
+    from toolkit.cli.main import app
+
+    assert _raw(stack.main.http, "POST", "/v2/models/digits_mlp/infer", _v2("X", X)) == 200
+    with urllib.request.urlopen(stack.main.http_url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'tritonctl_ModelCacheHit{model="digits_mlp"}' in text and "tritonctl_LoadedModelCount" in text
+    result = CliRunner().invoke(
+        app,
+        [
+            "metrics",
+            "--url",
+            "http://127.0.0.1:9",
+            "--gateway",
+            stack.main.http_url,
+            "--metrics-url",
+            stack.sup.endpoint.metrics,
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "tritonctl_ModelLoadingTime_seconds" in result.stdout and "nv_inference_count" in result.stdout
 
 
 # -- supervision (last: restarts the shared Triton) --------------------------------------------------------------------

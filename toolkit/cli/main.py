@@ -151,12 +151,25 @@ def invoke(
 def metrics(
     url: str | None = URL_OPTION,
     metrics_url: str | None = METRICS_URL_OPTION,
+    gateway: str | None = typer.Option(
+        None, "--gateway", help="the tritonctl gateway (http://127.0.0.1:8080): adds the MME's SageMaker-named metrics"
+    ),
     all_: bool = typer.Option(False, "--all", help="every metric line, not only tritonctl_/nv_inference_ ones"),
 ) -> None:
     """Prometheus metrics of the server (Triton's, plus the MME's SageMaker-named ones when served by tritonctl)."""
+    import urllib.request
+
     from toolkit.server import TritonAdmin
 
-    text = TritonAdmin(endpoint_from(url, metrics_url=metrics_url), timeout=10).metrics_text()
+    text = ""
+    if gateway:
+        gw = gateway if "://" in gateway else f"http://{gateway}"
+        try:
+            with urllib.request.urlopen(gw.rstrip("/") + "/metrics", timeout=10) as r:
+                text = r.read().decode()
+        except OSError as exc:
+            fail(f"gateway metrics at {gw} unreachable: {exc}")
+    text += TritonAdmin(endpoint_from(url, metrics_url=metrics_url), timeout=10).metrics_text()
     keep = (
         "tritonctl_",
         "nv_inference_request_success",

@@ -304,6 +304,7 @@ class HttpFront:
         r.add_route("POST", "/v2/repository/index", self.repository)
         r.add_route("POST", "/v2/repository/models/{model}/{action}", self.repository)
         r.add_route("GET", "/ping", self.ping)
+        r.add_route("GET", "/metrics", self.metrics)  # Prometheus scrape: read-only, no model control
         r.add_route("*", "/endpoints/{endpoint}/invocations", self.invocations)
         r.add_route("*", "/invocations", self.invocations)
         r.add_route("*", "/{tail:.*}", self.not_found)
