@@ -126,7 +126,7 @@ def test_http_run_report_has_throughput_no_errors_and_server_breakdown(loaded: E
               "latency.png", "server.png"):  # fmt: skip
         assert (tmp_path / "r" / f).stat().st_size > 0, f
     page = html.read_text()
-    assert MODEL in page and "compute_infer_us" in page and "<img src='latency.png'" in page
+    assert MODEL in page and "compute infer (µs)" in page and "<img src='latency.png'" in page
 
 
 def test_bad_shape_shows_up_as_errors_by_type_grpc(loaded: EmbeddedTriton) -> None:

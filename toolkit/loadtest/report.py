@@ -163,7 +163,28 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+LABELS = {
+    "count": "requests",
+    "throughput_rps": "req/s",
+    "avg_ms": "avg (ms)",
+    "p50_ms": "p50 (ms)",
+    "p90_ms": "p90 (ms)",
+    "p95_ms": "p95 (ms)",
+    "p99_ms": "p99 (ms)",
+    "max_ms": "max (ms)",
+    "avg_batch": "avg batch",
+    "request_us": "request (µs)",
+    "queue_us": "queue (µs)",
+    "compute_input_us": "compute input (µs)",
+    "compute_infer_us": "compute infer (µs)",
+    "compute_output_us": "compute output (µs)",
+    "users": "concurrency",
+}
+
+
 def _table(rows: list[list[Any]], header: list[str]) -> str:
+    header = [LABELS.get(h, h) for h in header]
+
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.1f}"
