@@ -22,13 +22,11 @@ from toolkit.loadtest.users import configure
 
 SCENARIO = load_scenario(os.environ.get("TRITONCTL_SCENARIO", "single_model"))
 PROTOCOL = os.environ.get("TRITONCTL_PROTOCOL", SCENARIO.protocol)
-_user = configure(
+# The scenario's traffic (the only User class here: Locust runs every concrete User it finds in the module);
+# targets are filled in at test start, because resolving them needs the host.
+TritonUser = configure(
     PROTOCOL, [], SCENARIO.encoding == "binary", os.environ.get("TRITONCTL_ENDPOINT", ""), None, SCENARIO.timeout
 )
-
-
-class TritonUser(_user):  # type: ignore[valid-type, misc]
-    """The scenario's traffic; targets are filled in at test start (they need the host)."""
 
 
 @events.test_start.add_listener
