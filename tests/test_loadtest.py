@@ -7,14 +7,19 @@ a wrong shape (the error shows up by type, only on that target).
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from toolkit.cli.loadtest import loadtest
 from toolkit.loadtest.hist import LatencyHistogram
 from toolkit.loadtest.recorder import Recorder
 from toolkit.loadtest.report import write_report
@@ -24,6 +29,7 @@ from toolkit.loadtest.serverstats import diff_stats, mme_metrics, parse_promethe
 from toolkit.server import EmbeddedTriton, TritonAdmin
 
 MODEL = "digits_logreg"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _direct(samples: np.ndarray) -> LatencyHistogram:
@@ -79,13 +85,31 @@ def test_scenarios_parse_and_bad_ones_are_rejected_clearly() -> None:
 
 
 def test_server_stats_diff_and_mme_metrics() -> None:
-    before = {"m": {"inference_count": 10, "execution_count": 5, "success": [10, 10_000], "fail": [0, 0],
-                    "queue": [10, 1_000], "compute_input": [10, 0], "compute_infer": [10, 5_000],
-                    "compute_output": [10, 0]}}  # fmt: skip
-    after = {"m": {"inference_count": 30, "execution_count": 10, "success": [30, 50_000], "fail": [1, 5],
-                   "queue": [30, 21_000], "compute_input": [30, 2_000], "compute_infer": [30, 45_000],
-                   "compute_output": [30, 4_000]},
-             "idle": {"inference_count": 0, "execution_count": 0, "success": [0, 0], "fail": [0, 0]}}  # fmt: skip
+    before = {
+        "m": {
+            "inference_count": 10,
+            "execution_count": 5,
+            "success": [10, 10_000],
+            "fail": [0, 0],
+            "queue": [10, 1_000],
+            "compute_input": [10, 0],
+            "compute_infer": [10, 5_000],
+            "compute_output": [10, 0],
+        }
+    }
+    after = {
+        "m": {
+            "inference_count": 30,
+            "execution_count": 10,
+            "success": [30, 50_000],
+            "fail": [1, 5],
+            "queue": [30, 21_000],
+            "compute_input": [30, 2_000],
+            "compute_infer": [30, 45_000],
+            "compute_output": [30, 4_000],
+        },
+        "idle": {"inference_count": 0, "execution_count": 0, "success": [0, 0], "fail": [0, 0]},
+    }
     d = diff_stats(before, after)
     assert list(d) == ["m"]
     assert d["m"]["requests"] == 20 and d["m"]["failed"] == 1 and d["m"]["avg_batch"] == 4.0
@@ -122,25 +146,36 @@ def test_http_run_report_has_throughput_no_errors_and_server_breakdown(loaded: E
     assert abs(srv["requests"] - total["count"]) <= 2 * opts.users + 2
     assert sum(r["rps"] for r in report["timeseries"]) >= total["count"]
     html = write_report(report, tmp_path / "r")
-    for f in ("report.json", "client.csv", "timeseries.csv", "errors.csv", "server.csv", "throughput.png",
-              "latency.png", "server.png"):  # fmt: skip
+    for f in (
+        "report.json",
+        "client.csv",
+        "timeseries.csv",
+        "errors.csv",
+        "server.csv",
+        "throughput.png",
+        "latency.png",
+        "server.png",
+    ):
         assert (tmp_path / "r" / f).stat().st_size > 0, f
     page = html.read_text()
     assert MODEL in page and "compute infer (µs)" in page and "<img src='latency.png'" in page
 
 
 def test_bad_shape_shows_up_as_errors_by_type_grpc(loaded: EmbeddedTriton) -> None:
-    sc = parse_scenario({
-        "name": "bad_shape",
-        "protocol": "grpc",
-        "targets": [
-            {"model": MODEL, "name": "good", "weight": 1},
-            {"model": MODEL, "name": "bad", "weight": 1, "inputs": {"X": {"dtype": "FP32", "shape": [63]}}},
-        ],
-    })  # fmt: skip
+    sc = parse_scenario(
+        {
+            "name": "bad_shape",
+            "protocol": "grpc",
+            "targets": [
+                {"model": MODEL, "name": "good", "weight": 1},
+                {"model": MODEL, "name": "bad", "weight": 1, "inputs": {"X": {"dtype": "FP32", "shape": [63]}}},
+            ],
+        }
+    )
     ep = loaded.endpoint
-    report: dict[str, Any] = run_loadtest(RunOptions(scenario=sc, target=ep.grpc, triton_url=ep.http_url, users=2,
-                                                      duration=2.0))  # fmt: skip
+    report: dict[str, Any] = run_loadtest(
+        RunOptions(scenario=sc, target=ep.grpc, triton_url=ep.http_url, users=2, duration=2.0)
+    )
     per = report["client"]["per_target"]
     assert per["good"]["count"] > 0 and per["good"]["errors"] == 0
     assert per["bad"]["count"] == 0 and per["bad"]["errors"] > 0
@@ -148,3 +183,45 @@ def test_bad_shape_shows_up_as_errors_by_type_grpc(loaded: EmbeddedTriton) -> No
     assert {e["target"] for e in errors} == {"bad"}
     assert any("INVALID_ARG" in e["type"] and "63" in e["type"] for e in errors), errors
     assert report["client"]["total"]["errors"] == per["bad"]["errors"]
+
+
+def test_sweep_through_the_cli_function_writes_the_curve(loaded: EmbeddedTriton, tmp_path: Path) -> None:
+    lines: list[str] = []
+    html = loadtest(
+        "single_model",
+        report_dir=tmp_path / "sweep",
+        target=loaded.endpoint.http_url,
+        duration="1.5s",
+        sweep="1,2",
+        progress=lines.append,
+    )
+    rows = list(csv.DictReader((tmp_path / "sweep" / "sweep.csv").read_text().splitlines()))
+    assert [r["users"] for r in rows] == ["1", "2"] and all(float(r["throughput_rps"]) > 0 for r in rows)
+    assert (tmp_path / "sweep" / "sweep.png").stat().st_size > 0
+    assert (tmp_path / "sweep" / "c2" / "report.html").is_file() and "c2/report.html" in html.read_text()
+    assert any("req/s" in line for line in lines)  # live progress was shown
+    with pytest.raises(LoadTestError, match="bad --sweep"):
+        loadtest("single_model", report_dir=tmp_path / "x", target=loaded.endpoint.http_url, sweep="1,two")
+
+
+def test_plain_locustfile_runs_the_same_users(loaded: EmbeddedTriton) -> None:
+    env = dict(os.environ, TRITONCTL_SCENARIO="single_model")
+    cmd = [
+        str(Path(sys.executable).parent / "locust"),
+        "-f",
+        str(ROOT / "load" / "locustfile.py"),
+        "--host",
+        loaded.endpoint.http_url,
+        "--headless",
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "2s",
+        "--only-summary",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    agg = next(line for line in (r.stdout + r.stderr).splitlines() if "Aggregated" in line)  # the summary: stderr
+    assert int(agg.split()[1]) > 10 and "0(0.00%)" in agg
