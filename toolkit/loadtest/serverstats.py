@@ -113,13 +113,17 @@ def mme_metrics(before: dict[tuple[str, str], float] | None, after: dict[tuple[s
 
     invocations = d("tritonctl_ModelInvocations_total")
     hits = d("tritonctl_ModelCacheHit") or d("tritonctl_ModelCacheHit_total")
+    misses = d("tritonctl_ModelCacheMiss") or d("tritonctl_ModelCacheMiss_total")
+    # the manager counts one hit or one miss per request as it asks for the model; invocations only once the model
+    # is ready, so requests still waiting for a load at the snapshot are in hits+misses but not in invocations
+    lookups = hits + misses if misses else invocations
     wait_n = d("tritonctl_ModelLoadingWaitTime_seconds_count")
     load_n = d("tritonctl_ModelLoadingTime_seconds_count")
     return {
         "invocations": invocations,
         "hits": hits,
-        "misses": d("tritonctl_ModelCacheMiss") or d("tritonctl_ModelCacheMiss_total"),
-        "hit_ratio": (hits / invocations) if invocations else None,
+        "misses": misses,
+        "hit_ratio": (hits / lookups) if lookups else None,
         "loads": load_n,
         "evictions": d("tritonctl_ModelEvictions_total"),
         "load_failures": d("tritonctl_ModelLoadFailures_total"),
