@@ -18,7 +18,9 @@ from toolkit.loadtest.scenario import LoadTestError, Target, TensorSpec
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json;json-header-size={n}"
 
 
-def resolve_target(target: Target, metadata: dict[str, Any] | None, config: dict[str, Any] | None) -> Target:
+def resolve_target(
+    target: Target, metadata: dict[str, Any] | None, config: dict[str, Any] | None, source: str | None = None
+) -> Target:
     """Fill inputs/batched from the model's metadata when the scenario leaves them out."""
     t = target.model_copy(deep=True)
     if t.batched is None:
@@ -26,7 +28,9 @@ def resolve_target(target: Target, metadata: dict[str, Any] | None, config: dict
     if t.inputs is None:
         if metadata is None:
             raise LoadTestError(
-                f"target {t.label}: inputs are not given and the model's metadata cannot be read; "
+                f"target {t.label}: inputs are not given and the model's metadata cannot be read"
+                + (f" from {source} (is Triton up there, and the model loaded?)" if source else " (no --triton-url)")
+                + "; "
                 "list them in the scenario (inputs: {NAME: {dtype: FP32, shape: [..]}})"
             )
         t.inputs = {}

@@ -86,7 +86,7 @@ def resolve_targets(opts: RunOptions) -> list[Target]:
         if base and (t.inputs is None or t.batched is None):
             meta = _get_json(f"{base.rstrip('/')}/v2/models/{t.model}")
             cfg = _get_json(f"{base.rstrip('/')}/v2/models/{t.model}/config")
-        out.append(resolve_target(t, meta, cfg))
+        out.append(resolve_target(t, meta, cfg, f"{base.rstrip('/')}/v2/models/{t.model}" if base else None))
     return out
 
 
