@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint examples clean
+.PHONY: venv demo test bench lint examples clean perf-analyzer
 
 venv: $(STAMP)
 
@@ -24,7 +24,13 @@ demo: venv
 test: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
 
-bench: venv
+# NVIDIA's perf_analyzer, the yardstick for our load-test driver (installed next to the project, git-ignored).
+PA := tools/perf_analyzer/perf_analyzer
+$(PA): | venv
+	PYTHON=$(CURDIR)/$(BIN)/python bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer
+perf-analyzer: $(PA)
+
+bench: venv $(PA)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m toolkit.bench
 
 lint: venv
