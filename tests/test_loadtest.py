@@ -114,6 +114,12 @@ def test_server_stats_diff_and_mme_metrics() -> None:
     assert list(d) == ["m"]
     assert d["m"]["requests"] == 20 and d["m"]["failed"] == 1 and d["m"]["avg_batch"] == 4.0
     assert d["m"]["queue_us"] == pytest.approx(1.0) and d["m"]["compute_infer_us"] == pytest.approx(2.0)
+    # an MME eviction + reload restarts Triton's counters: the window is then the new counters alone
+    reloaded = {
+        "m": {**after["m"], "success": [4, 8_000], "execution_count": 2, "inference_count": 4, "queue": [4, 4_000]}
+    }
+    d = diff_stats(before, reloaded)
+    assert d["m"]["requests"] == 4 and d["m"]["avg_batch"] == 2.0 and d["m"]["queue_us"] == pytest.approx(1.0)
     text_a = 'tritonctl_ModelCacheHit{model="a"} 3\ntritonctl_ModelInvocations_total{model="a"} 4\n'
     text_b = (
         '# TYPE x counter\ntritonctl_ModelCacheHit{model="a"} 10\ntritonctl_ModelCacheHit{model="b"} 5\n'

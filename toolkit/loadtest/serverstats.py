@@ -46,13 +46,20 @@ def snapshot_stats(triton_http_url: str | None) -> dict[str, dict[str, Any]] | N
 
 
 def diff_stats(before: dict[str, dict[str, Any]] | None, after: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """Per model with traffic in the window: requests, inferences, executions, avg batch, µs per phase."""
+    """Per model with traffic in the window: requests, inferences, executions, avg batch, µs per phase.
+
+    Triton's counters live with a loaded model: an MME eviction and reload restarts them, and a model unloaded before
+    ``after`` has none. A counter that went backwards is therefore a restart, and the window's values are the new
+    counters alone (as Prometheus' rate() treats resets); models not loaded at the end cannot be reported.
+    """
     if after is None:
         return {}
     before = before or {}
     out: dict[str, Any] = {}
     for name, a in sorted(after.items()):
         b = before.get(name, {})
+        if b and (a["success"][0] < b["success"][0] or a["execution_count"] < b["execution_count"]):
+            b = {}  # reloaded during the window: counters restarted
         succ = a["success"][0] - b.get("success", [0, 0])[0]
         fail = a["fail"][0] - b.get("fail", [0, 0])[0]
         if succ <= 0 and fail <= 0:
