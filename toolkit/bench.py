@@ -15,6 +15,17 @@ PY = sys.executable
 BENCHES: dict[str, list[str]] = {
     "foundation": [PY, "-m", "toolkit.server.bench", "10"],
     "ensembles": [PY, "-m", "toolkit.ensembles.bench", "--duration", "10", "--output", "docs/benchmarks/ensembles.md"],
+    "ensembles-http": [
+        PY,
+        "-m",
+        "toolkit.ensembles.bench",
+        "--duration",
+        "10",
+        "--protocol",
+        "http",
+        "--output",
+        "docs/benchmarks/ensembles_http.md",
+    ],
     "mme-simulate": [
         PY,
         "-m",

@@ -5,7 +5,10 @@ raw FP32[1, 8]) and the same embedded Triton, in one run: for each concurrency t
 chain are measured back to back, closed loop, for the same duration. The ensemble saves two client<->server round trips
 and the tensor (de)serialisation around them; Triton passes intermediate tensors between steps in memory.
 
-    python -m toolkit.ensembles.bench [--duration 5] [--concurrency 1,8] [--output docs/benchmarks/ensembles.md]
+    python -m toolkit.ensembles.bench [--duration 5] [--concurrency 1,8] [--protocol grpc|http]
+                                      [--output docs/benchmarks/ensembles.md]
+
+The output file keeps everything from its ``## Reading`` heading on (the written analysis); the rest is rewritten.
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from toolkit.repository.generate import generate_repository
 from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
@@ -55,54 +61,67 @@ class Result:
         return len(self.latencies_ms) / self.wall_s
 
 
-def _call(client: grpcclient.InferenceServerClient, model: str, name: str, arr: np.ndarray, out: str) -> np.ndarray:
-    inp = grpcclient.InferInput(name, list(arr.shape), "FP32" if arr.dtype == np.float32 else "INT64")
+PROTOCOLS: dict[str, ModuleType] = {"grpc": grpcclient, "http": httpclient}
+
+
+def _call(client: Any, model: str, name: str, arr: np.ndarray, out: str) -> np.ndarray:
+    """One inference with whichever tritonclient module made ``client`` (both share this API)."""
+    mod = grpcclient if isinstance(client, grpcclient.InferenceServerClient) else httpclient
+    inp = mod.InferInput(name, list(arr.shape), "FP32" if arr.dtype == np.float32 else "INT64")
     inp.set_data_from_numpy(arr)
-    res = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput(out)])
+    res = client.infer(model, [inp], outputs=[mod.InferRequestedOutput(out)])
     return res.as_numpy(out)
 
 
-def ensemble_call(client: grpcclient.InferenceServerClient) -> np.ndarray:
+def ensemble_call(client: Any) -> np.ndarray:
     return _call(client, ENSEMBLE, "raw", PAYLOAD, "price_dollars")
 
 
-def client_chain(client: grpcclient.InferenceServerClient) -> np.ndarray:
+def client_chain(client: Any) -> np.ndarray:
     feats = _call(client, STEPS[0], "raw", PAYLOAD, "features")
     price = _call(client, STEPS[1], "features", feats, "price")
     return _call(client, STEPS[2], "price", price, "price_dollars")
 
 
-def run(
-    url: str, mode: str, fn: Callable[[grpcclient.InferenceServerClient], np.ndarray], c: int, secs: float
-) -> Result:
-    """Closed loop: ``c`` threads, each with its own client, call ``fn`` back to back for ``secs`` seconds."""
+def run(url: str, mode: str, fn: Callable[[Any], np.ndarray], c: int, secs: float, protocol: str = "grpc") -> Result:
+    """Closed loop: ``c`` threads, each with its own client, call ``fn`` back to back for ``secs`` seconds.
+
+    Each worker makes and warms its client in its own thread (the HTTP client is gevent-based and belongs to the
+    thread that created it), then all start together behind a barrier.
+    """
     lat: list[list[float]] = [[] for _ in range(c)]
     errors = [0] * c
-    clients = [grpcclient.InferenceServerClient(url) for _ in range(c)]
-    for cl in clients:  # warm the connections and the models
-        for _ in range(5):
-            fn(cl)
-    start = time.perf_counter()
-    stop = start + secs
+    ready = threading.Barrier(c + 1)
+    window: dict[str, float] = {}
 
     def worker(k: int) -> None:
-        while time.perf_counter() < stop:
-            t0 = time.perf_counter()
-            try:
-                fn(clients[k])
-            except Exception:  # counted, never hidden: the table reports errors
-                errors[k] += 1
-                continue
-            lat[k].append((time.perf_counter() - t0) * 1000.0)
+        client = PROTOCOLS[protocol].InferenceServerClient(url)
+        try:
+            for _ in range(5):  # warm the connection and the models
+                fn(client)
+            ready.wait()
+            ready.wait()  # the main thread has set the window
+            while time.perf_counter() < window["stop"]:
+                t0 = time.perf_counter()
+                try:
+                    fn(client)
+                except Exception:  # counted, never hidden: the table reports errors
+                    errors[k] += 1
+                    continue
+                lat[k].append((time.perf_counter() - t0) * 1000.0)
+        finally:
+            client.close()
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(c)]
     for t in threads:
         t.start()
+    ready.wait()
+    start = time.perf_counter()
+    window["stop"] = start + secs
+    ready.wait()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    for cl in clients:
-        cl.close()
     return Result(mode, c, [x for part in lat for x in part], wall, sum(errors))
 
 
@@ -130,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per (mode, concurrency)")
     ap.add_argument("--concurrency", default="1,8", help="comma-separated concurrency levels")
+    ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="grpc", help="tritonclient protocol")
     ap.add_argument("--output", type=Path, default=None, help="write the markdown report here")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",") if x]
@@ -142,16 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             admin = TritonAdmin(srv.endpoint)
             admin.load(ENSEMBLE)  # loads the three steps too
-            url = srv.endpoint.grpc
-            with grpcclient.InferenceServerClient(url) as cl:  # both paths give the same answer
-                assert np.array_equal(ensemble_call(cl), client_chain(cl))
+            url = srv.endpoint.grpc if args.protocol == "grpc" else srv.endpoint.http
+            check = PROTOCOLS[args.protocol].InferenceServerClient(url)
+            assert np.array_equal(ensemble_call(check), client_chain(check))  # both paths give the same answer
+            check.close()
             results = []
             for c in levels:  # interleaved 1 s slices (alternating order): background load hits both sides alike
                 modes = [("ensemble", ensemble_call), ("client-orchestrated", client_chain)]
                 acc = {m: Result(m, c, [], 0.0, 0) for m, _ in modes}
                 for k in range(max(1, round(args.duration))):
                     for m, fn in modes if k % 2 == 0 else modes[::-1]:
-                        r = run(url, m, fn, c, args.duration / max(1, round(args.duration)))
+                        r = run(url, m, fn, c, args.duration / max(1, round(args.duration)), args.protocol)
                         acc[m].latencies_ms += r.latencies_ms
                         acc[m].wall_s += r.wall_s
                         acc[m].errors += r.errors
@@ -166,14 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         head = (
             "# Benchmark: serial ensemble vs client-orchestrated calls\n\n"
             f"`{ENSEMBLE}` ({' -> '.join(STEPS)}) as one Triton ensemble, against a client calling the three models\n"
-            "in turn. Same gRPC client library (one client per thread), same payload (one house, FP32[1, 8]), same\n"
+            f"in turn. Same client library (tritonclient {args.protocol}, one client per thread), same payload\n"
+            "(one house, FP32[1, 8]), same "
             f"embedded Triton 2.51 (python backend), closed loop, {args.duration:g} s per row in 1 s slices\n"
             "interleaved with the other mode (alternating order), one run.\n\n"
             f"Machine: {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}.\n\n"
             f"Command: `.venv/bin/{cmd.strip()}`\n\n"
         )
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(head + text)
+        old = args.output.read_text() if args.output.is_file() else ""
+        reading = old[old.index("## Reading") :] if "## Reading" in old else ""
+        args.output.write_text(head + text + ("\n" + reading if reading else ""))
     return 0
 
 
