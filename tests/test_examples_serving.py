@@ -65,6 +65,39 @@ def test_housing_equals_sklearn_in_process(client, city: str) -> None:  # type: 
     np.testing.assert_allclose(price.ravel(), reg.predict(pre.transform(x)), rtol=1e-4, atol=1e-4)
 
 
+def test_housing_onnx_twins_equal_sklearn_in_process(client) -> None:  # type: ignore[no-untyped-def]
+    """The skl2onnx-compiled preprocessor and Chicago model, served by onnxruntime, match sklearn run in-process."""
+    x, _ = generate("Chicago_IL", 32, seed=123)
+    pre = joblib.load(ART / "housing_preprocess.joblib")
+    reg = joblib.load(ART / "housing_Chicago_IL.joblib")
+    feats = infer(client, "housing_preprocess_onnx", "raw", x).as_numpy("features")
+    assert feats.shape == (32, 10) and feats.dtype == np.float32
+    np.testing.assert_allclose(feats, pre.transform(x), rtol=1e-4, atol=1e-4)
+    price = infer(client, "housing_Chicago_IL_onnx", "features", feats).as_numpy("price")
+    assert price.shape == (32, 1) and price.dtype == np.float32
+    # The graph computes in float32, sklearn in float64: prices (~$500k) agree to 1e-4 relative, not absolute.
+    np.testing.assert_allclose(price.ravel(), reg.predict(pre.transform(x)), rtol=1e-4)
+
+
+def test_housing_onnx_pipeline_returns_the_sklearn_pipelines_dollars(  # type: ignore[no-untyped-def]
+    client, admin: TritonAdmin
+) -> None:
+    """Both serial ensembles round the same price to whole dollars.
+
+    The ONNX city model computes in float32 and sklearn's in float64, so a price that lands within float32 rounding
+    (~$0.03 at $500k) of a .5 boundary may round one dollar apart: +-1 dollar is allowed, and no more.
+    """
+    for name in ("housing_pipeline_Chicago_IL", "housing_pipeline_onnx_Chicago_IL"):
+        admin.load(name)  # the steps are already loaded by the fixture: this only adds the ensembles
+    x, _ = generate("Chicago_IL", 32, seed=321)
+    sk = infer(client, "housing_pipeline_Chicago_IL", "raw", x).as_numpy("price_dollars")
+    onx = infer(client, "housing_pipeline_onnx_Chicago_IL", "raw", x).as_numpy("price_dollars")
+    assert sk.shape == onx.shape == (32, 1) and onx.dtype == np.int64
+    assert int(np.abs(sk - onx).max()) <= 1
+    assert np.mean(sk == onx) >= 0.5  # almost all rows are identical; a systematic offset would fail here
+    assert float(np.abs(sk).min()) > 10_000.0  # real prices, not an all-zero answer that would match trivially
+
+
 def test_grpc_and_dynamic_batching_agree(client, triton: EmbeddedTriton) -> None:  # type: ignore[no-untyped-def]
     _, x_test, _, _ = load_split()
     g = grpcclient.InferenceServerClient(triton.endpoint.grpc)

@@ -139,6 +139,8 @@ def test_rebuild_matches_committed(tmp_path: Path) -> None:
     _, x_test, _, _ = digits.load_split()
     fresh = joblib.load(paths["digits_forest"]).predict(x_test)
     np.testing.assert_array_equal(fresh, joblib.load(ARTIFACTS / "digits_forest.joblib").predict(x_test))
+    for name in ("housing_preprocess_onnx", "housing_Chicago_IL_onnx"):  # skl2onnx output: same bytes on rebuild
+        assert paths[name].read_bytes() == (ARTIFACTS / paths[name].name).read_bytes(), name
     new_city = housing.build_city_models(tmp_path / "mme", ["NewYork_NY", "Seattle_WA"])
     x, _ = housing.generate("NewYork_NY", 10, seed=2)
     pre = joblib.load(ARTIFACTS / "housing_preprocess.joblib")

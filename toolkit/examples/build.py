@@ -36,7 +36,8 @@ def _size_files(paths: dict[str, Path]) -> list[Path]:
 
 
 def build_all(out_dir: Path = DEFAULT_OUT) -> dict[str, Path]:
-    """Build the 3 digits models, the housing preprocessor and the 4 city models; return ``{model_name: path}``.
+    """Build the 3 digits models, the housing preprocessor, the 4 city models and the ONNX twins of the preprocessor
+    and the Chicago model (``housing_preprocess_onnx``, ``housing_Chicago_IL_onnx``); return ``{model_name: path}``.
 
     ``metrics.json`` records held-out accuracy (digits), R^2 (housing) and the size of every file, so a reviewer can see
     what a rebuild changed without running the models.
