@@ -19,23 +19,11 @@ from toolkit.loadtest.runner import RunOptions, run_loadtest
 from toolkit.loadtest.scenario import parse_scenario
 from toolkit.mme.manager import ModelManager
 from toolkit.mme.stores import LocalStore
+from toolkit.repository.samples import write_scale_model
 from toolkit.server import EmbeddedTriton, ServerOptions
 from toolkit.spec.models import EndpointSpec
 
 N_MODELS = 6
-CONFIG = """name: "{name}"
-backend: "python"
-max_batch_size: 0
-input [{{ name: "X" data_type: TYPE_FP32 dims: [2] }}]
-output [{{ name: "Y" data_type: TYPE_FP32 dims: [2] }}]
-instance_group [{{ kind: KIND_CPU count: 1 }}]
-"""
-MODEL_PY = """import triton_python_backend_utils as pb_utils
-class TritonPythonModel:
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
-                * 2)]) for r in requests]
-"""
 KEY_ID, SECRET = "AKIDLOADTEST", "loadtest-secret"
 
 
@@ -45,10 +33,7 @@ def mme_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     store, repo = base / "store", base / "repo"
     repo.mkdir()
     for i in range(N_MODELS):
-        d = store / f"m{i:02d}"
-        (d / "1").mkdir(parents=True)
-        (d / "config.pbtxt").write_text(CONFIG.format(name=d.name))
-        (d / "1" / "model.py").write_text(MODEL_PY)
+        write_scale_model(store, f"m{i:02d}")
     server = EmbeddedTriton(ServerOptions(repository=repo, workdir=base, log_file=base / "triton.log"))
     server.start(timeout=90)
     manager = ModelManager(server.endpoint, repository=repo, store=LocalStore(store), max_models=3)

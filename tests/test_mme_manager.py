@@ -32,26 +32,10 @@ from toolkit.mme.errors import (
 )
 from toolkit.mme.manager import ModelManager
 from toolkit.mme.stores import FetchResult, LocalStore, S3Store
+from toolkit.repository.samples import write_scale_model
 from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin, TritonEndpoint
 
 N_MODELS = 10
-CONFIG = """name: "{name}"
-backend: "python"
-max_batch_size: 0
-input [{{ name: "X" data_type: TYPE_FP32 dims: [2] }}]
-output [{{ name: "Y" data_type: TYPE_FP32 dims: [2] }}]
-instance_group [{{ kind: KIND_CPU count: 1 }}]
-"""
-MODEL_PY = """import triton_python_backend_utils as pb_utils
-FACTOR = {factor}
-class TritonPythonModel:
-    def initialize(self, args):
-        if FACTOR < 0:
-            raise RuntimeError("initialize exploded on purpose")
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
-                * FACTOR)]) for r in requests]
-"""
 ENSEMBLE = """name: "ens"
 platform: "ensemble"
 max_batch_size: 0
@@ -65,11 +49,8 @@ ensemble_scheduling { step [
 
 
 def write_model(root: Path, name: str, factor: float) -> Path:
-    d = root / name
-    (d / "1").mkdir(parents=True)
-    (d / "config.pbtxt").write_text(CONFIG.format(name=name))
-    (d / "1" / "model.py").write_text(MODEL_PY.format(factor=factor))
-    return d
+    """Y = X * factor; a negative factor makes initialize raise (a load that fails)."""
+    return write_scale_model(root, name, factor=factor, fail_on_init=factor < 0)
 
 
 def tar_dir(src: Path, out: Path) -> Path:

@@ -11,34 +11,14 @@ import psutil
 import pytest
 
 from toolkit.errors import ServerError
+from toolkit.repository.samples import write_scale_model
 from toolkit.server import EmbeddedTriton, ServerOptions, Supervisor, TritonAdmin
-
-PY_MODEL = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * 2)]))
-        return out
-"""
-CONFIG = """name: "{name}"
-backend: "python"
-max_batch_size: 8
-input {{ name: "X" data_type: TYPE_FP32 dims: 2 }}
-output {{ name: "Y" data_type: TYPE_FP32 dims: 2 }}
-instance_group {{ kind: KIND_CPU count: 1 }}
-"""
 
 
 def make_repo(root: Path, names: list[str]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for n in names:
-        (root / n / "1").mkdir(parents=True)
-        (root / n / "config.pbtxt").write_text(CONFIG.format(name=n))
-        (root / n / "1" / "model.py").write_text(PY_MODEL)
+        write_scale_model(root, n, max_batch_size=8)
     return root
 
 

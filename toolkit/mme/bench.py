@@ -24,35 +24,13 @@ import tritonclient.http.aio as httpaio
 
 from toolkit.mme.manager import ModelManager
 from toolkit.mme.stores import LocalStore
+from toolkit.repository.samples import write_scale_model
 from toolkit.server import EmbeddedTriton, ServerOptions
-
-CONFIG = """name: "{name}"
-backend: "python"
-max_batch_size: 0
-input [{{ name: "X" data_type: TYPE_FP32 dims: [4] }}]
-output [{{ name: "Y" data_type: TYPE_FP32 dims: [4] }}]
-instance_group [{{ kind: KIND_CPU count: 1 }}]
-"""
-MODEL_PY = """import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x * {factor})]))
-        return out
-"""
 
 
 def write_python_model(root: Path, name: str, factor: float = 2.0) -> Path:
     """A tiny python-backend model (Y = X * factor) with a complete config: the 'small python model' of the goal."""
-    d = root / name
-    (d / "1").mkdir(parents=True, exist_ok=True)
-    (d / "config.pbtxt").write_text(CONFIG.format(name=name))
-    (d / "1" / "model.py").write_text(MODEL_PY.format(factor=factor))
-    return d
+    return write_scale_model(root, name, factor=factor, dims=(4,))
 
 
 def pct(values: list[float], q: float) -> float:

@@ -14,25 +14,9 @@ import time
 from pathlib import Path
 
 from toolkit.repository.generate import generate_repository
+from toolkit.repository.samples import write_scale_model
 from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
 from toolkit.spec import load_manifest
-
-MINIMAL = """import triton_python_backend_utils as pb_utils
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for r in requests:
-            x = pb_utils.get_input_tensor_by_name(r, "X").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x)]))
-        return out
-"""
-MINIMAL_CONFIG = """name: "minimal_python"
-backend: "python"
-max_batch_size: 8
-input { name: "X" data_type: TYPE_FP32 dims: 4 }
-output { name: "Y" data_type: TYPE_FP32 dims: 4 }
-instance_group { kind: KIND_CPU count: 1 }
-"""
 
 
 def _time_loads(admin: TritonAdmin, name: str, repeats: int) -> list[float]:
@@ -60,9 +44,7 @@ def run(repeats: int = 10, manifest: Path = Path("tritonctl.yaml")) -> list[tupl
         repo = Path(tmp) / "repo"
         spec = load_manifest(manifest)
         generate_repository(spec, repo)
-        (repo / "minimal_python" / "1").mkdir(parents=True)
-        (repo / "minimal_python" / "config.pbtxt").write_text(MINIMAL_CONFIG)
-        (repo / "minimal_python" / "1" / "model.py").write_text(MINIMAL)
+        write_scale_model(repo, "minimal_python", dims=(4,), max_batch_size=8)
         names = ["minimal_python", *sorted(m.name for m in spec.models)]
         for mode, auto in (
             ("tritonctl (--disable-auto-complete-config)", False),
