@@ -26,6 +26,17 @@ BENCHES: dict[str, list[str]] = {
         "--output",
         "docs/benchmarks/ensembles_http.md",
     ],
+    "ensembles-onnx": [
+        PY,
+        "-m",
+        "toolkit.ensembles.bench",
+        "--duration",
+        "10",
+        "--pipeline",
+        "onnx",
+        "--output",
+        "docs/benchmarks/ensembles_onnx.md",
+    ],
     "mme-simulate": [
         PY,
         "-m",

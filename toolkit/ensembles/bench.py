@@ -6,7 +6,11 @@ chain are measured back to back, closed loop, for the same duration. The ensembl
 and the tensor (de)serialisation around them; Triton passes intermediate tensors between steps in memory.
 
     python -m toolkit.ensembles.bench [--duration 5] [--concurrency 1,8] [--protocol grpc|http]
-                                      [--output docs/benchmarks/ensembles.md]
+                                      [--pipeline sklearn|onnx] [--output docs/benchmarks/ensembles.md]
+
+``--pipeline onnx`` runs the same pipeline with the sklearn steps compiled to ONNX (skl2onnx, run by onnxruntime):
+same client, payload and method, only the step models differ. After the run, each step's mean Triton-side times
+(``/v2/models/{m}/stats``, both modes together) are reported, so the cost of the steps themselves is visible.
 
 The output file keeps everything from its ``## Reading`` heading on (the written analysis); the rest is rewritten.
 """
@@ -35,8 +39,14 @@ from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
 from toolkit.spec import load_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
-ENSEMBLE = "housing_pipeline_Chicago_IL"
-STEPS = ["housing_preprocess", "housing_Chicago_IL", "housing_postprocess"]
+PIPELINES: dict[str, tuple[str, list[str]]] = {
+    "sklearn": ("housing_pipeline_Chicago_IL", ["housing_preprocess", "housing_Chicago_IL", "housing_postprocess"]),
+    "onnx": (
+        "housing_pipeline_onnx_Chicago_IL",
+        ["housing_preprocess_onnx", "housing_Chicago_IL_onnx", "housing_postprocess"],
+    ),
+}
+ENSEMBLE, STEPS = PIPELINES["sklearn"]  # the default pipeline; main() rebinds both for --pipeline
 PAYLOAD = np.array([[2001, 2100, 3, 2, 0.4, 1, 1, 0]], dtype=np.float32)
 
 
@@ -150,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per (mode, concurrency)")
     ap.add_argument("--concurrency", default="1,8", help="comma-separated concurrency levels")
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="grpc", help="tritonclient protocol")
+    ap.add_argument("--pipeline", choices=sorted(PIPELINES), default="sklearn", help="which step models to chain")
     ap.add_argument("--output", type=Path, default=None, help="write the markdown report here")
     args = ap.parse_args(argv)
+    global ENSEMBLE, STEPS  # ensemble_call / client_chain read these; one pipeline per process
+    ENSEMBLE, STEPS = PIPELINES[args.pipeline]
     levels = [int(x) for x in args.concurrency.split(",") if x]
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="tritonctl-bench-") as tmp:
@@ -177,18 +190,20 @@ def main(argv: list[str] | None = None) -> int:
                         acc[m].wall_s += r.wall_s
                         acc[m].errors += r.errors
                 results += list(acc.values())
+            steps = step_stats(admin, STEPS)
             admin.close()
         finally:
             srv.stop()
-    text = table(results) + _verdict(results, load_before, os.getloadavg()[0])
+    text = table(results) + _verdict(results, load_before, os.getloadavg()[0]) + steps
     print(text)
     if args.output:
         cmd = "python -m toolkit.ensembles.bench " + " ".join(argv if argv is not None else sys.argv[1:])
         head = (
-            "# Benchmark: serial ensemble vs client-orchestrated calls\n\n"
-            f"`{ENSEMBLE}` ({' -> '.join(STEPS)}) as one Triton ensemble, against a client calling the three models\n"
-            f"in turn. Same client library (tritonclient {args.protocol}, one client per thread), same payload\n"
-            "(one house, FP32[1, 8]), same "
+            f"# Benchmark: serial ensemble vs client-orchestrated calls ({args.pipeline} pipeline)\n\n"
+            f"Pipeline: **{args.pipeline}** (`--pipeline {args.pipeline}`): `{ENSEMBLE}`\n"
+            f"({' -> '.join(STEPS)})\n"
+            "as one Triton ensemble, against a client calling the three models in turn. Same client library\n"
+            f"(tritonclient {args.protocol}, one client per thread), same payload (one house, FP32[1, 8]), same\n"
             f"embedded Triton 2.51 (python backend), closed loop, {args.duration:g} s per row in 1 s slices\n"
             "interleaved with the other mode (alternating order), one run.\n\n"
             f"Machine: {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}.\n\n"
@@ -211,6 +226,32 @@ def _verdict(results: list[Result], load_before: float, load_after: float) -> st
         verdict = "meets" if ratio <= 0.6 else "misses"
         lines.append(f"- goal p50 ratio <= 0.60 at c={c}: {ratio:.2f}, {verdict} it")
     return "\n".join(lines) + "\n"
+
+
+def step_stats(admin: TritonAdmin, models: list[str]) -> str:
+    """Mean Triton-side time per execution of each step, from ``/v2/models/{m}/stats`` (warm-up and both modes).
+
+    Why: the ensemble can only save the client<->server hops; the steps' own compute is paid by both modes, so it
+    bounds the ratio. Each time is cumulative since load, divided by its own count.
+    """
+    rows = [
+        "",
+        "Per-step Triton stats (mean per execution, warm-up and both modes together):",
+        "",
+        "| model | executions | queue ms | compute_input ms | compute_infer ms | compute_output ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in models:
+        inf = admin.stats(m)["model_stats"][0]["inference_stats"]
+        n = int(inf["success"].get("count", 0))
+
+        def ms(key: str, inf: dict[str, Any] = inf) -> str:
+            return f"{int(inf[key].get('ns', 0)) / max(1, int(inf[key].get('count', 0))) / 1e6:.3f}"
+
+        rows.append(
+            f"| {m} | {n} | {ms('queue')} | {ms('compute_input')} | {ms('compute_infer')} | {ms('compute_output')} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def _cpus() -> int:
