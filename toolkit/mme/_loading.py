@@ -41,9 +41,15 @@ from toolkit.mme.stores import ArtifactStore
 log = logging.getLogger("toolkit.mme.manager")  # the public module's logger: existing log filters keep working
 
 
-def link_tree(src: Path, dst: Path) -> None:
+def staging_dir(repository: Path) -> Path:
+    """Where fetched models are assembled before an atomic rename into the repository: beside it (same filesystem),
+    never inside it, since Triton's repository index fails when it lists a temporary entry that then vanishes."""
+    return repository.parent / f".{repository.name}.tritonctl-staging"
+
+
+def link_tree(src: Path, dst: Path, scratch: Path) -> None:
     """Put a copy of ``src`` at ``dst`` using hard links (cheap; the cache may delete its copy independently)."""
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f"{TMP_PREFIX}{dst.name}-"))
+    tmp = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{TMP_PREFIX}{dst.name}-"))
     try:
         for dirpath, _dirs, files in os.walk(src):
             rel = Path(dirpath).relative_to(src)
@@ -53,7 +59,7 @@ def link_tree(src: Path, dst: Path) -> None:
                     os.link(Path(dirpath) / f, tmp / rel / f)
                 except OSError:
                     shutil.copy2(Path(dirpath) / f, tmp / rel / f)
-        install_dir(tmp, dst)
+        install_dir(tmp, dst, scratch=scratch)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -107,6 +113,8 @@ class Loader:
         self._policy = policy
         self._metrics = metrics
         self.repository = repository
+        self.staging = staging_dir(repository)
+        self.staging.mkdir(exist_ok=True)
         self.store = store
         self.disk_cache = disk_cache
         self.declared_sizes = declared_sizes
@@ -213,11 +221,12 @@ class Loader:
                 # so the cache may delete its own entry at any time without touching a loaded model.
                 path = await asyncio.to_thread(self.disk_cache.get_or_fetch, e.name, self.store, pin=True)
                 try:
-                    await asyncio.to_thread(link_tree, path, self.repository / e.name)
+                    await asyncio.to_thread(link_tree, path, self.repository / e.name, self.staging)
                 finally:
                     self.disk_cache.unpin(e.name)
             else:
-                await asyncio.to_thread(self.store.fetch, e.name, self.repository)
+                fetched = await asyncio.to_thread(self.store.fetch, e.name, self.staging)
+                await asyncio.to_thread(install_dir, fetched.path, self.repository / e.name, self.staging)
         except ArtifactNotFoundError as exc:
             raise ModelNotFoundError(e.name, str(exc)) from None
         except ArtifactError as exc:

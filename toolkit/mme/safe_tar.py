@@ -137,14 +137,16 @@ def _model_root(members: list[tarfile.TarInfo], name: str, tar_label: str) -> tu
     raise ArtifactError(f"{tar_label}: no config.pbtxt at the top level or in a single top-level folder {name + '/'!r}")
 
 
-def install_dir(src: Path, target: Path) -> None:
+def install_dir(src: Path, target: Path, scratch: Path | None = None) -> None:
     """Atomically put ``src`` (a fresh directory on the same filesystem) at ``target``, replacing an old copy.
 
-    The old copy is renamed aside first and deleted afterwards, so ``target`` is never half-written.
+    The old copy is renamed aside first and deleted afterwards, so ``target`` is never half-written. ``scratch`` is
+    where "aside" lives (default: beside ``target``); a live Triton repository passes a folder outside it, because
+    Triton's repository index fails ("failed to stat file") when an entry vanishes while it lists the folder.
     """
     os.chmod(src, 0o755)
     if target.exists():
-        aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=TMP_PREFIX + "old-"))
+        aside = Path(tempfile.mkdtemp(dir=scratch or target.parent, prefix=TMP_PREFIX + "old-"))
         os.replace(target, aside / "old")
         try:
             os.replace(src, target)
