@@ -50,6 +50,8 @@ class ModelProvider(Protocol):
 
     def on_triton_restart(self) -> None: ...
 
+    def on_triton_down(self) -> None: ...
+
 
 class RepositoryModels:
     """Manager-less mode: load-on-first-use from the Triton repository, no eviction, no store."""
@@ -152,6 +154,9 @@ class RepositoryModels:
 
     def metrics_text(self) -> str:
         return f"# TYPE tritonctl_LoadedModelCount gauge\ntritonctl_LoadedModelCount {len(self._resident)}\n"
+
+    def on_triton_down(self) -> None:
+        self._resident.clear()  # the dead Triton's models are gone; the restart's index sync re-adds survivors
 
     def on_triton_restart(self) -> None:
         # The supervisor reloaded what it knew; re-read the index so that nothing is wrongly thought resident.

@@ -112,7 +112,11 @@ class Gateway:
 
     def triton_state_changed(self, state: str) -> None:
         """Supervisor callback (any thread): after a restart, the manager resyncs with the restarted Triton."""
-        if state == "up" and self.loop is not None and not self.loop.is_closed():
+        if self.loop is None or self.loop.is_closed():
+            return
+        if state == "down":  # before any request can see the restarted Triton, forget what the dead one held
+            self.loop.call_soon_threadsafe(self.models.on_triton_down)
+        elif state == "up":
             self.loop.call_soon_threadsafe(self._after_restart)
 
     def _after_restart(self) -> None:

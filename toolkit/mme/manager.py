@@ -180,6 +180,20 @@ class ModelManager:
             await asyncio.sleep(self.listing_refresh_s)
             await self.refresh_listing()
 
+    def on_triton_down(self) -> None:
+        """Called (from any thread) the moment Triton is seen dead: nothing it held is loaded any more. Marking that
+        at once (not at the next resync) means the first requests after the restart load what they need instead of
+        being forwarded to a model the fresh Triton does not have."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._forget_resident)
+
+    def _forget_resident(self) -> None:
+        for e in self._res.entries.values():
+            if e.state is State.READY:
+                e.state = State.UNLOADED
+                self.policy.on_evict(e.name)
+        self._res.update_gauges()
+
     def on_triton_restart(self) -> None:
         """Called (from any thread) after the supervisor restarted Triton and reloaded models: resync states."""
         if self._loop is not None and not self._loop.is_closed():
@@ -225,7 +239,8 @@ class ModelManager:
 
     # ------------------------------------------------------------------------------------------ requests ---
     async def ensure_loaded(self, name: str, timeout: float | None = None) -> None:
-        await self._acquire(name, timeout)
+        """Load if needed. Not an invocation: hits, misses and the policy's frequency count only ``serving``."""
+        await self._acquire(name, timeout, invocation=False)
 
     def serving(self, name: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
         return self._serving(name, timeout)
@@ -237,17 +252,21 @@ class ModelManager:
             self.metrics.invocations.inc(model=name)
             yield
 
-    async def _acquire(self, name: str, timeout: float | None) -> Entry:
+    async def _acquire(self, name: str, timeout: float | None, invocation: bool = True) -> Entry:
+        """``invocation``: a request for the model (SageMaker's ModelCacheHit counts InvokeEndpoint calls only), not
+        a control-plane touch such as metadata or an explicit load."""
         e = self._res.get(name)
         if e is not None and e.state is State.READY:  # hot path
-            e.hits += 1
             e.last_used = time.time()
-            self.policy.on_hit(name, self._res.now())
-            self.metrics.cache_hit.inc(model=name)
+            if invocation:
+                e.hits += 1
+                self.policy.on_hit(name, self._res.now())
+                self.metrics.cache_hit.inc(model=name)
             return e
         start = time.monotonic()
         e = await self._lookup(name)
-        self.metrics.cache_miss.inc(model=name)
+        if invocation:
+            self.metrics.cache_miss.inc(model=name)
         try:
             await self._loader.wait_ready(e, start + (self.load_timeout if timeout is None else timeout))
         finally:
