@@ -34,16 +34,14 @@ RAW = np.random.default_rng(1).random((3, 8), dtype=np.float32)
 
 
 class Stack:
-    def __init__(self, sup: Supervisor, main: GatewayAddresses, limited: GatewayAddresses) -> None:
-        self.sup, self.main, self.limited = sup, main, limited
+    def __init__(
+        self, sup: Supervisor, main: GatewayAddresses, limited: GatewayAddresses, manager: ModelManager
+    ) -> None:
+        self.sup, self.main, self.limited, self.manager = sup, main, limited, manager
 
 
 def _endpoints(manifest: Manifest) -> list[EndpointSpec]:
-    # The manifest validator does not (yet) accept `models:` as the chain of a serial endpoint; build it directly.
-    serial = EndpointSpec.model_construct(
-        name="housing-ny", mode="serial", model=None, models=["housing_preprocess", "housing_NewYork_NY"],
-        store=None, variants=[],
-    )  # fmt: skip
+    serial = EndpointSpec(name="housing-ny", mode="serial", models=["housing_preprocess", "housing_NewYork_NY"])
     return [*manifest.endpoints, serial]
 
 
@@ -55,16 +53,18 @@ def stack(example_repo: Path, example_manifest: Manifest, tmp_path_factory: pyte
     sup.start(timeout=90)
     runners = []
     addrs = []
+    managers = []
     for extra in ({}, {"max_body_bytes": 64 * 1024, "max_concurrency": 2, "timeout_s": 5.0}):
         o = GatewayOptions(http_port=0, grpc_port=0, admin_port=0, endpoints=_endpoints(example_manifest), **extra)
         mm = ModelManager(sup.endpoint, repository=example_repo)
+        managers.append(mm)
         gw = Gateway(o, sup.endpoint, models=mm)
         gw.attach(sup)
         runner = GatewayThread(gw)
         addrs.append(runner.start())
         runners.append((runner, gw))
     sup.on_state = lambda s: [gw.triton_state_changed(s) for _, gw in runners]  # both gateways follow it
-    yield Stack(sup, addrs[0], addrs[1])
+    yield Stack(sup, addrs[0], addrs[1], managers[0])
     for r, _ in runners:
         r.stop()
     sup.stop()
@@ -300,6 +300,24 @@ def test_malformed_requests_get_4xx_and_gateway_keeps_serving(stack: Stack) -> N
         with pytest.raises(grpc.RpcError) as e:
             call(b"\x0a\xff\xff\xff", timeout=5)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_only_invocations_count_as_cache_hits(stack: Stack) -> None:
+    """SageMaker's ModelCacheHit counts InvokeEndpoint calls: metadata and config reads are not invocations."""
+    http = httpclient.InferenceServerClient(stack.main.http)
+    http.get_model_metadata("digits_logreg")  # loads it if cold
+    before = {s.name: s.hits for s in stack.manager.states()}.get("digits_logreg", 0)
+    http.get_model_metadata("digits_logreg")
+    http.get_model_config("digits_logreg")
+    grpc_client = grpcclient.InferenceServerClient(stack.main.grpc)
+    grpc_client.get_model_metadata("digits_logreg")
+    assert {s.name: s.hits for s in stack.manager.states()}["digits_logreg"] == before
+    inp = httpclient.InferInput("X", [1, 64], "FP32")
+    inp.set_data_from_numpy(X[:1])
+    http.infer("digits_logreg", [inp])
+    assert {s.name: s.hits for s in stack.manager.states()}["digits_logreg"] == before + 1
+    http.close()
+    grpc_client.close()
 
 
 def test_metrics_on_the_main_port_carry_sagemaker_names(stack: Stack) -> None:

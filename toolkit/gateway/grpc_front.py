@@ -142,6 +142,9 @@ class GrpcFront:
                     )
                 if method not in LOADING_METHODS:
                     return await call(request, timeout=core.options.timeout_s)
+                if method != "ModelInfer":  # metadata / config: loaded first, but no invocation to count
+                    await core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
+                    return await call(request, timeout=core.options.timeout_s)
                 core.acquire()
                 try:
                     async with core.models.serving(model, timeout=core.options.load_wait_s):
@@ -179,7 +182,8 @@ class GrpcFront:
                     core.auth.authorize(
                         principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
                     )
-                await core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
+                async with core.models.serving(model, timeout=core.options.load_wait_s):
+                    pass  # each streamed request is an invocation: loaded and counted (the stream outlives it)
                 yield req
 
         try:

@@ -149,9 +149,9 @@ class HttpFront:
                     f = await core.infer(model, body, request.headers, path)
                 finally:
                     core.release()
-            else:
-                async with core.models.serving(model, timeout=core.options.load_wait_s):
-                    f = await core.forward("GET", path, None, request.headers)
+            else:  # metadata / config: the model must be loaded, but this is no invocation (no cache-hit count)
+                await core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
+                f = await core.forward("GET", path, None, request.headers)
             del version
         except Exception as exc:
             err = to_gateway_error(exc)
