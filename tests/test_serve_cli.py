@@ -1,0 +1,96 @@
+"""`tritonctl serve` as a user runs it: a foreground process that serves through the gateway, loads on demand, and
+stops cleanly on Ctrl-C (SIGINT) or SIGTERM, leaving no tritonserver or python-backend stub behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import tritonclient.http as httpclient
+
+from toolkit.errors import ServerError
+from toolkit.server import free_port, locate_triton
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", "serve", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"serve exited early: {proc.wait()} {seen}")
+        if m := re.search(r"triton\s+http (\S+)", line):
+            seen["triton"] = m.group(1)
+        if m := re.search(r"gateway\s+http (\S+)", line):
+            seen["gateway"] = m.group(1)
+        if "serving; Ctrl-C to stop" in line:
+            return proc, seen
+    proc.kill()
+    pytest.fail("serve did not become ready")
+
+
+def _stop(proc: subprocess.Popen[str], sig: int) -> None:
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert any("tritonserver" in " ".join(p.cmdline()) for p in family)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 0
+    time.sleep(0.3)
+    alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def test_serve_through_the_gateway_then_ctrl_c(tmp_path: Path) -> None:
+    gw_port, gw_grpc = free_port(), free_port()
+    proc, seen = _start(
+        [str(ROOT / "model_repository"), "--manifest", str(ROOT / "tritonctl.yaml"), "--http-port", "0",
+         "--grpc-port", "0", "--metrics-port", "0", "--gateway-port", str(gw_port), "--gateway-grpc-port",
+         str(gw_grpc), "--max-models", "2"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        assert seen["gateway"] == f"http://127.0.0.1:{gw_port}"
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{gw_port}")
+        x = httpclient.InferInput("X", [1, 64], "FP32")
+        x.set_data_from_numpy(np.load(ROOT / "examples" / "digit0.npy")[None, :].astype(np.float32))
+        assert int(client.infer("digits_mlp", [x]).as_numpy("label")[0, 0]) == 0  # loaded on first request
+        client.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/metrics", timeout=5) as r:
+            assert "tritonctl_LoadedModelCount 1" in r.read().decode()
+    finally:
+        _stop(proc, signal.SIGINT)
+
+
+def test_serve_load_all_without_gateway_then_sigterm(tmp_path: Path) -> None:
+    proc, seen = _start(
+        [str(ROOT / "model_repository"), "--load", "all", "--no-gateway", "--http-port", "0", "--grpc-port", "0",
+         "--metrics-port", "0"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        admin = httpclient.InferenceServerClient(seen["triton"])
+        ready = {m["name"] for m in admin.get_model_repository_index() if m.get("state") == "READY"}
+        assert {"digits_logreg", "housing_pipeline_Chicago_IL", "housing_by_city"} <= ready
+        admin.close()
+    finally:
+        _stop(proc, signal.SIGTERM)
+
+
+def test_unsupported_python_is_a_clear_error() -> None:
+    with pytest.raises(ServerError, match=r"no python backend stub for Python 2\.7 .*available: .*3\.11"):
+        locate_triton(python_version="2.7")
