@@ -6,13 +6,14 @@ The example repository is generated afresh into a temporary directory from the r
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from toolkit.repository.generate import generate_repository
-from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
+from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin, free_port
 from toolkit.spec import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,3 +47,25 @@ def admin(triton: EmbeddedTriton) -> Iterator[TritonAdmin]:
     a = TritonAdmin(triton.endpoint)
     yield a
     a.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's server mode on a free loopback port: a real HTTP S3 for the stores and the MME. Its backends are
+    process-wide, so every test uses a bucket name of its own."""
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import shutil
-import socket
 import tarfile
 import threading
 import time
@@ -33,7 +31,7 @@ from toolkit.mme.errors import (
 from toolkit.mme.manager import ModelManager
 from toolkit.mme.stores import FetchResult, LocalStore, S3Store
 from toolkit.repository.samples import write_scale_model
-from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin, TritonEndpoint
+from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin, TritonEndpoint, free_port
 
 N_MODELS = 10
 ENSEMBLE = """name: "ens"
@@ -264,37 +262,13 @@ def test_bad_artifacts_and_failing_load_give_clear_errors_others_keep_serving(en
     run(with_manager(env, body, backoff=(0.5, 1.0)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def test_s3_store_and_unreachable_s3(env: dict[str, Any], moto_url: str) -> None:
-    s3 = S3Store("models", "mme", endpoint_url=moto_url)
+def test_s3_store_and_unreachable_s3(env: dict[str, Any], s3_endpoint: str) -> None:
+    s3 = S3Store("models", "mme", endpoint_url=s3_endpoint)
     s3.client.create_bucket(Bucket="models")
     for name in ("m04", "m05"):
         tar = tar_dir(env["store"] / name, env["tars"] / f"{name}.tar.gz")
         s3.client.upload_file(str(tar), "models", f"mme/{name}.tar.gz")
-    dead = S3Store("models", "mme", endpoint_url=f"http://127.0.0.1:{_free_port()}", connect_timeout=0.5)
+    dead = S3Store("models", "mme", endpoint_url=f"http://127.0.0.1:{free_port()}", connect_timeout=0.5)
 
     async def body(mgr: ModelManager, client: httpaio.InferenceServerClient) -> None:
         assert mgr.knows("m04") and mgr.knows("m05") and not mgr.knows("m06")
@@ -348,7 +322,7 @@ def test_ensemble_pins_composing_models(env: dict[str, Any]) -> None:
 
 
 def test_endpoint_down_gives_typed_error(env: dict[str, Any], tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     ep = TritonEndpoint(f"127.0.0.1:{port}", f"127.0.0.1:{port}", f"127.0.0.1:{port}")
 
     async def body() -> None:

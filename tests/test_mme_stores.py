@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from toolkit.errors import TritonctlError
 from toolkit.mme.diskcache import CacheFullError, DiskCache
 from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, extract_model_tarball, validate_model_name
 from toolkit.mme.stores import FetchResult, LocalStore, S3Store, open_store
+from toolkit.server import free_port
 
 CONFIG = b'name: "%s"\nbackend: "python"\nmax_batch_size: 0\n'
 MODEL_PY = b"class TritonPythonModel:\n    pass\n"
@@ -182,32 +182,6 @@ def test_local_store_tar_and_dir(tmp_path: Path) -> None:
 # --- S3 (moto server mode) -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture(scope="session")
 def s3_bucket(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     import boto3
@@ -258,7 +232,7 @@ def test_s3_store_errors(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> No
 def test_s3_unreachable_fails_fast(tmp_path: Path) -> None:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    store = S3Store("models", "mme", endpoint_url=f"http://127.0.0.1:{_free_port()}")
+    store = S3Store("models", "mme", endpoint_url=f"http://127.0.0.1:{free_port()}")
     start = time.monotonic()
     with pytest.raises(ArtifactError, match="unreachable"):
         store.fetch("resnet", tmp_path)

@@ -35,16 +35,7 @@ class ModelProvider(Protocol):
 
     def serving(self, name: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]: ...
 
-    async def unload(self, name: str) -> None:
-        assert self._session is not None
-        url = f"{self.endpoint.http_url}/v2/repository/models/{name}/unload"
-        try:
-            async with self._session.post(url, data=b"{}") as r:
-                if r.status != 200:
-                    raise ModelLoadError(name, (await r.read()).decode(errors="replace"))
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise TritonDownError(name, f"Triton at {self.endpoint.http} is unreachable: {exc}") from None
-        self._resident.discard(name)
+    async def unload(self, name: str) -> None: ...
 
     def metrics_text(self) -> str: ...
 
