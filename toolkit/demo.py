@@ -85,6 +85,8 @@ def kserve_section(http_url: str, grpc_url: str) -> None:
     raw, _ = generate("Chicago_IL", 3, seed=7)
     dollars = _infer(http, httpclient, "housing_pipeline_Chicago_IL", {"raw": raw}).as_numpy("price_dollars")
     print(f"  housing_pipeline_Chicago_IL  raw -> preprocess -> Chicago -> round: {dollars.ravel().tolist()}")
+    onnx = _infer(http, httpclient, "housing_pipeline_onnx_Chicago_IL", {"raw": raw}).as_numpy("price_dollars")
+    print(f"  housing_pipeline_onnx_Chicago_IL  same steps compiled to ONNX: {onnx.ravel().tolist()}")
     feats = _infer(http, httpclient, "housing_preprocess", {"raw": raw}).as_numpy("features")
     r = _infer(http, httpclient, "housing_by_city", {"features": feats}, parameters={"city": "Houston_TX"})
     print(
