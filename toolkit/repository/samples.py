@@ -16,12 +16,24 @@ SCALE_TEMPLATE = TEMPLATES / "scale_model.py"
 
 
 def scale_model_spec(
-    name: str, *, factor: float = 2.0, dims: tuple[int, ...] = (2,), max_batch_size: int = 0, fail_on_init: bool = False
+    name: str,
+    *,
+    factor: float = 2.0,
+    dims: tuple[int, ...] = (2,),
+    max_batch_size: int = 0,
+    fail_on_init: bool = False,
+    init_sleep_ms: int = 0,
+    sleep_ms: int = 0,
 ) -> ModelSpec:
-    """The manifest entry of a python model computing Y = X * factor (FP32 tensors of ``dims``)."""
+    """The manifest entry of a python model computing Y = X * factor (FP32 tensors of ``dims``); ``init_sleep_ms`` and
+    ``sleep_ms`` slow its load and each execution down (for wait-budget and timeout tests)."""
     params = {"factor": repr(float(factor))}
     if fail_on_init:
         params["fail_on_init"] = "true"
+    if init_sleep_ms:
+        params["init_sleep_ms"] = str(init_sleep_ms)
+    if sleep_ms:
+        params["sleep_ms"] = str(sleep_ms)
     return ModelSpec(
         name=name,
         framework="python",
