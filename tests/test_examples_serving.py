@@ -120,3 +120,20 @@ def test_wrong_shape_and_dtype_are_rejected_with_tritons_message(client) -> None
         client.infer("digits_logreg", [bad])
     # the model keeps serving after bad requests
     assert infer(client, "digits_logreg", "X", np.zeros((1, 64), np.float32)).as_numpy("label").shape == (1, 1)
+
+
+def test_request_parameters_reach_a_router_inside_a_pipeline(client, admin) -> None:  # type: ignore[no-untyped-def]
+    """Triton 2.51 passes an ensemble request's parameters to its steps: routing by `city` works mid-pipeline and
+    equals preprocess -> router -> postprocess called by hand."""
+    admin.load("housing_city_param_pipeline")
+    x, _ = generate("Chicago_IL", 3, seed=11)
+    feats = infer(client, "housing_preprocess", "raw", x).as_numpy("features")
+    for city in ("Houston_TX", "NewYork_NY"):
+        inp = httpclient.InferInput("raw", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        r = client.infer("housing_city_param_pipeline", [inp], parameters={"city": city})
+        assert [m.decode() for m in r.as_numpy("model").ravel()] == [f"housing_{city}"] * 3
+        f = httpclient.InferInput("features", list(feats.shape), "FP32")
+        f.set_data_from_numpy(feats, binary_data=True)
+        by_hand = client.infer("housing_by_city", [f], parameters={"city": city}).as_numpy("price").ravel()
+        np.testing.assert_array_equal(r.as_numpy("price_dollars").ravel(), np.round(by_hand).astype(np.int64))
