@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import boto3
@@ -119,6 +120,31 @@ def test_tritonclient_grpc_unchanged(stack: Stack) -> None:
     with pytest.raises(InferenceServerException, match=r"not found|unknown"):
         c.infer("no_such_model", [i])
     c.close()
+
+
+def test_grpc_stream_infer_through_the_gateway(stack: Stack) -> None:
+    """ModelStreamInfer (bidirectional streaming) is forwarded too; a cold model is loaded for the first request."""
+    import queue
+
+    results: queue.Queue[Any] = queue.Queue()
+    c = grpcclient.InferenceServerClient(stack.main.grpc)
+    c.start_stream(callback=lambda result, error: results.put((result, error)))
+    for k in range(3):
+        i = grpcclient.InferInput("X", list(X.shape), "FP32")
+        i.set_data_from_numpy(X)
+        c.async_stream_infer("digits_forest", [i], request_id=str(k))
+    got = [results.get(timeout=30) for _ in range(3)]
+    c.stop_stream()
+    c.close()
+    assert all(err is None for _, err in got), got
+    assert sorted(r.get_response().id for r, _ in got) == ["0", "1", "2"]
+    direct = grpcclient.InferenceServerClient(stack.sup.endpoint.grpc)
+    i = grpcclient.InferInput("X", list(X.shape), "FP32")
+    i.set_data_from_numpy(X)
+    expected = direct.infer("digits_forest", [i]).as_numpy("label")
+    direct.close()
+    for r, _ in got:
+        np.testing.assert_array_equal(r.as_numpy("label"), expected)
 
 
 def test_repository_api_only_on_admin_port(stack: Stack) -> None:
