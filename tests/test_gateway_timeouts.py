@@ -1,6 +1,7 @@
-"""The gateway's time budgets, on a real Triton: a request that outlasts the request timeout gets 504 at the deadline,
-a cold model whose load outlasts the wait budget gets SageMaker's 429 ModelNotReadyException (boto3 raises it), and a
-retry once the load has finished succeeds. The gateway keeps serving throughout."""
+"""The gateway's SageMaker runtime details on a real Triton: a request that outlasts the request timeout gets 504 at the
+deadline, a cold model whose load outlasts the wait budget gets SageMaker's 429 ModelNotReadyException (boto3 raises
+it) and a retry once the load has finished succeeds; Custom-Attributes and Inference-Id reach the model as request
+parameters and Custom-Attributes comes back to boto3. The gateway keeps serving throughout."""
 
 from __future__ import annotations
 
@@ -13,17 +14,31 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 from botocore.config import Config
 
 from toolkit.gateway.core import GatewayOptions
 from toolkit.gateway.server import Gateway, GatewayThread
 from toolkit.mme.manager import ModelManager
+from toolkit.repository.config import build_config
+from toolkit.repository.generate import GeneratedModel, write_model
 from toolkit.repository.samples import write_scale_model
 from toolkit.server import EmbeddedTriton, ServerOptions
-from toolkit.spec.models import EndpointSpec
+from toolkit.spec.models import EndpointSpec, ModelSpec, TensorSpec
 
+ECHO_PARAMS = b"""import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+class TritonPythonModel:
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("P", np.array([r.parameters().encode()], dtype=object))])
+                for r in requests]
+"""
 BODY = json.dumps({"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "data": [1.0, 2.0]}]}).encode()
+BIN_HEAD = json.dumps(
+    {"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]}
+).encode()
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +48,16 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     write_scale_model(repo, "fast")
     write_scale_model(repo, "slow_exec", sleep_ms=2000)
     write_scale_model(repo, "slow_load", init_sleep_ms=2500)
+    echo = ModelSpec(name="echo_params", framework="python", inputs=[TensorSpec(name="X", dtype="FP32", dims=[2])],
+                     outputs=[TensorSpec(name="P", dtype="BYTES", dims=[1])])  # fmt: skip
+    write_model(GeneratedModel("echo_params", build_config(echo), {"1/model.py": ECHO_PARAMS}), repo)
     server = EmbeddedTriton(ServerOptions(repository=repo, workdir=base, log_file=base / "triton.log"))
     server.start(timeout=90)
     manager = ModelManager(server.endpoint, repository=repo)
     opts = GatewayOptions(
         http_port=0, timeout_s=0.6, load_wait_s=0.5, repository=repo,
-        endpoints=[EndpointSpec(name="mme", mode="multi-model", models=["fast", "slow_exec", "slow_load"])],
+        endpoints=[EndpointSpec(name="mme", mode="multi-model", models=["fast", "slow_exec", "slow_load"]),
+                   EndpointSpec(name="echo", mode="single", model="echo_params")],
     )  # fmt: skip
     runner = GatewayThread(Gateway(opts, server.endpoint, models=manager))
     addrs = runner.start()
@@ -86,3 +105,29 @@ def test_load_outlasting_the_wait_budget_is_429_then_retry_succeeds(gateway: dic
         EndpointName="mme", TargetModel="slow_load.tar.gz", ContentType="application/json", Body=BODY
     )
     assert json.loads(r["Body"].read())["outputs"][0]["data"] == [2.0, 4.0]
+
+
+def test_custom_attributes_and_inference_id_reach_the_model(gateway: dict[str, Any]) -> None:
+    sm = boto3.client(
+        "sagemaker-runtime", endpoint_url=gateway["url"], region_name="us-east-1", aws_access_key_id="AKIDTEST",
+        aws_secret_access_key="x",
+    )  # fmt: skip
+    for ctype, body in (
+        ("application/json", BODY),
+        (  # the binary form: the JSON header grows, the tensor bytes behind it stay as they were
+            f"application/vnd.sagemaker-triton.binary+json;json-header-size={len(BIN_HEAD)}",
+            BIN_HEAD + np.array([1.0, 2.0], np.float32).tobytes(),
+        ),
+    ):
+        r = sm.invoke_endpoint(EndpointName="echo", ContentType=ctype, Body=body, CustomAttributes="trace=abc,user=7",
+                               InferenceId="req-42")  # fmt: skip
+        assert r["CustomAttributes"] == "trace=abc,user=7"
+        out = json.loads(r["Body"].read())["outputs"][0]["data"][0]
+        assert json.loads(out) == {
+            "sagemaker_custom_attributes": "trace=abc,user=7",
+            "sagemaker_inference_id": "req-42",
+        }
+    plain = sm.invoke_endpoint(EndpointName="echo", ContentType="application/json", Body=BODY)
+    assert (
+        "CustomAttributes" not in plain and json.loads(json.loads(plain["Body"].read())["outputs"][0]["data"][0]) == {}
+    )

@@ -101,6 +101,33 @@ def next_step_request(f: Forwarded) -> tuple[bytes, dict[str, str]]:
     return head, {"Content-Type": "application/json"}
 
 
+# SageMaker request headers handed to the model as KServe request parameters (python models read them with
+# ``json.loads(request.parameters())``); Custom-Attributes also comes back in the response, as from a container.
+FORWARDED_HEADERS = {
+    "X-Amzn-SageMaker-Custom-Attributes": "sagemaker_custom_attributes",
+    "X-Amzn-SageMaker-Inference-Id": "sagemaker_inference_id",
+}
+
+
+def with_request_parameters(body: bytes, fwd: dict[str, str], params: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """Add request-level parameters to a KServe v2 body (JSON, or the JSON header of a binary body). Only requests
+    that carry such headers pay for the re-encoding; the others are forwarded untouched."""
+    if not params:
+        return body, fwd
+    n = int(fwd.get("Inference-Header-Content-Length") or len(body))
+    try:
+        header = json.loads(body[:n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"the request body is not KServe v2 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ValidationError("the request body must be a KServe v2 JSON object")
+    header["parameters"] = {**(header.get("parameters") or {}), **params}
+    head = json.dumps(header).encode()
+    if "Inference-Header-Content-Length" in fwd:
+        return head + body[n:], {**fwd, "Inference-Header-Content-Length": str(len(head))}
+    return head, fwd
+
+
 class HttpFront:
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
@@ -219,10 +246,11 @@ class HttpFront:
             fwd = parse_sagemaker_content_type(h.get("Content-Type", ""), body)
             if core.auth.enabled:
                 core.auth.authorize(principal, INVOKE, core.auth.endpoint_arn(name), route.context)
+            extra = {param: h[header] for header, param in FORWARDED_HEADERS.items() if header in h}
             core.acquire()
             try:
                 for i, model in enumerate(route.chain):
-                    f = await core.infer(model, body, fwd)
+                    f = await core.infer(model, *with_request_parameters(body, fwd, extra))
                     if f.status != 200:
                         msg = triton_message(f.body)
                         kind = "client" if f.status < 500 else "server"
@@ -241,11 +269,10 @@ class HttpFront:
         core.requests["sagemaker", 200] += 1
         n = f.headers.get("Inference-Header-Content-Length")
         ctype = f"{SAGEMAKER_BINARY};json-header-size={n}" if n else "application/json"
-        return web.Response(
-            status=200,
-            body=f.body,
-            headers={"Content-Type": ctype, "x-Amzn-Invoked-Production-Variant": route.variant},
-        )
+        headers = {"Content-Type": ctype, "x-Amzn-Invoked-Production-Variant": route.variant}
+        if "X-Amzn-SageMaker-Custom-Attributes" in h:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = h["X-Amzn-SageMaker-Custom-Attributes"]
+        return web.Response(status=200, body=f.body, headers=headers)
 
     async def not_found(self, request: web.Request) -> web.Response:
         err = NotFoundError(f"Unknown route {request.method} {request.path}")
