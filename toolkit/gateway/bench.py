@@ -24,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 MODEL = "digits_mlp"
+# Models with the same request (X FP32[64] -> label): the overhead is fixed, its share depends on the model's own cost.
+MODELS = ("digits_mlp", "digits_logreg", "digits_forest")
 
 
-def _request(host: str, body: bytes, header_len: int) -> bytes:
+def _request(host: str, body: bytes, header_len: int, model: str = MODEL) -> bytes:
     head = (
-        f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
+        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
         f"Inference-Header-Content-Length: {header_len}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -102,7 +104,7 @@ def _gateway_process(triton_http: str, loop: str, conn: Connection) -> None:
     runner.stop()
 
 
-def run(seconds: float, rounds: int, concurrencies: list[int], loop: str) -> list[Result]:
+def run(seconds: float, rounds: int, concurrencies: list[int], loop: str, model: str = MODEL) -> list[Result]:
     from toolkit.repository.generate import generate_repository
     from toolkit.server import EmbeddedTriton, ServerOptions
     from toolkit.spec import load_manifest
@@ -110,7 +112,7 @@ def run(seconds: float, rounds: int, concurrencies: list[int], loop: str) -> lis
     root = Path(__file__).resolve().parents[2]
     work = Path(tempfile.mkdtemp(prefix="tritonctl-bench-"))
     generate_repository(load_manifest(root / "tritonctl.yaml"), work / "repo")
-    triton = EmbeddedTriton(ServerOptions(repository=work / "repo", workdir=work, load=[MODEL]))
+    triton = EmbeddedTriton(ServerOptions(repository=work / "repo", workdir=work, load=[model]))
     triton.start(timeout=120)
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -120,7 +122,7 @@ def run(seconds: float, rounds: int, concurrencies: list[int], loop: str) -> lis
         gateway = parent.recv()
         body, hlen = _payload()
         targets = {"direct": triton.endpoint.http, "gateway": gateway}
-        reqs = {k: _request(v, body, hlen) for k, v in targets.items()}
+        reqs = {k: _request(v, body, hlen, model) for k, v in targets.items()}
         try:
             import uvloop
 
@@ -167,10 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating direct/gateway rounds per concurrency")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the gateway's event loop")
+    ap.add_argument("--model", choices=MODELS, default=MODEL, help="the warm model both paths call")
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
     a = ap.parse_args(argv)
-    results = run(a.seconds, a.rounds, a.concurrency, a.loop)
-    print(f"model {MODEL}, binary tensor extension, batch 1; gateway loop: {a.loop}")
+    results = run(a.seconds, a.rounds, a.concurrency, a.loop, a.model)
+    print(f"model {a.model}, binary tensor extension, batch 1; gateway loop: {a.loop}")
     print(report(results))
     if a.json:
         print(json.dumps([r.__dict__ | {"rps": r.rps} for r in results], indent=1))
