@@ -147,13 +147,19 @@ def test_unsigned_unknown_key_wrong_signature(secured: GatewayAddresses) -> None
     assert (status, code) == (403, "InvalidSignatureException") and ALICE_SECRET not in msg
 
 
-def _signed(addr: GatewayAddresses, body: bytes, when: dt.datetime, tamper: bytes | None = None) -> tuple[int, str]:
+def _signed(
+    addr: GatewayAddresses,
+    body: bytes,
+    when: dt.datetime,
+    tamper: bytes | None = None,
+    scope: tuple[str, str] = ("sagemaker", "us-east-1"),
+) -> tuple[int, str]:
     url = f"{addr.http_url}/endpoints/housing/invocations"
     req = AWSRequest("POST", url, data=body, headers={
         "Content-Type": "application/json", "X-Amzn-SageMaker-Target-Model": "housing_Chicago_IL",
         "X-Amz-Date": when.strftime("%Y%m%dT%H%M%SZ"), "Host": addr.http})  # fmt: skip
     req.context["timestamp"] = when.strftime("%Y%m%dT%H%M%SZ")
-    s = SigV4Auth(Credentials("AKIDALICE", ALICE_SECRET), "sagemaker", "us-east-1")
+    s = SigV4Auth(Credentials("AKIDALICE", ALICE_SECRET), *scope)
     sig = s.signature(s.string_to_sign(req, s.canonical_request(req)), req)
     headers = dict(req.headers.items())
     headers["Authorization"] = (
@@ -172,6 +178,9 @@ def test_stale_and_tampered_signatures(secured: GatewayAddresses) -> None:
     tampered = body.replace(b"1.0", b"9.0", 1)
     assert tampered != body and hashlib.sha256(tampered).digest() != hashlib.sha256(body).digest()
     assert _signed(secured, body, now, tamper=tampered) == (403, "InvalidSignatureException")
+    # a valid signature made for another service or region (same key) is not accepted, as AWS would not
+    assert _signed(secured, body, now, scope=("s3", "us-east-1")) == (403, "InvalidSignatureException")
+    assert _signed(secured, body, now, scope=("sagemaker", "eu-west-1")) == (403, "InvalidSignatureException")
 
 
 def test_api_keys_for_tritonclient_and_admin_scope(secured: GatewayAddresses) -> None:

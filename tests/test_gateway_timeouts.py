@@ -127,6 +127,9 @@ def test_custom_attributes_and_inference_id_reach_the_model(gateway: dict[str, A
             "sagemaker_custom_attributes": "trace=abc,user=7",
             "sagemaker_inference_id": "req-42",
         }
+    bad = json.dumps({"inputs": json.loads(BODY)["inputs"], "parameters": [1]}).encode()
+    with pytest.raises(sm.exceptions.ValidationError, match="must be a JSON object"):
+        sm.invoke_endpoint(EndpointName="echo", ContentType="application/json", Body=bad, CustomAttributes="a=1")
     plain = sm.invoke_endpoint(EndpointName="echo", ContentType="application/json", Body=BODY)
     assert (
         "CustomAttributes" not in plain and json.loads(json.loads(plain["Body"].read())["outputs"][0]["data"][0]) == {}

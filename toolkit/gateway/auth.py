@@ -222,6 +222,12 @@ class AuthConfig:
                 "Credential scope must be KEYID/DATE/REGION/SERVICE/aws4_request", code="IncompleteSignatureException"
             )
         key_id, date, region, service, _ = parts
+        if service != "sagemaker" or region != self.region:  # a signature for another service/region is not ours
+            raise AuthError(
+                f"Credential should be scoped to a valid region and service: expected {self.region}/sagemaker, "
+                f"got {region}/{service}",
+                code="InvalidSignatureException",
+            )
         entry = self.access_keys.get(key_id)
         if entry is None:
             raise AuthError("The security token included in the request is invalid.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from toolkit.gateway.upstream import UpstreamError, UpstreamPool
 from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
 from toolkit.server.launcher import TritonEndpoint
 from toolkit.spec.models import EndpointSpec
+
+log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 KSERVE_ENDPOINT = "kserve"  # the endpoint name KServe (HTTP and gRPC) requests are authorized against
@@ -99,6 +102,7 @@ def to_gateway_error(exc: BaseException, *, sagemaker: bool = False) -> GatewayE
         return TimeoutError_("Triton did not answer within the request timeout")
     if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError)):
         return ServiceUnavailableError(f"Triton is unavailable: {exc}")
+    log.exception("unexpected gateway error", exc_info=exc)  # a bug: the client sees 500, the operator the traceback
     return GatewayError(f"internal error: {type(exc).__name__}")
 
 

@@ -121,7 +121,10 @@ def with_request_parameters(body: bytes, fwd: dict[str, str], params: dict[str, 
         raise ValidationError(f"the request body is not KServe v2 JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ValidationError("the request body must be a KServe v2 JSON object")
-    header["parameters"] = {**(header.get("parameters") or {}), **params}
+    existing = header.get("parameters") or {}
+    if not isinstance(existing, dict):
+        raise ValidationError('the request\'s "parameters" must be a JSON object')
+    header["parameters"] = {**existing, **params}
     head = json.dumps(header).encode()
     if "Inference-Header-Content-Length" in fwd:
         return head + body[n:], {**fwd, "Inference-Header-Content-Length": str(len(head))}

@@ -219,6 +219,10 @@ class ModelManager:
 
     # ------------------------------------------------------------------------------------------- queries ---
     def knows(self, name: str) -> bool:
+        try:
+            validate_model_name(name)  # before any filesystem look-up: a name is never a path
+        except ArtifactError:
+            return False
         return name in self._res.entries or name in self._known or (self.repository / name / "config.pbtxt").is_file()
 
     def is_resident(self, name: str) -> bool:

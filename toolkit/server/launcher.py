@@ -233,7 +233,8 @@ class EmbeddedTriton:
         return "\n".join(data.splitlines()[-lines:])
 
     def is_running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        proc = self.process  # read once: a supervisor thread may set it to None between two reads
+        return proc is not None and proc.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, wait, then SIGKILL whatever is left (stubs included)."""
