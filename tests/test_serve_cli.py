@@ -94,3 +94,34 @@ def test_serve_load_all_without_gateway_then_sigterm(tmp_path: Path) -> None:
 def test_unsupported_python_is_a_clear_error() -> None:
     with pytest.raises(ServerError, match=r"no python backend stub for Python 2\.7 .*available: .*3\.11"):
         locate_triton(python_version="2.7")
+
+
+def test_host_publishes_the_gateway_only(tmp_path: Path) -> None:
+    """--host moves the gateway; Triton (no auth, repository API) and the admin port stay on 127.0.0.1.
+    127.0.0.2 is loopback too, so nothing leaves the machine."""
+    gw_port = free_port("127.0.0.2")
+    proc, seen = _start(
+        [str(ROOT / "model_repository"), "--host", "127.0.0.2", "--http-port", "0", "--grpc-port", "0",
+         "--metrics-port", "0", "--gateway-port", str(gw_port), "--gateway-grpc-port", "0", "--admin-port", "0"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        assert seen["gateway"] == f"http://127.0.0.2:{gw_port}"
+        assert seen["triton"].startswith("127.0.0.1:")
+        with urllib.request.urlopen(f"http://127.0.0.2:{gw_port}/ping", timeout=5) as r:
+            assert r.status == 200
+        triton_port = int(seen["triton"].rsplit(":", 1)[1])
+        with pytest.raises(OSError):  # Triton is not listening on the published address
+            urllib.request.urlopen(f"http://127.0.0.2:{triton_port}/v2/health/live", timeout=2)
+    finally:
+        _stop(proc, signal.SIGINT)
+
+
+def test_model_names_are_never_paths() -> None:
+    """A name like `public/../secret` would pass a `public*` policy and, after URL normalisation, load `secret`."""
+    from toolkit.gateway.models import RepositoryModels
+    from toolkit.server import TritonEndpoint
+
+    models = RepositoryModels(TritonEndpoint.from_url("http://127.0.0.1:9"), repository=None)
+    assert models.knows("digits_mlp")
+    assert not any(models.knows(n) for n in ("public/../secret", "..", "a/b", "", "x" * 200))

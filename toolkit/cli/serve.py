@@ -127,7 +127,9 @@ def serve(
             work = workdir or Path(tempfile.mkdtemp(prefix="tritonctl-serve-"))
             options = ServerOptions(
                 repository=repository,
-                host=host,
+                # Behind the gateway, Triton (no auth, repository API, shared memory) stays on loopback whatever
+                # --host says: only the gateway is published. Without the gateway, --host is Triton's.
+                host="127.0.0.1" if gateway else host,
                 http_port=http_port,
                 grpc_port=grpc_port,
                 metrics_port=metrics_port,
@@ -194,7 +196,9 @@ def serve_command(
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="MME: memory for resident models (8GiB)"),
     policy: str = typer.Option("lru", "--policy", help="MME eviction policy: lru or gdsf"),
     auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
-    host: str = typer.Option("127.0.0.1", "--host", help="address every server binds to"),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="address the gateway binds to (Triton's with --no-gateway; admin stays loopback)"
+    ),
 ) -> None:
     """Serve models: Triton behind the gateway (KServe v2 HTTP/gRPC + SageMaker runtime API) until Ctrl-C."""
     from toolkit.cli.common import friendly

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
+from urllib.parse import quote
 
 import aiohttp
 
 from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
+from toolkit.mme.safe_tar import ArtifactError, validate_model_name
 from toolkit.server.launcher import TritonEndpoint
 
 
@@ -84,18 +86,22 @@ class RepositoryModels:
             await self._session.close()
 
     def knows(self, name: str) -> bool:
+        try:
+            validate_model_name(name)  # never a path: `a/../b` must not become a load of `b` after URL normalisation
+        except ArtifactError:
+            return False
         if name in self._resident:
             return True
         if self.repository is None:
             return True  # an external Triton: let its repository API decide
-        return "/" not in name and name not in ("", ".", "..") and (self.repository / name / "config.pbtxt").is_file()
+        return (self.repository / name / "config.pbtxt").is_file()
 
     def is_resident(self, name: str) -> bool:
         return name in self._resident
 
     async def _load(self, name: str) -> None:
         assert self._session is not None
-        url = f"{self.endpoint.http_url}/v2/repository/models/{name}/load"
+        url = f"{self.endpoint.http_url}/v2/repository/models/{quote(name, safe='')}/load"
         try:
             async with self._session.post(url, data=b"{}") as r:
                 body = await r.read()
@@ -134,7 +140,7 @@ class RepositoryModels:
 
     async def unload(self, name: str) -> None:
         assert self._session is not None
-        url = f"{self.endpoint.http_url}/v2/repository/models/{name}/unload"
+        url = f"{self.endpoint.http_url}/v2/repository/models/{quote(name, safe='')}/unload"
         try:
             async with self._session.post(url, data=b"{}") as r:
                 if r.status != 200:

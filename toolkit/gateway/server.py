@@ -64,10 +64,10 @@ class Gateway:
         self._supervisor: Supervisor | None = None
         self._rewarm_task: asyncio.Future[None] | None = None
 
-    async def _serve(self, app: web.Application, port: int) -> int:
+    async def _serve(self, app: web.Application, port: int, host: str | None = None) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.options.host, port, backlog=1024, reuse_address=True)
+        site = web.TCPSite(runner, host or self.options.host, port, backlog=1024, reuse_address=True)
         await site.start()
         self._runners.append(runner)
         server = site._server
@@ -81,8 +81,8 @@ class Gateway:
         try:
             http_port = await self._serve(self.http.app(), o.http_port)
             admin = None
-            if o.admin_port is not None:
-                admin = f"{o.host}:{await self._serve(self.http.admin_app(), o.admin_port)}"
+            if o.admin_port is not None:  # model control: loopback only, whatever the public host is
+                admin = f"127.0.0.1:{await self._serve(self.http.admin_app(), o.admin_port, '127.0.0.1')}"
             grpc_addr = None
             if o.grpc_port is not None:
                 self.grpc = GrpcFront(self.core)
