@@ -49,6 +49,9 @@ class Supervisor:
         self.last_error: str | None = None
         self._loaded: set[str] = set()
         self._lock = threading.Lock()
+        # Serialises starting and stopping the server: stop() must never slip between a restart's stop and its start
+        # (the restarted process would outlive the supervisor, in its own session, out of Ctrl-C's reach).
+        self._lifecycle = threading.Lock()
         self._stop = threading.Event()
         self._up = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,10 +89,11 @@ class Supervisor:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._lifecycle:  # a restart in progress finishes starting first; then its process is stopped here
+            self._set_up(False)
+            self.server.stop()
         if self._thread is not None:
             self._thread.join(timeout=15)
-        self._set_up(False)
-        self.server.stop()
 
     def _set_up(self, up: bool) -> None:
         if up == self._up.is_set():
@@ -133,23 +137,28 @@ class Supervisor:
                 self.rewarm = sorted(self._loaded)
                 self._loaded = set()
         for attempt, delay in enumerate(self._delays()):
-            if self._stop.is_set():
-                return
-            self.server.stop(timeout=2)  # reap the dead group, kill orphan stubs
-            o = self.server.options
-            if ports is not None:
-                o.http_port, o.grpc_port, o.metrics_port = ports
-            o.load = sorted(self.loaded_models())
-            try:
-                self.server.start(timeout=60)
-            except ServerError as exc:
-                self.last_error = str(exc)
-                log.warning("restart attempt %d failed: %s", attempt + 1, exc)
+            with self._lifecycle:
+                if self._stop.is_set():
+                    return
+                self.server.stop(timeout=2)  # reap the dead group, kill orphan stubs
+                o = self.server.options
+                if ports is not None:
+                    o.http_port, o.grpc_port, o.metrics_port = ports
+                o.load = sorted(self.loaded_models())
+                try:
+                    self.server.start(timeout=60)
+                    failure = None
+                except ServerError as exc:
+                    failure = exc
+            if failure is not None:
+                self.last_error = str(failure)
+                log.warning("restart attempt %d failed: %s", attempt + 1, failure)
                 self._stop.wait(delay)
                 continue
             self.restarts += 1
             self.last_error = None
-            self._set_up(True)
+            if not self._stop.is_set():  # stop() ran right after this start: it has already stopped the server
+                self._set_up(True)
             return
 
     def _delays(self) -> list[float]:
