@@ -53,6 +53,10 @@ principals:
       - {Effect: Allow, Action: ["invoke", "admin"], Resource: "*"}
   - name: carol
     access_keys: [{id: AKIDCAROL, secret: carol-secret}]
+  - name: dave
+    api_keys: [dave-key-7]
+    policy:
+      - {Effect: Allow, Action: invoke, Resource: "endpoint/housing"}
 """
 X = np.random.default_rng(2).random((1, 64), dtype=np.float32)
 
@@ -228,3 +232,20 @@ def test_secrets_never_in_logs_or_repr(secured: GatewayAddresses, caplog: pytest
 def test_bad_auth_config_is_a_clear_error(raw: dict, why: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(GatewayConfigError, match=why):
         AuthConfig.from_dict(raw)
+
+
+def test_statistics_of_every_model_need_an_invoke_allow(secured: GatewayAddresses) -> None:
+    """/v2/models/stats is authorized like gRPC's ModelStatistics: an Allow for the KServe endpoint, not any key."""
+    import urllib.error
+    import urllib.request
+
+    def get(key: str) -> int:
+        req = urllib.request.Request(f"{secured.http_url}/v2/models/stats", headers={"x-api-key": key})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert get("bob-key-42") == 200  # Allow invoke on *
+    assert get("dave-key-7") == 403  # authenticated, but allowed only the housing endpoint

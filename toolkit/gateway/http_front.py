@@ -200,8 +200,11 @@ class HttpFront:
             if request.method != "GET":
                 raise GatewayError(f"{path} takes GET", status=405, code="ValidationError")
             core.require_up()
-            if path == "/v2/models/stats" and core.auth.enabled:
-                self._auth(request, b"")
+            if path == "/v2/models/stats" and core.auth.enabled:  # every model's statistics: as gRPC, an invoke
+                principal = self._auth(request, b"")  # authorization with no particular TargetModel
+                core.auth.authorize(
+                    principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": ""}
+                )
             f = await core.forward("GET", request.raw_path, None, request.headers)
         except Exception as exc:
             err = to_gateway_error(exc)
