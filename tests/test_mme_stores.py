@@ -320,3 +320,18 @@ def test_cache_concurrent_fetch_shared(tmp_path: Path, store: CountingStore) -> 
     with pytest.raises(ArtifactError, match="not found"):
         cache.get_or_fetch("zzz", store)
     assert "zzz" not in cache
+
+
+def test_s3_limits_and_colliding_keys(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+    """The extraction limits hold before anything is downloaded, for directories and tarballs alike; keys that cannot
+    both be files (`m/config.pbtxt` and `m/config.pbtxt/x`) are a clear ArtifactError, not an OSError."""
+    with pytest.raises(ArtifactError, match="over the limits"):
+        S3Store(s3_bucket, "mme", endpoint_url=s3_endpoint, max_files=1).fetch("dirmodel", tmp_path)
+    with pytest.raises(ArtifactError, match="over the limit of 100"):
+        S3Store(s3_bucket, "mme", endpoint_url=s3_endpoint, max_bytes=100).fetch("resnet", tmp_path)
+    store = S3Store(s3_bucket, "clash", endpoint_url=s3_endpoint)
+    store.client.put_object(Bucket=s3_bucket, Key="clash/m/config.pbtxt", Body=CONFIG % b"m")
+    store.client.put_object(Bucket=s3_bucket, Key="clash/m/config.pbtxt/x", Body=b"x")
+    with pytest.raises(ArtifactError, match="cannot be written as a file here"):
+        store.fetch("m", tmp_path)
+    assert list(tmp_path.iterdir()) == []

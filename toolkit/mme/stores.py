@@ -19,6 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, runtime_checkable
 
 from toolkit.mme.safe_tar import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_FILES,
     TMP_PREFIX,
     ArtifactError,
     ArtifactNotFoundError,
@@ -195,9 +197,15 @@ class S3Store:
         region_name: str | None = None,
         connect_timeout: float = 1.0,
         read_timeout: float = 30.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_files: int = DEFAULT_MAX_FILES,
     ) -> None:
         if not bucket:
             raise ArtifactError("S3 store needs a bucket name")
+        # The same limits as tarball extraction, checked before anything is downloaded: a bucket writer must not be
+        # able to fill the disk with a model "directory" any more than with a tarball bomb.
+        self.max_bytes = max_bytes
+        self.max_files = max_files
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
@@ -293,11 +301,17 @@ class S3Store:
         try:
             if head is not None:
                 total = int(head.get("ContentLength", 0))
+                if total > self.max_bytes:
+                    raise ArtifactError(
+                        f"{self._where(tar_key)}: {total} bytes compressed, over the limit of {self.max_bytes}"
+                    )
                 if progress:
                     progress(0, total)
                 local_tar = tmp / f"{name}.tar.gz"
                 done = self._download(tar_key, local_tar, 0, total, progress)
-                path = extract_model_tarball(local_tar, dest_dir, name=name)
+                path = extract_model_tarball(
+                    local_tar, dest_dir, name=name, max_bytes=self.max_bytes, max_files=self.max_files
+                )
                 version = str(head.get("ETag", "")).strip('"') or str(head.get("LastModified", ""))
                 return FetchResult(path, done, time.monotonic() - start, version)
             return self._fetch_dir(name, dest_dir, tmp, start, progress)
@@ -315,6 +329,11 @@ class S3Store:
                 f"or {self._where(base + 'config.pbtxt')})"
             )
         total = sum(int(o.get("Size", 0)) for o in objects)
+        if len(objects) > self.max_files or total > self.max_bytes:
+            raise ArtifactError(
+                f"{self._where(base)}: {len(objects)} objects, {total} bytes: over the limits "
+                f"({self.max_files} files, {self.max_bytes} bytes)"
+            )
         h = hashlib.sha1()
         model_dir = tmp / name
         done = 0
@@ -327,8 +346,11 @@ class S3Store:
             if rel.is_absolute() or ".." in rel.parts or not rel.parts:
                 raise ArtifactError(f"{self._where(obj['Key'])}: unsafe key (path traversal)")
             out = model_dir.joinpath(*rel.parts)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            done = self._download(obj["Key"], out, done, total, progress)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                done = self._download(obj["Key"], out, done, total, progress)
+            except OSError as exc:  # e.g. keys `m/a` and `m/a/b`: a file where a folder must go
+                raise ArtifactError(f"{self._where(obj['Key'])}: cannot be written as a file here: {exc}") from None
             h.update(f"{rel}:{obj.get('ETag', '')};".encode())
         install_dir(model_dir, dest_dir / name)
         return FetchResult(dest_dir / name, done, time.monotonic() - start, h.hexdigest()[:16])
