@@ -147,6 +147,22 @@ def test_grpc_stream_infer_through_the_gateway(stack: Stack) -> None:
         np.testing.assert_array_equal(r.as_numpy("label"), expected)
 
 
+def test_grpc_stream_errors_keep_their_status(stack: Stack) -> None:
+    """A failure inside the stream (here an unknown model) reaches the client as NOT_FOUND, not CANCELLED."""
+    import queue
+
+    errors: queue.Queue[Any] = queue.Queue()
+    c = grpcclient.InferenceServerClient(stack.main.grpc)
+    c.start_stream(callback=lambda result, error: errors.put(error))
+    i = grpcclient.InferInput("X", list(X.shape), "FP32")
+    i.set_data_from_numpy(X)
+    c.async_stream_infer("no_such_model", [i])
+    err = errors.get(timeout=30)
+    c.stop_stream()
+    c.close()
+    assert err is not None and "NOT_FOUND" in str(err.status()) and "no_such_model" in str(err), err
+
+
 def test_repository_api_only_on_admin_port(stack: Stack) -> None:
     with pytest.raises(InferenceServerException, match="not authorized"):
         httpclient.InferenceServerClient(stack.main.http).unload_model("digits_mlp")

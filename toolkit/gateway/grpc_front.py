@@ -8,6 +8,7 @@ registration is refused (it cannot work across a network hop).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -172,24 +173,41 @@ class GrpcFront:
         assert self.channel is not None
         principal: Principal | None = None
         md = [(k, v) for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)]
-        if core.auth.enabled:
-            principal = core.auth.authenticate("POST", f"/{SERVICE}/ModelStreamInfer", CIMultiDict(md), b"")
+        # A failure inside upstream() (denied, unknown model, load failed) makes grpc cancel the forwarded call, so
+        # the loop below sees CancelledError: the first such error is kept to answer with the status it deserves.
+        failed: list[BaseException] = []
 
         async def upstream() -> AsyncIterator[bytes]:
-            async for req in requests:
-                model = string_field(req, 1)
-                if principal is not None:
-                    core.auth.authorize(
-                        principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
-                    )
-                async with core.models.serving(model, timeout=core.options.load_wait_s):
-                    pass  # each streamed request is an invocation: loaded and counted (the stream outlives it)
-                yield req
+            try:
+                async for req in requests:
+                    model = string_field(req, 1)
+                    if principal is not None:
+                        core.auth.authorize(
+                            principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
+                        )
+                    # each streamed request is an invocation: loaded and counted. The in-flight hold ends here, so a
+                    # model may be evicted while a streamed request is still inside Triton (which then errors).
+                    async with core.models.serving(model, timeout=core.options.load_wait_s):
+                        pass
+                    yield req
+            except Exception as exc:
+                failed.append(exc)
+                raise
 
         try:
+            if core.auth.enabled:
+                principal = core.auth.authenticate("POST", f"/{SERVICE}/ModelStreamInfer", CIMultiDict(md), b"")
             call = self.channel.stream_stream(f"/{SERVICE}/ModelStreamInfer")(upstream())
-            async for resp in call:
-                yield resp
+            try:
+                async for resp in call:
+                    yield resp
+            except asyncio.CancelledError:
+                if not failed:
+                    raise  # the client went away
+                err = to_gateway_error(failed[0])
+                await context.abort(_grpc_code(err), err.message)
+        except grpc.aio.AbortError:
+            raise  # already answered with its status
         except grpc.aio.AioRpcError as exc:
             await context.abort(exc.code(), exc.details() or "")
         except PayloadTooLargeError as exc:
