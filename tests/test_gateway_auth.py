@@ -7,6 +7,8 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,10 +212,17 @@ def test_api_keys_for_tritonclient_and_admin_scope(secured: GatewayAddresses) ->
 def test_secrets_never_in_logs_or_repr(secured: GatewayAddresses, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     _code(lambda: _sm(secured, "AKIDALICE", "wrong-secret").invoke_endpoint(EndpointName="housing", Body=b"{}"))
+    _code(lambda: _sm(secured, "AKIDALICE", ALICE_SECRET).invoke_endpoint(EndpointName="housing", Body=b"{}"))
+    req = urllib.request.Request(f"{secured.http_url}/v2/models/stats", headers={"x-api-key": "guess-key-123"})
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(req, timeout=10)
+    assert "guess-key-123" not in denied.value.read().decode()
+    assert "authentication failed" in caplog.text  # the audit log has content: the assertions below can fail
     cfg = AuthConfig.from_dict(
         {"principals": [{"name": "z", "api_keys": ["sekrit-key"], "access_keys": [{"id": "A", "secret": "sekrit"}]}]}
     )
-    assert "sekrit" not in repr(cfg) and "sekrit" not in caplog.text and ALICE_SECRET not in caplog.text
+    assert "sekrit" not in repr(cfg) and "sekrit" not in caplog.text
+    assert ALICE_SECRET not in caplog.text and "wrong-secret" not in caplog.text and "guess-key-123" not in caplog.text
 
 
 @pytest.mark.parametrize(

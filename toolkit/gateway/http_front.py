@@ -7,6 +7,7 @@ header of intermediate responses, to feed one step's outputs to the next step as
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -14,10 +15,19 @@ from aiohttp import web
 
 from toolkit.gateway.auth import INVOKE, Principal
 from toolkit.gateway.core import KSERVE_ENDPOINT, Forwarded, GatewayCore, to_gateway_error, triton_message
-from toolkit.gateway.errors import GatewayError, ModelError, NotFoundError, PayloadTooLargeError, ValidationError
+from toolkit.gateway.errors import (
+    AuthError,
+    GatewayError,
+    ModelError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ValidationError,
+)
 
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
 
 
 def kserve_error(err: GatewayError) -> web.Response:
@@ -146,7 +156,13 @@ class HttpFront:
 
     def _auth(self, request: web.Request, body: bytes) -> Principal:
         a = self.core.auth
-        return a.authenticate(request.method, request.raw_path, request.headers, body) if a.enabled else _ANON
+        if not a.enabled:
+            return _ANON
+        try:
+            return a.authenticate(request.method, request.raw_path, request.headers, body)
+        except AuthError as exc:  # an audit line for operators: the reason and the path, never a key or secret
+            log.info("authentication failed for %s %s: %s (%s)", request.method, request.path, exc.message, exc.code)
+            raise
 
     # -- KServe v2 -----------------------------------------------------------------------------------------------------
     async def kserve_model(self, request: web.Request) -> web.Response:
