@@ -37,6 +37,8 @@ def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], dict
             pytest.fail(f"serve exited early: {proc.wait()} {seen}")
         if m := re.search(r"triton\s+http (\S+)", line):
             seen["triton"] = m.group(1)
+        if m := re.search(r"\(log (\S+)\)", line):
+            seen["work"] = m.group(1)
         if m := re.search(r"gateway\s+http (\S+)", line):
             seen["gateway"] = m.group(1)
         if "serving; Ctrl-C to stop" in line:
@@ -74,6 +76,7 @@ def test_serve_through_the_gateway_then_ctrl_c(tmp_path: Path) -> None:
             assert "tritonctl_LoadedModelCount 1" in r.read().decode()
     finally:
         _stop(proc, signal.SIGINT)
+    assert not Path(seen["work"]).exists()  # its own temporary work directory is removed after a clean stop
 
 
 def test_serve_load_all_without_gateway_then_sigterm(tmp_path: Path) -> None:

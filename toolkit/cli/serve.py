@@ -6,6 +6,7 @@ registers as ``app.command("serve")(serve_command)``. Ctrl-C or SIGTERM stops th
 
 from __future__ import annotations
 
+import shutil
 import signal
 import tempfile
 import threading
@@ -89,27 +90,37 @@ def serve(
     from toolkit.gateway.server import Gateway, GatewayThread
     from toolkit.server import EmbeddedTriton, ServerOptions, Supervisor, TritonEndpoint
 
-    endpoints = []
-    if manifest is not None:
-        from toolkit.repository.generate import generate_repository
-        from toolkit.spec import load_manifest
+    # One work directory (generated repository, Triton's log): ours unless --workdir, removed after a clean stop and
+    # kept (and named) after a failure, when its log is what explains it.
+    own_work = workdir is None
+    work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="tritonctl-serve-"))
+    clean = False
+    try:  # options and manifest first: a mistake here must not leave an empty work directory behind
+        endpoints: list[Any] = []
+        if manifest is not None:
+            from toolkit.repository.generate import generate_repository
+            from toolkit.spec import load_manifest
 
-        spec = load_manifest(manifest)
-        endpoints = list(spec.endpoints)
+            spec = load_manifest(manifest)
+            endpoints = list(spec.endpoints)
+            if repository is None and url is None:
+                repository = work / "model_repository"
+                report = generate_repository(spec, repository)
+                echo(f"generated {repository}: {report.summary()}")
         if repository is None and url is None:
-            repository = Path(workdir or tempfile.mkdtemp(prefix="tritonctl-serve-")) / "model_repository"
-            report = generate_repository(spec, repository)
-            echo(f"generated {repository}: {report.summary()}")
-    if repository is None and url is None:
-        raise ServeError("give a model repository DIR, --manifest FILE, or --url of a running Triton")
-    loads = load or ["none"]
-    if loads == ["all"]:
-        loads = ["*"]
-    elif loads == ["none"]:
-        loads = []
-    elif "all" in loads or "none" in loads:
-        raise ServeError("--load takes all, none, or model names (not a mix)")
-    auth_cfg = AuthConfig.load(auth) if auth else AuthConfig()
+            raise ServeError("give a model repository DIR, --manifest FILE, or --url of a running Triton")
+        loads = load or ["none"]
+        if loads == ["all"]:
+            loads = ["*"]
+        elif loads == ["none"]:
+            loads = []
+        elif "all" in loads or "none" in loads:
+            raise ServeError("--load takes all, none, or model names (not a mix)")
+        auth_cfg = AuthConfig.load(auth) if auth else AuthConfig()
+    except BaseException:
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
     stop = stop_event or threading.Event()
     previous: dict[int, Any] = {}
@@ -124,7 +135,6 @@ def serve(
             echo(f"using Triton at {endpoint.http_url}")
         else:
             assert repository is not None
-            work = workdir or Path(tempfile.mkdtemp(prefix="tritonctl-serve-"))
             options = ServerOptions(
                 repository=repository,
                 # Behind the gateway, Triton (no auth, repository API, shared memory) stays on loopback whatever
@@ -169,6 +179,7 @@ def serve(
         echo("serving; Ctrl-C to stop")
         while not stop.wait(0.5):
             pass
+        clean = True
     finally:
         if runner is not None:
             runner.stop()
@@ -176,6 +187,10 @@ def serve(
             supervisor.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if own_work and clean:
+            shutil.rmtree(work, ignore_errors=True)
+        elif own_work:
+            echo(f"work directory kept for inspection: {work}")
         echo("stopped")
 
 
