@@ -335,3 +335,34 @@ def test_s3_limits_and_colliding_keys(s3_endpoint: str, s3_bucket: str, tmp_path
     with pytest.raises(ArtifactError, match="cannot be written as a file here"):
         store.fetch("m", tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_cache_shares_a_failed_fetch(tmp_path: Path) -> None:
+    """Concurrent callers share one fetch when it fails too: one store call, every caller gets the error."""
+    import threading
+
+    class SlowBrokenStore(LocalStore):
+        calls = 0
+
+        def fetch(self, name, dest_dir, progress=None):  # type: ignore[no-untyped-def, override]
+            SlowBrokenStore.calls += 1
+            time.sleep(0.3)
+            raise ArtifactError(f"artifact {name!r} is corrupt")
+
+    (tmp_path / "src").mkdir()
+    cache = DiskCache(tmp_path / "cache", capacity_bytes=10_000)
+    errors: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            cache.get_or_fetch("m", SlowBrokenStore(tmp_path / "src"))
+        except ArtifactError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=get) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert SlowBrokenStore.calls == 1 and len(errors) == 5
+    assert all("corrupt" in str(e) for e in errors)

@@ -47,6 +47,16 @@ def _dir_size(path: Path) -> int:
     return total
 
 
+class _Flight:
+    """One fetch in progress: waiters block on ``done`` and share its ``error`` when it fails."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 class DiskCache:
     """Thread-safe LRU cache of model directories under ``root`` with a byte capacity."""
 
@@ -61,7 +71,7 @@ class DiskCache:
         self._last_used: dict[str, float] = {}
         self._versions: dict[str, str | None] = {}
         self._pins: dict[str, int] = {}
-        self._inflight: dict[str, threading.Event] = {}
+        self._inflight: dict[str, _Flight] = {}
         self.evictions = 0
         self._scan()
 
@@ -145,11 +155,13 @@ class DiskCache:
                     if pin:
                         self._pins[name] = self._pins.get(name, 0) + 1
                     return self.root / name
-                event = self._inflight.get(name)
-                if event is None:
-                    event = self._inflight[name] = threading.Event()
+                flight = self._inflight.get(name)
+                if flight is None:
+                    flight = self._inflight[name] = _Flight()
                     break
-            event.wait()  # another thread is fetching it; then re-check (it may have failed)
+            flight.done.wait()  # another thread is fetching it
+            if flight.error is not None:
+                raise flight.error  # its failure is ours too: one fetch per burst, failed or not
         try:
             result = store.fetch(name, self.root)
             size = _dir_size(result.path)
@@ -167,9 +179,12 @@ class DiskCache:
                     self._delete(name)
                     raise
             return self.root / name
+        except BaseException as exc:
+            flight.error = exc
+            raise
         finally:
             with self._lock:
-                self._inflight.pop(name).set()
+                self._inflight.pop(name).done.set()
 
     def _make_room(self, keep: str) -> None:
         used = sum(self._sizes.values())
