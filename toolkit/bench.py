@@ -12,6 +12,14 @@ import time
 from pathlib import Path
 
 PY = sys.executable
+
+
+def _calibration(protocol: str, processes: str) -> list[str]:
+    """The load-test driver against perf_analyzer, paired rounds, appended to docs/benchmarks/loadtest.md."""
+    return [PY, "-m", "toolkit.loadtest.calibrate", "--duration", "8", "--rounds", "3", "--protocol", protocol,
+            "--processes", processes, "--output", "docs/benchmarks/loadtest.md"]  # fmt: skip
+
+
 BENCHES: dict[str, list[str]] = {
     "foundation": [PY, "-m", "toolkit.server.bench", "10"],
     "ensembles": [PY, "-m", "toolkit.ensembles.bench", "--duration", "10", "--output", "docs/benchmarks/ensembles.md"],
@@ -54,36 +62,8 @@ BENCHES: dict[str, list[str]] = {
     ],
     "mme-cold-start": [PY, "-m", "toolkit.mme.bench", "--json", "reports/bench/mme.json"],
     "gateway": [PY, "-m", "toolkit.gateway.bench", "--seconds", "3", "--rounds", "3"],
-    "loadtest-calibration-http": [
-        PY,
-        "-m",
-        "toolkit.loadtest.calibrate",
-        "--duration",
-        "8",
-        "--rounds",
-        "3",
-        "--protocol",
-        "http",
-        "--processes",
-        "1,2",
-        "--output",
-        "docs/benchmarks/loadtest.md",
-    ],
-    "loadtest-calibration-grpc": [
-        PY,
-        "-m",
-        "toolkit.loadtest.calibrate",
-        "--duration",
-        "8",
-        "--rounds",
-        "3",
-        "--protocol",
-        "grpc",
-        "--processes",
-        "1",
-        "--output",
-        "docs/benchmarks/loadtest.md",
-    ],
+    "loadtest-calibration-http": _calibration("http", "1,2"),
+    "loadtest-calibration-grpc": _calibration("grpc", "1"),
 }
 
 
