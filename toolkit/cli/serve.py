@@ -42,7 +42,8 @@ def _make_manager(endpoint: Any, repository: Path | None, **kw: Any) -> Any:
     if repository is None:
         if any(v is not None for v in kw.values()):
             raise ServeError(
-                "--store/--max-models/--memory-budget/--policy need a model repository DIR that Triton reads"
+                "--store/--max-models/--memory-budget/--gpu-memory-fraction/--policy need a model repository DIR that "
+                "Triton reads"
             )
         return None
     store = None
@@ -56,6 +57,7 @@ def _make_manager(endpoint: Any, repository: Path | None, **kw: Any) -> Any:
         store=store,
         max_models=kw.get("max_models"),
         memory_budget_bytes=kw.get("memory_budget_bytes"),
+        gpu_memory_fraction=kw.get("gpu_memory_fraction"),
         policy=kw.get("policy") or "lru",
         load_timeout=kw.get("load_timeout") or DEFAULT_LOAD_TIMEOUT,
     )
@@ -77,6 +79,7 @@ def serve(
     store: str | None = None,
     max_models: int | None = None,
     memory_budget: str | None = None,
+    gpu_memory_fraction: float | None = None,
     policy: str = "lru",
     auth: Path | None = None,
     host: str = "127.0.0.1",
@@ -117,6 +120,8 @@ def serve(
         elif "all" in loads or "none" in loads:
             raise ServeError("--load takes all, none, or model names (not a mix)")
         auth_cfg = AuthConfig.load(auth) if auth else AuthConfig()
+        if gpu_memory_fraction is not None and not 0 < gpu_memory_fraction <= 1:
+            raise ServeError(f"--gpu-memory-fraction must be in (0, 1], got {gpu_memory_fraction}")
     except BaseException:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
@@ -157,6 +162,7 @@ def serve(
                 store=store,
                 max_models=max_models,
                 memory_budget_bytes=parse_size(memory_budget) if memory_budget else None,
+                gpu_memory_fraction=gpu_memory_fraction,
                 policy=policy if policy != "lru" else None,
             )
             gopts = GatewayOptions(
@@ -209,6 +215,9 @@ def serve_command(
     store: str | None = typer.Option(None, "--store", help="MME artifact store: a directory or s3://bucket/prefix"),
     max_models: int | None = typer.Option(None, "--max-models", help="MME: most models resident at once"),
     memory_budget: str | None = typer.Option(None, "--memory-budget", help="MME: memory for resident models (8GiB)"),
+    gpu_memory_fraction: float | None = typer.Option(
+        None, "--gpu-memory-fraction", help="MME: share of the GPU memory Triton reports for resident models (0-1]"
+    ),
     policy: str = typer.Option("lru", "--policy", help="MME eviction policy: lru or gdsf"),
     auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
     host: str = typer.Option(
@@ -233,6 +242,7 @@ def serve_command(
         store=store,
         max_models=max_models,
         memory_budget=memory_budget,
+        gpu_memory_fraction=gpu_memory_fraction,
         policy=policy,
         auth=auth,
         host=host,

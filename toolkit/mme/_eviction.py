@@ -4,6 +4,10 @@ Triton's unload is asynchronous (a python model lingers ~1 s in UNLOADING), and 
 differently: for the *count* budget an unloading model no longer counts (Triton will not refuse the next load), for
 the *byte* budget its memory counts until Triton reports it gone (its stub process still holds the RAM). A load that
 only needs the unloads already under way to finish waits for them instead of evicting more models than necessary.
+
+A GPU budget (``gpu``, a ``GpuMeter`` set once the manager has read the GPUs at start) is a third, independent check
+with the byte budget's rules: the GPU bytes charged to each model are reserved at admission and count until Triton
+reports the model gone. Every unload is noted on the meter, since it makes a GPU measurement window ambiguous.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from toolkit.mme._residency import Entry, Residency, State
 from toolkit.mme._triton import TritonRepository
 from toolkit.mme.errors import ModelLoadError, NoCapacityError
+from toolkit.mme.gpu import GpuMeter
 from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.policies import EvictionPolicy
 
@@ -25,8 +30,9 @@ UNLOAD_GIVE_UP_S = 60.0  # an unload Triton never confirms is treated as done af
 
 
 class Evictor:
-    """Keeps the resident set within ``max_models`` / ``memory_budget_bytes`` by unloading idle, unpinned models in
-    the policy's order; a model with requests in flight or pinned by a loaded ensemble is never chosen."""
+    """Keeps the resident set within ``max_models`` / ``memory_budget_bytes`` / the GPU budget by unloading idle,
+    unpinned models in the policy's order; a model with requests in flight or pinned by a loaded ensemble is never
+    chosen."""
 
     def __init__(
         self,
@@ -54,6 +60,7 @@ class Evictor:
         self._admit = asyncio.Lock()
         self._unloading: dict[str, tuple[Entry, asyncio.Future[None], float]] = {}
         self._watching = False
+        self.gpu: GpuMeter | None = None  # the GPU budget, once read at start
 
     # ----------------------------------------------------------------------------------------------- budget ---
     def resident_count(self, exclude: str = "") -> int:
@@ -72,30 +79,62 @@ class Evictor:
             if e.name != exclude and (e.state in held or (e.state is State.LOADING and e.reserved))
         )
 
-    def fits(self, e: Entry, size: int, *, unloading: bool = True) -> bool:
+    def resident_gpu_bytes(self, exclude: str = "", *, unloading: bool = True) -> int:
+        """GPU bytes charged to held models (0 without a GPU budget); ``unloading`` as in ``resident_bytes``."""
+        if self.gpu is None:
+            return 0
+        held = (State.READY, State.UNLOADING) if unloading else (State.READY,)
+        sizes = self.gpu.sizes
+        return sum(
+            sizes.get(e.name, 0)
+            for e in self._res.entries.values()
+            if e.name != exclude and (e.state in held or (e.state is State.LOADING and e.reserved))
+        )
+
+    def fits(self, e: Entry, size: int, *, unloading: bool = True, gpu_size: int = 0) -> bool:
         if self.max_models is not None and self.resident_count(e.name) + 1 > self.max_models:
             return False
         budget = self.memory_budget_bytes
-        return budget is None or self.resident_bytes(e.name, unloading=unloading) + size <= budget
+        if budget is not None and self.resident_bytes(e.name, unloading=unloading) + size > budget:
+            return False
+        gpu = self.gpu
+        return gpu is None or self.resident_gpu_bytes(e.name, unloading=unloading) + gpu_size <= gpu.budget_bytes
 
-    async def make_room(self, e: Entry, size: int) -> None:
-        """Evict until ``e`` (needing ``size`` bytes) fits, then reserve its place; NoCapacityError after the load
-        timeout when everything resident stays busy or pinned."""
+    def within_budgets(self, *, unloading: bool = True) -> bool:
+        """Whether what is held (``unloading=False``: once the unloads under way finish) fits the byte and GPU
+        budgets."""
+        budget = self.memory_budget_bytes
+        if budget is not None and self.resident_bytes(unloading=unloading) > budget:
+            return False
+        return self.gpu is None or self.resident_gpu_bytes(unloading=unloading) <= self.gpu.budget_bytes
+
+    async def make_room(self, e: Entry, size: int, gpu_size: int = 0) -> None:
+        """Evict until ``e`` (needing ``size`` bytes, and ``gpu_size`` GPU bytes) fits, then reserve its place;
+        NoCapacityError after the load timeout when everything resident stays busy or pinned."""
         if self.memory_budget_bytes is not None and size > self.memory_budget_bytes:
             raise ModelLoadError(e.name, f"needs {size} bytes, more than the whole budget {self.memory_budget_bytes}")
+        if self.gpu is not None and gpu_size > self.gpu.budget_bytes:
+            raise ModelLoadError(
+                e.name, f"needs {gpu_size} GPU bytes, more than the whole GPU budget {self.gpu.budget_bytes}"
+            )
         deadline = time.monotonic() + self._load_timeout
         async with self._admit:
             await self._evict_until(
-                lambda: self.fits(e, size), deadline, e, eventually=lambda: self.fits(e, size, unloading=False)
+                lambda: self.fits(e, size, gpu_size=gpu_size),
+                deadline,
+                e,
+                eventually=lambda: self.fits(e, size, unloading=False, gpu_size=gpu_size),
             )
+            if self.gpu is not None:
+                self.gpu.sizes[e.name] = gpu_size
             e.reserved = True
 
     async def trim_to_budget(self) -> None:
-        """Footprints were re-measured and may exceed the byte budget now: evict idle models, never wait for busy."""
-        budget = self.memory_budget_bytes
-        if budget is not None and self.resident_bytes() > budget:
+        """Footprints were re-measured and may exceed a budget now: evict idle models, never wait for busy ones."""
+        if not self.within_budgets():
             async with self._admit:
-                await self._evict_until(lambda: self.resident_bytes() <= budget)
+                # Stop once the unloads under way suffice: a model still UNLOADING is not a reason to evict more.
+                await self._evict_until(self.within_budgets, eventually=lambda: self.within_budgets(unloading=False))
 
     async def _evict_until(
         self,
@@ -135,6 +174,8 @@ class Evictor:
         """Ask Triton to unload; the entry is UNLOADING (with a Future) until Triton reports the model gone."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         e.state, e.future = State.UNLOADING, fut
+        if self.gpu is not None:
+            self.gpu.note_unload()
         self._policy.on_evict(e.name)
         self._res.unpin_composing(e)
         t0 = time.monotonic()
@@ -170,6 +211,8 @@ class Evictor:
 
     def _finish_unload(self, e: Entry, fut: asyncio.Future[None]) -> None:
         e.state, e.future = State.UNLOADED, None
+        if self.gpu is not None:
+            self.gpu.note_unload()
         self._on_unloaded(e)
         if not fut.done():
             fut.set_result(None)

@@ -4,6 +4,10 @@ Each model has at most one operation in progress, a Future in ``Entry.future``; 
 the same Future, so N concurrent cold requests cause one fetch and one load, and a failure reaches every waiter. A
 failed model stays FAILED for an exponential backoff, then the next request retries: a broken artifact must not turn
 every request into a fresh download. Blocking work (store fetches, tar extraction, psutil) goes to threads.
+
+With a GPU budget, each Triton load runs inside a ``GpuMeter`` window (serialised: one at a time) so its GPU
+footprint is the delta of device-wide used memory; the window closes in the background after the model is READY,
+so a cold request never waits for the measurement, only the next load does.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from toolkit.mme.errors import (
     ModelNotFoundError,
     NoCapacityError,
 )
-from toolkit.mme.footprint import declared_bytes, stub_rss
+from toolkit.mme.footprint import DEFAULT_GPU_MODEL_BYTES, declared_bytes, declared_gpu_bytes, stub_rss
+from toolkit.mme.gpu import GpuMeter, GpuWindow
 from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.policies import EvictionPolicy
 from toolkit.mme.safe_tar import TMP_PREFIX, ArtifactError, ArtifactNotFoundError, install_dir
@@ -106,6 +111,7 @@ class Loader:
         load_timeout: float,
         spawn: Callable[[Coroutine[Any, Any, Any]], None],
         acquire: Callable[[str, float | None], Awaitable[Entry]],
+        default_gpu_model_bytes: int = DEFAULT_GPU_MODEL_BYTES,
     ) -> None:
         self._res = residency
         self._triton = triton
@@ -127,6 +133,8 @@ class Loader:
         self.measured: dict[str, int] = {}  # stub RSS of models seen loaded: the best estimate for the next load
         self.measure_delay = 0.5
         self._measuring = False
+        self.default_gpu_model_bytes = default_gpu_model_bytes
+        self.gpu: GpuMeter | None = None  # the GPU budget, once read at start
 
     # -------------------------------------------------------------------------------------------- waiting ---
     async def wait_ready(self, e: Entry, deadline: float) -> None:
@@ -162,11 +170,22 @@ class Loader:
                 d.pinned_by.add(name)
             # An ensemble holds no memory of its own: its composing models are counted (and pinned) separately.
             size = self.declared_sizes.get(name, 0) if e.composing else self.estimate(name)
-            await self._evictor.make_room(e, size)
+            gpu_size = 0 if e.composing or self.gpu is None else self.estimate_gpu(name)
+            await self._evictor.make_room(e, size, gpu_size)
             e.size_bytes = size
             registered = True
+            # Only a measured load opens a window (an ensemble holds nothing of its own on the GPU).
+            meter = self.gpu if self.measure_footprint and not e.composing else None
+            window = await meter.begin(name) if meter is not None else None
             t0 = time.monotonic()
-            await self._triton.load(name)
+            try:
+                await self._triton.load(name)
+            except BaseException:
+                if meter is not None:
+                    meter.abandon()
+                raise
+            if window is not None:
+                self._spawn(self._measure_gpu(e, window))
             seconds = time.monotonic() - t0
             self._metrics.loading.observe(seconds)
             e.state, e.reserved, e.loads, e.failures, e.error = State.READY, False, e.loads + 1, 0, None
@@ -207,6 +226,8 @@ class Loader:
         e.reserved = False
         if registered:
             await self._triton.unload_quietly(e.name)
+            if self.gpu is not None:
+                self.gpu.note_unload()
         self.release_files(e, failed=True)
         self._res.unpin_composing(e)
 
@@ -254,6 +275,30 @@ class Loader:
         if self.measured:
             return int(sum(self.measured.values()) / len(self.measured))
         return self.default_model_bytes
+
+    def estimate_gpu(self, name: str) -> int:
+        """GPU bytes a model will hold: measured before > declared (``tritonctl.gpu_memory_bytes``) > mean of the
+        measured models > default. Conservative until measured: a CPU-only model measures 0 on its first load."""
+        gpu = self.gpu
+        if gpu is not None and name in gpu.measured:
+            return gpu.measured[name]
+        declared = declared_gpu_bytes(self.repository / name)
+        if declared is not None:
+            return declared
+        if gpu is not None and gpu.measured:
+            return int(sum(gpu.measured.values()) / len(gpu.measured))
+        return self.default_gpu_model_bytes
+
+    async def _measure_gpu(self, e: Entry, window: GpuWindow) -> None:
+        """Close ``e``'s window; an attributable delta replaces the estimate (and may trim or free the budget)."""
+        assert self.gpu is not None
+        delta = await self.gpu.finish(window)
+        if delta is None:
+            return
+        if e.state is State.READY and e.future is None:
+            self.gpu.sizes[e.name] = delta
+        self._res.notify()  # a smaller footprint may admit a waiting load
+        await self._evictor.trim_to_budget()
 
     async def measure_now(self, names: list[str]) -> None:
         """Measure models found already loaded at start-up (nothing else is running yet, so no delay)."""

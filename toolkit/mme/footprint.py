@@ -3,7 +3,8 @@
 Triton's ``nv_cpu_memory_used_bytes`` reads 0 for python-backend models, so the footprint of a model is the resident
 set size of its ``triton_python_backend_stub`` processes (one per instance), found by the model directory in their
 command line (``<repo>/<name>/<version>/model.py``). When no stub is found (an ensemble, a native backend, a remote
-Triton) the declared size is used: the ``tritonctl.memory_bytes`` parameter of config.pbtxt, or a default.
+Triton) the declared size is used: the ``tritonctl.memory_bytes`` parameter of config.pbtxt, or a default. The GPU
+footprint (``toolkit.mme.gpu``) falls back the same way on ``tritonctl.gpu_memory_bytes``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ import psutil
 
 STUB_NAME = "triton_python_backend_stub"
 DEFAULT_MODEL_BYTES = 64 * 1024**2
+# A GPU model's first load, before anything is measured or declared: a CUDA context alone is a few hundred MiB.
+DEFAULT_GPU_MODEL_BYTES = 512 * 1024**2
 _MEMORY_PARAM = re.compile(
     r'key:\s*"tritonctl\.memory_bytes"\s*value:?\s*\{\s*string_value:\s*"(\d+)"\s*\}', re.MULTILINE
+)
+_GPU_MEMORY_PARAM = re.compile(
+    r'key:\s*"tritonctl\.gpu_memory_bytes"\s*value:?\s*\{\s*string_value:\s*"(\d+)"\s*\}', re.MULTILINE
 )
 
 
@@ -48,14 +54,20 @@ def stub_rss(repository: Path, names: Iterable[str] | None = None) -> dict[str, 
     return sizes
 
 
-def declared_bytes(model_dir: Path) -> int | None:
-    """The ``tritonctl.memory_bytes`` parameter of ``model_dir/config.pbtxt``, if the model declares one."""
+def declared_bytes(model_dir: Path, *, gpu: bool = False) -> int | None:
+    """The ``tritonctl.memory_bytes`` (``gpu``: ``tritonctl.gpu_memory_bytes``) parameter of
+    ``model_dir/config.pbtxt``, if the model declares one."""
     try:
         text = (Path(model_dir) / "config.pbtxt").read_text()
     except OSError:
         return None
-    m = _MEMORY_PARAM.search(text)
+    m = (_GPU_MEMORY_PARAM if gpu else _MEMORY_PARAM).search(text)
     return int(m.group(1)) if m else None
+
+
+def declared_gpu_bytes(model_dir: Path) -> int | None:
+    """The ``tritonctl.gpu_memory_bytes`` parameter of ``model_dir/config.pbtxt`` (GPU bytes the model holds)."""
+    return declared_bytes(model_dir, gpu=True)
 
 
 def parse_size(text: str) -> int:

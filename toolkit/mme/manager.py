@@ -9,6 +9,9 @@ This module is the public face (see notes/MME_CONTRACT.md); the work is split by
 ``_residency`` (per-model records, in-flight counts, pins, the change signal), ``_loading`` (single flight, fetch,
 Triton load, backoff, footprints), ``_eviction`` (budgets, victims, asynchronous unloads) and ``_triton`` (the
 repository API with one error mapping).
+
+``gpu_memory_fraction`` adds a GPU budget (``toolkit.mme.gpu``): fraction x the total memory of the GPUs that Triton
+reports, read once by ``start`` before anything else is touched, so a Triton without a GPU fails cleanly.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from toolkit.mme._residency import Entry, ModelState, Residency, State
 from toolkit.mme._triton import TritonRepository
 from toolkit.mme.diskcache import DiskCache
 from toolkit.mme.errors import ArtifactFetchError, ManagerConfigError, ModelNotFoundError, ModelPinnedError
-from toolkit.mme.footprint import DEFAULT_MODEL_BYTES
+from toolkit.mme.footprint import DEFAULT_GPU_MODEL_BYTES, DEFAULT_MODEL_BYTES
+from toolkit.mme.gpu import GpuMeter, GpuReader, check_fraction, gpu_budget_bytes, open_gpu_reader
 from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.policies import EvictionPolicy, PolicyError, make_policy
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
@@ -61,16 +65,21 @@ class ModelManager:
         backoff: tuple[float, float] = (0.5, 30.0),
         measure_footprint: bool = True,
         listing_refresh_s: float = 30.0,
+        gpu_reader: GpuReader | None = None,
+        default_gpu_model_bytes: int = DEFAULT_GPU_MODEL_BYTES,
     ) -> None:
+        """``gpu_reader``: where GPU readings come from (default: Triton's metrics endpoint, or NVML for the same
+        GPUs when ``pynvml`` is importable; see ``toolkit.mme.gpu.open_gpu_reader``)."""
         if max_models is not None and max_models < 1:
             raise ManagerConfigError(f"max_models must be >= 1, got {max_models}")
         if memory_budget_bytes is not None and memory_budget_bytes <= 0:
             raise ManagerConfigError(f"memory budget must be positive, got {memory_budget_bytes}")
         if gpu_memory_fraction is not None:
-            raise ManagerConfigError(
-                "--gpu-memory-fraction needs a GPU build of Triton (nv_gpu_memory_used_bytes); this embedded Triton "
-                "is CPU-only: use --memory-budget"
-            )
+            check_fraction(gpu_memory_fraction)
+        if default_gpu_model_bytes < 0:
+            raise ManagerConfigError(f"default_gpu_model_bytes must be >= 0, got {default_gpu_model_bytes}")
+        self.gpu_memory_fraction = gpu_memory_fraction
+        self._gpu_reader = gpu_reader
         if load_timeout <= 0:
             raise ManagerConfigError(f"load_timeout must be positive, got {load_timeout}")
         try:
@@ -122,6 +131,7 @@ class ModelManager:
             load_timeout=load_timeout,
             spawn=self._spawn,
             acquire=self._acquire,
+            default_gpu_model_bytes=default_gpu_model_bytes,
         )
 
     # Settings fixed at construction live in the collaborators; these read them back (and tests tune the delay).
@@ -132,6 +142,15 @@ class ModelManager:
     @property
     def memory_budget_bytes(self) -> int | None:
         return self._evictor.memory_budget_bytes
+
+    @property
+    def gpu(self) -> GpuMeter | None:
+        """The GPU budget and footprints (charged ``sizes``, ``measured`` deltas); None without a GPU budget."""
+        return self._evictor.gpu
+
+    @property
+    def gpu_budget_bytes(self) -> int | None:
+        return self._evictor.gpu.budget_bytes if self._evictor.gpu is not None else None
 
     @property
     def measure_delay(self) -> float:
@@ -148,7 +167,10 @@ class ModelManager:
 
     # ------------------------------------------------------------------------------------------ lifecycle ---
     async def start(self) -> None:
-        """Connect, adopt the models Triton already has loaded, and cache the store's listing."""
+        """Read the GPU budget (if any), connect, adopt the models Triton already has loaded, and cache the store's
+        listing. The GPU comes first: a Triton without one raises ``GpuUnavailableError`` with nothing started."""
+        if self.gpu_memory_fraction is not None and self._evictor.gpu is None:
+            await self._start_gpu(self.gpu_memory_fraction)
         self._loop = asyncio.get_running_loop()
         self._triton.open()
         await self._resync()
@@ -157,6 +179,22 @@ class ModelManager:
         await self.refresh_listing()
         if self.store is not None and self.listing_refresh_s > 0:
             self._spawn(self._refresh_forever())
+
+    async def _start_gpu(self, fraction: float) -> None:
+        reader = self._gpu_reader
+        if reader is None:
+            host = self.endpoint.metrics.rpartition(":")[0].strip("[]")
+            local = host in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+            reader = await asyncio.to_thread(open_gpu_reader, self.endpoint.metrics_url, local=local)
+        readings = await asyncio.to_thread(reader.read)
+        budget = gpu_budget_bytes(fraction, readings)
+        meter = GpuMeter(reader, budget, sum(r.total for r in readings.values()))
+        self._evictor.gpu = self._loader.gpu = meter
+        self.metrics.gpu_budget.set(float(budget))
+        log.info(
+            "GPU budget %d bytes (%.2f x %d bytes on %d GPU(s), read from %s)",
+            budget, fraction, meter.total_bytes, len(readings), reader.source,
+        )  # fmt: skip
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -188,6 +226,8 @@ class ModelManager:
             self._loop.call_soon_threadsafe(self._forget_resident)
 
     def _forget_resident(self) -> None:
+        if self._evictor.gpu is not None:
+            self._evictor.gpu.note_unload()
         for e in self._res.entries.values():
             if e.state is State.READY:
                 e.state = State.UNLOADED
@@ -209,11 +249,15 @@ class ModelManager:
             if e.state is not State.READY and e.future is None:
                 e.state = State.READY
                 e.size_bytes = e.size_bytes or self._loader.estimate(name)
+                if self._evictor.gpu is not None:  # adopted: never measured here, so charged its estimate
+                    self._evictor.gpu.sizes.setdefault(name, self._loader.estimate_gpu(name))
                 self.policy.on_load(name, self._res.now(), e.size_bytes, 0.0)
         for e in self._res.entries.values():
             if e.state is State.READY and e.name not in ready:
                 e.state = State.UNLOADED
                 self.policy.on_evict(e.name)
+                if self._evictor.gpu is not None:
+                    self._evictor.gpu.note_unload()
         self._res.update_gauges()
         self._res.notify()
 
@@ -239,7 +283,19 @@ class ModelManager:
 
     def metrics_text(self) -> str:
         self._res.update_gauges()
+        self._update_gpu_gauges()
         return self.metrics.render()
+
+    def _update_gpu_gauges(self) -> None:
+        gpu = self._evictor.gpu
+        if gpu is None:
+            return
+        self.metrics.gpu_resident.set(float(self._evictor.resident_gpu_bytes()))
+        for e in self._res.entries.values():
+            if e.state is State.READY:
+                self.metrics.gpu_memory.set(float(gpu.sizes.get(e.name, 0)), model=e.name)
+            elif self.metrics.gpu_memory.get(model=e.name):
+                self.metrics.gpu_memory.set(0.0, model=e.name)
 
     # ------------------------------------------------------------------------------------------ requests ---
     async def ensure_loaded(self, name: str, timeout: float | None = None) -> None:

@@ -105,6 +105,15 @@ class MMEMetrics:
         self.disk_bytes = LabeledCounter(f"{p}DiskCacheBytes", "Bytes held by the artifact disk cache", "gauge")
         self.memory = LabeledCounter(f"{p}ModelMemoryBytes", "Measured or declared footprint per model", "gauge")
         self.budget = LabeledCounter(f"{p}MemoryBudgetBytes", "Configured byte budget (0 = none)", "gauge")
+        self.gpu_budget = LabeledCounter(
+            f"{p}GpuMemoryBudgetBytes", "GPU byte budget: fraction x total GPU memory (0 = none)", "gauge"
+        )
+        self.gpu_resident = LabeledCounter(
+            f"{p}GpuMemoryResidentBytes", "GPU bytes charged to loaded (and unloading) models", "gauge"
+        )
+        self.gpu_memory = LabeledCounter(
+            f"{p}ModelGpuMemoryBytes", "Measured or declared GPU footprint per model", "gauge"
+        )
 
     def render(self) -> str:
         parts: list[str] = []
@@ -122,6 +131,9 @@ class MMEMetrics:
             self.disk_bytes,
             self.memory,
             self.budget,
+            self.gpu_budget,
+            self.gpu_resident,
+            self.gpu_memory,
         ):
             parts.extend(m.render())
         return "\n".join(parts) + "\n"
