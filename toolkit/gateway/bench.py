@@ -1,10 +1,14 @@
 """Gateway overhead benchmark: warm KServe v2 infers through the gateway vs directly to Triton, same client, one run.
 
-    python -m toolkit.gateway.bench [--seconds 3] [--rounds 3] [--concurrency 1 8] [--loop uvloop|asyncio] [--json]
+    python -m toolkit.gateway.bench [--seconds 3] [--rounds 3] [--concurrency 1 8] [--loop uvloop|asyncio]
+                                    [--model digits_mlp] [--no-floor] [--json]
 
 Triton (embedded, one warm model) and the gateway (its own process, so it does not share the client's GIL) run on
 this machine; the client is a minimal keep-alive HTTP/1.1 client on asyncio streams (uvloop), one connection per
 concurrent worker, closed loop. Direct and gateway phases alternate in each round so drift hits both alike.
+Unless ``--no-floor``, a third target runs in the same rounds: a byte pipe in its own process
+(``toolkit.gateway.bench_pipe``), the cheapest proxy Python can be, so the report shows how much of the gateway's
+cost is the extra hop itself and how much is the gateway's own work.
 """
 
 from __future__ import annotations
@@ -104,7 +108,9 @@ def _gateway_process(triton_http: str, loop: str, conn: Connection) -> None:
     runner.stop()
 
 
-def run(seconds: float, rounds: int, concurrencies: list[int], loop: str, model: str = MODEL) -> list[Result]:
+def run(
+    seconds: float, rounds: int, concurrencies: list[int], loop: str, model: str = MODEL, floor: bool = True
+) -> list[Result]:
     from toolkit.repository.generate import generate_repository
     from toolkit.server import EmbeddedTriton, ServerOptions
     from toolkit.spec import load_manifest
@@ -118,10 +124,19 @@ def run(seconds: float, rounds: int, concurrencies: list[int], loop: str, model:
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_gateway_process, args=(triton.endpoint.http, loop, child), daemon=True)
     proc.start()
+    procs = [(proc, parent)]
     try:
         gateway = parent.recv()
         body, hlen = _payload()
         targets = {"direct": triton.endpoint.http, "gateway": gateway}
+        if floor:
+            from toolkit.gateway.bench_pipe import pipe_process
+
+            p2, c2 = ctx.Pipe()
+            pipe = ctx.Process(target=pipe_process, args=(triton.endpoint.http, c2), daemon=True)
+            pipe.start()
+            procs.append((pipe, p2))
+            targets["pipe"] = p2.recv()
         reqs = {k: _request(v, body, hlen, model) for k, v in targets.items()}
         try:
             import uvloop
@@ -142,8 +157,9 @@ def run(seconds: float, rounds: int, concurrencies: list[int], loop: str, model:
             out.append(Result(k, c, len(v), seconds * rounds, q[49] * 1e3, q[98] * 1e3))
         return out
     finally:
-        parent.send("stop")
-        proc.join(10)
+        for p, c in procs:
+            c.send("stop")
+            p.join(10)
         triton.stop()
 
 
@@ -151,14 +167,15 @@ def report(results: list[Result]) -> str:
     by = {(r.target, r.concurrency): r for r in results}
     lines = [
         "| concurrency | direct req/s | gateway req/s | ratio | direct p50 ms | gateway p50 ms | added p50 ms "
-        "| direct p99 ms | gateway p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| direct p99 ms | gateway p99 ms | byte pipe (floor) ratio, added p50 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in sorted({r.concurrency for r in results}):
-        d, g = by[("direct", c)], by[("gateway", c)]
+        d, g, p = by[("direct", c)], by[("gateway", c)], by.get(("pipe", c))
+        floor = f"{p.rps / d.rps:.2f}x, {p.p50_ms - d.p50_ms:+.3f}" if p is not None else "-"
         lines.append(
             f"| {c} | {d.rps:.0f} | {g.rps:.0f} | {g.rps / d.rps:.2f}x | {d.p50_ms:.3f} | {g.p50_ms:.3f} "
-            f"| {g.p50_ms - d.p50_ms:+.3f} | {d.p99_ms:.3f} | {g.p99_ms:.3f} |"
+            f"| {g.p50_ms - d.p50_ms:+.3f} | {d.p99_ms:.3f} | {g.p99_ms:.3f} | {floor} |"
         )
     return "\n".join(lines)
 
@@ -170,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the gateway's event loop")
     ap.add_argument("--model", choices=MODELS, default=MODEL, help="the warm model both paths call")
+    ap.add_argument("--no-floor", action="store_true", help="skip the byte-pipe floor target")
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
     a = ap.parse_args(argv)
-    results = run(a.seconds, a.rounds, a.concurrency, a.loop, a.model)
+    results = run(a.seconds, a.rounds, a.concurrency, a.loop, a.model, floor=not a.no_floor)
     print(f"model {a.model}, binary tensor extension, batch 1; gateway loop: {a.loop}")
     print(report(results))
     if a.json:

@@ -81,7 +81,7 @@ def triton_message(body: bytes) -> str:
     return body.decode(errors="replace")[:2000]
 
 
-def _is_parse_error(body: bytes) -> bool:
+def is_parse_error(body: bytes) -> bool:
     msg = triton_message(body)
     return msg.startswith(("failed to parse", "Unable to parse", "parse error"))
 
@@ -124,6 +124,7 @@ class GatewayCore:
         self.router = EndpointRouter(options.endpoints, models.knows)
         self._is_up = is_up
         self.inflight = 0
+        self.hot_path = 0  # warm KServe infers answered with callbacks only (http_dispatch): a check for operators
         self.requests: Counter[tuple[str, int]] = Counter()
         self.upstream: UpstreamPool | None = None
 
@@ -162,22 +163,28 @@ class GatewayCore:
             )
 
     # -- forwarding ----------------------------------------------------------------------------------------------------
+    def upstream_error(self, exc: BaseException) -> GatewayError:
+        """What a client is told when the request to Triton itself failed."""
+        if isinstance(exc, asyncio.TimeoutError):
+            return TimeoutError_(f"Triton did not answer within {self.options.timeout_s:g} s")
+        if isinstance(exc, (UpstreamError, OSError)):
+            return ServiceUnavailableError(f"Triton is unavailable: {exc}")
+        return to_gateway_error(exc)
+
     async def forward(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> Forwarded:
         assert self.upstream is not None
         out = {h: v for h in _FWD_REQUEST if (v := headers.get(h)) is not None}
         try:
             status, rh, data = await self.upstream.request(method, path, body, out)
-        except asyncio.TimeoutError:
-            raise TimeoutError_(f"Triton did not answer within {self.options.timeout_s:g} s") from None
-        except (UpstreamError, OSError) as exc:
-            raise ServiceUnavailableError(f"Triton is unavailable: {exc}") from None
+        except (asyncio.TimeoutError, UpstreamError, OSError) as exc:
+            raise self.upstream_error(exc) from None
         return Forwarded(status, {h: v for h, k in _FWD_RESPONSE if (v := rh.get(k)) is not None}, data)
 
     async def infer(self, model: str, body: bytes, headers: Mapping[str, str], path: str | None = None) -> Forwarded:
         """Load (if cold) and infer; Triton's own 4xx/5xx answers come back as they are."""
         async with self.models.serving(model, timeout=self.options.load_wait_s):
             f = await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
-        if f.status == 500 and _is_parse_error(f.body):
+        if f.status == 500 and is_parse_error(f.body):
             f.status = 400  # Triton answers 500 to a body it cannot parse: that is the client's error
         return f
 
@@ -189,6 +196,9 @@ class GatewayCore:
         for (api, code), n in sorted(self.requests.items()):
             lines.append(f'tritonctl_gateway_requests_total{{api="{api}",code="{code}"}} {n}')
         lines += [
+            "# HELP tritonctl_gateway_hot_path_total KServe infers of warm models forwarded without a task.",
+            "# TYPE tritonctl_gateway_hot_path_total counter",
+            f"tritonctl_gateway_hot_path_total {self.hot_path}",
             "# TYPE tritonctl_gateway_inflight gauge",
             f"tritonctl_gateway_inflight {self.inflight}",
             "# TYPE tritonctl_gateway_triton_up gauge",

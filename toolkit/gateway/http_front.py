@@ -1,4 +1,4 @@
-"""aiohttp front end: KServe v2 passthrough, the SageMaker runtime API, and the separate admin API.
+"""HTTP handlers: KServe v2 passthrough, the SageMaker runtime API, and the separate admin API.
 
 Bodies are forwarded as bytes (JSON or the binary tensor extension alike); only a serial endpoint parses the JSON
 header of intermediate responses, to feed one step's outputs to the next step as inputs.
@@ -11,8 +11,6 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
-
 from toolkit.gateway.auth import INVOKE, Principal
 from toolkit.gateway.core import KSERVE_ENDPOINT, Forwarded, GatewayCore, to_gateway_error, triton_message
 from toolkit.gateway.errors import (
@@ -23,15 +21,16 @@ from toolkit.gateway.errors import (
     PayloadTooLargeError,
     ValidationError,
 )
+from toolkit.gateway.h1 import Request, Response
 
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request], Awaitable[Response]]
 
 log = logging.getLogger(__name__)
 
 
-def kserve_error(err: GatewayError) -> web.Response:
-    return web.Response(
+def kserve_error(err: GatewayError) -> Response:
+    return Response(
         status=err.status,
         body=json.dumps({"error": err.message}).encode(),
         content_type="application/json",
@@ -39,11 +38,11 @@ def kserve_error(err: GatewayError) -> web.Response:
     )
 
 
-def sagemaker_error(err: GatewayError) -> web.Response:
+def sagemaker_error(err: GatewayError) -> Response:
     body: dict[str, object] = {"__type": err.code, "message": err.message}
     if isinstance(err, ModelError):
         body.update(OriginalStatusCode=err.original_status, OriginalMessage=err.message)
-    return web.Response(
+    return Response(
         status=err.status,
         body=json.dumps(body).encode(),
         content_type="application/json",
@@ -51,11 +50,11 @@ def sagemaker_error(err: GatewayError) -> web.Response:
     )
 
 
-def _reply(f: Forwarded, extra: dict[str, str] | None = None) -> web.Response:
+def _reply(f: Forwarded, extra: dict[str, str] | None = None) -> Response:
     headers = dict(f.headers)
     if extra:
         headers.update(extra)
-    return web.Response(status=f.status, body=f.body, headers=headers)
+    return Response(status=f.status, body=f.body, headers=headers)
 
 
 def parse_sagemaker_content_type(ctype: str, body: bytes) -> dict[str, str]:
@@ -145,16 +144,13 @@ class HttpFront:
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
 
-    async def _body(self, request: web.Request) -> bytes:
+    async def _body(self, request: Request) -> bytes:
         limit = self.core.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.") from None
+        return await request.read()  # the connection layer has already refused a chunked body over the limit
 
-    def _auth(self, request: web.Request, body: bytes) -> Principal:
+    def authenticate(self, request: Request, body: bytes) -> Principal:
         a = self.core.auth
         if not a.enabled:
             return _ANON
@@ -165,7 +161,7 @@ class HttpFront:
             raise
 
     # -- KServe v2 -----------------------------------------------------------------------------------------------------
-    async def kserve_model(self, request: web.Request) -> web.Response:
+    async def kserve_model(self, request: Request) -> Response:
         core = self.core
         try:
             mi = request.match_info
@@ -179,7 +175,7 @@ class HttpFront:
             if action == "infer":
                 check_binary_header(request.headers.get("Inference-Header-Content-Length"), body)
             core.require_up()
-            principal = self._auth(request, body)
+            principal = self.authenticate(request, body)
             if core.auth.enabled:
                 core.auth.authorize(
                     principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
@@ -206,18 +202,18 @@ class HttpFront:
         core.requests["kserve", f.status] += 1
         return _reply(f)
 
-    async def kserve_server(self, request: web.Request) -> web.Response:
+    async def kserve_server(self, request: Request) -> Response:
         """/v2, /v2/health/*, /v2/models/stats: forwarded, but answered at once (truthfully) when Triton is down."""
         core = self.core
         path = request.path
         if path == "/v2/health/live":
-            return web.Response(status=200)  # the gateway is live; readiness tells about Triton
+            return Response(status=200)  # the gateway is live; readiness tells about Triton
         try:
             if request.method != "GET":
                 raise GatewayError(f"{path} takes GET", status=405, code="ValidationError")
             core.require_up()
             if path == "/v2/models/stats" and core.auth.enabled:  # every model's statistics: as gRPC, an invoke
-                principal = self._auth(request, b"")  # authorization with no particular TargetModel
+                principal = self.authenticate(request, b"")  # authorization with no particular TargetModel
                 core.auth.authorize(
                     principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": ""}
                 )
@@ -225,24 +221,24 @@ class HttpFront:
         except Exception as exc:
             err = to_gateway_error(exc)
             if path == "/v2/health/ready":
-                return web.Response(status=err.status)
+                return Response(status=err.status)
             return kserve_error(err)
         return _reply(f)
 
-    async def repository(self, request: web.Request) -> web.Response:
+    async def repository(self, request: Request) -> Response:
         """The repository API on the invoke port: only for principals with an explicit admin Allow."""
         try:
             body = await self._body(request)
-            self.core.check_admin(self._auth(request, body))
+            self.core.check_admin(self.authenticate(request, body))
             return await self._admin_repository(request, body)
         except Exception as exc:
             return kserve_error(to_gateway_error(exc))
 
     # -- SageMaker runtime ---------------------------------------------------------------------------------------------
-    async def ping(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.core.is_up() else 503)
+    async def ping(self, request: Request) -> Response:
+        return Response(status=200 if self.core.is_up() else 503)
 
-    async def invocations(self, request: web.Request) -> web.Response:
+    async def invocations(self, request: Request) -> Response:
         core = self.core
         h = request.headers
         try:
@@ -258,7 +254,7 @@ class HttpFront:
                 name = names[0]
             body = await self._body(request)
             core.require_up()
-            principal = self._auth(request, body)
+            principal = self.authenticate(request, body)
             route = core.router.resolve(
                 name,
                 h.get("X-Amzn-SageMaker-Target-Model"),
@@ -294,9 +290,9 @@ class HttpFront:
         headers = {"Content-Type": ctype, "x-Amzn-Invoked-Production-Variant": route.variant}
         if "X-Amzn-SageMaker-Custom-Attributes" in h:
             headers["X-Amzn-SageMaker-Custom-Attributes"] = h["X-Amzn-SageMaker-Custom-Attributes"]
-        return web.Response(status=200, body=f.body, headers=headers)
+        return Response(status=200, body=f.body, headers=headers)
 
-    async def not_found(self, request: web.Request) -> web.Response:
+    async def not_found(self, request: Request) -> Response:
         err = NotFoundError(f"Unknown route {request.method} {request.path}")
         self.core.requests["other", 404] += 1
         if request.path.startswith("/v2"):
@@ -304,7 +300,7 @@ class HttpFront:
         return sagemaker_error(ValidationError(f"Unknown route {request.method} {request.path}", status=404))
 
     # -- admin ---------------------------------------------------------------------------------------------------------
-    async def _admin_repository(self, request: web.Request, body: bytes) -> web.Response:
+    async def _admin_repository(self, request: Request, body: bytes) -> Response:
         core = self.core
         core.require_up()
         model, action = request.match_info.get("model"), request.match_info.get("action")
@@ -316,58 +312,26 @@ class HttpFront:
             await core.models.unload(model)  # type: ignore[attr-defined]
         else:
             raise NotFoundError(f"Unknown repository action {action!r}")
-        return web.Response(status=200, content_type="application/json", body=b"{}")
+        return Response(status=200, content_type="application/json", body=b"{}")
 
-    async def admin_repository(self, request: web.Request) -> web.Response:
+    async def admin_repository(self, request: Request) -> Response:
         try:
             body = await self._body(request)
             if self.core.auth.enabled:
-                self.core.check_admin(self._auth(request, body))
+                self.core.check_admin(self.authenticate(request, body))
             return await self._admin_repository(request, body)
         except Exception as exc:
             return kserve_error(to_gateway_error(exc))
 
-    async def admin_models(self, request: web.Request) -> web.Response:
+    async def admin_models(self, request: Request) -> Response:
         states = getattr(self.core.models, "states", None)
         rows = [s if isinstance(s, dict) else getattr(s, "__dict__", str(s)) for s in (states() if states else [])]
-        return web.json_response(
+        return Response.json(
             {"triton_up": self.core.is_up(), "models": rows}, dumps=lambda o: json.dumps(o, default=str)
         )
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=self.core.metrics_text(), content_type="text/plain")
-
-    # -- apps ----------------------------------------------------------------------------------------------------------
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.core.options.max_body_bytes)
-        r = app.router
-        for p in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/stats"):
-            r.add_route("*", p, self.kserve_server)
-        for p in (
-            "/v2/models/{model}",
-            "/v2/models/{model}/{action}",
-            "/v2/models/{model}/versions/{version}",
-            "/v2/models/{model}/versions/{version}/{action}",
-        ):
-            r.add_route("*", p, self.kserve_model)
-        r.add_route("POST", "/v2/repository/index", self.repository)
-        r.add_route("POST", "/v2/repository/models/{model}/{action}", self.repository)
-        r.add_route("GET", "/ping", self.ping)
-        r.add_route("GET", "/metrics", self.metrics)  # Prometheus scrape: read-only, no model control
-        r.add_route("*", "/endpoints/{endpoint}/invocations", self.invocations)
-        r.add_route("*", "/invocations", self.invocations)
-        r.add_route("*", "/{tail:.*}", self.not_found)
-        return app
-
-    def admin_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.core.options.max_body_bytes)
-        r = app.router
-        r.add_route("POST", "/v2/repository/index", self.admin_repository)
-        r.add_route("POST", "/v2/repository/models/{model}/{action}", self.admin_repository)
-        r.add_route("GET", "/models", self.admin_models)
-        r.add_route("GET", "/metrics", self.metrics)
-        r.add_route("GET", "/ping", self.ping)
-        return app
+    async def metrics(self, request: Request) -> Response:
+        return Response(text=self.core.metrics_text(), content_type="text/plain")
 
 
 _ANON = Principal("anonymous")

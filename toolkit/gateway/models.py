@@ -37,6 +37,8 @@ class ModelProvider(Protocol):
 
     def serving(self, name: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]: ...
 
+    def try_serve(self, name: str) -> Callable[[], None] | None: ...
+
     async def unload(self, name: str) -> None: ...
 
     def metrics_text(self) -> str: ...
@@ -44,6 +46,10 @@ class ModelProvider(Protocol):
     def on_triton_restart(self) -> None: ...
 
     def on_triton_down(self) -> None: ...
+
+
+def _nothing() -> None:
+    return None
 
 
 class RepositoryModels:
@@ -98,6 +104,10 @@ class RepositoryModels:
 
     def is_resident(self, name: str) -> bool:
         return name in self._resident
+
+    def try_serve(self, name: str) -> Callable[[], None] | None:
+        """The synchronous hot path: a release callable for a resident model (nothing is evicted here), else None."""
+        return _nothing if name in self._resident else None
 
     async def _load(self, name: str) -> None:
         assert self._session is not None

@@ -13,11 +13,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from toolkit.errors import ServerError
 from toolkit.gateway.core import GatewayCore, GatewayOptions
 from toolkit.gateway.grpc_front import GrpcFront
+from toolkit.gateway.h1 import H1Server
+from toolkit.gateway.http_dispatch import HttpDispatcher
 from toolkit.gateway.http_front import HttpFront
 from toolkit.gateway.models import ModelProvider, RepositoryModels
 from toolkit.server.launcher import TritonEndpoint
@@ -58,31 +58,27 @@ class Gateway:
         self.core = GatewayCore(options, triton, self.models, is_up)
         self.http = HttpFront(self.core)
         self.grpc: GrpcFront | None = None
-        self._runners: list[web.AppRunner] = []
+        self._servers: list[H1Server] = []
         self.addresses: GatewayAddresses | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: Supervisor | None = None
         self._rewarm_task: asyncio.Future[None] | None = None
 
-    async def _serve(self, app: web.Application, port: int, host: str | None = None) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, host or self.options.host, port, backlog=1024, reuse_address=True)
-        await site.start()
-        self._runners.append(runner)
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    async def _serve(self, admin: bool, port: int, host: str | None = None) -> int:
+        d = HttpDispatcher(self.http, admin=admin)
+        server = H1Server(d.dispatch, d.reject, max_body=self.options.max_body_bytes)
+        self._servers.append(server)
+        return await server.start(host or self.options.host, port)
 
     async def start(self) -> GatewayAddresses:
         self.loop = asyncio.get_running_loop()
         o = self.options
         await self.core.start()
         try:
-            http_port = await self._serve(self.http.app(), o.http_port)
+            http_port = await self._serve(False, o.http_port)
             admin = None
             if o.admin_port is not None:  # model control: loopback only, whatever the public host is
-                admin = f"127.0.0.1:{await self._serve(self.http.admin_app(), o.admin_port, '127.0.0.1')}"
+                admin = f"127.0.0.1:{await self._serve(True, o.admin_port, '127.0.0.1')}"
             grpc_addr = None
             if o.grpc_port is not None:
                 self.grpc = GrpcFront(self.core)
@@ -99,9 +95,9 @@ class Gateway:
     async def stop(self) -> None:
         if self.grpc is not None:
             await self.grpc.stop()
-        for r in self._runners:
-            await r.cleanup()
-        self._runners.clear()
+        for srv in self._servers:
+            await srv.close()
+        self._servers.clear()
         await self.core.close()
 
     def attach(self, supervisor: Supervisor) -> None:

@@ -1,126 +1,231 @@
-"""A minimal keep-alive HTTP/1.1 connection pool to Triton, for the hot path.
+"""Keep-alive HTTP/1.1 connections to Triton on asyncio protocols, for the hot path.
 
-aiohttp's client costs ~150-200 µs of CPU per request (measured: it made the gateway 0.25x of direct Triton at
-c=8 on 2 cores); a request to Triton needs none of its generality: one host, small fixed headers, Content-Length
-bodies. This pool writes the request in one call and reads the status line, headers and body with asyncio streams.
+History, measured on the 2-core machine (docs/benchmarks/gateway.md): aiohttp's ``ClientSession`` cost ~150-200 µs
+of CPU per request (0.25x of direct Triton at c=8); a pool on asyncio streams cut that, but streams still cost a
+task switch per read. Here a connection is a protocol whose httptools parser calls back when Triton's answer is
+complete, so a warm request is forwarded with callbacks only (``send``); ``request`` wraps the same in a future for
+code that awaits. One host, small fixed headers, Content-Length bodies: no generality is needed.
+
 A connection that fails before any byte of the answer arrives (typically one Triton closed while idle, e.g. across
-a restart) is retried once on a fresh connection; a timeout aborts the connection and raises ``asyncio.TimeoutError``.
+a restart) is retried once on a fresh connection; at the timeout the connection is aborted and ``on_error`` gets an
+``asyncio.TimeoutError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-_MAX_HEAD = 64 * 1024
+import httptools
+
+RawHeaders = list[tuple[bytes, bytes]]
+OnDone = Callable[[int, RawHeaders, bytes], None]
+OnError = Callable[[BaseException], None]
 
 
 class UpstreamError(ConnectionError):
     """Triton closed or broke the connection, or sent something that is not HTTP/1.1."""
 
 
-class _Conn:
-    __slots__ = ("reader", "writer")
+class _Conn(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False  # has answered before: a failure with no byte back may be a stale idle connection
+        self.job: _Job | None = None
+        self._headers: RawHeaders = []
+        self._body: list[bytes] = []
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    # -- protocol ------------------------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        job, self.job = self.job, None
+        if job is not None:
+            job.lost(self, exc or UpstreamError("Triton closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        job = self.job
+        if job is not None:
+            job.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.job = None
+            self.abort()
+            if job is not None:
+                job.fail(UpstreamError(f"Triton sent a malformed answer: {exc}"))
+
+    # -- httptools -----------------------------------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers, self._body = [], []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        job, self.job = self.job, None
+        status = self.parser.get_status_code()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        if self.parser.should_keep_alive():
+            self.pool.give_back(self)
+        else:
+            self.abort()
+        if job is not None:
+            job.done(status, self._headers, body)
+
+    # -- use -----------------------------------------------------------------------------------------------------------
+    def start(self, job: _Job) -> None:
+        self.job, job.conn = job, self
+        assert self.transport is not None
+        self.transport.write(job.data)
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class _Job:
+    """One request: its bytes, its callbacks (exactly one runs), its deadline, and whether it was retried."""
+
+    __slots__ = ("conn", "data", "finished", "got_bytes", "on_done", "on_error", "pool", "retried", "timer")
+
+    def __init__(self, pool: UpstreamPool, data: bytes, on_done: OnDone, on_error: OnError) -> None:
+        self.pool, self.data, self.on_done, self.on_error = pool, data, on_done, on_error
+        self.conn: _Conn | None = None
+        self.finished = False
+        self.got_bytes = False
+        self.retried = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def done(self, status: int, headers: RawHeaders, body: bytes) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.on_done(status, headers, body)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.on_error(exc)
+
+    def lost(self, conn: _Conn, exc: BaseException) -> None:
+        """The connection carrying this request died."""
+        if self.finished:
+            return
+        if not self.got_bytes and not self.retried and conn.reused:
+            self.retried = True
+            self.pool.dispatch(self, fresh=True)
+            return
+        p = self.pool
+        self.fail(
+            exc
+            if isinstance(exc, UpstreamError)
+            else UpstreamError(f"connection to Triton at {p.host}:{p.port} failed: {exc!r}")
+        )
+
+    def expire(self) -> None:
+        self.timer = None
+        conn, self.conn = self.conn, None
+        self.fail(asyncio.TimeoutError())
+        if conn is not None and conn.job is self:
+            conn.job = None
+            conn.abort()
 
 
 class UpstreamPool:
     def __init__(self, host: str, port: int, timeout: float, max_idle: int = 256) -> None:
         self.host, self.port, self.timeout, self.max_idle = host, port, timeout, max_idle
-        self._host_header = f"Host: {host}:{port}\r\n".encode()
+        self.host_header = f"Host: {host}:{port}\r\n".encode()
         self._idle: list[_Conn] = []
+        self._all: set[_Conn] = set()
+        self._opening: set[asyncio.Future[None]] = set()
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for c in idle:
-            c.writer.close()
+        for t in list(self._opening):
+            t.cancel()
+        for c in list(self._all):
+            c.abort()
+        self._idle.clear()
 
-    async def _open(self) -> _Conn:
-        reader, writer = await asyncio.open_connection(self.host, self.port, limit=_MAX_HEAD)
-        return _Conn(reader, writer)
+    def forget(self, conn: _Conn) -> None:
+        self._all.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    def give_back(self, conn: _Conn) -> None:
+        conn.reused = True
+        if not conn.closed and len(self._idle) < self.max_idle:
+            self._idle.append(conn)
+        else:
+            conn.abort()
+
+    def encode(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
+        parts = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self.host_header]
+        for k, v in headers.items():
+            parts.append(f"{k}: {v}\r\n".encode("latin-1"))
+        parts.append(b"Content-Length: %d\r\n\r\n" % (len(body) if body else 0))
+        if body:
+            parts.append(body)
+        return b"".join(parts)
+
+    def send(self, data: bytes, on_done: OnDone, on_error: OnError) -> None:
+        """Send one encoded request; exactly one of the callbacks runs later, on this loop."""
+        job = _Job(self, data, on_done, on_error)
+        job.timer = asyncio.get_running_loop().call_later(self.timeout, job.expire)
+        self.dispatch(job, fresh=False)
+
+    def dispatch(self, job: _Job, fresh: bool) -> None:
+        while not fresh and self._idle:
+            conn = self._idle.pop()
+            if not conn.closed:
+                conn.start(job)
+                return
+        task = asyncio.ensure_future(self._open_and_start(job))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _open_and_start(self, job: _Job) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
+        except OSError as exc:
+            job.fail(UpstreamError(f"cannot connect to Triton at {self.host}:{self.port}: {exc}"))
+            return
+        self._all.add(conn)
+        if job.finished:  # expired while connecting
+            self.give_back(conn)
+            return
+        conn.start(job)
 
     async def request(
         self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
     ) -> tuple[int, dict[str, str], bytes]:
-        """(status, lower-case headers, body). Raises UpstreamError, OSError or asyncio.TimeoutError."""
-        parts = [f"{method} {path} HTTP/1.1\r\n".encode(), self._host_header]
-        for k, v in headers.items():
-            parts.append(f"{k}: {v}\r\n".encode("latin-1"))
-        parts.append(f"Content-Length: {len(body) if body else 0}\r\n\r\n".encode())
-        if body:
-            parts.append(body)
-        data = b"".join(parts)
-        loop = asyncio.get_running_loop()
-        for attempt in (0, 1):
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else await asyncio.wait_for(self._open(), self.timeout)
-            timed_out = False
+        """(status, lower-case headers, body). Raises UpstreamError or asyncio.TimeoutError."""
+        fut: asyncio.Future[tuple[int, RawHeaders, bytes]] = asyncio.get_running_loop().create_future()
 
-            def _expire(c: _Conn = conn) -> None:
-                nonlocal timed_out
-                timed_out = True
-                c.writer.transport.abort()
+        def done(status: int, h: RawHeaders, b: bytes) -> None:
+            if not fut.done():
+                fut.set_result((status, h, b))
 
-            timer = loop.call_later(self.timeout, _expire)
-            got_bytes = False
-            try:
-                conn.writer.write(data)
-                head = await conn.reader.readuntil(b"\r\n\r\n")
-                got_bytes = True
-                status, hdrs, keep = _parse_head(head)
-                if "content-length" in hdrs:
-                    payload = await conn.reader.readexactly(int(hdrs["content-length"]))
-                elif hdrs.get("transfer-encoding", "").lower() == "chunked":
-                    payload = await _read_chunked(conn.reader)
-                else:
-                    payload, keep = await conn.reader.read(), False
-            except (
-                asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError,
-                ConnectionError,
-                OSError,
-                ValueError,
-            ) as exc:
-                conn.writer.transport.abort()
-                if timed_out:
-                    raise asyncio.TimeoutError() from None
-                if reused and not got_bytes and attempt == 0:
-                    continue  # a stale idle connection: once more on a fresh one
-                raise UpstreamError(f"connection to Triton at {self.host}:{self.port} failed: {exc!r}") from None
-            finally:
-                timer.cancel()
-            if keep and len(self._idle) < self.max_idle:
-                self._idle.append(conn)
-            else:
-                conn.writer.close()
-            return status, hdrs, payload
-        raise AssertionError("unreachable")
+        def error(exc: BaseException) -> None:
+            if not fut.done():
+                fut.set_exception(exc)
 
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
-    lines = head.decode("latin-1").split("\r\n")
-    proto, _, rest = lines[0].partition(" ")
-    if not proto.startswith("HTTP/1."):
-        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    status = int(rest[:3])
-    hdrs: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            k, _, v = line.partition(":")
-            hdrs[k.strip().lower()] = v.strip()
-    keep = hdrs.get("connection", "").lower() != "close" and proto == "HTTP/1.1"
-    return status, hdrs, keep
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    out = bytearray()
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return bytes(out)
-        out += await reader.readexactly(size)
-        await reader.readexactly(2)
+        self.send(self.encode(method, path, body, headers), done, error)
+        status, raw, data = await fut
+        return status, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}, data

@@ -1,0 +1,182 @@
+"""Routing for the gateway's HTTP ports, and the callback-only hot path for a warm KServe infer.
+
+Every request arrives here complete (``toolkit.gateway.h1``). A ``POST /v2/models/{m}[/versions/{v}]/infer`` for a
+model the manager holds READY is answered without a task or a future: authentication and authorization (synchronous
+code), the concurrency limit, the manager's in-flight pin (``try_serve``), then the body goes to Triton on a pooled
+connection and the answer comes back through a callback. Everything else, and an infer whose model is cold, runs the
+same handler as before (``HttpFront``) in a task. Routes are the aiohttp app's: path segments are matched on the raw
+path and then percent-decoded, so ``a%2Fb`` is one (invalid) model name, never two segments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from urllib.parse import unquote
+
+from toolkit.gateway.auth import INVOKE
+from toolkit.gateway.core import KSERVE_ENDPOINT, GatewayCore, is_parse_error, to_gateway_error
+from toolkit.gateway.errors import GatewayError, PayloadTooLargeError, ValidationError
+from toolkit.gateway.h1 import H1Connection, Request, Response
+from toolkit.gateway.http_front import HttpFront, check_binary_header, kserve_error, sagemaker_error
+from toolkit.gateway.upstream import RawHeaders
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+_SEG = r"([^/]+)"
+_INFER = re.compile(rf"/v2/models/{_SEG}(?:/versions/{_SEG})?/infer")
+_FWD_REQUEST = tuple(
+    (h.encode(), h.lower().encode())
+    for h in ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding", "Accept-Encoding")
+)
+_FWD_RESPONSE = {b"content-type", b"inference-header-content-length", b"content-encoding"}
+
+
+def _route(pattern: str) -> re.Pattern[str]:
+    """``/v2/models/{model}/{action}`` -> a regex with one named group per ``{name}`` (one raw path segment each)."""
+    return re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern))
+
+
+class HttpDispatcher:
+    """The invoke port (``admin=False``) or the admin port (``admin=True``); ``dispatch`` is the h1 callback."""
+
+    def __init__(self, front: HttpFront, *, admin: bool = False) -> None:
+        self.front = front
+        self.core: GatewayCore = front.core
+        self.admin = admin
+        self._tasks: set[asyncio.Task[None]] = set()
+        f = front
+        any_ = None
+        table: list[tuple[str, frozenset[str] | None, Handler]]
+        if admin:
+            table = [
+                ("/v2/repository/index", frozenset({"POST"}), f.admin_repository),
+                ("/v2/repository/models/{model}/{action}", frozenset({"POST"}), f.admin_repository),
+                ("/models", frozenset({"GET"}), f.admin_models),
+                ("/metrics", frozenset({"GET"}), f.metrics),
+                ("/ping", frozenset({"GET"}), f.ping),
+            ]
+        else:
+            table = [
+                *(
+                    (p, any_, f.kserve_server)
+                    for p in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/stats")
+                ),
+                *(
+                    (p, any_, f.kserve_model)
+                    for p in (
+                        "/v2/models/{model}",
+                        "/v2/models/{model}/{action}",
+                        "/v2/models/{model}/versions/{version}",
+                        "/v2/models/{model}/versions/{version}/{action}",
+                    )
+                ),
+                ("/v2/repository/index", frozenset({"POST"}), f.repository),
+                ("/v2/repository/models/{model}/{action}", frozenset({"POST"}), f.repository),
+                ("/ping", frozenset({"GET"}), f.ping),
+                ("/metrics", frozenset({"GET"}), f.metrics),  # Prometheus scrape: read-only, no model control
+                ("/endpoints/{endpoint}/invocations", any_, f.invocations),
+                ("/invocations", any_, f.invocations),
+            ]
+        self.routes = [(_route(p), methods, h) for p, methods, h in table]
+
+    # -- h1 callbacks --------------------------------------------------------------------------------------------------
+    def dispatch(self, conn: H1Connection, req: Request) -> None:
+        raw = req.raw_path.partition("?")[0]
+        if not self.admin and req.method == "POST":
+            m = _INFER.fullmatch(raw)
+            if m is not None and self._fast_infer(conn, req, unquote(m[1])):
+                return
+        handler: Handler = self.front.not_found
+        for rx, methods, h in self.routes:
+            m = rx.fullmatch(raw)
+            if m is None:
+                continue
+            if methods is not None and req.method not in methods:
+                handler = self._method_not_allowed
+                break
+            req.match_info = {k: unquote(v) for k, v in m.groupdict().items()}
+            handler = h
+            break
+        task = asyncio.get_running_loop().create_task(self._run(conn, handler, req))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def reject(self, path: str, status: int, message: str) -> Response:
+        """The connection layer's refusals (413 body, 431 head, 400 unparsable), shaped for the API the path names."""
+        err: GatewayError = PayloadTooLargeError(message) if status == 413 else ValidationError(message, status=status)
+        self.core.requests["kserve" if path.startswith("/v2") else "sagemaker", err.status] += 1
+        return kserve_error(err) if path.startswith("/v2") else sagemaker_error(err)
+
+    # -- the slow path -------------------------------------------------------------------------------------------------
+    async def _run(self, conn: H1Connection, handler: Handler, req: Request) -> None:
+        try:
+            resp = await handler(req)
+        except Exception:  # handlers map their own errors: anything here is a bug
+            log.exception("gateway handler failed for %s %s", req.method, req.raw_path)
+            resp = Response(500, b'{"error": "internal error"}', content_type="application/json")
+        conn.send_response(resp)
+
+    async def _method_not_allowed(self, req: Request) -> Response:
+        err = GatewayError(f"{req.method} is not allowed on {req.path}", status=405, code="ValidationError")
+        return kserve_error(err) if req.path.startswith("/v2") else sagemaker_error(err)
+
+    # -- the hot path --------------------------------------------------------------------------------------------------
+    def _fast_infer(self, conn: H1Connection, req: Request, model: str) -> bool:
+        """Answer a warm model's infer with callbacks; False: not warm (or no manager support), use the handler."""
+        core = self.core
+        if core.upstream is None or not core.is_up():
+            return False
+        try:
+            hm = req.hmap
+            ihcl = hm.get(b"inference-header-content-length")
+            check_binary_header(None if ihcl is None else ihcl.decode("latin-1"), req.body)
+            principal = self.front.authenticate(req, req.body)
+            if core.auth.enabled:
+                core.auth.authorize(
+                    principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
+                )
+            release = core.models.try_serve(model)
+            if release is None:
+                return False  # cold (or unknown): the handler loads it, or says why not
+            try:
+                core.acquire()
+            except GatewayError:
+                release()
+                raise
+        except Exception as exc:
+            err = to_gateway_error(exc)
+            core.requests["kserve", err.status] += 1
+            conn.send_response(kserve_error(err))
+            return True
+        up = core.upstream
+        fwd = b"".join(b"%s: %s\r\n" % (name, v) for name, key in _FWD_REQUEST if (v := hm.get(key)) is not None)
+        data = b"POST %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
+            req.raw_path.encode("latin-1"),
+            up.host_header,
+            fwd,
+            len(req.body),
+            req.body,
+        )
+
+        def done(status: int, raw: RawHeaders, body: bytes) -> None:
+            release()
+            core.release()
+            if status == 500 and is_parse_error(body):
+                status = 400  # Triton answers 500 to a body it cannot parse: that is the client's error
+            core.requests["kserve", status] += 1
+            conn.send_raw(status, b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() in _FWD_RESPONSE), body)
+
+        def failed(exc: BaseException) -> None:
+            release()
+            core.release()
+            err = core.upstream_error(exc)
+            core.requests["kserve", err.status] += 1
+            conn.send_response(kserve_error(err))
+
+        core.hot_path += 1
+        up.send(data, done, failed)
+        return True
