@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -304,6 +304,28 @@ class ModelManager:
 
     def serving(self, name: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
         return self._serving(name, timeout)
+
+    def try_serve(self, name: str) -> Callable[[], None] | None:
+        """``serving`` for a READY model, synchronously: counts the invocation and pins the model; the caller calls the
+        returned function when the request is answered. None when the model is not READY (the caller then awaits
+        ``serving``, which loads it). The gateway's hot path uses this so a warm request needs no task."""
+        e = self._res.get(name)
+        if e is None or e.state is not State.READY:
+            return None
+        e.last_used = time.time()
+        e.hits += 1
+        self.policy.on_hit(name, self._res.now())
+        self.metrics.cache_hit.inc(model=name)
+        self.metrics.invocations.inc(model=name)
+        e.in_flight += 1
+        res = self._res
+
+        def release() -> None:
+            e.in_flight -= 1
+            if e.in_flight == 0:
+                res.notify()
+
+        return release
 
     @contextlib.asynccontextmanager
     async def _serving(self, name: str, timeout: float | None) -> AsyncIterator[None]:
