@@ -152,7 +152,9 @@ class EmbeddedTriton:
             f"--metrics-address={o.host}",
             f"--metrics-port={metrics}",
             "--allow-metrics=true",
-            "--allow-gpu-metrics=false",
+            # The MME's --gpu-memory-fraction reads nv_gpu_memory_*; without an NVIDIA driver Triton would only log
+            # "Failed to initialize NVML" warnings, so GPU metrics are asked for where the driver's device exists.
+            f"--allow-gpu-metrics={'true' if Path('/dev/nvidiactl').exists() else 'false'}",
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
         ]
