@@ -300,6 +300,21 @@ def test_hot_path_pins_in_flight_models_and_counts_cache_hits(tmp_path: Path) ->
         assert manager.metrics.cache_hit.get(model="slow") == hits + 1
         states = {s.name: str(s.state) for s in manager.states()}
         assert states.get("other") == "READY" and states.get("slow") != "READY"
+        # The hot path keeps the request timeout: a warm model slower than it gets 504 at the deadline.
+        impatient = GatewayThread(Gateway(GatewayOptions(http_port=0, timeout_s=0.5), server.endpoint))
+        addr = impatient.start().http
+        try:
+            assert _post(addr, "/v2/models/other/infer", body, j)[0] == 200
+            _post(addr, "/v2/models/slow/infer", body, j)  # loads it (504 or 200: the load and first run are slow)
+            hot = impatient.gateway.core.hot_path
+            t0 = time.monotonic()
+            status, _, data = _post(addr, "/v2/models/slow/infer", body, j)
+            took = time.monotonic() - t0
+            assert status == 504 and "did not answer within 0.5 s" in json.loads(data)["error"], data
+            assert 0.45 < took < 1.4 and impatient.gateway.core.hot_path == hot + 1
+            assert _post(addr, "/v2/models/other/infer", body, j)[0] == 200  # and it keeps serving
+        finally:
+            impatient.stop()
     finally:
         runner.stop()
         server.stop()
