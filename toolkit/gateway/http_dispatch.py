@@ -163,12 +163,12 @@ class HttpDispatcher:
         )
 
         def done(status: int, raw: RawHeaders, body: bytes) -> None:
-            release()
-            core.release()
             if status == 500 and is_parse_error(body):
                 status = 400  # Triton answers 500 to a body it cannot parse: that is the client's error
-            core.requests["kserve", status] += 1
             conn.send_raw(status, b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() in _FWD_RESPONSE), body)
+            release()  # bookkeeping after the answer is on its way: it is off the client's critical path
+            core.release()
+            core.requests["kserve", status] += 1
 
         def failed(exc: BaseException) -> None:
             release()

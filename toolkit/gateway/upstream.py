@@ -186,8 +186,9 @@ class UpstreamPool:
     def send(self, data: bytes, on_done: OnDone, on_error: OnError) -> None:
         """Send one encoded request; exactly one of the callbacks runs later, on this loop."""
         job = _Job(self, data, on_done, on_error)
-        job.timer = asyncio.get_running_loop().call_later(self.timeout, job.expire)
-        self.dispatch(job, fresh=False)
+        self.dispatch(job, fresh=False)  # the write first; no callback can run before this function returns
+        if not job.finished:
+            job.timer = asyncio.get_running_loop().call_later(self.timeout, job.expire)
 
     def dispatch(self, job: _Job, fresh: bool) -> None:
         while not fresh and self._idle:
