@@ -180,17 +180,24 @@ def main(argv: list[str] | None = None) -> int:
             assert np.array_equal(ensemble_call(check), client_chain(check))  # both paths give the same answer
             check.close()
             results = []
+            cpu: dict[tuple[str, int], dict[str, float]] = {}
+            assert srv.process is not None
             for c in levels:  # interleaved 1 s slices (alternating order): background load hits both sides alike
                 modes = [("ensemble", ensemble_call), ("client-orchestrated", client_chain)]
                 acc = {m: Result(m, c, [], 0.0, 0) for m, _ in modes}
                 for k in range(max(1, round(args.duration))):
                     for m, fn in modes if k % 2 == 0 else modes[::-1]:
+                        before = cpu_seconds(srv.process.pid)
                         r = run(url, m, fn, c, args.duration / max(1, round(args.duration)), args.protocol)
+                        after = cpu_seconds(srv.process.pid)
+                        tot = cpu.setdefault((m, c), {})
+                        for part, sec in after.items():
+                            tot[part] = tot.get(part, 0.0) + sec - before.get(part, 0.0)
                         acc[m].latencies_ms += r.latencies_ms
                         acc[m].wall_s += r.wall_s
                         acc[m].errors += r.errors
                 results += list(acc.values())
-            steps = step_stats(admin, STEPS)
+            steps = step_stats(admin, STEPS) + cpu_table(results, cpu)
             admin.close()
         finally:
             srv.stop()
@@ -250,6 +257,50 @@ def step_stats(admin: TritonAdmin, models: list[str]) -> str:
 
         rows.append(
             f"| {m} | {n} | {ms('queue')} | {ms('compute_input')} | {ms('compute_infer')} | {ms('compute_output')} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def cpu_seconds(triton_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by Triton, by its python-backend stubs, and by this client process.
+
+    Why: on a machine where client and server share the cores, a saturated run's throughput is set by the CPU each
+    request costs everywhere; this shows where an ensemble saves it (client calls, Triton's frontend) and where it
+    cannot (the steps' stubs). A process that exits between two readings is simply not counted.
+    """
+    import psutil
+
+    out = {"triton": 0.0, "stubs": 0.0, "client": 0.0}
+    me = psutil.Process().cpu_times()
+    out["client"] = me.user + me.system
+    try:
+        root = psutil.Process(triton_pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return out
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            out["stubs" if "stub" in p.name() else "triton"] += t.user + t.system
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def cpu_table(results: list[Result], cpu: dict[tuple[str, int], dict[str, float]]) -> str:
+    rows = [
+        "",
+        "CPU per request (µs of user + system time, measured around each slice; client = this benchmark's process):",
+        "",
+        "| mode | concurrency | Triton | stubs | client | total |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        n = max(1, len(r.latencies_ms) + r.errors)
+        c = cpu.get((r.mode, r.concurrency), {})
+        parts = [c.get(k, 0.0) / n * 1e6 for k in ("triton", "stubs", "client")]
+        rows.append(
+            f"| {r.mode} | {r.concurrency} | " + " | ".join(f"{v:.0f}" for v in parts) + f" | {sum(parts):.0f} |"
         )
     return "\n".join(rows) + "\n"
 
