@@ -200,6 +200,9 @@ def test_serve_gpu_memory_fraction_on_cpu_only_triton_exits_1(tmp_path: Path) ->
     r = runner.invoke(app, ["serve", *common, "--gpu-memory-fraction", "1.5"])
     assert r.exit_code == 1 and "error: --gpu-memory-fraction must be in (0, 1], got 1.5" in r.stderr
     assert "triton" not in r.stdout  # refused before anything started
+    r = runner.invoke(app, ["serve", *common, "--no-gateway", "--gpu-memory-fraction", "0.5", "--max-models", "2"])
+    assert r.exit_code == 1 and "--max-models, --gpu-memory-fraction configure the MME manager" in r.stderr, r.output
+    assert "triton" not in r.stdout  # never silently ignored
 
 
 # ------------------------------------------------------------------------------------------ (b) the parser ---

@@ -122,6 +122,17 @@ def serve(
         auth_cfg = AuthConfig.load(auth) if auth else AuthConfig()
         if gpu_memory_fraction is not None and not 0 < gpu_memory_fraction <= 1:
             raise ServeError(f"--gpu-memory-fraction must be in (0, 1], got {gpu_memory_fraction}")
+        mme = {
+            "--store": store,
+            "--max-models": max_models,
+            "--memory-budget": memory_budget,
+            "--gpu-memory-fraction": gpu_memory_fraction,
+            "--policy": None if policy == "lru" else policy,
+        }
+        if not gateway and (given := [k for k, v in mme.items() if v is not None]):
+            raise ServeError(
+                f"{', '.join(given)} configure the MME manager, which runs in the gateway: drop --no-gateway"
+            )
     except BaseException:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
