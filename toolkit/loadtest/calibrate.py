@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PA = ROOT / "tools" / "perf_analyzer" / "perf_analyzer"
 
 
-def run_perf_analyzer(binary: Path, model: str, url: str, protocol: str, concurrency: int, window_ms: int) -> dict:
+def run_perf_analyzer(
+    binary: Path, model: str, url: str, protocol: str, concurrency: int, window_ms: int, extra: list[str] | None = None
+) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".csv") as f:
         cmd = [
             str(binary),
@@ -42,6 +44,7 @@ def run_perf_analyzer(binary: Path, model: str, url: str, protocol: str, concurr
             str(concurrency),
             "--measurement-interval",
             str(window_ms),
+            *(extra or []),
             "-f",
             f.name,
         ]
