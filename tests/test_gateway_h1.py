@@ -197,6 +197,11 @@ def test_expect_continue_connection_close_and_http10(gw: GatewayAddresses) -> No
         s.sendall(b"GET /ping HTTP/1.0\r\n\r\n")
         got = _recv_all(s)
     assert got.startswith(b"HTTP/1.1 200") and b"Connection: close" in got
+    with _connect(gw.http) as s:  # a client that half-closes after its request still gets the answer
+        s.sendall(head.replace(b"Expect: 100-continue\r\n", b"") + body)
+        s.shutdown(socket.SHUT_WR)
+        got = _recv_all(s)
+    assert got.startswith(b"HTTP/1.1 200") and b"model_name" in got, got[:200]
 
 
 def test_idle_and_slow_head_connections_are_swept() -> None:

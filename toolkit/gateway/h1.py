@@ -195,6 +195,7 @@ class H1Connection(asyncio.Protocol):
         self._body_bytes = 0
         self._refused = False
         self._paused = False
+        self._eof = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -205,6 +206,12 @@ class H1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
+
+    def eof_received(self) -> bool:
+        """A client that half-closes after its request still gets the answer; then the connection closes."""
+        self._eof = True
+        self.keep_alive = False
+        return self.busy  # True keeps the transport open for the answer in progress
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -286,7 +293,7 @@ class H1Connection(asyncio.Protocol):
     # -- answering -----------------------------------------------------------------------------------------------------
     def _start(self, req: Request, keep: bool) -> None:
         self.busy = True
-        self.keep_alive = keep
+        self.keep_alive = keep and not self._eof
         try:
             self.server.dispatch(self, req)
         except Exception:  # a bug in a dispatcher must cost one 500, not the connection's other requests
