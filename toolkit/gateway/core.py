@@ -53,6 +53,7 @@ class GatewayOptions:
     host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int | None = None
+    grpc_engine: str = "h2"  # "h2": HTTP/2 frame forwarding (h2_front); "grpcio": grpc.aio handlers (grpc_front)
     admin_port: int | None = None
     max_body_bytes: int = 6 * MiB
     timeout_s: float = 60.0

@@ -17,6 +17,7 @@ from toolkit.errors import ServerError
 from toolkit.gateway.core import GatewayCore, GatewayOptions
 from toolkit.gateway.grpc_front import GrpcFront
 from toolkit.gateway.h1 import H1Server
+from toolkit.gateway.h2_front import H2Front
 from toolkit.gateway.http_dispatch import HttpDispatcher
 from toolkit.gateway.http_front import HttpFront
 from toolkit.gateway.models import ModelProvider, RepositoryModels
@@ -57,7 +58,7 @@ class Gateway:
         self.models = models or RepositoryModels(triton, None, load_timeout=options.timeout_s)
         self.core = GatewayCore(options, triton, self.models, is_up)
         self.http = HttpFront(self.core)
-        self.grpc: GrpcFront | None = None
+        self.grpc: GrpcFront | H2Front | None = None
         self._servers: list[H1Server] = []
         self.addresses: GatewayAddresses | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -81,7 +82,9 @@ class Gateway:
                 admin = f"127.0.0.1:{await self._serve(True, o.admin_port, '127.0.0.1')}"
             grpc_addr = None
             if o.grpc_port is not None:
-                self.grpc = GrpcFront(self.core)
+                if o.grpc_engine not in ("h2", "grpcio"):
+                    raise ServerError(f"unknown gRPC engine {o.grpc_engine!r}: use 'h2' or 'grpcio'")
+                self.grpc = H2Front(self.core) if o.grpc_engine == "h2" else GrpcFront(self.core)
                 bound = await self.grpc.start(o.host, o.grpc_port)
                 if bound == 0:
                     raise ServerError(f"gateway gRPC port {o.grpc_port} on {o.host} could not be bound")

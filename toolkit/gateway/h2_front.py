@@ -1,0 +1,536 @@
+"""gRPC front that forwards HTTP/2 frames: each client connection gets its own connection to Triton's gRPC port.
+
+Why: grpcio's per-call machinery (a server call plus a client call per request) halves throughput. Mapping
+connections 1:1 lets stream ids, SETTINGS, flow control, PING and GOAWAY pass unchanged; only what the policy needs
+is read. Client HEADERS are forwarded at once and decoded in order with one ``hpack.Decoder`` per connection (its
+table follows the client's encoder exactly as Triton's does); a stream's DATA frames are held until the first
+message's 5-byte prefix and model name (protobuf field 1) are in, then ``grpc_front``'s rules apply (same lists,
+same errors). Holding stops there, so a big tensor never waits for flow-control window that only Triton can grant.
+A refused call is cancelled upstream (RST_STREAM) and answered to the client with a trailers-only HEADERS frame of
+literal fields (no HPACK table change), written only between Triton's frames. Dropped DATA is credited back with a
+connection WINDOW_UPDATE, so neither side's window leaks. ModelStreamInfer has every message checked this way.
+Triton gone: pending calls get UNAVAILABLE, then GOAWAY and close, so the client's next call reconnects at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import hpack
+from multidict import CIMultiDict
+
+from toolkit.gateway import h2_frames as f
+from toolkit.gateway.auth import INVOKE, Principal
+from toolkit.gateway.core import KSERVE_ENDPOINT, GatewayCore, to_gateway_error
+from toolkit.gateway.errors import (
+    GatewayError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    ValidationError,
+)
+from toolkit.gateway.grpc_front import (
+    ADMIN_METHODS,
+    LOADING_METHODS,
+    MODEL_METHODS,
+    REFUSED,
+    SERVER_METHODS,
+    SERVICE,
+    _Refused,
+)
+
+log = logging.getLogger(__name__)
+_PREFIX = f"/{SERVICE}/"
+_STREAM = "ModelStreamInfer"
+_SCANNED = (*MODEL_METHODS, _STREAM)
+_KNOWN = frozenset((*SERVER_METHODS, *ADMIN_METHODS, *REFUSED, *_SCANNED))
+_DEAD_LINGER_S = 0.5  # with Triton gone, a connection answers UNAVAILABLE this long, then GOAWAY and close
+
+
+class _Out:
+    """One direction's writer: forwarded frames in order; injected frames only where a frame may start."""
+
+    __slots__ = ("held", "in_block", "pending", "ready", "t")
+
+    def __init__(self, ready: bool) -> None:
+        self.t: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # forwarded before the transport exists (upstream still connecting)
+        self.held: list[bytes] = []  # injected while a header block is open or before the server preface
+        self.in_block = False
+        self.ready = ready
+
+    def fwd(self, data: bytes) -> None:
+        if self.t is None:
+            self.pending.append(data)
+        else:
+            self.t.write(data)
+
+    def inject(self, data: bytes) -> None:
+        if self.in_block or not self.ready:
+            self.held.append(data)
+        else:
+            self.fwd(data)
+
+    def unblock(self) -> None:
+        if self.held and self.ready and not self.in_block:
+            data = b"".join(self.held)
+            self.held.clear()
+            self.fwd(data)
+
+    def attach(self, t: asyncio.Transport) -> None:
+        self.t = t
+        if self.pending:
+            t.write(b"".join(self.pending))
+            self.pending.clear()
+
+
+class _Stream:
+    __slots__ = (
+        "acquired", "checking", "client_ended", "done", "encoding", "head", "headers_sent", "held", "method",
+        "pin", "principal", "scanning", "sid", "skip", "unscanned",
+    )  # fmt: skip
+
+    def __init__(self, sid: int, method: str) -> None:
+        self.sid, self.method = sid, method
+        self.scanning = method in _SCANNED  # reading message heads (unary: the first one; streaming: every one)
+        self.done = False  # refused: its frames are dropped (DATA credited) until the client ends it
+        self.checking = False  # an async check (model load) is running: frames wait in held
+        self.held: list[bytes] = []
+        self.head = bytearray()  # the current message's first bytes, until they decide its model
+        self.skip = 0  # bytes of an approved message still to come
+        self.unscanned = bytearray()
+        self.pin: Callable[[], None] | None = None
+        self.acquired = self.client_ended = self.headers_sent = False
+        self.principal: Principal | None = None
+        self.encoding = "identity"
+
+
+class _Up(asyncio.Protocol):
+    """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped."""
+
+    def __init__(self, conn: H2Connection) -> None:
+        self.conn = conn
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        c = self.conn
+        out = c.down
+        buf = self.buf + data if self.buf else data
+        n, i, start, in_block = len(buf), 0, 0, out.in_block
+        ended: list[int] = []
+        while n - i >= 9:
+            end = i + 9 + int.from_bytes(buf[i : i + 3], "big")
+            if end > n:
+                break
+            t, flags, sid = buf[i + 3], buf[i + 4], int.from_bytes(buf[i + 5 : i + 9], "big") & 0x7FFFFFFF
+            s = c.streams.get(sid) if sid else None
+            if s is not None and s.done and t in (f.DATA, f.RST_STREAM, f.WINDOW_UPDATE):
+                out.fwd(buf[start:i])
+                start = end
+                if t == f.DATA and end - i > 9:
+                    c.up.inject(f.window_update(0, end - i - 9))  # Triton's window back for what was dropped
+            elif t == f.DATA or t == f.HEADERS:
+                if flags & f.END_STREAM:
+                    ended.append(sid)
+                if t == f.HEADERS:
+                    in_block = not flags & f.END_HEADERS
+                    if s is not None:
+                        s.headers_sent = True
+            elif t == f.CONTINUATION:
+                in_block = not flags & f.END_HEADERS
+            elif t == f.RST_STREAM:
+                ended.append(sid)
+            elif t == f.SETTINGS and not flags & f.ACK:
+                size = f.settings_table_size(buf[i + 9 : end])
+                if size is not None:
+                    c.decoder.max_allowed_table_size = size
+            i = end
+            if not in_block and out.held:
+                out.fwd(buf[start:i])
+                start = i
+                out.in_block = False
+                out.ready = True
+                out.unblock()
+        if start < i:
+            out.fwd(buf[start:i])
+        out.in_block = in_block
+        if i and not out.ready:
+            out.ready = True
+            out.unblock()
+        self.buf = buf[i:]
+        for sid in ended:  # bookkeeping after the answer is on its way
+            s = c.streams.get(sid)
+            if s is not None and not s.done:
+                c.end(s)
+                del c.streams[sid]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.upstream_gone(self.buf == b"", f"Triton closed the connection: {exc or 'EOF'}")
+
+
+class H2Connection(asyncio.Protocol):
+    """Client -> Triton for one client connection: the policy runs here."""
+
+    def __init__(self, front: H2Front) -> None:
+        self.front = front
+        self.core = front.core
+        self.decoder = hpack.Decoder(max_header_list_size=1 << 20)
+        self.down = _Out(ready=False)
+        self.up = _Out(ready=True)
+        self.streams: dict[int, _Stream] = {}
+        self.buf = b""
+        self.preface = True
+        self.block: tuple[int, int, bytearray] | None = None  # (stream, HEADERS flags, fragments) until END_HEADERS
+        self.last_sid = 0
+        self.settings_seen = 0
+        self.dead: str | None = None  # why Triton is gone: streams are answered UNAVAILABLE
+        self.closed = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # -- connection --------------------------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.down.t = transport  # type: ignore[assignment]
+        self.front.conns.add(self)
+        self._spawn(self._connect())
+
+    async def _connect(self) -> None:
+        host, port = self.front.upstream
+        try:
+            t, _ = await asyncio.get_running_loop().create_connection(lambda: _Up(self), host, port)
+        except OSError as exc:
+            self.upstream_gone(True, f"Triton is unavailable: {exc.strerror or exc}")
+            return
+        if self.closed:
+            t.close()
+        else:
+            self.up.attach(t)  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.front.conns.discard(self)
+        for s in self.streams.values():
+            self.end(s)
+        self.streams.clear()
+        for task in self.tasks:
+            task.cancel()
+        if self.up.t is not None:
+            self.up.t.close()
+
+    def upstream_gone(self, clean: bool, why: str) -> None:
+        """Triton's side ended: answer what is pending with UNAVAILABLE when the frame stream allows, then close."""
+        if self.closed or self.dead is not None:
+            return
+        self.dead = why
+        if not clean or self.down.in_block:  # mid-frame: nothing more can be said on this connection
+            assert self.down.t is not None
+            self.down.t.close()
+            return
+        if not self.down.ready:  # the server preface Triton never sent, and the acks it owed
+            self.down.fwd(f.frame(f.SETTINGS, 0, 0) + f.frame(f.SETTINGS, f.ACK, 0) * self.settings_seen)
+            self.down.ready = True
+            self.down.unblock()
+        err = ServiceUnavailableError(why)
+        for s in list(self.streams.values()):
+            if not s.done:
+                self.refuse(s, err)
+        asyncio.get_running_loop().call_later(_DEAD_LINGER_S, self._close_dead)
+
+    def _close_dead(self) -> None:
+        if not self.closed and self.down.t is not None:
+            self.down.t.write(f.goaway(self.last_sid))
+            self.down.t.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # -- client frames -----------------------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        if self.preface:
+            if len(buf) < 24:
+                self.buf = buf
+                return
+            if buf[:24] != f.PREFACE:
+                assert self.down.t is not None
+                self.down.t.close()  # not HTTP/2 with prior knowledge: nothing to answer in
+                return
+            self.preface = False
+            self.up.fwd(buf[:24])
+            buf = buf[24:]
+        n, i, start = len(buf), 0, 0
+        streams, up = self.streams, self.up
+        try:
+            while n - i >= 9:
+                end = i + 9 + int.from_bytes(buf[i : i + 3], "big")
+                if end > n:
+                    break
+                t = buf[i + 3]
+                if t == f.DATA:
+                    s = streams.get(int.from_bytes(buf[i + 5 : i + 9], "big") & 0x7FFFFFFF)
+                    if (s is not None and (s.scanning or s.held or s.done)) or self.dead is not None:
+                        up.fwd(buf[start:i])
+                        start = end
+                        self._data(s, buf[i:end])
+                elif t in (f.HEADERS, f.CONTINUATION, f.RST_STREAM, f.SETTINGS) or self.dead is not None:
+                    up.fwd(buf[start:end] if self.dead is None else buf[start:i])
+                    start = end
+                    self._control(buf[i:end])
+                i = end
+        except (hpack.HPACKError, ValueError) as exc:  # the shared HPACK table can no longer be trusted
+            log.warning("gRPC client broke HTTP/2 framing or HPACK: %s", exc)
+            assert self.down.t is not None
+            self.down.t.close()
+            return
+        if start < i and self.dead is None:
+            up.fwd(buf[start:i])
+        self.buf = buf[i:]
+
+    def _control(self, raw: bytes) -> None:
+        t, flags, sid = raw[3], raw[4], int.from_bytes(raw[5:9], "big") & 0x7FFFFFFF
+        if t == f.SETTINGS and not flags & f.ACK:
+            self.settings_seen += 1
+        if self.dead is not None and t in (f.SETTINGS, f.PING) and not flags & f.ACK:
+            self.down.inject(f.frame(t, f.ACK, 0, raw[9:] if t == f.PING else b""))  # keep the client talking
+            return
+        if t == f.RST_STREAM:
+            s = self.streams.pop(sid, None)
+            if s is not None and not s.done:
+                self._credit(s)
+                self.end(s)
+            return
+        if t == f.HEADERS:
+            frag = f.header_fragment(flags, raw[9:])
+            self.block = (sid, flags, bytearray(frag))
+        elif t == f.CONTINUATION and self.block is not None:
+            self.block[2].extend(raw[9:])
+        else:
+            return
+        self.up.in_block = not flags & f.END_HEADERS
+        if self.up.in_block:
+            return
+        sid, hflags, block = self.block
+        self.block = None
+        headers = self.decoder.decode(bytes(block))  # every block, in order: the table stays Triton's
+        self.up.unblock()
+        s = self.streams.get(sid)
+        if s is None and sid > self.last_sid:
+            self.last_sid = sid
+            self._open(sid, headers, bool(hflags & f.END_STREAM))
+            return
+        if s is not None and (s.held or s.checking) and not s.done:
+            self.refuse(s, ValidationError("request trailers before the first message was checked"))
+        if s is not None and hflags & f.END_STREAM:
+            s.client_ended = True
+            if s.done:
+                self.streams.pop(sid, None)
+
+    def _open(self, sid: int, headers: list[tuple[str, str]], ended: bool) -> None:
+        hm = dict(headers)
+        path = hm.get(":path", "")
+        method = path[len(_PREFIX) :] if path.startswith(_PREFIX) else path
+        s = self.streams[sid] = _Stream(sid, method)
+        s.client_ended = ended
+        s.encoding = hm.get("grpc-encoding", "identity")
+        core = self.core
+        try:
+            if self.dead is not None:
+                raise ServiceUnavailableError(self.dead)
+            if method not in _KNOWN:
+                raise _Refused(f"Method not found: {path}")
+            if method in REFUSED:
+                raise _Refused(f"{method} is not available through the gateway")
+            core.require_up()
+            if core.auth.enabled:
+                md = CIMultiDict((k, v) for k, v in headers if not k.startswith(":"))
+                s.principal = core.auth.authenticate("POST", path, md, b"")
+            if method in ADMIN_METHODS:
+                core.check_admin(s.principal or Principal("anonymous"))
+        except Exception as exc:
+            self.refuse(s, to_gateway_error(exc))
+
+    def _data(self, s: _Stream | None, raw: bytes) -> None:
+        if s is None or s.done or self.dead is not None:
+            if s is not None and raw[4] & f.END_STREAM:
+                s.client_ended = True
+                self.streams.pop(s.sid, None)
+            if len(raw) > 9:
+                self.down.inject(f.window_update(0, len(raw) - 9))  # the client's window back for the drop
+            return
+        if raw[4] & f.END_STREAM:
+            s.client_ended = True
+        s.held.append(raw)
+        payload = f.data_payload(raw[4], raw[9:])
+        if s.checking:
+            s.unscanned += payload
+            return
+        self._scan(s, payload)
+
+    # -- the policy --------------------------------------------------------------------------------------------------
+    def _scan(self, s: _Stream, data: bytes) -> None:
+        """Walk message boundaries; decide each message's model; forward what is held once nothing is undecided."""
+        try:
+            pos = 0
+            while s.scanning and pos < len(data):
+                if s.skip:
+                    take = min(s.skip, len(data) - pos)
+                    s.skip -= take
+                    pos += take
+                    continue
+                s.head += data[pos:]
+                pos = len(data)
+                head = s.head
+                if len(head) < 5:
+                    break
+                size = int.from_bytes(head[1:5], "big")
+                limit = self.core.options.max_body_bytes
+                if size > limit:
+                    raise PayloadTooLargeError(f"gRPC message of {size} bytes exceeds the limit of {limit} bytes")
+                complete = len(head) >= 5 + size
+                try:
+                    body = bytes(head[5 : 5 + size])
+                    if head[0] & 1:
+                        if not complete:
+                            raise f.NeedMore
+                        body = f.decompress(body, s.encoding)
+                    model = f.model_of(body, complete)
+                except f.NeedMore:
+                    if len(head) > f.MAX_HEAD:
+                        raise ValidationError("the model name must be within the first 64 KiB of a message") from None
+                    break
+                except (ValueError, zlib.error) as exc:
+                    raise ValidationError(f"malformed {s.method} request: {exc}") from None
+                data, pos = (bytes(head[5 + size :]) if complete else b""), 0
+                s.skip = 0 if complete else 5 + size - len(head)
+                s.head = bytearray()
+                s.scanning = s.method == _STREAM
+                pending = self._check(s, model)
+                if pending is not None:
+                    s.checking = True
+                    s.unscanned += data
+                    task = self._spawn(pending)
+                    task.add_done_callback(lambda t, s=s: self._checked(s, t))  # type: ignore[misc]
+                    return
+        except Exception as exc:
+            self.refuse(s, to_gateway_error(exc))
+            return
+        if not s.head and s.held:
+            held, s.held = s.held, []
+            self.up.fwd(b"".join(held))
+
+    def _check(self, s: _Stream, model: str) -> Coroutine[Any, Any, None] | None:
+        """grpc_front's rules for one message; None when decided synchronously (the warm path), else what to await."""
+        core = self.core
+        if s.principal is not None:
+            core.auth.authorize(
+                s.principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
+            )
+        if s.method == "ModelInfer":
+            core.acquire()
+            s.acquired = True
+            s.pin = core.models.try_serve(model)
+            return None if s.pin is not None else self._load(s, model, keep=True)
+        if s.method == _STREAM:  # counted like serving(); the pin ends at once, as in grpc_front
+            pin = core.models.try_serve(model)
+            if pin is not None:
+                pin()
+                return None
+            return self._load(s, model, keep=False)
+        if s.method in LOADING_METHODS:
+            return core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
+        return None
+
+    async def _load(self, s: _Stream, model: str, *, keep: bool) -> None:
+        core = self.core
+        for _ in range(3):  # loaded, then evicted by a burst before this pin: load again
+            await core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
+            pin = core.models.try_serve(model)
+            if pin is not None:
+                if keep:
+                    s.pin = pin
+                else:
+                    pin()
+                return
+        raise ModelNotReadyError(f"Model {model} was evicted while waiting to serve it; retry")
+
+    def _checked(self, s: _Stream, task: asyncio.Task[None]) -> None:
+        s.checking = False
+        exc = None if task.cancelled() else task.exception()
+        if task.cancelled() or s.done or self.closed:
+            self.end(s)
+            return
+        if exc is not None:
+            self.refuse(s, to_gateway_error(exc))
+            return
+        data = bytes(s.unscanned)
+        s.unscanned.clear()
+        self._scan(s, data)
+
+    # -- answers -----------------------------------------------------------------------------------------------------
+    def refuse(self, s: _Stream, err: GatewayError) -> None:
+        """Cancel the call upstream, answer it with the error's gRPC status, drop (and credit) what it still sends."""
+        if s.done:
+            return
+        s.done = True
+        self._credit(s)
+        self.end(s)
+        if self.dead is None:
+            self.up.inject(f.rst_stream(s.sid, f.CANCEL))
+        out = f.trailers_frame(s.sid, f.grpc_status(err.grpc_code), err.message, headers_sent=s.headers_sent)
+        if not s.client_ended:
+            out += f.rst_stream(s.sid, f.NO_ERROR)  # "stop sending": the answer is complete
+            self.streams[s.sid] = s
+        else:
+            self.streams.pop(s.sid, None)
+        self.down.inject(out)
+
+    def _credit(self, s: _Stream) -> None:
+        n = sum(len(r) - 9 for r in s.held if r[3] == f.DATA)
+        s.held.clear()
+        s.head.clear()
+        s.unscanned.clear()
+        if n:
+            self.down.inject(f.window_update(0, n))
+
+    def end(self, s: _Stream) -> None:
+        """The call is over (answered, reset, refused or the connection lost): its pins end, once."""
+        if s.pin is not None:
+            pin, s.pin = s.pin, None
+            pin()
+        if s.acquired:
+            s.acquired = False
+            self.core.release()
+
+
+class H2Front:
+    """The gRPC port: a plain TCP server whose connections are ``H2Connection`` frame forwarders."""
+
+    def __init__(self, core: GatewayCore) -> None:
+        self.core = core
+        host, _, port = core.triton.grpc.rpartition(":")
+        self.upstream = (host, int(port))
+        self.server: asyncio.base_events.Server | None = None
+        self.conns: set[H2Connection] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: H2Connection(self), host, port)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for c in list(self.conns):
+            if c.down.t is not None:
+                with contextlib.suppress(Exception):
+                    c.down.t.close()
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2.0)
