@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import zlib
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -49,13 +50,14 @@ _PREFIX = f"/{SERVICE}/"
 _STREAM = "ModelStreamInfer"
 _SCANNED = (*MODEL_METHODS, _STREAM)
 _KNOWN = frozenset((*SERVER_METHODS, *ADMIN_METHODS, *REFUSED, *_SCANNED))
+_INDEXED_ONLY = re.compile(rb"[\x80-\xfe]*")  # HPACK "indexed header field", one byte each (index < 127)
 _DEAD_LINGER_S = 0.5  # with Triton gone, a connection answers UNAVAILABLE this long, then GOAWAY and close
 
 
 class _Out:
     """One direction's writer: forwarded frames in order; injected frames only where a frame may start."""
 
-    __slots__ = ("held", "in_block", "pending", "ready", "t")
+    __slots__ = ("batch", "held", "in_block", "pending", "ready", "t")
 
     def __init__(self, ready: bool) -> None:
         self.t: asyncio.Transport | None = None
@@ -63,12 +65,24 @@ class _Out:
         self.held: list[bytes] = []  # injected while a header block is open or before the server preface
         self.in_block = False
         self.ready = ready
+        self.batch: list[bytes] | None = None  # while one read is processed: one write (one syscall) at its end
 
     def fwd(self, data: bytes) -> None:
-        if self.t is None:
+        if self.batch is not None:
+            self.batch.append(data)
+        elif self.t is None:
             self.pending.append(data)
         else:
             self.t.write(data)
+
+    def cork(self) -> None:
+        self.batch = []
+
+    def uncork(self) -> None:
+        batch, self.batch = self.batch, None
+        data = b"".join(batch) if batch else b""
+        if data:
+            self.fwd(data)
 
     def inject(self, data: bytes) -> None:
         if self.in_block or not self.ready:
@@ -118,6 +132,16 @@ class _Up(asyncio.Protocol):
         self.buf = b""
 
     def data_received(self, data: bytes) -> None:
+        c = self.conn
+        c.down.cork()
+        c.up.cork()
+        try:
+            self._received(data)
+        finally:
+            c.down.uncork()
+            c.up.uncork()
+
+    def _received(self, data: bytes) -> None:
         c = self.conn
         out = c.down
         buf = self.buf + data if self.buf else data
@@ -188,6 +212,7 @@ class H2Connection(asyncio.Protocol):
         self.block: tuple[int, int, bytearray] | None = None  # (stream, HEADERS flags, fragments) until END_HEADERS
         self.last_sid = 0
         self.settings_seen = 0
+        self.hcache: dict[bytes, list[tuple[str, str]]] = {}
         self.dead: str | None = None  # why Triton is gone: streams are answered UNAVAILABLE
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -253,6 +278,15 @@ class H2Connection(asyncio.Protocol):
 
     # -- client frames -----------------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.up.cork()
+        self.down.cork()
+        try:
+            self._received(data)
+        finally:
+            self.up.uncork()
+            self.down.uncork()
+
+    def _received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
         if self.preface:
             if len(buf) < 24:
@@ -318,7 +352,7 @@ class H2Connection(asyncio.Protocol):
             return
         sid, hflags, block = self.block
         self.block = None
-        headers = self.decoder.decode(bytes(block))  # every block, in order: the table stays Triton's
+        headers = self._decode(bytes(block))
         self.up.unblock()
         s = self.streams.get(sid)
         if s is None and sid > self.last_sid:
@@ -331,6 +365,20 @@ class H2Connection(asyncio.Protocol):
             s.client_ended = True
             if s.done:
                 self.streams.pop(sid, None)
+
+    def _decode(self, block: bytes) -> list[tuple[str, str]]:
+        """Every block, in order, so the table stays Triton's. A block of one-byte indexed fields only (a repeat
+        call's usual block) changes no table: its decoding is reused until a block that changes the table."""
+        got = self.hcache.get(block)
+        if got is not None:
+            return got
+        headers: list[tuple[str, str]] = self.decoder.decode(block)
+        if _INDEXED_ONLY.fullmatch(block):
+            if len(self.hcache) < 64:
+                self.hcache[block] = headers
+        else:
+            self.hcache.clear()
+        return headers
 
     def _open(self, sid: int, headers: list[tuple[str, str]], ended: bool) -> None:
         hm = dict(headers)

@@ -1,0 +1,266 @@
+"""The frame-forwarding gRPC front (``grpc_engine="h2"``) against its own real Triton: many clients on shared and own
+connections, cold loads, per-message policy on one connection (HPACK state must stay in step), the message size
+limit, tensors spanning many DATA frames both ways, and Triton gone (fast UNAVAILABLE, then recovery)."""
+
+from __future__ import annotations
+
+import queue
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from toolkit.gateway.auth import AuthConfig
+from toolkit.gateway.core import GatewayOptions
+from toolkit.gateway.models import RepositoryModels
+from toolkit.gateway.server import Gateway, GatewayAddresses, GatewayThread
+from toolkit.server import EmbeddedTriton, ServerOptions
+from toolkit.server.launcher import TritonEndpoint
+
+MiB = 1024 * 1024
+BOB = {"x-api-key": "h2-bob-key"}  # invoke and admin on everything
+CAROL = {"x-api-key": "h2-carol-key"}  # invoke on the model "echo" only
+AUTH = {
+    "principals": [
+        {"name": "bob", "api_keys": ["h2-bob-key"], "policy": [{"Effect": "Allow", "Action": ["invoke", "admin"]}]},
+        {
+            "name": "carol",
+            "api_keys": ["h2-carol-key"],
+            "policy": [
+                {
+                    "Effect": "Allow",
+                    "Action": "invoke",
+                    "Resource": "endpoint/kserve",
+                    "Condition": {"StringLike": {"sagemaker:TargetModel": ["echo"]}},
+                }
+            ],
+        },
+    ]
+}
+MODEL = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for r in requests:
+            x = pb_utils.get_input_tensor_by_name(r, "IN").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUT", x * 2)]))
+        return out
+"""
+CONFIG = """
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+input [{{ name: "IN", data_type: TYPE_FP32, dims: [-1] }}]
+output [{{ name: "OUT", data_type: TYPE_FP32, dims: [-1] }}]
+instance_group [{{ kind: KIND_CPU, count: 1 }}]
+"""
+
+
+class H2Stack:
+    def __init__(self, triton: EmbeddedTriton, gw: GatewayAddresses, loads: list[str]) -> None:
+        self.triton, self.gw, self.loads = triton, gw, loads
+
+
+@pytest.fixture(scope="module")
+def h2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[H2Stack]:
+    repo = tmp_path_factory.mktemp("h2_repo")
+    for name in ("echo", "echo_cold"):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "model.py").write_text(textwrap.dedent(MODEL))
+        (repo / name / "config.pbtxt").write_text(CONFIG.format(name=name))
+    work = tmp_path_factory.mktemp("h2_work")
+    triton = EmbeddedTriton(ServerOptions(repository=repo, workdir=work, log_file=work / "t.log", load=["echo"]))
+    triton.start(timeout=90)
+    loads: list[str] = []
+    models = RepositoryModels(triton.endpoint, repo, on_loaded=loads.append)
+    opts = GatewayOptions(http_port=0, grpc_port=0, max_body_bytes=2 * MiB, auth=AuthConfig.from_dict(AUTH))
+    assert opts.grpc_engine == "h2"  # the default
+    runner = GatewayThread(Gateway(opts, triton.endpoint, models=models))
+    try:
+        yield H2Stack(triton, runner.start(), loads)
+    finally:
+        runner.stop()
+        triton.stop()
+
+
+def _input(x: np.ndarray) -> grpcclient.InferInput:
+    i = grpcclient.InferInput("IN", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    return i
+
+
+def _echo(c: grpcclient.InferenceServerClient, x: np.ndarray, model: str = "echo", **kw: Any) -> np.ndarray:
+    out = c.infer(model, [_input(x)], headers=kw.pop("headers", BOB), **kw).as_numpy("OUT")
+    assert out is not None
+    return out
+
+
+def test_many_concurrent_clients_match_direct_triton(h2: H2Stack) -> None:
+    """Threads with their own connection and threads sharing one (interleaved streams): every answer is Triton's."""
+    assert h2.gw.grpc
+    direct = grpcclient.InferenceServerClient(h2.triton.endpoint.grpc)
+    shared = grpcclient.InferenceServerClient(h2.gw.grpc)
+    rng = np.random.default_rng(7)
+    inputs = [rng.random(int(n), dtype=np.float32) for n in rng.integers(1, 5000, size=48)]
+    expected = [direct.infer("echo", [_input(x)]).as_numpy("OUT") for x in inputs]
+    failures: list[str] = []
+
+    def worker(k: int, own: bool) -> None:
+        c = grpcclient.InferenceServerClient(h2.gw.grpc or "") if own else shared
+        try:
+            for j in range(k, len(inputs), 6):
+                got = _echo(c, inputs[j])
+                if not np.array_equal(got, expected[j]):
+                    failures.append(f"call {j}: wrong answer")
+        except Exception as exc:
+            failures.append(f"worker {k}: {exc}")
+        finally:
+            if own:
+                c.close()
+
+    threads = [threading.Thread(target=worker, args=(k, k % 2 == 0)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures
+    assert shared.is_server_ready(headers=BOB) and shared.get_server_metadata(headers=BOB).name == "triton"
+    shared.close()
+    direct.close()
+
+
+def test_cold_model_loads_once_under_concurrent_calls(h2: H2Stack) -> None:
+    x = np.arange(16, dtype=np.float32)
+    results: queue.Queue[Any] = queue.Queue()
+
+    def call() -> None:
+        c = grpcclient.InferenceServerClient(h2.gw.grpc or "")
+        try:
+            results.put(_echo(c, x, "echo_cold"))
+        except Exception as exc:
+            results.put(exc)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    got = [results.get_nowait() for _ in threads]
+    assert all(isinstance(g, np.ndarray) and np.array_equal(g, x * 2) for g in got), got
+    assert h2.loads.count("echo_cold") == 1, h2.loads
+
+
+def test_denials_on_one_connection_leave_it_working(h2: H2Stack) -> None:
+    """Refused calls are answered on the same connection as allowed ones, alternating: HPACK must stay in step."""
+    c = grpcclient.InferenceServerClient(h2.gw.grpc or "")
+    x = np.ones(8, dtype=np.float32)
+    for round_ in range(4):
+        assert np.array_equal(_echo(c, x + round_, headers=CAROL), (x + round_) * 2)
+        with pytest.raises(InferenceServerException, match="PERMISSION_DENIED") as e:
+            _echo(c, x, "echo_cold", headers=CAROL)
+        assert "carol" in str(e.value) and "echo_cold" in str(e.value)
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            _echo(c, x, headers={"x-api-key": f"guess-{round_}"})
+        with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+            c.get_model_repository_index(headers=CAROL)  # admin-only
+        with pytest.raises(InferenceServerException, match="UNIMPLEMENTED"):
+            c.get_system_shared_memory_status(headers=BOB)
+        with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+            _echo(c, x, "no_such_model")
+        assert np.array_equal(_echo(c, x, headers=BOB), x * 2)
+        assert c.get_model_metadata("echo", headers=BOB).name == "echo"
+    c.close()
+
+
+def test_stream_checks_every_message(h2: H2Stack) -> None:
+    """ModelStreamInfer: an allowed message is answered, a later denied one ends the stream with PERMISSION_DENIED."""
+    got: queue.Queue[Any] = queue.Queue()
+    c = grpcclient.InferenceServerClient(h2.gw.grpc or "")
+    c.start_stream(callback=lambda result, error: got.put((result, error)), headers=CAROL)
+    x = np.arange(4, dtype=np.float32)
+    c.async_stream_infer("echo", [_input(x)], request_id="ok")
+    first, err = got.get(timeout=30)
+    assert err is None and np.array_equal(first.as_numpy("OUT"), x * 2)
+    c.async_stream_infer("echo_cold", [_input(x)], request_id="denied")
+    _, err = got.get(timeout=30)
+    c.stop_stream()
+    c.close()
+    assert err is not None and "PERMISSION_DENIED" in str(err.status()), err
+
+
+def test_big_tensors_and_the_size_limit(h2: H2Stack) -> None:
+    c = grpcclient.InferenceServerClient(h2.gw.grpc or "")
+    rng = np.random.default_rng(3)
+    for nbytes in (1 * MiB, 2 * MiB - 4096):  # many DATA frames each way, and the limit minus the protobuf framing
+        x = rng.random(nbytes // 4, dtype=np.float32)
+        np.testing.assert_array_equal(_echo(c, x), x * 2)
+    for _ in range(3):  # refused while the client is still sending: the dropped bytes' window is given back
+        with pytest.raises(InferenceServerException, match="RESOURCE_EXHAUSTED"):
+            _echo(c, rng.random(3 * MiB // 4, dtype=np.float32))
+    x = rng.random(MiB // 4, dtype=np.float32)
+    np.testing.assert_array_equal(_echo(c, x, client_timeout=20), x * 2)  # a leaked window would stall this call
+    c.close()
+
+
+def test_triton_unreachable_is_unavailable_at_once() -> None:
+    """No Triton behind the port: every call fails fast with UNAVAILABLE (and again, without a reconnect backoff)."""
+    dead = TritonEndpoint("127.0.0.1:9", "127.0.0.1:9", "127.0.0.1:9")
+    runner = GatewayThread(Gateway(GatewayOptions(http_port=0, grpc_port=0), dead))
+    addrs = runner.start()
+    c = grpcclient.InferenceServerClient(addrs.grpc or "")
+    try:
+        for _ in range(3):
+            t = time.monotonic()
+            with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
+                c.is_server_live(client_timeout=10)
+            assert time.monotonic() - t < 1.5
+            time.sleep(_linger())
+    finally:
+        c.close()
+        runner.stop()
+
+
+def _linger() -> float:
+    from toolkit.gateway.h2_front import _DEAD_LINGER_S
+
+    return _DEAD_LINGER_S + 0.1
+
+
+def test_triton_killed_then_back_on_the_same_ports(h2: H2Stack) -> None:
+    """Last (restarts the module's Triton): calls during the outage are UNAVAILABLE at once; afterwards they work."""
+    c = grpcclient.InferenceServerClient(h2.gw.grpc or "")
+    x = np.arange(8, dtype=np.float32)
+    assert np.array_equal(_echo(c, x), x * 2)
+    ep = h2.triton.endpoint
+    h2.triton.stop()
+    for _ in range(2):
+        t = time.monotonic()
+        with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
+            _echo(c, x, client_timeout=10)
+        assert time.monotonic() - t < 1.5
+        time.sleep(_linger())
+    o = h2.triton.options
+    o.http_port, o.grpc_port, o.metrics_port = (int(a.rsplit(":", 1)[1]) for a in (ep.http, ep.grpc, ep.metrics))
+    h2.triton.start(timeout=90)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert np.array_equal(_echo(c, x, client_timeout=10), x * 2)
+            break
+        except InferenceServerException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    c.close()
