@@ -1,4 +1,7 @@
-"""HTTP/2 framing helpers for the frame-forwarding gRPC front (``h2_front``): just enough of RFC 7540 to forward.
+"""HTTP/2 wire work for the frame-forwarding gRPC front (``h2_front``): just enough of RFC 7540 to forward.
+
+``FrameWriter`` writes one direction (forwarded frames in order, the front's own frames only where a frame may
+start); ``TritonReader`` walks Triton's frames (9-byte headers only) to find stream ends and frame boundaries.
 
 The front never re-encodes what Triton or the client wrote; it only builds a few frames of its own (a trailers-only
 gRPC answer, RST_STREAM, WINDOW_UPDATE, GOAWAY, SETTINGS/PING acks) and reads the model name out of a gRPC message's
@@ -8,12 +11,20 @@ dynamic table is never touched by them: what Triton's encoder and the client's d
 
 from __future__ import annotations
 
+import asyncio
+import re
 import struct
 import zlib
+from typing import TYPE_CHECKING
 
 import grpc
+import hpack
 
+from toolkit.gateway.errors import PayloadTooLargeError, ValidationError
 from toolkit.gateway.grpc_front import _varint
+
+if TYPE_CHECKING:
+    from toolkit.gateway.h2_front import H2Connection
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
@@ -153,6 +164,55 @@ def model_of(body: bytes, complete: bool) -> str:
     return ""
 
 
+def message_model(head: bytes | bytearray, limit: int, encoding: str) -> tuple[str, int]:
+    """(model name, size) of the gRPC message whose first bytes (5-byte prefix included) are ``head``; NeedMore
+    while they do not decide it. A compressed message is decided only whole, so it must fit in ``MAX_HEAD``."""
+    if len(head) < 5:
+        raise NeedMore
+    size = int.from_bytes(head[1:5], "big")
+    if size > limit:
+        raise PayloadTooLargeError(f"gRPC message of {size} bytes exceeds the limit of {limit} bytes")
+    complete = len(head) >= 5 + size
+    try:
+        body = bytes(head[5 : 5 + size])
+        if head[0] & 1:
+            if not complete:
+                raise NeedMore
+            body = decompress(body, encoding)
+        return model_of(body, complete), size
+    except NeedMore:
+        if len(head) > MAX_HEAD:
+            raise ValidationError("the model name must be within the first 64 KiB of a message") from None
+        raise
+    except (ValueError, zlib.error) as exc:
+        raise ValidationError(f"malformed gRPC request message: {exc}") from None
+
+
+_INDEXED_ONLY = re.compile(rb"[\x80-\xfe]*")  # HPACK "indexed header field" representations of one byte each
+
+
+class BlockDecoder(hpack.Decoder):  # type: ignore[misc]
+    """Decodes every client header block in order, so its table stays the one Triton's decoder has. A block of
+    one-byte indexed fields only (a repeated call's usual block) changes no table: its result is reused until a
+    block that does change the table."""
+
+    def __init__(self) -> None:
+        super().__init__(max_header_list_size=1 << 20)
+        self.cache: dict[bytes, list[tuple[str, str]]] = {}
+
+    def decode(self, data: bytes, raw: bool = False) -> list[tuple[str, str]]:
+        got = self.cache.get(data)
+        if got is not None:
+            return got
+        headers: list[tuple[str, str]] = super().decode(data, raw)
+        if _INDEXED_ONLY.fullmatch(data):
+            if len(self.cache) < 64:
+                self.cache[data] = headers
+        else:
+            self.cache.clear()
+        return headers
+
+
 def decompress(body: bytes, encoding: str) -> bytes:
     """A compressed gRPC message (flag byte 1) in the call's ``grpc-encoding``."""
     if encoding == "gzip":
@@ -160,3 +220,125 @@ def decompress(body: bytes, encoding: str) -> bytes:
     if encoding == "deflate":
         return zlib.decompress(body)
     raise ValueError(f"unsupported grpc-encoding {encoding!r}")
+
+
+class FrameWriter:
+    """One direction's writer: forwarded frames in order; injected frames only where a frame may start."""
+
+    __slots__ = ("batch", "held", "in_block", "pending", "ready", "t")
+
+    def __init__(self, ready: bool) -> None:
+        self.t: asyncio.Transport | None = None
+        self.pending: list[bytes] = []  # forwarded before the transport exists (upstream still connecting)
+        self.held: list[bytes] = []  # injected while a header block is open or before the server preface
+        self.in_block = False
+        self.ready = ready
+        self.batch: list[bytes] | None = None  # while one read is processed: one write (one syscall) at its end
+
+    def fwd(self, data: bytes) -> None:
+        if self.batch is not None:
+            self.batch.append(data)
+        elif self.t is None:
+            self.pending.append(data)
+        else:
+            self.t.write(data)
+
+    def cork(self) -> None:
+        self.batch = []
+
+    def uncork(self) -> None:
+        batch, self.batch = self.batch, None
+        data = b"".join(batch) if batch else b""
+        if data:
+            self.fwd(data)
+
+    def inject(self, data: bytes) -> None:
+        if self.in_block or not self.ready:
+            self.held.append(data)
+        else:
+            self.fwd(data)
+
+    def unblock(self) -> None:
+        if self.held and self.ready and not self.in_block:
+            data = b"".join(self.held)
+            self.held.clear()
+            self.fwd(data)
+
+    def attach(self, t: asyncio.Transport) -> None:
+        self.t = t
+        if self.pending:
+            t.write(b"".join(self.pending))
+            self.pending.clear()
+
+
+class TritonReader(asyncio.Protocol):
+    """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped."""
+
+    def __init__(self, conn: H2Connection) -> None:
+        self.conn = conn
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        c = self.conn
+        c.down.cork()
+        c.up.cork()
+        try:
+            self._received(data)
+        finally:
+            c.down.uncork()
+            c.up.uncork()
+
+    def _received(self, data: bytes) -> None:
+        c = self.conn
+        out = c.down
+        buf = self.buf + data if self.buf else data
+        n, i, start, in_block = len(buf), 0, 0, out.in_block
+        ended: list[int] = []
+        while n - i >= 9:
+            end = i + 9 + int.from_bytes(buf[i : i + 3], "big")
+            if end > n:
+                break
+            t, flags, sid = buf[i + 3], buf[i + 4], int.from_bytes(buf[i + 5 : i + 9], "big") & 0x7FFFFFFF
+            s = c.streams.get(sid) if sid else None
+            if s is not None and s.done and t in (DATA, RST_STREAM, WINDOW_UPDATE):
+                out.fwd(buf[start:i])
+                start = end
+                if t == DATA and end - i > 9:
+                    c.up.inject(window_update(0, end - i - 9))  # Triton's window back for what was dropped
+            elif t in (DATA, HEADERS):
+                if flags & END_STREAM:
+                    ended.append(sid)
+                if t == HEADERS:
+                    in_block = not flags & END_HEADERS
+                    if s is not None:
+                        s.headers_sent = True
+            elif t == CONTINUATION:
+                in_block = not flags & END_HEADERS
+            elif t == RST_STREAM:
+                ended.append(sid)
+            elif t == SETTINGS and not flags & ACK:
+                size = settings_table_size(buf[i + 9 : end])
+                if size is not None:
+                    c.decoder.max_allowed_table_size = size
+            i = end
+            if not in_block and out.held:
+                out.fwd(buf[start:i])
+                start = i
+                out.in_block = False
+                out.ready = True
+                out.unblock()
+        if start < i:
+            out.fwd(buf[start:i])
+        out.in_block = in_block
+        if i and not out.ready:
+            out.ready = True
+            out.unblock()
+        self.buf = buf[i:]
+        for sid in ended:  # bookkeeping after the answer is on its way
+            s = c.streams.get(sid)
+            if s is not None and not s.done:
+                c.end(s)
+                del c.streams[sid]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.upstream_gone(self.buf == b"", f"Triton closed the connection: {exc or 'EOF'}")

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-import zlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -31,7 +29,6 @@ from toolkit.gateway.core import KSERVE_ENDPOINT, GatewayCore, to_gateway_error
 from toolkit.gateway.errors import (
     GatewayError,
     ModelNotReadyError,
-    PayloadTooLargeError,
     ServiceUnavailableError,
     ValidationError,
 )
@@ -50,57 +47,7 @@ _PREFIX = f"/{SERVICE}/"
 _STREAM = "ModelStreamInfer"
 _SCANNED = (*MODEL_METHODS, _STREAM)
 _KNOWN = frozenset((*SERVER_METHODS, *ADMIN_METHODS, *REFUSED, *_SCANNED))
-_INDEXED_ONLY = re.compile(rb"[\x80-\xfe]*")  # HPACK "indexed header field", one byte each (index < 127)
 _DEAD_LINGER_S = 0.5  # with Triton gone, a connection answers UNAVAILABLE this long, then GOAWAY and close
-
-
-class _Out:
-    """One direction's writer: forwarded frames in order; injected frames only where a frame may start."""
-
-    __slots__ = ("batch", "held", "in_block", "pending", "ready", "t")
-
-    def __init__(self, ready: bool) -> None:
-        self.t: asyncio.Transport | None = None
-        self.pending: list[bytes] = []  # forwarded before the transport exists (upstream still connecting)
-        self.held: list[bytes] = []  # injected while a header block is open or before the server preface
-        self.in_block = False
-        self.ready = ready
-        self.batch: list[bytes] | None = None  # while one read is processed: one write (one syscall) at its end
-
-    def fwd(self, data: bytes) -> None:
-        if self.batch is not None:
-            self.batch.append(data)
-        elif self.t is None:
-            self.pending.append(data)
-        else:
-            self.t.write(data)
-
-    def cork(self) -> None:
-        self.batch = []
-
-    def uncork(self) -> None:
-        batch, self.batch = self.batch, None
-        data = b"".join(batch) if batch else b""
-        if data:
-            self.fwd(data)
-
-    def inject(self, data: bytes) -> None:
-        if self.in_block or not self.ready:
-            self.held.append(data)
-        else:
-            self.fwd(data)
-
-    def unblock(self) -> None:
-        if self.held and self.ready and not self.in_block:
-            data = b"".join(self.held)
-            self.held.clear()
-            self.fwd(data)
-
-    def attach(self, t: asyncio.Transport) -> None:
-        self.t = t
-        if self.pending:
-            t.write(b"".join(self.pending))
-            self.pending.clear()
 
 
 class _Stream:
@@ -124,95 +71,21 @@ class _Stream:
         self.encoding = "identity"
 
 
-class _Up(asyncio.Protocol):
-    """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped."""
-
-    def __init__(self, conn: H2Connection) -> None:
-        self.conn = conn
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        c = self.conn
-        c.down.cork()
-        c.up.cork()
-        try:
-            self._received(data)
-        finally:
-            c.down.uncork()
-            c.up.uncork()
-
-    def _received(self, data: bytes) -> None:
-        c = self.conn
-        out = c.down
-        buf = self.buf + data if self.buf else data
-        n, i, start, in_block = len(buf), 0, 0, out.in_block
-        ended: list[int] = []
-        while n - i >= 9:
-            end = i + 9 + int.from_bytes(buf[i : i + 3], "big")
-            if end > n:
-                break
-            t, flags, sid = buf[i + 3], buf[i + 4], int.from_bytes(buf[i + 5 : i + 9], "big") & 0x7FFFFFFF
-            s = c.streams.get(sid) if sid else None
-            if s is not None and s.done and t in (f.DATA, f.RST_STREAM, f.WINDOW_UPDATE):
-                out.fwd(buf[start:i])
-                start = end
-                if t == f.DATA and end - i > 9:
-                    c.up.inject(f.window_update(0, end - i - 9))  # Triton's window back for what was dropped
-            elif t == f.DATA or t == f.HEADERS:
-                if flags & f.END_STREAM:
-                    ended.append(sid)
-                if t == f.HEADERS:
-                    in_block = not flags & f.END_HEADERS
-                    if s is not None:
-                        s.headers_sent = True
-            elif t == f.CONTINUATION:
-                in_block = not flags & f.END_HEADERS
-            elif t == f.RST_STREAM:
-                ended.append(sid)
-            elif t == f.SETTINGS and not flags & f.ACK:
-                size = f.settings_table_size(buf[i + 9 : end])
-                if size is not None:
-                    c.decoder.max_allowed_table_size = size
-            i = end
-            if not in_block and out.held:
-                out.fwd(buf[start:i])
-                start = i
-                out.in_block = False
-                out.ready = True
-                out.unblock()
-        if start < i:
-            out.fwd(buf[start:i])
-        out.in_block = in_block
-        if i and not out.ready:
-            out.ready = True
-            out.unblock()
-        self.buf = buf[i:]
-        for sid in ended:  # bookkeeping after the answer is on its way
-            s = c.streams.get(sid)
-            if s is not None and not s.done:
-                c.end(s)
-                del c.streams[sid]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.upstream_gone(self.buf == b"", f"Triton closed the connection: {exc or 'EOF'}")
-
-
 class H2Connection(asyncio.Protocol):
     """Client -> Triton for one client connection: the policy runs here."""
 
     def __init__(self, front: H2Front) -> None:
         self.front = front
         self.core = front.core
-        self.decoder = hpack.Decoder(max_header_list_size=1 << 20)
-        self.down = _Out(ready=False)
-        self.up = _Out(ready=True)
+        self.decoder = f.BlockDecoder()
+        self.down = f.FrameWriter(ready=False)
+        self.up = f.FrameWriter(ready=True)
         self.streams: dict[int, _Stream] = {}
         self.buf = b""
         self.preface = True
         self.block: tuple[int, int, bytearray] | None = None  # (stream, HEADERS flags, fragments) until END_HEADERS
         self.last_sid = 0
         self.settings_seen = 0
-        self.hcache: dict[bytes, list[tuple[str, str]]] = {}
         self.dead: str | None = None  # why Triton is gone: streams are answered UNAVAILABLE
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -226,7 +99,7 @@ class H2Connection(asyncio.Protocol):
     async def _connect(self) -> None:
         host, port = self.front.upstream
         try:
-            t, _ = await asyncio.get_running_loop().create_connection(lambda: _Up(self), host, port)
+            t, _ = await asyncio.get_running_loop().create_connection(lambda: f.TritonReader(self), host, port)
         except OSError as exc:
             self.upstream_gone(True, f"Triton is unavailable: {exc.strerror or exc}")
             return
@@ -337,6 +210,7 @@ class H2Connection(asyncio.Protocol):
         if t == f.RST_STREAM:
             s = self.streams.pop(sid, None)
             if s is not None and not s.done:
+                s.done = True  # a check still running ends with nothing forwarded and its pins released
                 self._credit(s)
                 self.end(s)
             return
@@ -352,7 +226,7 @@ class H2Connection(asyncio.Protocol):
             return
         sid, hflags, block = self.block
         self.block = None
-        headers = self._decode(bytes(block))
+        headers = self.decoder.decode(bytes(block))
         self.up.unblock()
         s = self.streams.get(sid)
         if s is None and sid > self.last_sid:
@@ -365,20 +239,6 @@ class H2Connection(asyncio.Protocol):
             s.client_ended = True
             if s.done:
                 self.streams.pop(sid, None)
-
-    def _decode(self, block: bytes) -> list[tuple[str, str]]:
-        """Every block, in order, so the table stays Triton's. A block of one-byte indexed fields only (a repeat
-        call's usual block) changes no table: its decoding is reused until a block that changes the table."""
-        got = self.hcache.get(block)
-        if got is not None:
-            return got
-        headers: list[tuple[str, str]] = self.decoder.decode(block)
-        if _INDEXED_ONLY.fullmatch(block):
-            if len(self.hcache) < 64:
-                self.hcache[block] = headers
-        else:
-            self.hcache.clear()
-        return headers
 
     def _open(self, sid: int, headers: list[tuple[str, str]], ended: bool) -> None:
         hm = dict(headers)
@@ -435,26 +295,11 @@ class H2Connection(asyncio.Protocol):
                 s.head += data[pos:]
                 pos = len(data)
                 head = s.head
-                if len(head) < 5:
-                    break
-                size = int.from_bytes(head[1:5], "big")
-                limit = self.core.options.max_body_bytes
-                if size > limit:
-                    raise PayloadTooLargeError(f"gRPC message of {size} bytes exceeds the limit of {limit} bytes")
-                complete = len(head) >= 5 + size
                 try:
-                    body = bytes(head[5 : 5 + size])
-                    if head[0] & 1:
-                        if not complete:
-                            raise f.NeedMore
-                        body = f.decompress(body, s.encoding)
-                    model = f.model_of(body, complete)
+                    model, size = f.message_model(head, self.core.options.max_body_bytes, s.encoding)
                 except f.NeedMore:
-                    if len(head) > f.MAX_HEAD:
-                        raise ValidationError("the model name must be within the first 64 KiB of a message") from None
                     break
-                except (ValueError, zlib.error) as exc:
-                    raise ValidationError(f"malformed {s.method} request: {exc}") from None
+                complete = len(head) >= 5 + size
                 data, pos = (bytes(head[5 + size :]) if complete else b""), 0
                 s.skip = 0 if complete else 5 + size - len(head)
                 s.head = bytearray()
