@@ -17,7 +17,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from toolkit.gateway.auth import AuthConfig
-from toolkit.gateway.core import GatewayOptions
+from toolkit.gateway.core import GatewayCore, GatewayOptions
 from toolkit.gateway.models import RepositoryModels
 from toolkit.gateway.server import Gateway, GatewayAddresses, GatewayThread
 from toolkit.server import EmbeddedTriton, ServerOptions
@@ -66,14 +66,21 @@ instance_group [{{ kind: KIND_CPU, count: 1 }}]
 
 
 class H2Stack:
-    def __init__(self, triton: EmbeddedTriton, gw: GatewayAddresses, loads: list[str]) -> None:
-        self.triton, self.gw, self.loads = triton, gw, loads
+    def __init__(self, triton: EmbeddedTriton, gw: GatewayAddresses, loads: list[str], core: GatewayCore) -> None:
+        self.triton, self.gw, self.loads, self.core = triton, gw, loads, core
+
+    def wait_idle(self) -> int:
+        """The gateway's in-flight count once the last answers' bookkeeping ran (it follows the write)."""
+        deadline = time.monotonic() + 5
+        while self.core.inflight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.core.inflight
 
 
 @pytest.fixture(scope="module")
 def h2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[H2Stack]:
     repo = tmp_path_factory.mktemp("h2_repo")
-    for name in ("echo", "echo_cold"):
+    for name in ("echo", "echo_cold", "echo_cancel"):
         (repo / name / "1").mkdir(parents=True)
         (repo / name / "1" / "model.py").write_text(textwrap.dedent(MODEL))
         (repo / name / "config.pbtxt").write_text(CONFIG.format(name=name))
@@ -84,9 +91,10 @@ def h2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[H2Stack]:
     models = RepositoryModels(triton.endpoint, repo, on_loaded=loads.append)
     opts = GatewayOptions(http_port=0, grpc_port=0, max_body_bytes=2 * MiB, auth=AuthConfig.from_dict(AUTH))
     assert opts.grpc_engine == "h2"  # the default
-    runner = GatewayThread(Gateway(opts, triton.endpoint, models=models))
+    gw = Gateway(opts, triton.endpoint, models=models)
+    runner = GatewayThread(gw)
     try:
-        yield H2Stack(triton, runner.start(), loads)
+        yield H2Stack(triton, runner.start(), loads, gw.core)
     finally:
         runner.stop()
         triton.stop()
@@ -133,6 +141,7 @@ def test_many_concurrent_clients_match_direct_triton(h2: H2Stack) -> None:
     for t in threads:
         t.join(60)
     assert not failures, failures
+    assert h2.wait_idle() == 0  # every call's concurrency slot ended with its response
     assert shared.is_server_ready(headers=BOB) and shared.get_server_metadata(headers=BOB).name == "triton"
     shared.close()
     direct.close()
@@ -159,6 +168,18 @@ def test_cold_model_loads_once_under_concurrent_calls(h2: H2Stack) -> None:
     got = [results.get_nowait() for _ in threads]
     assert all(isinstance(g, np.ndarray) and np.array_equal(g, x * 2) for g in got), got
     assert h2.loads.count("echo_cold") == 1, h2.loads
+
+
+def test_client_cancel_during_a_cold_load_releases_the_call(h2: H2Stack) -> None:
+    """The client gives up (RST_STREAM) while its model loads: the call's slot and pin end, nothing is forwarded."""
+    c = grpcclient.InferenceServerClient(h2.gw.grpc or "")
+    x = np.arange(4, dtype=np.float32)
+    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED"):
+        _echo(c, x, "echo_cancel", client_timeout=0.02)
+    assert h2.wait_idle() == 0
+    assert np.array_equal(_echo(c, x, "echo_cancel"), x * 2)
+    assert h2.wait_idle() == 0
+    c.close()
 
 
 def test_denials_on_one_connection_leave_it_working(h2: H2Stack) -> None:
