@@ -24,6 +24,7 @@ from toolkit.server import EmbeddedTriton, ServerOptions
 from toolkit.server.launcher import TritonEndpoint
 
 MiB = 1024 * 1024
+TIMEOUT_S = 2.0  # the gateway's request timeout: the "slow" model takes 4 s
 BOB = {"x-api-key": "h2-bob-key"}  # invoke and admin on everything
 CAROL = {"x-api-key": "h2-carol-key"}  # invoke on the model "echo" only
 AUTH = {
@@ -80,16 +81,19 @@ class H2Stack:
 @pytest.fixture(scope="module")
 def h2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[H2Stack]:
     repo = tmp_path_factory.mktemp("h2_repo")
-    for name in ("echo", "echo_cold", "echo_cancel"):
+    for name in ("echo", "echo_cold", "echo_cancel", "slow"):
         (repo / name / "1").mkdir(parents=True)
-        (repo / name / "1" / "model.py").write_text(textwrap.dedent(MODEL))
+        code = MODEL.replace("out = []", "time.sleep(4)\n        out = []") if name == "slow" else MODEL
+        (repo / name / "1" / "model.py").write_text("import time\n" + textwrap.dedent(code))
         (repo / name / "config.pbtxt").write_text(CONFIG.format(name=name))
     work = tmp_path_factory.mktemp("h2_work")
     triton = EmbeddedTriton(ServerOptions(repository=repo, workdir=work, log_file=work / "t.log", load=["echo"]))
     triton.start(timeout=90)
     loads: list[str] = []
     models = RepositoryModels(triton.endpoint, repo, on_loaded=loads.append)
-    opts = GatewayOptions(http_port=0, grpc_port=0, max_body_bytes=2 * MiB, auth=AuthConfig.from_dict(AUTH))
+    opts = GatewayOptions(
+        http_port=0, grpc_port=0, max_body_bytes=2 * MiB, timeout_s=TIMEOUT_S, auth=AuthConfig.from_dict(AUTH)
+    )
     assert opts.grpc_engine == "h2"  # the default
     gw = Gateway(opts, triton.endpoint, models=models)
     runner = GatewayThread(gw)
@@ -179,6 +183,19 @@ def test_client_cancel_during_a_cold_load_releases_the_call(h2: H2Stack) -> None
     assert h2.wait_idle() == 0
     assert np.array_equal(_echo(c, x, "echo_cancel"), x * 2)
     assert h2.wait_idle() == 0
+    c.close()
+
+
+def test_request_timeout_is_deadline_exceeded_and_the_connection_goes_on(h2: H2Stack) -> None:
+    c = grpcclient.InferenceServerClient(h2.gw.grpc or "")
+    x = np.arange(4, dtype=np.float32)
+    assert c.get_model_config("slow", headers=BOB).config.name == "slow"  # loaded (no infer): the timer is Triton's
+    t = time.monotonic()
+    with pytest.raises(InferenceServerException, match="DEADLINE_EXCEEDED") as e:
+        _echo(c, x, "slow")
+    assert TIMEOUT_S - 0.1 < time.monotonic() - t < TIMEOUT_S + 1.0 and "did not answer" in str(e.value)
+    assert h2.wait_idle() == 0
+    assert np.array_equal(_echo(c, x), x * 2)
     c.close()
 
 
@@ -284,3 +301,77 @@ def test_triton_killed_then_back_on_the_same_ports(h2: H2Stack) -> None:
                 raise
             time.sleep(0.2)
     c.close()
+
+
+# -- raw HTTP/2: what grpc clients rarely send (priority, CONTINUATION, padding, a split message prefix) ---------------
+def _frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+
+
+def _raw_call(sock: Any, enc: Any, dec: Any, sid: int, key: str, model: str, x: np.ndarray) -> tuple[dict, bytes]:
+    """One ModelInfer written frame by frame; returns (response headers + trailers, response message bytes). A denied
+    call's DATA is padded: the gateway must read the model through the padding (Triton itself refuses padded frames,
+    so an allowed call's frames are plain)."""
+    from tritonclient.grpc import service_pb2
+
+    req = service_pb2.ModelInferRequest(model_name=model)
+    t = req.inputs.add(name="IN", datatype="FP32")
+    t.shape.append(x.size)
+    req.raw_input_contents.append(x.tobytes())
+    body = req.SerializeToString()
+    msg = b"\0" + len(body).to_bytes(4, "big") + body
+    path = "/inference.GRPCInferenceService/ModelInfer"
+    block = enc.encode(
+        [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "gw"), ("te", "trailers"),
+         ("content-type", "application/grpc"), ("x-api-key", key)]
+    )  # fmt: skip
+    priority = (0).to_bytes(4, "big") + b"\x0f"
+    first = b"\x02" + msg[:3] + b"\0\0" if key == "h2-carol-key" and model != "echo" else msg[:3]
+    sock.sendall(
+        _frame(1, 0x20, sid, priority + block[:5])  # PRIORITY, no END_HEADERS
+        + _frame(9, 0x4, sid, block[5:])  # CONTINUATION, END_HEADERS
+        + _frame(0, 0x8 if len(first) > 3 else 0, sid, first)  # 3 bytes of the 5-byte prefix (padded: PADDED)
+        + _frame(0, 0x1, sid, msg[3:])  # END_STREAM
+    )
+    headers: dict[str, str] = {}
+    data = b""
+    buf = b""
+    while True:
+        while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed"
+            buf += chunk
+        n = int.from_bytes(buf[:3], "big")
+        ftype, flags, fsid, payload, buf = buf[3], buf[4], int.from_bytes(buf[5:9], "big"), buf[9 : 9 + n], buf[9 + n :]
+        if ftype == 4 and not flags & 1:
+            sock.sendall(_frame(4, 1, 0, b""))  # SETTINGS ACK
+        elif ftype == 6 and not flags & 1:
+            sock.sendall(_frame(6, 1, 0, payload))  # PING ACK
+        elif ftype == 1:
+            headers.update(dec.decode(payload))  # every block, in order: this decoder must stay in step too
+        if fsid == sid and ftype == 0:
+            data += payload
+        if fsid == sid and ftype in (0, 1) and flags & 1:
+            return headers, data
+
+
+def test_raw_frames_padding_priority_continuation_and_hpack_in_step(h2: H2Stack) -> None:
+    import socket
+
+    import hpack
+    from tritonclient.grpc import service_pb2
+
+    host, port = (h2.gw.grpc or "").rsplit(":", 1)
+    enc, dec = hpack.Encoder(), hpack.Decoder()
+    x = np.arange(6, dtype=np.float32)
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, b""))
+        for sid, key, model, status in ((1, "h2-bob-key", "echo", "0"), (3, "h2-carol-key", "echo_cold", "7"),
+                                        (5, "h2-carol-key", "echo", "0"), (7, "h2-bob-key", "echo", "0")):  # fmt: skip
+            headers, data = _raw_call(sock, enc, dec, sid, key, model, x)
+            assert headers.get("grpc-status") == status, (sid, headers)
+            if status == "0":
+                resp = service_pb2.ModelInferResponse.FromString(data[5:])
+                assert np.array_equal(np.frombuffer(resp.raw_output_contents[0], np.float32), x * 2)
+            else:
+                assert "carol" in headers.get("grpc-message", "") and model in headers["grpc-message"] and not data

@@ -30,6 +30,7 @@ from toolkit.gateway.errors import (
     GatewayError,
     ModelNotReadyError,
     ServiceUnavailableError,
+    TimeoutError_,
     ValidationError,
 )
 from toolkit.gateway.grpc_front import (
@@ -53,7 +54,7 @@ _DEAD_LINGER_S = 0.5  # with Triton gone, a connection answers UNAVAILABLE this 
 class _Stream:
     __slots__ = (
         "acquired", "checking", "client_ended", "done", "encoding", "head", "headers_sent", "held", "method",
-        "pin", "principal", "scanning", "sid", "skip", "unscanned",
+        "pin", "principal", "scanning", "sid", "skip", "timer", "unscanned",
     )  # fmt: skip
 
     def __init__(self, sid: int, method: str) -> None:
@@ -66,6 +67,7 @@ class _Stream:
         self.skip = 0  # bytes of an approved message still to come
         self.unscanned = bytearray()
         self.pin: Callable[[], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # unary calls: the gateway's request timeout
         self.acquired = self.client_ended = self.headers_sent = False
         self.principal: Principal | None = None
         self.encoding = "identity"
@@ -86,6 +88,7 @@ class H2Connection(asyncio.Protocol):
         self.block: tuple[int, int, bytearray] | None = None  # (stream, HEADERS flags, fragments) until END_HEADERS
         self.last_sid = 0
         self.settings_seen = 0
+        self.goaway_sid = 0x7FFFFFFF  # the last stream id of a GOAWAY Triton sent: ours must not be higher
         self.dead: str | None = None  # why Triton is gone: streams are answered UNAVAILABLE
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -140,7 +143,7 @@ class H2Connection(asyncio.Protocol):
 
     def _close_dead(self) -> None:
         if not self.closed and self.down.t is not None:
-            self.down.t.write(f.goaway(self.last_sid))
+            self.down.t.write(f.goaway(min(self.last_sid, self.goaway_sid)))
             self.down.t.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -263,6 +266,20 @@ class H2Connection(asyncio.Protocol):
                 core.check_admin(s.principal or Principal("anonymous"))
         except Exception as exc:
             self.refuse(s, to_gateway_error(exc))
+            return
+        if not s.scanning:
+            self._arm(s)
+
+    def _arm(self, s: _Stream) -> None:
+        """As grpc_front: Triton gets timeout_s to answer a unary call (from when it has the request; loading a cold
+        model has its own load_wait_s); a stream lives as long as the client keeps it."""
+        if s.method != _STREAM and s.timer is None:
+            s.timer = asyncio.get_running_loop().call_later(self.core.options.timeout_s, self._expire, s)
+
+    def _expire(self, s: _Stream) -> None:
+        s.timer = None
+        if not s.done and self.streams.get(s.sid) is s:
+            self.refuse(s, TimeoutError_(f"Triton did not answer within {self.core.options.timeout_s:g} s"))
 
     def _data(self, s: _Stream | None, raw: bytes) -> None:
         if s is None or s.done or self.dead is not None:
@@ -317,6 +334,8 @@ class H2Connection(asyncio.Protocol):
         if not s.head and s.held:
             held, s.held = s.held, []
             self.up.fwd(b"".join(held))
+            if not s.scanning:
+                self._arm(s)
 
     def _check(self, s: _Stream, model: str) -> Coroutine[Any, Any, None] | None:
         """grpc_front's rules for one message; None when decided synchronously (the warm path), else what to await."""
@@ -394,6 +413,9 @@ class H2Connection(asyncio.Protocol):
 
     def end(self, s: _Stream) -> None:
         """The call is over (answered, reset, refused or the connection lost): its pins end, once."""
+        if s.timer is not None:
+            s.timer.cancel()
+            s.timer = None
         if s.pin is not None:
             pin, s.pin = s.pin, None
             pin()
