@@ -15,6 +15,7 @@ import asyncio
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -24,6 +25,7 @@ from toolkit.gateway.errors import PayloadTooLargeError, ValidationError
 from toolkit.gateway.grpc_front import _varint
 
 if TYPE_CHECKING:
+    from toolkit.gateway.auth import Principal
     from toolkit.gateway.h2_front import H2Connection
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -220,6 +222,30 @@ def decompress(body: bytes, encoding: str) -> bytes:
     if encoding == "deflate":
         return zlib.decompress(body)
     raise ValueError(f"unsupported grpc-encoding {encoding!r}")
+
+
+class Stream:
+    """One call's state in the front: what is held, where its messages are, the pins it holds."""
+
+    __slots__ = (
+        "acquired", "checking", "client_ended", "done", "encoding", "head", "headers_sent", "held", "method",
+        "pin", "principal", "scanning", "sid", "skip", "timer", "unscanned",
+    )  # fmt: skip
+
+    def __init__(self, sid: int, method: str, scanning: bool) -> None:
+        self.sid, self.method = sid, method
+        self.scanning = scanning  # reading message heads (unary: the first one; streaming: every one)
+        self.done = False  # refused: its frames are dropped (DATA credited) until the client ends it
+        self.checking = False  # an async check (model load) is running: frames wait in held
+        self.held: list[bytes] = []
+        self.head = bytearray()  # the current message's first bytes, until they decide its model
+        self.skip = 0  # bytes of an approved message still to come
+        self.unscanned = bytearray()
+        self.pin: Callable[[], None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # unary calls: the gateway's request timeout
+        self.acquired = self.client_ended = self.headers_sent = False
+        self.principal: Principal | None = None
+        self.encoding = "identity"
 
 
 class FrameWriter:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import hpack
@@ -51,28 +51,6 @@ _KNOWN = frozenset((*SERVER_METHODS, *ADMIN_METHODS, *REFUSED, *_SCANNED))
 _DEAD_LINGER_S = 0.5  # with Triton gone, a connection answers UNAVAILABLE this long, then GOAWAY and close
 
 
-class _Stream:
-    __slots__ = (
-        "acquired", "checking", "client_ended", "done", "encoding", "head", "headers_sent", "held", "method",
-        "pin", "principal", "scanning", "sid", "skip", "timer", "unscanned",
-    )  # fmt: skip
-
-    def __init__(self, sid: int, method: str) -> None:
-        self.sid, self.method = sid, method
-        self.scanning = method in _SCANNED  # reading message heads (unary: the first one; streaming: every one)
-        self.done = False  # refused: its frames are dropped (DATA credited) until the client ends it
-        self.checking = False  # an async check (model load) is running: frames wait in held
-        self.held: list[bytes] = []
-        self.head = bytearray()  # the current message's first bytes, until they decide its model
-        self.skip = 0  # bytes of an approved message still to come
-        self.unscanned = bytearray()
-        self.pin: Callable[[], None] | None = None
-        self.timer: asyncio.TimerHandle | None = None  # unary calls: the gateway's request timeout
-        self.acquired = self.client_ended = self.headers_sent = False
-        self.principal: Principal | None = None
-        self.encoding = "identity"
-
-
 class H2Connection(asyncio.Protocol):
     """Client -> Triton for one client connection: the policy runs here."""
 
@@ -82,7 +60,7 @@ class H2Connection(asyncio.Protocol):
         self.decoder = f.BlockDecoder()
         self.down = f.FrameWriter(ready=False)
         self.up = f.FrameWriter(ready=True)
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, f.Stream] = {}
         self.buf = b""
         self.preface = True
         self.block: tuple[int, int, bytearray] | None = None  # (stream, HEADERS flags, fragments) until END_HEADERS
@@ -247,7 +225,7 @@ class H2Connection(asyncio.Protocol):
         hm = dict(headers)
         path = hm.get(":path", "")
         method = path[len(_PREFIX) :] if path.startswith(_PREFIX) else path
-        s = self.streams[sid] = _Stream(sid, method)
+        s = self.streams[sid] = f.Stream(sid, method, method in _SCANNED)
         s.client_ended = ended
         s.encoding = hm.get("grpc-encoding", "identity")
         core = self.core
@@ -270,18 +248,18 @@ class H2Connection(asyncio.Protocol):
         if not s.scanning:
             self._arm(s)
 
-    def _arm(self, s: _Stream) -> None:
+    def _arm(self, s: f.Stream) -> None:
         """As grpc_front: Triton gets timeout_s to answer a unary call (from when it has the request; loading a cold
         model has its own load_wait_s); a stream lives as long as the client keeps it."""
         if s.method != _STREAM and s.timer is None:
             s.timer = asyncio.get_running_loop().call_later(self.core.options.timeout_s, self._expire, s)
 
-    def _expire(self, s: _Stream) -> None:
+    def _expire(self, s: f.Stream) -> None:
         s.timer = None
         if not s.done and self.streams.get(s.sid) is s:
             self.refuse(s, TimeoutError_(f"Triton did not answer within {self.core.options.timeout_s:g} s"))
 
-    def _data(self, s: _Stream | None, raw: bytes) -> None:
+    def _data(self, s: f.Stream | None, raw: bytes) -> None:
         if s is None or s.done or self.dead is not None:
             if s is not None and raw[4] & f.END_STREAM:
                 s.client_ended = True
@@ -299,7 +277,7 @@ class H2Connection(asyncio.Protocol):
         self._scan(s, payload)
 
     # -- the policy --------------------------------------------------------------------------------------------------
-    def _scan(self, s: _Stream, data: bytes) -> None:
+    def _scan(self, s: f.Stream, data: bytes) -> None:
         """Walk message boundaries; decide each message's model; forward what is held once nothing is undecided."""
         try:
             pos = 0
@@ -337,7 +315,7 @@ class H2Connection(asyncio.Protocol):
             if not s.scanning:
                 self._arm(s)
 
-    def _check(self, s: _Stream, model: str) -> Coroutine[Any, Any, None] | None:
+    def _check(self, s: f.Stream, model: str) -> Coroutine[Any, Any, None] | None:
         """grpc_front's rules for one message; None when decided synchronously (the warm path), else what to await."""
         core = self.core
         if s.principal is not None:
@@ -359,7 +337,7 @@ class H2Connection(asyncio.Protocol):
             return core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
         return None
 
-    async def _load(self, s: _Stream, model: str, *, keep: bool) -> None:
+    async def _load(self, s: f.Stream, model: str, *, keep: bool) -> None:
         core = self.core
         for _ in range(3):  # loaded, then evicted by a burst before this pin: load again
             await core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
@@ -372,7 +350,7 @@ class H2Connection(asyncio.Protocol):
                 return
         raise ModelNotReadyError(f"Model {model} was evicted while waiting to serve it; retry")
 
-    def _checked(self, s: _Stream, task: asyncio.Task[None]) -> None:
+    def _checked(self, s: f.Stream, task: asyncio.Task[None]) -> None:
         s.checking = False
         exc = None if task.cancelled() else task.exception()
         if task.cancelled() or s.done or self.closed:
@@ -386,7 +364,7 @@ class H2Connection(asyncio.Protocol):
         self._scan(s, data)
 
     # -- answers -----------------------------------------------------------------------------------------------------
-    def refuse(self, s: _Stream, err: GatewayError) -> None:
+    def refuse(self, s: f.Stream, err: GatewayError) -> None:
         """Cancel the call upstream, answer it with the error's gRPC status, drop (and credit) what it still sends."""
         if s.done:
             return
@@ -403,7 +381,7 @@ class H2Connection(asyncio.Protocol):
             self.streams.pop(s.sid, None)
         self.down.inject(out)
 
-    def _credit(self, s: _Stream) -> None:
+    def _credit(self, s: f.Stream) -> None:
         n = sum(len(r) - 9 for r in s.held if r[3] == f.DATA)
         s.held.clear()
         s.head.clear()
@@ -411,7 +389,7 @@ class H2Connection(asyncio.Protocol):
         if n:
             self.down.inject(f.window_update(0, n))
 
-    def end(self, s: _Stream) -> None:
+    def end(self, s: f.Stream) -> None:
         """The call is over (answered, reset, refused or the connection lost): its pins end, once."""
         if s.timer is not None:
             s.timer.cancel()
