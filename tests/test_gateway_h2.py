@@ -251,6 +251,21 @@ def test_big_tensors_and_the_size_limit(h2: H2Stack) -> None:
     c.close()
 
 
+def test_compressed_requests(h2: H2Stack) -> None:
+    """gzip/deflate messages are decompressed to read the model; one that stays over 64 KiB compressed is refused
+    with a clear INVALID_ARGUMENT (holding it whole could wait on flow-control window only Triton grants)."""
+    c = grpcclient.InferenceServerClient(h2.gw.grpc or "")
+    x = np.arange(50_000, dtype=np.float32)  # compresses well
+    for alg in ("gzip", "deflate"):
+        np.testing.assert_array_equal(_echo(c, x, compression_algorithm=alg), x * 2)
+    noise = np.random.default_rng(5).random(64_000, dtype=np.float32)
+    with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT") as e:
+        _echo(c, noise, compression_algorithm="gzip")
+    assert "64 KiB" in str(e.value)
+    np.testing.assert_array_equal(_echo(c, noise), noise * 2)  # uncompressed, the same tensor is fine
+    c.close()
+
+
 def test_triton_unreachable_is_unavailable_at_once() -> None:
     """No Triton behind the port: every call fails fast with UNAVAILABLE (and again, without a reconnect backoff)."""
     dead = TritonEndpoint("127.0.0.1:9", "127.0.0.1:9", "127.0.0.1:9")
