@@ -133,6 +133,9 @@ def test_many_concurrent_clients_match_direct_triton(h2: H2Stack) -> None:
                 got = _echo(c, inputs[j])
                 if not np.array_equal(got, expected[j]):
                     failures.append(f"call {j}: wrong answer")
+                if not own:  # refusals injected between Triton's frames on a busy shared connection
+                    with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+                        _echo(c, inputs[j], "echo_cold", headers=CAROL)
         except Exception as exc:
             failures.append(f"worker {k}: {exc}")
         finally:

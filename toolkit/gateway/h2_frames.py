@@ -366,5 +366,14 @@ class TritonReader(asyncio.Protocol):
                 c.end(s)
                 del c.streams[sid]
 
+    def pause_writing(self) -> None:
+        if self.conn.down.t is not None:
+            self.conn.down.t.pause_reading()
+
+    def resume_writing(self) -> None:
+        t = self.conn.down.t
+        if t is not None and not t.is_closing():
+            t.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn.upstream_gone(self.buf == b"", f"Triton closed the connection: {exc or 'EOF'}")

@@ -100,6 +100,15 @@ class H2Connection(asyncio.Protocol):
         if self.up.t is not None:
             self.up.t.close()
 
+    # flow control between the sockets: a slow reader on one side stops reading from the other
+    def pause_writing(self) -> None:
+        if self.up.t is not None:
+            self.up.t.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up.t is not None and not self.up.t.is_closing():
+            self.up.t.resume_reading()
+
     def upstream_gone(self, clean: bool, why: str) -> None:
         """Triton's side ended: answer what is pending with UNAVAILABLE when the frame stream allows, then close."""
         if self.closed or self.dead is not None:
