@@ -10,6 +10,10 @@ A refused call is cancelled upstream (RST_STREAM) and answered to the client wit
 literal fields (no HPACK table change), written only between Triton's frames. Dropped DATA is credited back with a
 connection WINDOW_UPDATE, so neither side's window leaks. ModelStreamInfer has every message checked this way.
 Triton gone: pending calls get UNAVAILABLE, then GOAWAY and close, so the client's next call reconnects at once.
+
+Differences from the grpcio engine: a SigV4 ``authorization`` on a gRPC call is checked against an empty body (the
+message is never held whole; API keys are the way for gRPC); a compressed message must decide its model within 64
+KiB; unary calls get ``timeout_s`` from when Triton has the request (a cold load has ``load_wait_s`` of its own).
 """
 
 from __future__ import annotations
@@ -118,6 +122,8 @@ class H2Connection(asyncio.Protocol):
             assert self.down.t is not None
             self.down.t.close()
             return
+        with contextlib.suppress(Exception):
+            self.down.t.resume_reading()  # type: ignore[union-attr]  # paused for Triton: now its frames are ours
         if not self.down.ready:  # the server preface Triton never sent, and the acks it owed
             self.down.fwd(f.frame(f.SETTINGS, 0, 0) + f.frame(f.SETTINGS, f.ACK, 0) * self.settings_seen)
             self.down.ready = True
