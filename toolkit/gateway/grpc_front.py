@@ -49,27 +49,44 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def string_field(buf: bytes, number: int) -> str:
-    """The first string field ``number`` of a serialized protobuf message, without parsing the rest (tensors)."""
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, i = _varint(buf, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            n, i = _varint(buf, i)
-            if field == number:
-                if i + n > len(buf):
-                    raise ValueError("truncated field")
-                return buf[i : i + n].decode()
-            i += n
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
+class NeedMore(Exception):
+    """The message's bytes seen so far do not yet decide its model name."""
+
+
+def model_of(body: bytes, complete: bool) -> str:
+    """Field 1 (the model name) of a serialized request, from a prefix of it; NeedMore until it is decided.
+
+    Fields are scanned in order: protobuf serializers write them by number, so field 1 comes first and a few hundred
+    bytes decide it; a field before it is skipped by its length, and a message without field 1 decides "" at its end.
+    """
+    i, n = 0, len(body)
+    try:
+        while i < n:
+            key, i = _varint(body, i)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                _, i = _varint(body, i)
+            elif wire == 1:
+                i += 8
+            elif wire == 5:
+                i += 4
+            elif wire == 2:
+                size, i = _varint(body, i)
+                if field == 1:
+                    if i + size > n:
+                        raise NeedMore
+                    return body[i : i + size].decode()
+                i += size
+            else:
+                raise ValueError(f"unsupported wire type {wire}")
+    except ValueError:
+        if complete:
+            raise
+        raise NeedMore from None
+    if i > n or not complete:
+        if complete:
+            raise ValueError("truncated field")
+        raise NeedMore
     return ""
 
 
@@ -134,7 +151,7 @@ class GrpcFront:
                 if method not in MODEL_METHODS:
                     return await call(request, timeout=core.options.timeout_s)
                 try:
-                    model = string_field(request, 1)
+                    model = model_of(request, complete=True)
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise ValidationError(f"malformed {method} request: {exc}") from None
                 if principal is not None:
@@ -180,7 +197,7 @@ class GrpcFront:
         async def upstream() -> AsyncIterator[bytes]:
             try:
                 async for req in requests:
-                    model = string_field(req, 1)
+                    model = model_of(req, complete=True)
                     if principal is not None:
                         core.auth.authorize(
                             principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}

@@ -22,7 +22,7 @@ import grpc
 import hpack
 
 from toolkit.gateway.errors import PayloadTooLargeError, ValidationError
-from toolkit.gateway.grpc_front import _varint
+from toolkit.gateway.grpc_front import NeedMore, model_of
 
 if TYPE_CHECKING:
     from toolkit.gateway.auth import Principal
@@ -123,47 +123,6 @@ def settings_table_size(payload: bytes) -> int | None:
         if int.from_bytes(payload[i : i + 2], "big") == SETTINGS_HEADER_TABLE_SIZE:
             found = int.from_bytes(payload[i + 2 : i + 6], "big")
     return found
-
-
-class NeedMore(Exception):
-    """The message's bytes seen so far do not yet decide its model name."""
-
-
-def model_of(body: bytes, complete: bool) -> str:
-    """Field 1 (the model name) of a serialized request, from a prefix of it; NeedMore until it is decided.
-
-    Fields are scanned in order: protobuf serializers write them by number, so field 1 comes first and a few hundred
-    bytes decide it; a field before it is skipped by its length, and a message without field 1 decides "" at its end.
-    """
-    i, n = 0, len(body)
-    try:
-        while i < n:
-            key, i = _varint(body, i)
-            field, wire = key >> 3, key & 7
-            if wire == 0:
-                _, i = _varint(body, i)
-            elif wire == 1:
-                i += 8
-            elif wire == 5:
-                i += 4
-            elif wire == 2:
-                size, i = _varint(body, i)
-                if field == 1:
-                    if i + size > n:
-                        raise NeedMore
-                    return body[i : i + size].decode()
-                i += size
-            else:
-                raise ValueError(f"unsupported wire type {wire}")
-    except ValueError:
-        if complete:
-            raise
-        raise NeedMore from None
-    if i > n or not complete:
-        if complete:
-            raise ValueError("truncated field")
-        raise NeedMore
-    return ""
 
 
 def message_model(head: bytes | bytearray, limit: int, encoding: str) -> tuple[str, int]:
