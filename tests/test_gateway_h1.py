@@ -197,6 +197,15 @@ def test_expect_continue_connection_close_and_http10(gw: GatewayAddresses) -> No
         s.sendall(b"GET /ping HTTP/1.0\r\n\r\n")
         got = _recv_all(s)
     assert got.startswith(b"HTTP/1.1 200") and b"Connection: close" in got
+    with _connect(gw.http) as s:  # HEAD mirrors GET without the body; the next request on the connection still works
+        s.sendall(b"HEAD /v2/models/digits_mlp HTTP/1.1\r\nHost: h\r\n\r\nGET /ping HTTP/1.1\r\nHost: h\r\n\r\n")
+        s.settimeout(10)
+        got = b""
+        while got.count(b"HTTP/1.1 200") < 2:
+            got += s.recv(65536)
+    first, second = got.split(b"HTTP/1.1 200")[1:3]
+    assert b"Content-Length: " in first and first.endswith(b"\r\n\r\n") and b"platform" not in first
+    assert int(first.split(b"Content-Length: ")[1].split(b"\r\n")[0]) > 0 and second.endswith(b"\r\n\r\n")
     with _connect(gw.http) as s:  # a client that half-closes after its request still gets the answer
         s.sendall(head.replace(b"Expect: 100-continue\r\n", b"") + body)
         s.shutdown(socket.SHUT_WR)

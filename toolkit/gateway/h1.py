@@ -104,14 +104,18 @@ class Response:
         return cls(status, dumps(obj).encode(), content_type="application/json")
 
 
-def encode_response(status: int, headers: Iterable[tuple[str, str]], body: bytes, keep_alive: bool) -> bytes:
+def encode_response(
+    status: int, headers: Iterable[tuple[str, str]], body: bytes, keep_alive: bool, head_only: bool = False
+) -> bytes:
+    """The whole answer in one buffer; ``head_only`` (a HEAD request) keeps the GET answer's Content-Length."""
     parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
     for k, v in headers:
         parts.append(f"{k}: {v}\r\n".encode("latin-1", "replace"))
     if not keep_alive:
         parts.append(b"Connection: close\r\n")
     parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
-    parts.append(body)
+    if not head_only:
+        parts.append(body)
     return b"".join(parts)
 
 
@@ -196,6 +200,7 @@ class H1Connection(asyncio.Protocol):
         self._refused = False
         self._paused = False
         self._eof = False
+        self._head = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -294,6 +299,9 @@ class H1Connection(asyncio.Protocol):
     def _start(self, req: Request, keep: bool) -> None:
         self.busy = True
         self.keep_alive = keep and not self._eof
+        self._head = req.method == "HEAD"
+        if self._head:  # answered as the GET it mirrors, without the body (as aiohttp did for GET routes)
+            req.method = "GET"
         try:
             self.server.dispatch(self, req)
         except Exception:  # a bug in a dispatcher must cost one 500, not the connection's other requests
@@ -309,7 +317,7 @@ class H1Connection(asyncio.Protocol):
         t = self.transport
         if t is None or self.closing:
             return
-        t.write(encode_response(status, headers, body, self.keep_alive))
+        t.write(encode_response(status, headers, body, self.keep_alive, self._head))
         self._after_send(t)
 
     def _after_send(self, t: asyncio.Transport) -> None:
