@@ -104,19 +104,22 @@ class Response:
         return cls(status, dumps(obj).encode(), content_type="application/json")
 
 
-def encode_response(
-    status: int, headers: Iterable[tuple[str, str]], body: bytes, keep_alive: bool, head_only: bool = False
-) -> bytes:
-    """The whole answer in one buffer; ``head_only`` (a HEAD request) keeps the GET answer's Content-Length."""
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
-    for k, v in headers:
-        parts.append(f"{k}: {v}\r\n".encode("latin-1", "replace"))
-    if not keep_alive:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
-    if not head_only:
-        parts.append(body)
-    return b"".join(parts)
+def encode_headers(headers: Iterable[tuple[str, str]]) -> bytes:
+    """``Name: value\\r\\n`` lines, as ``encode_response`` takes them."""
+    return b"".join(f"{k}: {v}\r\n".encode("latin-1", "replace") for k, v in headers)
+
+
+def encode_response(status: int, head: bytes, body: bytes, keep_alive: bool, head_only: bool = False) -> bytes:
+    """The whole answer in one buffer. ``head`` holds the header lines already encoded (the hot path forwards
+    Triton's as bytes); ``head_only`` (a HEAD request) keeps the GET answer's Content-Length but not its body."""
+    return b"HTTP/1.1 %d %s\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
+        status,
+        _REASONS.get(status, b"Unknown"),
+        head,
+        b"" if keep_alive else b"Connection: close\r\n",
+        len(body),
+        b"" if head_only else body,
+    )
 
 
 # dispatch(conn, request): must answer through conn.send / conn.send_response, at once or later (from a task).
@@ -311,16 +314,17 @@ class H1Connection(asyncio.Protocol):
 
     def send(self, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:
         """Answer the request being handled; then the next pipelined one, if any, or read on."""
+        self.send_raw(status, encode_headers(headers), body)
+
+    def send_raw(self, status: int, head: bytes, body: bytes) -> None:
+        """``send`` with the header lines already encoded (``Name: value\\r\\n`` each): the hot path's answer."""
         if not self.busy:
             return  # answered already (a late timeout after a reply, say)
         self.busy = False
         t = self.transport
         if t is None or self.closing:
             return
-        t.write(encode_response(status, headers, body, self.keep_alive, self._head))
-        self._after_send(t)
-
-    def _after_send(self, t: asyncio.Transport) -> None:
+        t.write(encode_response(status, head, body, self.keep_alive, self._head))
         self.last_active = self.loop.time()
         if not self.keep_alive:
             self.close()
@@ -329,27 +333,6 @@ class H1Connection(asyncio.Protocol):
         elif self._paused:
             self._paused = False
             t.resume_reading()
-
-    def send_raw(self, status: int, head: bytes, body: bytes) -> None:
-        """``send`` with the header lines already encoded (``Name: value\\r\\n`` each): the hot path's answer."""
-        if not self.busy:
-            return
-        self.busy = False
-        t = self.transport
-        if t is None or self.closing:
-            return
-        t.write(
-            b"HTTP/1.1 %d %s\r\n%s%sContent-Length: %d\r\n\r\n"
-            % (
-                status,
-                _REASONS.get(status, b"Unknown"),
-                head,
-                b"" if self.keep_alive else b"Connection: close\r\n",
-                len(body),
-            )
-            + body
-        )
-        self._after_send(t)
 
     def send_response(self, resp: Response) -> None:
         self.send(resp.status, resp.headers.items(), resp.body)
@@ -364,7 +347,8 @@ class H1Connection(asyncio.Protocol):
         path = self._url.decode("latin-1", "replace").partition("?")[0]
         resp = self.server.reject(path, status, message)
         if self.transport is not None and not self.closing:
-            self.transport.write(encode_response(resp.status, resp.headers.items(), resp.body, keep_alive=False))
+            head = encode_headers(resp.headers.items())
+            self.transport.write(encode_response(resp.status, head, resp.body, keep_alive=False))
         self.close()
 
     def close(self) -> None:

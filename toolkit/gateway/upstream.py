@@ -107,21 +107,22 @@ class _Job:
         self.retried = False
         self.timer: asyncio.TimerHandle | None = None
 
-    def done(self, status: int, headers: RawHeaders, body: bytes) -> None:
+    def _finish(self) -> bool:
+        """True the first time only: the one place that ends a job (and its deadline)."""
         if self.finished:
-            return
+            return False
         self.finished = True
         if self.timer is not None:
             self.timer.cancel()
-        self.on_done(status, headers, body)
+        return True
+
+    def done(self, status: int, headers: RawHeaders, body: bytes) -> None:
+        if self._finish():
+            self.on_done(status, headers, body)
 
     def fail(self, exc: BaseException) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-        self.on_error(exc)
+        if self._finish():
+            self.on_error(exc)
 
     def lost(self, conn: _Conn, exc: BaseException) -> None:
         """The connection carrying this request died."""
