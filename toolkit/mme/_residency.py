@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -110,16 +110,26 @@ class Residency:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout)
 
-    @contextlib.contextmanager
-    def in_flight(self, e: Entry) -> Iterator[None]:
-        """Count a request against ``e`` (eviction skips a model while its count is > 0); wake waiters at zero."""
+    def enter(self, e: Entry) -> Callable[[], None]:
+        """Count a request against ``e`` (eviction skips a model while its count is > 0); the returned function ends
+        it and wakes waiters at zero. For callers that cannot hold a ``with`` block (the gateway's callbacks)."""
         e.in_flight += 1
-        try:
-            yield
-        finally:
+
+        def leave() -> None:
             e.in_flight -= 1
             if e.in_flight == 0:
                 self.notify()
+
+        return leave
+
+    @contextlib.contextmanager
+    def in_flight(self, e: Entry) -> Iterator[None]:
+        """``enter`` as a context manager."""
+        leave = self.enter(e)
+        try:
+            yield
+        finally:
+            leave()
 
     def unpin_composing(self, e: Entry) -> None:
         """An ensemble that stops being loaded releases its pins on the models its steps use."""

@@ -309,23 +309,11 @@ class ModelManager:
         """``serving`` for a READY model, synchronously: counts the invocation and pins the model; the caller calls the
         returned function when the request is answered. None when the model is not READY (the caller then awaits
         ``serving``, which loads it). The gateway's hot path uses this so a warm request needs no task."""
-        e = self._res.get(name)
-        if e is None or e.state is not State.READY:
+        e = self._warm(name, invocation=True)
+        if e is None:
             return None
-        e.last_used = time.time()
-        e.hits += 1
-        self.policy.on_hit(name, self._res.now())
-        self.metrics.cache_hit.inc(model=name)
         self.metrics.invocations.inc(model=name)
-        e.in_flight += 1
-        res = self._res
-
-        def release() -> None:
-            e.in_flight -= 1
-            if e.in_flight == 0:
-                res.notify()
-
-        return release
+        return self._res.enter(e)
 
     @contextlib.asynccontextmanager
     async def _serving(self, name: str, timeout: float | None) -> AsyncIterator[None]:
@@ -334,16 +322,23 @@ class ModelManager:
             self.metrics.invocations.inc(model=name)
             yield
 
+    def _warm(self, name: str, invocation: bool) -> Entry | None:
+        """The READY model's record, touched as used (and counted as a hit for an invocation); None when not READY."""
+        e = self._res.get(name)
+        if e is None or e.state is not State.READY:
+            return None
+        e.last_used = time.time()
+        if invocation:
+            e.hits += 1
+            self.policy.on_hit(name, self._res.now())
+            self.metrics.cache_hit.inc(model=name)
+        return e
+
     async def _acquire(self, name: str, timeout: float | None, invocation: bool = True) -> Entry:
         """``invocation``: a request for the model (SageMaker's ModelCacheHit counts InvokeEndpoint calls only), not
         a control-plane touch such as metadata or an explicit load."""
-        e = self._res.get(name)
-        if e is not None and e.state is State.READY:  # hot path
-            e.last_used = time.time()
-            if invocation:
-                e.hits += 1
-                self.policy.on_hit(name, self._res.now())
-                self.metrics.cache_hit.inc(model=name)
+        e = self._warm(name, invocation)
+        if e is not None:  # hot path
             return e
         start = time.monotonic()
         e = await self._lookup(name)
