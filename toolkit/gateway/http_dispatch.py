@@ -17,10 +17,17 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from toolkit.gateway.auth import INVOKE
-from toolkit.gateway.core import KSERVE_ENDPOINT, GatewayCore, is_parse_error, to_gateway_error
+from toolkit.gateway.core import (
+    FWD_REQUEST,
+    FWD_RESPONSE,
+    KSERVE_ENDPOINT,
+    GatewayCore,
+    is_parse_error,
+    to_gateway_error,
+)
 from toolkit.gateway.errors import GatewayError, PayloadTooLargeError, ValidationError
 from toolkit.gateway.h1 import H1Connection, Request, Response
-from toolkit.gateway.http_front import HttpFront, check_binary_header, kserve_error, sagemaker_error
+from toolkit.gateway.http_front import HttpFront, check_binary_header, error_for, kserve_error
 from toolkit.gateway.upstream import RawHeaders
 
 log = logging.getLogger(__name__)
@@ -28,11 +35,8 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 _SEG = r"([^/]+)"
 _INFER = re.compile(rf"/v2/models/{_SEG}(?:/versions/{_SEG})?/infer")
-_FWD_REQUEST = tuple(
-    (h.encode(), h.lower().encode())
-    for h in ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding", "Accept-Encoding")
-)
-_FWD_RESPONSE = {b"content-type", b"inference-header-content-length", b"content-encoding"}
+_FWD_REQUEST = tuple((h.encode(), h.lower().encode()) for h in FWD_REQUEST)  # (name as sent, key in Request.hmap)
+_FWD_RESPONSE = {h.lower().encode() for h in FWD_RESPONSE}
 
 
 def _route(pattern: str) -> re.Pattern[str]:
@@ -109,7 +113,7 @@ class HttpDispatcher:
         """The connection layer's refusals (413 body, 431 head, 400 unparsable), shaped for the API the path names."""
         err: GatewayError = PayloadTooLargeError(message) if status == 413 else ValidationError(message, status=status)
         self.core.requests["kserve" if path.startswith("/v2") else "sagemaker", err.status] += 1
-        return kserve_error(err) if path.startswith("/v2") else sagemaker_error(err)
+        return error_for(path, err)
 
     # -- the slow path -------------------------------------------------------------------------------------------------
     async def _run(self, conn: H1Connection, handler: Handler, req: Request) -> None:
@@ -122,7 +126,7 @@ class HttpDispatcher:
 
     async def _method_not_allowed(self, req: Request) -> Response:
         err = GatewayError(f"{req.method} is not allowed on {req.path}", status=405, code="ValidationError")
-        return kserve_error(err) if req.path.startswith("/v2") else sagemaker_error(err)
+        return error_for(req.path, err)
 
     # -- the hot path --------------------------------------------------------------------------------------------------
     def _fast_infer(self, conn: H1Connection, req: Request, model: str) -> bool:

@@ -50,6 +50,11 @@ def sagemaker_error(err: GatewayError) -> Response:
     )
 
 
+def error_for(path: str, err: GatewayError) -> Response:
+    """KServe's error shape under /v2, SageMaker's elsewhere (for answers given before any handler runs)."""
+    return kserve_error(err) if path.startswith("/v2") else sagemaker_error(err)
+
+
 def _reply(f: Forwarded, extra: dict[str, str] | None = None) -> Response:
     headers = dict(f.headers)
     if extra:
