@@ -120,8 +120,14 @@ def serve(
         elif "all" in loads or "none" in loads:
             raise ServeError("--load takes all, none, or model names (not a mix)")
         auth_cfg = AuthConfig.load(auth) if auth else AuthConfig()
-        if gpu_memory_fraction is not None and not 0 < gpu_memory_fraction <= 1:
-            raise ServeError(f"--gpu-memory-fraction must be in (0, 1], got {gpu_memory_fraction}")
+        if gpu_memory_fraction is not None:  # the manager's own check, before anything starts
+            from toolkit.mme.errors import ManagerConfigError
+            from toolkit.mme.gpu import check_fraction
+
+            try:
+                check_fraction(gpu_memory_fraction)
+            except ManagerConfigError as exc:
+                raise ServeError(str(exc)) from None
         mme = {
             "--store": store,
             "--max-models": max_models,

@@ -270,6 +270,8 @@ def cpu_seconds(triton_pid: int) -> dict[str, float]:
     """
     import psutil
 
+    from toolkit.mme.footprint import STUB_NAME
+
     out = {"triton": 0.0, "stubs": 0.0, "client": 0.0}
     me = psutil.Process().cpu_times()
     out["client"] = me.user + me.system
@@ -281,7 +283,7 @@ def cpu_seconds(triton_pid: int) -> dict[str, float]:
     for p in procs:
         try:
             t = p.cpu_times()
-            out["stubs" if "stub" in p.name() else "triton"] += t.user + t.system
+            out["stubs" if p.name() == STUB_NAME else "triton"] += t.user + t.system
         except psutil.NoSuchProcess:
             continue
     return out

@@ -20,12 +20,15 @@ STUB_NAME = "triton_python_backend_stub"
 DEFAULT_MODEL_BYTES = 64 * 1024**2
 # A GPU model's first load, before anything is measured or declared: a CUDA context alone is a few hundred MiB.
 DEFAULT_GPU_MODEL_BYTES = 512 * 1024**2
-_MEMORY_PARAM = re.compile(
-    r'key:\s*"tritonctl\.memory_bytes"\s*value:?\s*\{\s*string_value:\s*"(\d+)"\s*\}', re.MULTILINE
-)
-_GPU_MEMORY_PARAM = re.compile(
-    r'key:\s*"tritonctl\.gpu_memory_bytes"\s*value:?\s*\{\s*string_value:\s*"(\d+)"\s*\}', re.MULTILINE
-)
+
+
+def _size_param(key: str) -> re.Pattern[str]:
+    """A config.pbtxt ``parameters`` entry ``key`` whose string value is a whole number of bytes."""
+    return re.compile(rf'key:\s*"{re.escape(key)}"\s*value:?\s*\{{\s*string_value:\s*"(\d+)"\s*\}}', re.MULTILINE)
+
+
+_MEMORY_PARAM = _size_param("tritonctl.memory_bytes")
+_GPU_MEMORY_PARAM = _size_param("tritonctl.gpu_memory_bytes")
 
 
 def stub_rss(repository: Path, names: Iterable[str] | None = None) -> dict[str, int]:
