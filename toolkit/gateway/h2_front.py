@@ -25,33 +25,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 import hpack
-from multidict import CIMultiDict
 
 from toolkit.gateway import h2_frames as f
-from toolkit.gateway.auth import INVOKE, Principal
-from toolkit.gateway.core import KSERVE_ENDPOINT, GatewayCore, to_gateway_error
-from toolkit.gateway.errors import (
-    GatewayError,
-    ModelNotReadyError,
-    ServiceUnavailableError,
-    TimeoutError_,
-    ValidationError,
-)
-from toolkit.gateway.grpc_front import (
-    ADMIN_METHODS,
-    LOADING_METHODS,
-    MODEL_METHODS,
-    REFUSED,
-    SERVER_METHODS,
-    SERVICE,
-    _Refused,
-)
+from toolkit.gateway.core import GatewayCore, to_gateway_error
+from toolkit.gateway.errors import GatewayError, ServiceUnavailableError, TimeoutError_, ValidationError
+from toolkit.gateway.h2_policy import SCANNED, STREAM, check_call, check_message, method_of
 
 log = logging.getLogger(__name__)
-_PREFIX = f"/{SERVICE}/"
-_STREAM = "ModelStreamInfer"
-_SCANNED = (*MODEL_METHODS, _STREAM)
-_KNOWN = frozenset((*SERVER_METHODS, *ADMIN_METHODS, *REFUSED, *_SCANNED))
 _DEAD_LINGER_S = 0.5  # with Triton gone, a connection answers UNAVAILABLE this long, then GOAWAY and close
 
 
@@ -239,24 +219,12 @@ class H2Connection(asyncio.Protocol):
     def _open(self, sid: int, headers: list[tuple[str, str]], ended: bool) -> None:
         hm = dict(headers)
         path = hm.get(":path", "")
-        method = path[len(_PREFIX) :] if path.startswith(_PREFIX) else path
-        s = self.streams[sid] = f.Stream(sid, method, method in _SCANNED)
+        method = method_of(path)
+        s = self.streams[sid] = f.Stream(sid, method, method in SCANNED)
         s.client_ended = ended
         s.encoding = hm.get("grpc-encoding", "identity")
-        core = self.core
         try:
-            if self.dead is not None:
-                raise ServiceUnavailableError(self.dead)
-            if method not in _KNOWN:
-                raise _Refused(f"Method not found: {path}")
-            if method in REFUSED:
-                raise _Refused(f"{method} is not available through the gateway")
-            core.require_up()
-            if core.auth.enabled:
-                md = CIMultiDict((k, v) for k, v in headers if not k.startswith(":"))
-                s.principal = core.auth.authenticate("POST", path, md, b"")
-            if method in ADMIN_METHODS:
-                core.check_admin(s.principal or Principal("anonymous"))
+            check_call(self.core, s, path, headers, self.dead)
         except Exception as exc:
             self.refuse(s, to_gateway_error(exc))
             return
@@ -266,7 +234,7 @@ class H2Connection(asyncio.Protocol):
     def _arm(self, s: f.Stream) -> None:
         """As grpc_front: Triton gets timeout_s to answer a unary call (from when it has the request; loading a cold
         model has its own load_wait_s); a stream lives as long as the client keeps it."""
-        if s.method != _STREAM and s.timer is None:
+        if s.method != STREAM and s.timer is None:
             s.timer = asyncio.get_running_loop().call_later(self.core.options.timeout_s, self._expire, s)
 
     def _expire(self, s: f.Stream) -> None:
@@ -313,8 +281,8 @@ class H2Connection(asyncio.Protocol):
                 data, pos = (bytes(head[5 + size :]) if complete else b""), 0
                 s.skip = 0 if complete else 5 + size - len(head)
                 s.head = bytearray()
-                s.scanning = s.method == _STREAM
-                pending = self._check(s, model)
+                s.scanning = s.method == STREAM
+                pending = check_message(self.core, s, model)
                 if pending is not None:
                     s.checking = True
                     s.unscanned += data
@@ -329,41 +297,6 @@ class H2Connection(asyncio.Protocol):
             self.up.fwd(b"".join(held))
             if not s.scanning:
                 self._arm(s)
-
-    def _check(self, s: f.Stream, model: str) -> Coroutine[Any, Any, None] | None:
-        """grpc_front's rules for one message; None when decided synchronously (the warm path), else what to await."""
-        core = self.core
-        if s.principal is not None:
-            core.auth.authorize(
-                s.principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
-            )
-        if s.method == "ModelInfer":
-            core.acquire()
-            s.acquired = True
-            s.pin = core.models.try_serve(model)
-            return None if s.pin is not None else self._load(s, model, keep=True)
-        if s.method == _STREAM:  # counted like serving(); the pin ends at once, as in grpc_front
-            pin = core.models.try_serve(model)
-            if pin is not None:
-                pin()
-                return None
-            return self._load(s, model, keep=False)
-        if s.method in LOADING_METHODS:
-            return core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
-        return None
-
-    async def _load(self, s: f.Stream, model: str, *, keep: bool) -> None:
-        core = self.core
-        for _ in range(3):  # loaded, then evicted by a burst before this pin: load again
-            await core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
-            pin = core.models.try_serve(model)
-            if pin is not None:
-                if keep:
-                    s.pin = pin
-                else:
-                    pin()
-                return
-        raise ModelNotReadyError(f"Model {model} was evicted while waiting to serve it; retry")
 
     def _checked(self, s: f.Stream, task: asyncio.Task[None]) -> None:
         s.checking = False
