@@ -263,8 +263,11 @@ def test_hot_path_timeout_and_unreachable_triton(triton: EmbeddedTriton, example
         pool = core.upstream
         loop = runner.gateway.loop
         assert loop is not None
-        fut = asyncio.run_coroutine_threadsafe(pool.close(), loop)
-        fut.result(5)
+
+        async def reset() -> None:
+            pool.reset()
+
+        asyncio.run_coroutine_threadsafe(reset(), loop).result(5)
         pool.port = port
         t0 = time.monotonic()
         status, _, data = _post(addrs.http, "/v2/models/digits_mlp/infer", body, headers)
@@ -272,6 +275,30 @@ def test_hot_path_timeout_and_unreachable_triton(triton: EmbeddedTriton, example
         assert time.monotonic() - t0 < 5
     finally:
         runner.stop()
+
+
+def test_upstream_close_fails_in_flight_requests_without_reconnecting(triton: EmbeddedTriton) -> None:
+    """Stopping the gateway with requests in flight (one on a reused connection, two waiting for new ones): each
+    fails at once with a clear reason; none is retried on a fresh connection, which would outlive the loop."""
+    from toolkit.gateway.upstream import UpstreamError, UpstreamPool
+
+    host, _, port = triton.endpoint.http.rpartition(":")
+
+    async def scenario() -> tuple[list[BaseException], int, int]:
+        pool = UpstreamPool(host, int(port), timeout=30)
+        assert (await pool.request("GET", "/v2/health/ready", None, {}))[0] == 200  # the connection is now reused
+        errors: list[BaseException] = []
+        for _ in range(3):
+            pool.send(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n", lambda *a: None, errors.append)
+        await pool.close()
+        await asyncio.sleep(0.2)  # a retry would be connecting now
+        after = len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
+        return errors, len(pool._all), after
+
+    errors, conns, tasks = asyncio.run(scenario())
+    assert len(errors) == 3 and all(isinstance(e, UpstreamError) for e in errors), errors
+    assert all("stopping" in str(e) for e in errors), errors
+    assert conns == 0 and tasks == 0
 
 
 def test_hot_path_pins_in_flight_models_and_counts_cache_hits(tmp_path: Path) -> None:

@@ -155,10 +155,22 @@ class UpstreamPool:
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         self._opening: set[asyncio.Future[None]] = set()
+        self._closed = False
 
     async def close(self) -> None:
-        for t in list(self._opening):
+        """Abort every connection. A job whose connection this kills is not retried (``dispatch`` refuses once
+        closed), and connection attempts are cancelled and awaited, so none outlives the event loop."""
+        self._closed = True
+        opening = list(self._opening)
+        for t in opening:
             t.cancel()
+        self.reset()
+        if opening:
+            await asyncio.gather(*opening, return_exceptions=True)
+
+    def reset(self) -> None:
+        """Abort every connection (a request on one fails, or is retried once if it may have met a stale socket);
+        the pool stays usable and opens fresh connections on demand."""
         for c in list(self._all):
             c.abort()
         self._idle.clear()
@@ -192,6 +204,9 @@ class UpstreamPool:
             job.timer = asyncio.get_running_loop().call_later(self.timeout, job.expire)
 
     def dispatch(self, job: _Job, fresh: bool) -> None:
+        if self._closed:
+            job.fail(UpstreamError("the gateway is stopping"))
+            return
         while not fresh and self._idle:
             conn = self._idle.pop()
             if not conn.closed:
@@ -200,6 +215,7 @@ class UpstreamPool:
         task = asyncio.ensure_future(self._open_and_start(job))
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
+        task.add_done_callback(lambda t: t.cancelled() and job.fail(UpstreamError("the gateway is stopping")))
 
     async def _open_and_start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()
