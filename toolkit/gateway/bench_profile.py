@@ -1,0 +1,137 @@
+"""Where the gateway's CPU goes on the HTTP hot path: kernel vs Python, and which Python functions.
+
+    python -m toolkit.gateway.bench_profile [--model digits_mlp] [--concurrency 8] [--seconds 5] [--top 12]
+
+Why: the throughput goal of the front door (>= 0.9x direct Triton) is decided by the CPU one forwarded request costs
+on a machine whose cores the client and Triton also use. This splits that cost. An embedded Triton with the model
+warm, the gateway on its own event-loop thread in this process, and perf_analyzer (``make perf-analyzer``) as the
+load, at one concurrency, against the gateway's HTTP port. Two windows of the same length:
+
+1. the gateway process's user and system CPU time per request (``os.times``; the main thread only sleeps), with no
+   profiler attached: system time is what the kernel does for the gateway's sockets (the two extra loopback
+   reads and writes, the wake-ups), which no change to Python code can remove;
+2. ``cProfile`` on the event-loop thread: calls and own wall time per request of the top functions. The uvloop
+   transport's write is Cython, invisible to the profiler, so its system call (and any preemption during it) is
+   charged to the caller (``send_raw`` writes to the client, ``_Conn.start`` to Triton). The profiler inflates
+   Python time; read the shape, not the totals. (A CPU-clock timer was tried: its own cost swamps the functions.)
+
+Before both, a window with perf_analyzer straight at Triton gives the machine's CPU per direct request (cores /
+direct throughput): a proxy that costs X µs of CPU per request on the same cores cannot do better than
+direct / (direct + X) of direct throughput once the cores are saturated; the report prints that bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = "digits_mlp"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from toolkit.gateway.core import GatewayOptions
+    from toolkit.gateway.server import Gateway, GatewayThread
+    from toolkit.loadtest.calibrate import PA
+    from toolkit.repository.generate import generate_repository
+    from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
+    from toolkit.spec import load_manifest
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=MODEL)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each window")
+    ap.add_argument("--top", type=int, default=12, help="functions listed from the profile")
+    a = ap.parse_args(argv)
+    if not PA.exists():
+        raise SystemExit(f"{PA} missing: make perf-analyzer")
+    root = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory(prefix="tritonctl-bench-profile-") as tmp:
+        work = Path(tmp)
+        generate_repository(load_manifest(root / "tritonctl.yaml"), work / "repo")
+        triton = EmbeddedTriton(ServerOptions(repository=work / "repo", workdir=work, load=[a.model]))
+        triton.start(timeout=120)
+        gw = Gateway(GatewayOptions(http_port=0, grpc_port=0), triton.endpoint)
+        runner = GatewayThread(gw)
+        addr = runner.start()
+        admin = TritonAdmin(triton.endpoint)
+
+        def served() -> int:
+            return int(admin.stats(a.model)["model_stats"][0]["inference_stats"]["success"]["count"])
+
+        direct = _load(triton.endpoint.http, a, windows=1)
+        try:
+            time.sleep(2.0)
+            d0 = served()
+            time.sleep(a.seconds)
+            direct_rps = (served() - d0) / a.seconds
+        finally:
+            direct.kill()
+            direct.wait()
+        load = _load(addr.http, a, windows=2)
+        try:
+            time.sleep(2.0)  # connections open, model warm
+            n0, t0 = gw.core.hot_path, os.times()
+            time.sleep(a.seconds)
+            n1, t1 = gw.core.hot_path, os.times()
+            prof = cProfile.Profile()
+            assert gw.loop is not None
+            gw.loop.call_soon_threadsafe(prof.enable)  # cProfile profiles the thread that enables it
+            p0 = gw.core.hot_path
+            time.sleep(a.seconds)
+            gw.loop.call_soon_threadsafe(prof.disable)
+            p1 = gw.core.hot_path
+            time.sleep(0.2)
+        finally:
+            load.kill()
+            load.wait()
+            runner.stop()
+            triton.stop()
+    n = max(1, n1 - n0)
+    user, system = (t1.user - t0.user) / n * 1e6, (t1.system - t0.system) / n * 1e6
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_direct = cores / max(1e-9, direct_rps) * 1e6
+    print(f"model {a.model}, perf_analyzer HTTP c={a.concurrency}, {a.seconds:g} s windows, {cores} cores")
+    print(f"direct to Triton: {direct_rps:.0f} req/s = {per_direct:.0f} µs of machine CPU per request")
+    print(f"window 1 (no profiler): {n / a.seconds:.0f} req/s through the gateway ({n / a.seconds / direct_rps:.2f}x)")
+    print(f"gateway CPU per request: {user + system:.0f} µs = user {user:.0f} + system (kernel) {system:.0f} µs")
+    print(
+        f"bound on a saturated machine: {per_direct / (per_direct + user + system):.2f}x of direct with this gateway, "
+        f"{per_direct / (per_direct + system):.2f}x for a proxy whose user-space work were free; "
+        f"0.90x needs <= {per_direct / 9:.0f} µs per request"
+    )
+    m = max(1, p1 - p0)
+    st = pstats.Stats(prof)
+    rows = sorted(st.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
+    total = sum(v[2] for _, v in rows) / m * 1e6
+    print(f"window 2 (cProfile): {m} requests, {total:.0f} µs of profiled own time per request; top functions:")
+    print("| function | calls/request | own µs/request |")
+    print("|---|---:|---:|")
+    for (file, line, name), (_, calls, tottime, _, _) in rows[: a.top]:
+        where = f"{Path(file).name}:{line}({name})" if file != "~" else name
+        print(f"| {where} | {calls / m:.1f} | {tottime / m * 1e6:.1f} |")
+    return 0
+
+
+def _load(url: str, a: argparse.Namespace, windows: int) -> subprocess.Popen[bytes]:
+    """perf_analyzer at ``url`` for long enough to cover ``windows`` of ours (it is killed when they are done)."""
+    from toolkit.loadtest.calibrate import PA
+
+    interval_ms = int((windows * a.seconds + 4) * 1000)
+    return subprocess.Popen(
+        [str(PA), "-m", a.model, "-u", url, "-i", "http", "--concurrency-range", str(a.concurrency),
+         "--measurement-interval", str(interval_ms), "--max-trials", "1", "--stability-percentage", "100"],
+        env=dict(os.environ, LD_LIBRARY_PATH=str(PA.parent / "lib")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
