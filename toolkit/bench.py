@@ -63,6 +63,7 @@ BENCHES: dict[str, list[str]] = {
     "mme-cold-start": [PY, "-m", "toolkit.mme.bench", "--json", "reports/bench/mme.json"],
     "gateway": [PY, "-m", "toolkit.gateway.bench", "--seconds", "3", "--rounds", "3"],
     "gateway-perf-analyzer": [PY, "-m", "toolkit.gateway.bench_pa", "--rounds", "2"],
+    "gateway-profile": [PY, "-m", "toolkit.gateway.bench_profile", "--callbacks"],
     "loadtest-calibration-http": _calibration("http", "1,2"),
     "loadtest-calibration-grpc": _calibration("grpc", "1"),
 }

@@ -15,7 +15,11 @@ load, at one concurrency, against the gateway's HTTP port. Two windows of the sa
    charged to the caller (``send_raw`` writes to the client, ``_Conn.start`` to Triton). The profiler inflates
    Python time; read the shape, not the totals. (A CPU-clock timer was tried: its own cost swamps the functions.)
 
-Before both, a window with perf_analyzer straight at Triton gives the machine's CPU per direct request (cores /
+3. ``--callbacks``: wall time inside the gateway's two callbacks (request in -> written to Triton; answer in ->
+   written to the client), against the same two callbacks of the byte pipe (``bench_pipe``, on its own loop thread
+   in this process), each under its own perf_analyzer run. At c=1 this shows what CPU time does not: latency.
+
+Before all, a window with perf_analyzer straight at Triton gives the machine's CPU per direct request (cores /
 direct throughput): a proxy that costs X µs of CPU per request on the same cores cannot do better than
 direct / (direct + X) of direct throughput once the cores are saturated; the report prints that bound.
 """
@@ -31,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 MODEL = "digits_mlp"
 
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each window")
     ap.add_argument("--top", type=int, default=12, help="functions listed from the profile")
+    ap.add_argument("--callbacks", action="store_true", help="also time the callbacks of the gateway and the pipe")
     a = ap.parse_args(argv)
     if not PA.exists():
         raise SystemExit(f"{PA} missing: make perf-analyzer")
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             load.kill()
             load.wait()
+        try:
+            callbacks = _callbacks(a, addr.http, gw, triton.endpoint.http) if a.callbacks else ""
+        finally:
             runner.stop()
             triton.stop()
     n = max(1, n1 - n0)
@@ -102,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"window 1 (no profiler): {n / a.seconds:.0f} req/s through the gateway ({n / a.seconds / direct_rps:.2f}x)")
     print(f"gateway CPU per request: {user + system:.0f} µs = user {user:.0f} + system (kernel) {system:.0f} µs")
     print(
-        f"bound on a saturated machine: {per_direct / (per_direct + user + system):.2f}x of direct with this gateway, "
+        "bound if the cores are saturated (at c=1 they are not: latency decides): "
+        f"{per_direct / (per_direct + user + system):.2f}x of direct with this gateway, "
         f"{per_direct / (per_direct + system):.2f}x for a proxy whose user-space work were free; "
         f"0.90x needs <= {per_direct / 9:.0f} µs per request"
     )
@@ -116,7 +126,72 @@ def main(argv: list[str] | None = None) -> int:
     for (file, line, name), (_, calls, tottime, _, _) in rows[: a.top]:
         where = f"{Path(file).name}:{line}({name})" if file != "~" else name
         print(f"| {where} | {calls / m:.1f} | {tottime / m * 1e6:.1f} |")
+    print(callbacks)
     return 0
+
+
+def _callbacks(a: argparse.Namespace, gateway_url: str, gw: Any, triton_url: str) -> str:
+    """Window 3: p50 / p90 wall µs inside each forwarding callback, gateway vs byte pipe (see the module doc)."""
+    import asyncio
+    import threading
+
+    import uvloop
+
+    from toolkit.gateway import bench_pipe, h1, upstream
+
+    times: dict[str, list[float]] = {}
+
+    def timed(cls: type, name: str, key: str) -> None:
+        orig = getattr(cls, name)
+        sink = times.setdefault(key, [])
+
+        def wrapper(self: object, data: bytes) -> None:
+            t0 = time.perf_counter()
+            orig(self, data)
+            sink.append(time.perf_counter() - t0)
+
+        setattr(cls, name, wrapper)
+
+    timed(h1.H1Connection, "data_received", "gateway: request in -> written to Triton")
+    timed(upstream._Conn, "data_received", "gateway: answer in -> written to the client")
+    timed(bench_pipe._Down, "data_received", "pipe: request in -> written to Triton")
+    timed(bench_pipe._Up, "data_received", "pipe: answer in -> written to the client")
+    assert gw.loop is not None and gw.core.upstream is not None
+    gw.loop.call_soon_threadsafe(gw.core.upstream.reset)  # uvloop binds data_received per connection: new ones
+    host, _, port = triton_url.rpartition(":")
+    ready, stop, pipe_addr = threading.Event(), threading.Event(), {}
+
+    def pipe_thread() -> None:
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            srv = await loop.create_server(lambda: bench_pipe._Down((host, int(port))), "127.0.0.1", 0)
+            pipe_addr["url"] = f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+            srv.close()
+
+        uvloop.run(main())
+
+    th = threading.Thread(target=pipe_thread, daemon=True)
+    th.start()
+    ready.wait(10)
+    try:
+        for url in (gateway_url, pipe_addr["url"]):
+            load = _load(url, a, windows=1)
+            time.sleep(a.seconds + 1)
+            load.kill()
+            load.wait()
+    finally:
+        stop.set()
+        th.join(5)
+    lines = [f"window 3 (callbacks, c={a.concurrency}): wall time inside each forwarding callback", "",
+             "| callback | calls | p50 µs | p90 µs |", "|---|---:|---:|---:|"]  # fmt: skip
+    for key, xs in times.items():
+        xs.sort()
+        if xs:
+            lines.append(f"| {key} | {len(xs)} | {xs[len(xs) // 2] * 1e6:.1f} | {xs[int(len(xs) * 0.9)] * 1e6:.1f} |")
+    return "\n".join(lines)
 
 
 def _load(url: str, a: argparse.Namespace, windows: int) -> subprocess.Popen[bytes]:
