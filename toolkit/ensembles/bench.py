@@ -7,10 +7,13 @@ and the tensor (de)serialisation around them; Triton passes intermediate tensors
 
     python -m toolkit.ensembles.bench [--duration 5] [--concurrency 1,8] [--protocol grpc|http]
                                       [--pipeline sklearn|onnx] [--output docs/benchmarks/ensembles.md]
+                                      [--step-cpu]
 
 ``--pipeline onnx`` runs the same pipeline with the sklearn steps compiled to ONNX (skl2onnx, run by onnxruntime):
 same client, payload and method, only the step models differ. After the run, each step's mean Triton-side times
-(``/v2/models/{m}/stats``, both modes together) are reported, so the cost of the steps themselves is visible.
+(``/v2/models/{m}/stats``, both modes together) are reported, so the cost of the steps themselves is visible;
+``--step-cpu`` adds the CPU each step spends inside its own ``execute()`` (a probe appended to the steps' model.py in
+the benchmark's temporary repository copy).
 
 The output file keeps everything from its ``## Reading`` heading on (the written analysis); the rest is rewritten.
 """
@@ -162,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="grpc", help="tritonclient protocol")
     ap.add_argument("--pipeline", choices=sorted(PIPELINES), default="sklearn", help="which step models to chain")
     ap.add_argument("--output", type=Path, default=None, help="write the markdown report here")
+    ap.add_argument(
+        "--step-cpu", action="store_true", help="also report the CPU time each step spends inside its execute()"
+    )
     args = ap.parse_args(argv)
     global ENSEMBLE, STEPS  # ensemble_call / client_chain read these; one pipeline per process
     ENSEMBLE, STEPS = PIPELINES[args.pipeline]
@@ -170,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tritonctl-bench-") as tmp:
         repo = Path(tmp) / "repo"
         generate_repository(load_manifest(ROOT / "tritonctl.yaml"), repo)
+        if args.step_cpu:
+            for m in STEPS:
+                model_py = repo / m / "1" / "model.py"
+                model_py.write_text(model_py.read_text() + _PROBE.format(out=str(Path(tmp) / f"stepcpu-{m}.txt")))
         srv = EmbeddedTriton(ServerOptions(repository=repo, workdir=Path(tmp), log_file=Path(tmp) / "triton.log"))
         srv.start(timeout=90)
         try:
@@ -198,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                         acc[m].errors += r.errors
                 results += list(acc.values())
             steps = step_stats(admin, STEPS) + cpu_table(results, cpu)
+            if args.step_cpu:
+                steps += step_cpu_table(Path(tmp))
             admin.close()
         finally:
             srv.stop()
@@ -258,6 +270,49 @@ def step_stats(admin: TritonAdmin, models: list[str]) -> str:
         rows.append(
             f"| {m} | {n} | {ms('queue')} | {ms('compute_input')} | {ms('compute_infer')} | {ms('compute_output')} |"
         )
+    return "\n".join(rows) + "\n"
+
+
+# Appended to each step's generated model.py by --step-cpu (in the benchmark's temporary copy only): the thread CPU
+# time spent inside execute(), written every 500 executions. Costs two clock reads per execution.
+_PROBE = """
+
+import time as _probe_time
+
+_probe_execute = TritonPythonModel.execute
+_probe = [0, 0.0]
+
+
+def _probed_execute(self, requests):
+    t0 = _probe_time.thread_time()
+    out = _probe_execute(self, requests)
+    _probe[0] += 1
+    _probe[1] += _probe_time.thread_time() - t0
+    if _probe[0] % 500 == 0:
+        with open({out!r}, "w") as f:
+            f.write("%d %.9f" % (_probe[0], _probe[1]))
+    return out
+
+
+TritonPythonModel.execute = _probed_execute
+"""
+
+
+def step_cpu_table(tmp: Path) -> str:
+    """Why: a python-backend step costs far more than its model (IPC, pb_utils objects, cold caches on a shared
+    core); this separates the CPU spent in the step's own Python (execute, including the model) from the rest."""
+    rows = [
+        "",
+        "CPU inside each step's execute() (thread CPU time, mean per execution, warm-up and both modes; --step-cpu):",
+        "",
+        "| model | executions | execute µs |",
+        "|---|---:|---:|",
+    ]
+    for m in STEPS:
+        f = tmp / f"stepcpu-{m}.txt"
+        if f.is_file():
+            n, secs = f.read_text().split()
+            rows.append(f"| {m} | {n} | {float(secs) / int(n) * 1e6:.1f} |")
     return "\n".join(rows) + "\n"
 
 
