@@ -35,7 +35,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from toolkit.gateway.server import Gateway
 
 MODEL = "digits_mlp"
 
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _callbacks(a: argparse.Namespace, gateway_url: str, gw: Any, triton_url: str) -> str:
+def _callbacks(a: argparse.Namespace, gateway_url: str, gw: Gateway, triton_url: str) -> str:
     """Window 3: p50 / p90 wall µs inside each forwarding callback, gateway vs byte pipe (see the module doc)."""
     import asyncio
     import threading
