@@ -6,12 +6,18 @@ machine, which a unit test cannot assert without flaking. Run a single one with 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 PY = sys.executable
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity), which is what a benchmark's processes share."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _calibration(protocol: str, processes: str) -> list[str]:

@@ -37,6 +37,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from toolkit.bench import usable_cpus
 from toolkit.repository.generate import generate_repository
 from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
 from toolkit.spec import load_manifest
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(tritonclient {args.protocol}, one client per thread), same payload (one house, FP32[1, 8]), same\n"
             f"embedded Triton 2.51 (python backend), closed loop, {args.duration:g} s per row in 1 s slices\n"
             "interleaved with the other mode (alternating order), one run.\n\n"
-            f"Machine: {platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}.\n\n"
+            f"Machine: {platform.machine()}, {usable_cpus()} CPUs, Python {platform.python_version()}.\n\n"
             f"Command: `.venv/bin/{cmd.strip()}`\n\n"
         )
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -360,10 +361,6 @@ def cpu_table(results: list[Result], cpu: dict[tuple[str, int], dict[str, float]
             f"| {r.mode} | {r.concurrency} | " + " | ".join(f"{v:.0f}" for v in parts) + f" | {sum(parts):.0f} |"
         )
     return "\n".join(rows) + "\n"
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 if __name__ == "__main__":

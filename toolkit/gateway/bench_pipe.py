@@ -54,17 +54,21 @@ class _Down(asyncio.Protocol):
             self.up.close()
 
 
+async def start_pipe(upstream: str) -> tuple[asyncio.Server, str]:
+    """The pipe to ``host:port`` listening on a free loopback port: (server, its address)."""
+    host, _, port = upstream.rpartition(":")
+    server = await asyncio.get_running_loop().create_server(lambda: _Down((host, int(port))), "127.0.0.1", 0)
+    return server, f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
 def pipe_process(upstream: str, conn: Connection) -> None:
     """Run the pipe to ``host:port`` on a free loopback port; send its address, stop on any message."""
     import uvloop
 
-    host, _, port = upstream.rpartition(":")
-
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Down((host, int(port))), "127.0.0.1", 0)
-        conn.send(f"127.0.0.1:{server.sockets[0].getsockname()[1]}")
-        await loop.run_in_executor(None, conn.recv)
+        server, addr = await start_pipe(upstream)
+        conn.send(addr)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
         server.close()
 
     uvloop.run(main())

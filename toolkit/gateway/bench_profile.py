@@ -44,6 +44,7 @@ MODEL = "digits_mlp"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from toolkit.bench import usable_cpus
     from toolkit.gateway.core import GatewayOptions
     from toolkit.gateway.server import Gateway, GatewayThread
     from toolkit.loadtest.calibrate import PA
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             triton.stop()
     n = max(1, n1 - n0)
     user, system = (t1.user - t0.user) / n * 1e6, (t1.system - t0.system) / n * 1e6
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cpus()
     per_direct = cores / max(1e-9, direct_rps) * 1e6
     print(f"model {a.model}, perf_analyzer HTTP c={a.concurrency}, {a.seconds:g} s windows, {cores} cores")
     print(f"direct to Triton: {direct_rps:.0f} req/s = {per_direct:.0f} µs of machine CPU per request")
@@ -161,14 +162,11 @@ def _callbacks(a: argparse.Namespace, gateway_url: str, gw: Gateway, triton_url:
     timed(bench_pipe._Up, "data_received", "pipe: answer in -> written to the client")
     assert gw.loop is not None and gw.core.upstream is not None
     gw.loop.call_soon_threadsafe(gw.core.upstream.reset)  # uvloop binds data_received per connection: new ones
-    host, _, port = triton_url.rpartition(":")
     ready, stop, pipe_addr = threading.Event(), threading.Event(), {}
 
     def pipe_thread() -> None:
         async def main() -> None:
-            loop = asyncio.get_running_loop()
-            srv = await loop.create_server(lambda: bench_pipe._Down((host, int(port))), "127.0.0.1", 0)
-            pipe_addr["url"] = f"127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+            srv, pipe_addr["url"] = await bench_pipe.start_pipe(triton_url)
             ready.set()
             while not stop.is_set():
                 await asyncio.sleep(0.1)
@@ -199,16 +197,12 @@ def _callbacks(a: argparse.Namespace, gateway_url: str, gw: Gateway, triton_url:
 
 def _load(url: str, a: argparse.Namespace, windows: int) -> subprocess.Popen[bytes]:
     """perf_analyzer at ``url`` for long enough to cover ``windows`` of ours (it is killed when they are done)."""
-    from toolkit.loadtest.calibrate import PA
+    from toolkit.loadtest.calibrate import PA, perf_analyzer_command
 
     interval_ms = int((windows * a.seconds + 4) * 1000)
-    return subprocess.Popen(
-        [str(PA), "-m", a.model, "-u", url, "-i", "http", "--concurrency-range", str(a.concurrency),
-         "--measurement-interval", str(interval_ms), "--max-trials", "1", "--stability-percentage", "100"],
-        env=dict(os.environ, LD_LIBRARY_PATH=str(PA.parent / "lib")),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    extra = ["--max-trials", "1", "--stability-percentage", "100"]
+    cmd = perf_analyzer_command(PA, a.model, url, "http", a.concurrency, interval_ms, extra)
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

@@ -28,26 +28,19 @@ ROOT = Path(__file__).resolve().parents[2]
 PA = ROOT / "tools" / "perf_analyzer" / "perf_analyzer"
 
 
+def perf_analyzer_command(
+    binary: Path, model: str, url: str, protocol: str, concurrency: int, window_ms: int, extra: list[str] | None = None
+) -> list[str]:
+    """perf_analyzer at one concurrency (``binary`` is the wrapper script that sets its own library path)."""
+    return [str(binary), "-m", model, "-u", url, "-i", protocol, "--concurrency-range", str(concurrency),
+            "--measurement-interval", str(window_ms), *(extra or [])]  # fmt: skip
+
+
 def run_perf_analyzer(
     binary: Path, model: str, url: str, protocol: str, concurrency: int, window_ms: int, extra: list[str] | None = None
 ) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".csv") as f:
-        cmd = [
-            str(binary),
-            "-m",
-            model,
-            "-u",
-            url,
-            "-i",
-            protocol,
-            "--concurrency-range",
-            str(concurrency),
-            "--measurement-interval",
-            str(window_ms),
-            *(extra or []),
-            "-f",
-            f.name,
-        ]
+        cmd = [*perf_analyzer_command(binary, model, url, protocol, concurrency, window_ms, extra), "-f", f.name]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise LoadTestError(f"perf_analyzer failed ({r.returncode}): {(r.stderr or r.stdout)[-1000:]}")
