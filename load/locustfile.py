@@ -17,7 +17,7 @@ from typing import Any
 from locust import events
 
 from toolkit.loadtest.runner import RunOptions, resolve_targets
-from toolkit.loadtest.scenario import load_scenario
+from toolkit.loadtest.scenario import TargetMix, load_scenario
 from toolkit.loadtest.users import configure
 
 SCENARIO = load_scenario(os.environ.get("TRITONCTL_SCENARIO", "single_model"))
@@ -38,6 +38,5 @@ def _resolve(environment: Any, **_: Any) -> None:
         triton_url=os.environ.get("TRITONCTL_TRITON_URL"),
     )
     targets = resolve_targets(opts)
-    weights = [t.weight for t in targets]
     TritonUser.targets = targets
-    TritonUser.cum_weights = [sum(weights[: i + 1]) for i in range(len(weights))]
+    TritonUser.mix = TargetMix([t.weight for t in targets])

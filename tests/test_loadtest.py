@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,14 @@ from toolkit.loadtest.hist import LatencyHistogram
 from toolkit.loadtest.recorder import Recorder
 from toolkit.loadtest.report import write_report
 from toolkit.loadtest.runner import RunOptions, run_loadtest
-from toolkit.loadtest.scenario import LoadTestError, load_scenario, parse_duration, parse_scenario, zipf_weights
+from toolkit.loadtest.scenario import (
+    LoadTestError,
+    TargetMix,
+    load_scenario,
+    parse_duration,
+    parse_scenario,
+    zipf_weights,
+)
 from toolkit.loadtest.serverstats import diff_stats, mme_metrics, parse_prometheus
 from toolkit.server import EmbeddedTriton, TritonAdmin
 
@@ -82,6 +90,25 @@ def test_scenarios_parse_and_bad_ones_are_rejected_clearly() -> None:
         load_scenario("no_such_scenario")
     w = zipf_weights(4, 1.0)
     assert sum(w) == pytest.approx(1.0) and w[0] == pytest.approx(2 * w[1]) and w[0] == pytest.approx(4 * w[3])
+
+
+def test_mme_traffic_mix_follows_zipf_weights() -> None:
+    """Scenario -> expanded targets -> the run's TargetMix sends each model its Zipf share (seeded draws)."""
+    sc = parse_scenario({
+        "name": "mix", "protocol": "sagemaker",
+        "mme": {"endpoint": "mme", "models": "m{i}.tar.gz", "n": 5, "alpha": 1.2,
+                "template": {"model": "m0", "batched": False, "inputs": {"X": {"shape": [2]}}}},
+    })  # fmt: skip
+    targets = sc.expanded_targets()
+    assert [t.target_model for t in targets] == [f"m{i}.tar.gz" for i in range(5)]
+    mix = TargetMix([t.weight for t in targets], rng=random.Random(1234))
+    n = 50_000
+    counts = np.bincount([mix.pick() for _ in range(n)], minlength=len(targets))
+    np.testing.assert_allclose(counts / n, zipf_weights(5, 1.2), atol=0.01)  # 0.01 is > 4 standard errors each
+    assert TargetMix([3.0]).pick() == 0
+    assert {TargetMix([0.0, 1.0]).pick() for _ in range(100)} == {1}
+    with pytest.raises(LoadTestError, match="weights"):
+        TargetMix([0.0, 0.0])
 
 
 def test_server_stats_diff_and_mme_metrics() -> None:

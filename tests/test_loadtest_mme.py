@@ -7,6 +7,7 @@ Zipf traffic causes misses, loads and evictions. The report's MME section comes 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from toolkit.gateway.auth import AuthConfig, Principal
 from toolkit.gateway.core import GatewayOptions
 from toolkit.gateway.server import Gateway, GatewayThread
 from toolkit.loadtest.runner import RunOptions, run_loadtest
-from toolkit.loadtest.scenario import parse_scenario
+from toolkit.loadtest.scenario import parse_scenario, zipf_weights
 from toolkit.mme.manager import ModelManager
 from toolkit.mme.stores import LocalStore
 from toolkit.repository.samples import write_scale_model
@@ -25,6 +26,11 @@ from toolkit.spec.models import EndpointSpec
 
 N_MODELS = 6
 KEY_ID, SECRET = "AKIDLOADTEST", "loadtest-secret"
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +77,12 @@ def test_zipf_hit_ratio_agrees_with_manager_metrics(
     assert sent > 10
     # Zipf: the most popular model got the most traffic
     per = client["per_target"]
-    assert per["m00.tar.gz"]["count"] == max(p["count"] for p in per.values())
+    # Zipf: the most popular model carries p0 of the traffic. The draws are random, so "m00 got the most" is not
+    # guaranteed (it failed ~3 % of runs at ~25 requests); a count below the 1e-6 binomial tail is a wrong mix. The
+    # exact mix is checked with many seeded draws in test_loadtest.py.
+    p0 = zipf_weights(N_MODELS, 1.3)[0]
+    got = per["m00.tar.gz"]["count"]
+    assert binomial_tail(got, sent, p0) > 1e-6, (got, sent, p0)
     mme = report["mme"]
     states = {s.name: s for s in manager.states()}
     hits = sum(s.hits for s in states.values())

@@ -83,6 +83,7 @@ def serve(
     policy: str = "lru",
     auth: Path | None = None,
     host: str = "127.0.0.1",
+    drain_s: float = 10.0,
     workdir: Path | None = None,
     echo: Callable[[str], None] = print,
     stop_event: threading.Event | None = None,
@@ -190,6 +191,7 @@ def serve(
                 endpoints=endpoints,
                 auth=auth_cfg,
                 repository=repository,
+                drain_s=drain_s,
             )
             gw = Gateway(gopts, endpoint, models=mm)
             if supervisor is not None:
@@ -240,6 +242,9 @@ def serve_command(
     host: str = typer.Option(
         "127.0.0.1", "--host", help="address the gateway binds to (Triton's with --no-gateway; admin stays loopback)"
     ),
+    drain_s: float = typer.Option(
+        10.0, "--drain", min=0, help="on Ctrl-C/SIGTERM, seconds the gateway gives requests in flight to be answered"
+    ),
 ) -> None:
     """Serve models: Triton behind the gateway (KServe v2 HTTP/gRPC + SageMaker runtime API) until Ctrl-C."""
     from toolkit.cli.common import friendly
@@ -263,5 +268,6 @@ def serve_command(
         policy=policy,
         auth=auth,
         host=host,
+        drain_s=drain_s,
         echo=typer.echo,
     )

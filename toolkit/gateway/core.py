@@ -32,7 +32,7 @@ from toolkit.gateway.errors import (
     ValidationError,
 )
 from toolkit.gateway.models import ModelProvider
-from toolkit.gateway.upstream import UpstreamError, UpstreamPool
+from toolkit.gateway.upstream import StoppingError, UpstreamError, UpstreamPool
 from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
 from toolkit.server.launcher import TritonEndpoint
 from toolkit.spec.models import EndpointSpec
@@ -61,6 +61,7 @@ class GatewayOptions:
     timeout_s: float = 60.0
     max_concurrency: int = 256
     load_wait_s: float = 30.0  # longer than this waiting for a cold model -> 429 ModelNotReadyException
+    drain_s: float = 10.0  # on stop, requests already received get this long to be answered
     endpoints: list[EndpointSpec] = field(default_factory=list)
     auth: AuthConfig = field(default_factory=AuthConfig)
     repository: Path | None = None
@@ -170,6 +171,8 @@ class GatewayCore:
         """What a client is told when the request to Triton itself failed."""
         if isinstance(exc, asyncio.TimeoutError):
             return TimeoutError_(f"Triton did not answer within {self.options.timeout_s:g} s")
+        if isinstance(exc, StoppingError):
+            return ServiceUnavailableError("The gateway is stopping; retry.")
         if isinstance(exc, (UpstreamError, OSError)):
             return ServiceUnavailableError(f"Triton is unavailable: {exc}")
         return to_gateway_error(exc)

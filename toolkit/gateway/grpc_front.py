@@ -125,9 +125,9 @@ class GrpcFront:
         await self.server.start()
         return bound
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 1.0) -> None:
         if self.server is not None:
-            await self.server.stop(grace=1.0)
+            await self.server.stop(grace=grace)
         if self.channel is not None:
             await self.channel.close()
 

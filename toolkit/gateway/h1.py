@@ -145,6 +145,7 @@ class H1Server:
         self.max_body, self.max_head = max_body, max_head
         self.keepalive_s, self.head_timeout_s = keepalive_s, head_timeout_s
         self.connections: set[H1Connection] = set()
+        self.draining = False
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -155,6 +156,18 @@ class H1Server:
         )
         self._sweeper = loop.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
+
+    def stop_accepting(self) -> None:
+        """Drain, step one: no new connections; idle ones close now, a busy one after its last received request."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for c in list(self.connections):
+            if c.busy:
+                if not c._pending:  # with pipelined requests behind it, the last of them closes the connection
+                    c.keep_alive = False
+            elif not c.partial:
+                c.close()
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -301,7 +314,8 @@ class H1Connection(asyncio.Protocol):
     # -- answering -----------------------------------------------------------------------------------------------------
     def _start(self, req: Request, keep: bool) -> None:
         self.busy = True
-        self.keep_alive = keep and not self._eof
+        # draining: the last request received is answered with "Connection: close"
+        self.keep_alive = keep and not self._eof and not (self.server.draining and not self._pending)
         self._head = req.method == "HEAD"
         if self._head:  # answered as the GET it mirrors, without the body (as aiohttp did for GET routes)
             req.method = "GET"

@@ -365,13 +365,30 @@ class H2Front:
         self.server = await loop.create_server(lambda: H2Connection(self), host, port)
         return int(self.server.sockets[0].getsockname()[1])
 
+    def stop_accepting(self) -> None:
+        """Drain, step one: no new connections; GOAWAY tells each client to open no more streams on its connection."""
+        if self.server is not None:
+            self.server.close()
+        for c in list(self.conns):
+            if not c.closed and c.dead is None:
+                c.down.inject(f.goaway(min(c.last_sid, c.goaway_sid)))
+
+    @property
+    def pending(self) -> int:
+        """Calls not answered yet (streams Triton has not ended) and tasks still running, over all connections."""
+        return sum(len(c.streams) + len(c.tasks) for c in self.conns)
+
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+        tasks = [t for c in self.conns for t in c.tasks]
         for c in list(self.conns):
             if c.down.t is not None:
                 with contextlib.suppress(Exception):
                     c.down.t.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2.0)

@@ -25,7 +25,7 @@ from toolkit.gateway.core import (
     is_parse_error,
     to_gateway_error,
 )
-from toolkit.gateway.errors import GatewayError, PayloadTooLargeError, ValidationError
+from toolkit.gateway.errors import GatewayError, PayloadTooLargeError, ServiceUnavailableError, ValidationError
 from toolkit.gateway.h1 import H1Connection, Request, Response
 from toolkit.gateway.http_front import HttpFront, check_binary_header, error_for, kserve_error
 from toolkit.gateway.upstream import RawHeaders
@@ -109,6 +109,18 @@ class HttpDispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def pending(self) -> int:
+        """Requests whose handler is still running (a cold load, a slow-path call)."""
+        return len(self._tasks)
+
+    async def cancel_all(self) -> None:
+        """The drain is over: stop the handlers still running, and wait until they have (nothing left pending)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def reject(self, path: str, status: int, message: str) -> Response:
         """The connection layer's refusals (413 body, 431 head, 400 unparsable), shaped for the API the path names."""
         err: GatewayError = PayloadTooLargeError(message) if status == 413 else ValidationError(message, status=status)
@@ -119,6 +131,10 @@ class HttpDispatcher:
     async def _run(self, conn: H1Connection, handler: Handler, req: Request) -> None:
         try:
             resp = await handler(req)
+        except asyncio.CancelledError:  # the gateway stopped first: a retryable answer beats a dropped connection
+            conn.keep_alive = False
+            conn.send_response(error_for(req.path, ServiceUnavailableError("The gateway is stopping; retry.")))
+            raise
         except Exception:  # handlers map their own errors: anything here is a bug
             log.exception("gateway handler failed for %s %s", req.method, req.raw_path)
             resp = Response(500, b'{"error": "internal error"}', content_type="application/json")

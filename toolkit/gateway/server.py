@@ -59,7 +59,7 @@ class Gateway:
         self.core = GatewayCore(options, triton, self.models, is_up)
         self.http = HttpFront(self.core)
         self.grpc: GrpcFront | H2Front | None = None
-        self._servers: list[H1Server] = []
+        self._servers: list[tuple[H1Server, HttpDispatcher]] = []
         self.addresses: GatewayAddresses | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._supervisor: Supervisor | None = None
@@ -68,7 +68,7 @@ class Gateway:
     async def _serve(self, admin: bool, port: int, host: str | None = None) -> int:
         d = HttpDispatcher(self.http, admin=admin)
         server = H1Server(d.dispatch, d.reject, max_body=self.options.max_body_bytes)
-        self._servers.append(server)
+        self._servers.append((server, d))
         return await server.start(host or self.options.host, port)
 
     async def start(self) -> GatewayAddresses:
@@ -96,12 +96,45 @@ class Gateway:
         return self.addresses
 
     async def stop(self) -> None:
-        if self.grpc is not None:
+        """Graceful: stop accepting, answer what was received (up to ``drain_s``), then close whatever is left.
+
+        Why: SIGTERM on a serving container (a deploy, a scale-in) must not cost the requests in flight. New
+        connections are refused at once; idle keep-alive connections close; a busy one answers its last received
+        request with ``Connection: close``; gRPC clients get GOAWAY. A handler still running at the deadline is
+        cancelled and its client answered 503 (retryable) before the connection closes.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.drain_s
+        for srv, _ in self._servers:
+            srv.stop_accepting()
+        grpcio_stop = None
+        if isinstance(self.grpc, GrpcFront):  # grpc.aio drains by itself: its stop(grace) runs alongside ours
+            grpcio_stop = asyncio.ensure_future(self.grpc.stop(grace=self.options.drain_s))
+        elif self.grpc is not None:
+            self.grpc.stop_accepting()
+        while self.pending() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if grpcio_stop is not None:
+            await grpcio_stop
+        elif self.grpc is not None:
             await self.grpc.stop()
-        for srv in self._servers:
+        # What is still unanswered gets its 503 before the connections close: cancelled handlers answer as they
+        # unwind, and closing the pool fails the hot path's calls at once (their callbacks answer).
+        for _, dispatcher in self._servers:
+            await dispatcher.cancel_all()
+        if self.core.upstream is not None:
+            await self.core.upstream.close()
+        for srv, _ in self._servers:
             await srv.close()
         self._servers.clear()
         await self.core.close()
+
+    def pending(self) -> int:
+        """Requests received and not answered yet (any port), plus HTTP connections still open."""
+        n = self.core.inflight + sum(d.pending + len(srv.connections) for srv, d in self._servers)
+        if isinstance(self.grpc, H2Front):
+            n += self.grpc.pending
+        return n
 
     def attach(self, supervisor: Supervisor) -> None:
         """Follow a supervisor: its state drives 503s and, after a restart, resync plus background re-warm."""
@@ -185,8 +218,9 @@ class GatewayThread:
         assert self.gateway.addresses is not None
         return self.gateway.addresses
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully (see ``Gateway.stop``); wait up to ``timeout`` (default: the drain time + 10 s)."""
         loop, ev = self.gateway.loop, self._stop
         if loop is not None and ev is not None and not loop.is_closed():
             loop.call_soon_threadsafe(ev.set)
-        self._thread.join(timeout)
+        self._thread.join(self.gateway.options.drain_s + 10.0 if timeout is None else timeout)

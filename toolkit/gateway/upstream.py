@@ -27,6 +27,13 @@ class UpstreamError(ConnectionError):
     """Triton closed or broke the connection, or sent something that is not HTTP/1.1."""
 
 
+class StoppingError(UpstreamError):
+    """The pool was closed (the gateway is stopping) with this request unanswered."""
+
+    def __init__(self) -> None:
+        super().__init__("the gateway is stopping")
+
+
 class _Conn(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -161,6 +168,10 @@ class UpstreamPool:
         """Abort every connection. A job whose connection this kills is not retried (``dispatch`` refuses once
         closed), and connection attempts are cancelled and awaited, so none outlives the event loop."""
         self._closed = True
+        for c in list(self._all):  # fail in-flight jobs now, not when the aborts are reported: answers go out first
+            job, c.job = c.job, None
+            if job is not None:
+                job.fail(StoppingError())
         opening = list(self._opening)
         for t in opening:
             t.cancel()
@@ -205,7 +216,7 @@ class UpstreamPool:
 
     def dispatch(self, job: _Job, fresh: bool) -> None:
         if self._closed:
-            job.fail(UpstreamError("the gateway is stopping"))
+            job.fail(StoppingError())
             return
         while not fresh and self._idle:
             conn = self._idle.pop()
@@ -215,7 +226,7 @@ class UpstreamPool:
         task = asyncio.ensure_future(self._open_and_start(job))
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
-        task.add_done_callback(lambda t: t.cancelled() and job.fail(UpstreamError("the gateway is stopping")))
+        task.add_done_callback(lambda t: t.cancelled() and job.fail(StoppingError()))
 
     async def _open_and_start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()

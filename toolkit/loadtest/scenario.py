@@ -6,6 +6,8 @@ so that users can copy one and describe their own representative traffic without
 
 from __future__ import annotations
 
+import itertools
+import random
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -194,6 +196,27 @@ def zipf_weights(n: int, alpha: float) -> list[float]:
     raw = [1.0 / (k + 1) ** alpha for k in range(n)]
     total = sum(raw)
     return [r / total for r in raw]
+
+
+class TargetMix:
+    """Weighted random choice of a request's target, shared by every simulated user of a run.
+
+    Plain Python (no Locust import) so the traffic mix can be checked with many seeded draws outside the worker's
+    gevent-patched process; ``rng`` defaults to the ``random`` module's shared generator.
+    """
+
+    def __init__(self, weights: list[float], rng: random.Random | None = None) -> None:
+        if not weights or min(weights) < 0 or sum(weights) <= 0:
+            raise LoadTestError(f"target weights must be >= 0 with a positive sum, got {weights}")
+        self._cum = list(itertools.accumulate(weights))
+        self._choose = rng.choices if rng is not None else random.choices
+        self._population = range(len(weights))
+
+    def pick(self) -> int:
+        """Index of the next request's target."""
+        if len(self._cum) == 1:
+            return 0
+        return self._choose(self._population, cum_weights=self._cum)[0]
 
 
 def find_scenario(name_or_path: str) -> Path:

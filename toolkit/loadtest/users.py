@@ -8,7 +8,6 @@ reports float milliseconds through Locust's ``request`` event, where ``Recorder`
 from __future__ import annotations
 
 import os
-import random
 import time
 from typing import Any, ClassVar
 
@@ -17,7 +16,7 @@ from locust import FastHttpUser, LoadTestShape, User, constant, constant_through
 
 from toolkit.loadtest.payload import http_request, make_arrays, sagemaker_request
 from toolkit.loadtest.recorder import Recorder, describe_error
-from toolkit.loadtest.scenario import Shape, Target
+from toolkit.loadtest.scenario import Shape, Target, TargetMix
 
 
 class InferHTTPError(Exception):
@@ -28,7 +27,7 @@ class _Traffic:
     """Target choice shared by all user kinds: weighted random over the scenario's (resolved) targets."""
 
     targets: ClassVar[list[Target]] = []
-    cum_weights: ClassVar[list[float]] = []
+    mix: ClassVar[TargetMix] = TargetMix([1.0])
     binary: ClassVar[bool] = True
     endpoint: ClassVar[str] = ""
     timeout: ClassVar[float] = 60.0
@@ -50,9 +49,7 @@ class _Traffic:
         )
 
     def pick(self) -> int:
-        if len(self.targets) == 1:
-            return 0
-        return random.choices(range(len(self.targets)), cum_weights=self.cum_weights)[0]
+        return self.mix.pick()
 
 
 def _error_text(status: int, body: bytes | None) -> str:
@@ -250,12 +247,10 @@ def configure(
 ) -> type[User]:
     """A concrete user class for this run (class attributes carry the traffic; Locust instantiates it)."""
     base: type[Any] = {"http": TritonHttpUser, "grpc": TritonGrpcUser, "sagemaker": SageMakerUser}[protocol]
-    weights = [t.weight for t in targets]
-    cum = [sum(weights[: i + 1]) for i in range(len(weights))]
     attrs: dict[str, Any] = {
         "abstract": False,
         "targets": targets,
-        "cum_weights": cum,
+        "mix": TargetMix([t.weight for t in targets]) if targets else _Traffic.mix,  # empty: filled in at test start
         "binary": binary,
         "endpoint": endpoint,
         "timeout": timeout,
