@@ -75,7 +75,6 @@ def test_zipf_hit_ratio_agrees_with_manager_metrics(
     assert client["total"]["errors"] == 0, client["errors"]
     sent = client["total"]["count"]
     assert sent > 10
-    # Zipf: the most popular model got the most traffic
     per = client["per_target"]
     # Zipf: the most popular model carries p0 of the traffic. The draws are random, so "m00 got the most" is not
     # guaranteed (it failed ~3 % of runs at ~25 requests); a count below the 1e-6 binomial tail is a wrong mix. The
