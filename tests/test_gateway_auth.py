@@ -55,6 +55,14 @@ principals:
       - {Effect: Allow, Action: ["invoke", "admin"], Resource: "*"}
   - name: carol
     access_keys: [{id: AKIDCAROL, secret: carol-secret}]
+  - name: limited
+    access_keys: [{id: AKIDLIMITED, secret: limited-secret}]
+    policy:
+      - {Effect: Allow, Action: invoke, Resource: "*"}
+      - {Effect: Deny, Action: invoke, Resource: "*",
+         Condition: {StringLike: {"sagemaker:TargetModel": "housing_Houston*"}}}
+      - {Effect: Deny, Action: invoke, Resource: "*",
+         Condition: {StringEquals: {"sagemaker:TargetModel": "/housing_LosAngeles_CA.tar.gz"}}}
   - name: dave
     api_keys: [dave-key-7]
     policy:
@@ -125,6 +133,57 @@ def test_allow_with_wildcards_and_explicit_deny_wins(secured: GatewayAddresses) 
         _code(lambda: sm.invoke_endpoint(EndpointName="digits", ContentType="application/json", Body=_v2("X", X)))[1]
         == "AccessDeniedException"
     )
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["/housing_Houston_TX", "//housing_Houston_TX.tar.gz", "/housing_Houston_TX.tgz", "housing_Houston_TX.tar.gz"],
+)
+def test_every_spelling_of_a_denied_target_model_is_denied(secured: GatewayAddresses, spelling: str) -> None:
+    """The review's TargetModel bypass (Allow everything, Deny ``housing_Houston*``): the policy sees the canonical name
+    the manager loads and Triton runs; a policy value written as an artifact path means the same name."""
+    sm = _sm(secured, "AKIDLIMITED", "limited-secret")
+    body = _v2("features", np.ones((1, 10), np.float32))
+    status, code, msg = _code(
+        lambda: sm.invoke_endpoint(
+            EndpointName="housing", TargetModel=spelling, ContentType="application/json", Body=body
+        )
+    )
+    assert (status, code) == (403, "AccessDeniedException") and "housing_Houston_TX" in msg
+    r = sm.invoke_endpoint(  # the same spellings of an allowed model are served, as before
+        EndpointName="housing", TargetModel=spelling.replace("Houston_TX", "Chicago_IL"),
+        ContentType="application/json", Body=body,
+    )  # fmt: skip
+    assert json.loads(r["Body"].read())["model_name"] == "housing_Chicago_IL"
+    miami = spelling.replace("Houston_TX", "LosAngeles_CA")
+    status, code, msg = _code(
+        lambda: sm.invoke_endpoint(EndpointName="housing", TargetModel=miami, ContentType="application/json", Body=body)
+    )
+    assert (status, code) == (403, "AccessDeniedException") and "housing_LosAngeles_CA" in msg
+
+
+@pytest.mark.parametrize("target", ["housing_Houston_TX.tar.gz.tgz", "../housing_Houston_TX", "a/b", ".hidden"])
+def test_target_models_that_name_no_model_are_refused(secured: GatewayAddresses, target: str) -> None:
+    sm = _sm(secured)
+    args = {"EndpointName": "housing", "TargetModel": target, "ContentType": "application/json"}
+    status, code, msg = _code(lambda: sm.invoke_endpoint(Body=b"{}", **args))
+    assert (status, code) == (400, "ValidationError") and "TargetModel" in msg
+
+
+def test_kserve_model_names_must_be_canonical(secured: GatewayAddresses) -> None:
+    """``digits%5Flogreg`` decodes to an allowed name: refused all the same, so Triton never decodes another one."""
+    for path in ("/v2/models/digits%5Flogreg/infer", "/v2/models/digits%5Flogreg/versions/1/infer"):
+        req = urllib.request.Request(
+            secured.http_url + path, data=_v2("X", X), headers={"X-Api-Key": "bob-key-42"}, method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=30)
+        assert e.value.code == 400 and "model name" in json.loads(e.value.read())["error"]
+    c = httpclient.InferenceServerClient(secured.http, connection_timeout=30, network_timeout=30)
+    x = httpclient.InferInput("X", list(X.shape), "FP32")
+    x.set_data_from_numpy(X)
+    assert c.infer("digits_logreg", [x], headers={"X-Api-Key": "bob-key-42"}).as_numpy("probabilities") is not None
+    c.close()
 
 
 def test_default_deny_for_principal_without_policy(secured: GatewayAddresses) -> None:

@@ -1,4 +1,4 @@
-"""The frame-forwarding gRPC front (``grpc_engine="h2"``) against its own real Triton: many clients on shared and own
+"""The frame-forwarding gRPC front against its own real Triton: many clients on shared and own
 connections, cold loads, per-message policy on one connection (HPACK state must stay in step), the message size
 limit, tensors spanning many DATA frames both ways, and Triton gone (fast UNAVAILABLE, then recovery)."""
 
@@ -94,7 +94,6 @@ def h2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[H2Stack]:
     opts = GatewayOptions(
         http_port=0, grpc_port=0, max_body_bytes=2 * MiB, timeout_s=TIMEOUT_S, auth=AuthConfig.from_dict(AUTH)
     )
-    assert opts.grpc_engine == "h2"  # the default
     gw = Gateway(opts, triton.endpoint, models=models)
     runner = GatewayThread(gw)
     try:
@@ -136,8 +135,8 @@ def test_many_concurrent_clients_match_direct_triton(h2: H2Stack) -> None:
                 if not own:  # refusals injected between Triton's frames on a busy shared connection
                     with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
                         _echo(c, inputs[j], "echo_cold", headers=CAROL)
-        except Exception as exc:
-            failures.append(f"worker {k}: {exc}")
+        except BaseException as exc:  # pytest.raises fails with a BaseException: a thread would just end with it
+            failures.append(f"worker {k}: {exc!r}")
         finally:
             if own:
                 c.close()
@@ -238,6 +237,56 @@ def test_stream_checks_every_message(h2: H2Stack) -> None:
     c.stop_stream()
     c.close()
     assert err is not None and "PERMISSION_DENIED" in str(err.status()), err
+
+
+def _crafted(first: str, last: str, tensor_bytes: int = 16) -> bytes:
+    """A ModelInferRequest naming ``first`` and, after its tensor, ``last`` again in field 1: protobuf runs ``last``."""
+    from tritonclient.grpc import service_pb2
+
+    req = service_pb2.ModelInferRequest(model_name=first)
+    t = req.inputs.add(name="IN", datatype="FP32")
+    t.shape.append(tensor_bytes // 4)
+    req.raw_input_contents.append(bytes(tensor_bytes))
+    tail = service_pb2.ModelInferRequest(model_name=last).SerializeToString()
+    data = req.SerializeToString() + tail
+    assert service_pb2.ModelInferRequest.FromString(data).model_name == last
+    return data
+
+
+@pytest.mark.parametrize("tensor_bytes", [16, 1 * MiB])
+def test_a_repeated_model_name_is_refused_before_triton_runs_it(h2: H2Stack, tensor_bytes: int) -> None:
+    """The review's gRPC bypass: an allowed name first, a denied one last (protobuf takes the last). Unary and
+    streaming, and with the second name 1 MiB (many DATA frames) after the first: refused, nothing loaded."""
+    import grpc
+
+    direct = grpcclient.InferenceServerClient(h2.triton.endpoint.grpc)
+    _echo(direct, np.ones(2, np.float32), "echo_cold")  # loaded, so its statistics can show it never ran
+
+    def runs() -> int:
+        return int(direct.get_inference_statistics("echo_cold").model_stats[0].inference_stats.success.count)
+
+    before = runs()
+    with grpc.insecure_channel(h2.gw.grpc or "") as ch:
+        unary = ch.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        md = tuple(CAROL.items())
+        with pytest.raises(grpc.RpcError) as e:
+            unary(_crafted("echo", "echo_cold", tensor_bytes), metadata=md, timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "more than once" in e.value.details()
+        stream = ch.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        with pytest.raises(grpc.RpcError) as e:
+            list(stream(iter([_crafted("echo", "echo_cold", tensor_bytes)]), metadata=md, timeout=30))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as e:  # two messages on a unary call: the second is never forwarded
+            ok = _crafted("echo", "echo")[: -len(b"\x0a\x04echo")]
+            ch.stream_unary("/inference.GRPCInferenceService/ModelInfer")(iter([ok, ok]), metadata=md, timeout=30)
+        assert e.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
+    assert runs() == before
+    direct.close()
+    c = grpcclient.InferenceServerClient(h2.gw.grpc or "")
+    x = np.arange(3, dtype=np.float32)
+    np.testing.assert_array_equal(_echo(c, x, headers=CAROL), x * 2)  # the gateway and Triton still serve
+    c.close()
+    assert h2.wait_idle() == 0
 
 
 def test_big_tensors_and_the_size_limit(h2: H2Stack) -> None:

@@ -3,7 +3,9 @@
 Identity-based policies as in IAM: each principal carries Allow/Deny statements on actions
 (``sagemaker:InvokeEndpoint`` = ``invoke``, ``tritonctl:Admin`` = ``admin``), resources (endpoint ARNs) and
 ``StringLike``-style conditions on ``sagemaker:TargetModel``, ``sagemaker:TargetContainerHostname``,
-``sagemaker:TargetVariant``. An explicit Deny wins; once any policy exists, whatever no statement allows is denied.
+``sagemaker:TargetVariant``. ``sagemaker:TargetModel`` is compared in canonical form on both sides: a request's
+model name as it runs, and the policy's values with a leading ``/`` and a ``.tar.gz``/``.tgz`` suffix removed.
+An explicit Deny wins; once any policy exists, whatever no statement allows is denied.
 Secrets come from the file or from the environment (``env:NAME``) and never appear in messages or logs.
 """
 
@@ -27,11 +29,13 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from toolkit.gateway.errors import AccessDeniedError, AuthError, GatewayConfigError
+from toolkit.names import strip_target
 
 INVOKE = "sagemaker:InvokeEndpoint"
 ADMIN = "tritonctl:Admin"
 _ACTION_ALIASES = {"invoke": INVOKE, "admin": ADMIN}
 _OPERATORS = ("StringLike", "StringNotLike", "StringEquals", "StringNotEquals")
+TARGET_MODEL_KEY = "sagemaker:targetmodel"
 MAX_CLOCK_SKEW_S = 300
 _AUTH_RE = re.compile(r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]+)$")
 
@@ -93,7 +97,11 @@ class Statement:
             if not isinstance(kv, Mapping):
                 raise GatewayConfigError(f"{where}: {op} needs a mapping of condition keys to values")
             for key, values in kv.items():
-                conds.append((op, str(key).lower(), tuple(_as_list(values))))
+                k = str(key).lower()
+                vals = _as_list(values)
+                if k == TARGET_MODEL_KEY:  # requests carry the canonical name: so do the policy's values
+                    vals = [strip_target(v) for v in vals]
+                conds.append((op, k, tuple(vals)))
         unknown = set(d) - {"effect", "action", "resource", "condition", "sid"}
         if unknown:
             raise GatewayConfigError(f"{where}: unknown statement keys {sorted(unknown)}")

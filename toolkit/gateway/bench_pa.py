@@ -2,7 +2,7 @@
 
     bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer      # once (make perf-analyzer)
     python -m toolkit.gateway.bench_pa [--model digits_mlp] [--protocol http grpc] [--concurrency 1 8]
-                                       [--window-ms 3000] [--rounds 2] [--grpc-engine h2|grpcio]
+                                       [--window-ms 3000] [--rounds 2]
 
 One run: an embedded Triton with the model warm, the gateway in its own process (HTTP and gRPC fronts), and a byte
 pipe per protocol (``toolkit.gateway.bench_pipe``: the floor for any proxy in Python). For each protocol,
@@ -27,12 +27,12 @@ MODEL = "digits_mlp"
 STABILITY = ["--stability-percentage", "25", "--max-trials", "20"]
 
 
-def _gateway_process(http: str, grpc: str, metrics: str, engine: str, conn: Connection) -> None:
+def _gateway_process(http: str, grpc: str, metrics: str, conn: Connection) -> None:
     from toolkit.gateway.core import GatewayOptions
     from toolkit.gateway.server import Gateway, GatewayThread
     from toolkit.server.launcher import TritonEndpoint
 
-    opts = GatewayOptions(http_port=0, grpc_port=0, grpc_engine=engine)
+    opts = GatewayOptions(http_port=0, grpc_port=0)
     gw = Gateway(opts, TritonEndpoint(http=http, grpc=grpc, metrics=metrics))
     runner = GatewayThread(gw)
     a = runner.start()
@@ -41,9 +41,7 @@ def _gateway_process(http: str, grpc: str, metrics: str, engine: str, conn: Conn
     runner.stop()
 
 
-def run(
-    model: str, protocols: list[str], concurrencies: list[int], window_ms: int, rounds: int, engine: str = "h2"
-) -> list[dict]:
+def run(model: str, protocols: list[str], concurrencies: list[int], window_ms: int, rounds: int) -> list[dict]:
     from toolkit.gateway.bench_pipe import pipe_process
     from toolkit.loadtest.calibrate import PA, run_perf_analyzer
     from toolkit.repository.generate import generate_repository
@@ -69,7 +67,7 @@ def run(
         return parent.recv()
 
     try:
-        gw_http, gw_grpc = spawn(_gateway_process, ep.http, ep.grpc, ep.metrics, engine)  # type: ignore[misc]
+        gw_http, gw_grpc = spawn(_gateway_process, ep.http, ep.grpc, ep.metrics)  # type: ignore[misc]
         targets = {
             "http": {"direct": ep.http, "gateway": gw_http, "pipe": spawn(pipe_process, ep.http)},
             "grpc": {"direct": ep.grpc, "gateway": gw_grpc, "pipe": spawn(pipe_process, ep.grpc)},
@@ -119,12 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--window-ms", type=int, default=3000, help="perf_analyzer's measurement interval")
     ap.add_argument("--rounds", type=int, default=2, help="direct/gateway/pipe rounds per row (medians)")
-    ap.add_argument("--grpc-engine", choices=["h2", "grpcio"], default="h2", help="the gateway's gRPC front")
     a = ap.parse_args(argv)
-    rows = run(a.model, a.protocol, a.concurrency, a.window_ms, a.rounds, a.grpc_engine)
-    print(
-        f"perf_analyzer, model {a.model}, medians of {a.rounds} rounds, window {a.window_ms} ms, gRPC {a.grpc_engine}"
-    )
+    rows = run(a.model, a.protocol, a.concurrency, a.window_ms, a.rounds)
+    print(f"perf_analyzer, model {a.model}, medians of {a.rounds} rounds, window {a.window_ms} ms")
     print(report(rows))
     return 0
 

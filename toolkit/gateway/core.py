@@ -34,6 +34,7 @@ from toolkit.gateway.errors import (
 from toolkit.gateway.models import ModelProvider
 from toolkit.gateway.upstream import StoppingError, UpstreamError, UpstreamPool
 from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
+from toolkit.names import ModelNameError
 from toolkit.server.launcher import TritonEndpoint
 from toolkit.spec.models import EndpointSpec
 
@@ -55,7 +56,6 @@ class GatewayOptions:
     host: str = "127.0.0.1"
     http_port: int = 8080
     grpc_port: int | None = None
-    grpc_engine: str = "h2"  # "h2": HTTP/2 frame forwarding (h2_front); "grpcio": grpc.aio handlers (grpc_front)
     admin_port: int | None = None
     max_body_bytes: int = 6 * MiB
     timeout_s: float = 60.0
@@ -94,6 +94,8 @@ def to_gateway_error(exc: BaseException, *, sagemaker: bool = False) -> GatewayE
     """Every failure below the gateway becomes one typed, client-facing error."""
     if isinstance(exc, GatewayError):
         return exc
+    if isinstance(exc, ModelNameError):
+        return ValidationError(str(exc))
     if isinstance(exc, ModelNotFoundError):
         return ValidationError(str(exc)) if sagemaker else NotFoundError(str(exc))
     if isinstance(exc, LoadTimeoutError):

@@ -1,9 +1,10 @@
 """Endpoint modes from the manifest: which Triton model(s) one SageMaker ``invoke_endpoint`` call reaches.
 
-The rules follow SageMaker's: a multi-model endpoint needs ``TargetModel``; a direct multi-container endpoint needs
-``TargetContainerHostname`` naming one of its containers (missing or unknown = 400 ValidationError); production
-variants are drawn by weight unless ``TargetVariant`` picks one; a serial endpoint feeds each step's outputs to the
-next step as inputs of the same names.
+The rules follow SageMaker's: a multi-model endpoint needs ``TargetModel`` (canonicalised once by
+``toolkit.names.canonical_target``: the policy context carries that name, not the header's spelling); a direct
+multi-container endpoint needs ``TargetContainerHostname`` naming one of its containers (missing or unknown = 400
+ValidationError); production variants are drawn by weight unless ``TargetVariant`` picks one; a serial endpoint
+feeds each step's outputs to the next step as inputs of the same names.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from toolkit.gateway.errors import ValidationError
+from toolkit.names import canonical_target
 from toolkit.spec.models import EndpointSpec, VariantSpec
 
 DEFAULT_VARIANT = "AllTraffic"
@@ -30,15 +32,6 @@ class Route:
     @property
     def model(self) -> str:
         return self.chain[-1]
-
-
-def model_from_target(target: str) -> str:
-    """SageMaker TargetModel is an artifact path relative to the store (``city.tar.gz``): the model is its stem."""
-    name = target.strip().lstrip("/")
-    for suffix in (".tar.gz", ".tgz"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name
 
 
 class EndpointRouter:
@@ -74,11 +67,11 @@ class EndpointRouter:
         if spec.mode == "multi-model":
             if not target_model:
                 raise ValidationError(f"Endpoint {endpoint} is a multi-model endpoint: TargetModel is required.")
-            model = model_from_target(target_model)
+            model = canonical_target(target_model)  # the one name the policy, the manager and Triton all see
             allowed = model in spec.models if spec.models else self.knows(model)
             if not allowed:
                 raise ValidationError(f"Model {target_model} is not found in the model store of endpoint {endpoint}.")
-            ctx["sagemaker:TargetModel"] = target_model
+            ctx["sagemaker:TargetModel"] = model
             return self._with_variant(spec, (model,), variant, ctx)
         if spec.mode == "multi-container":
             if not container:

@@ -22,7 +22,7 @@ import grpc
 import hpack
 
 from toolkit.gateway.errors import PayloadTooLargeError, ValidationError
-from toolkit.gateway.grpc_front import NeedMore, model_of
+from toolkit.gateway.protowire import NameScanner
 
 if TYPE_CHECKING:
     from toolkit.gateway.auth import Principal
@@ -33,7 +33,7 @@ DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDO
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, CANCEL = 0x0, 0x1, 0x8
 SETTINGS_HEADER_TABLE_SIZE = 0x1
-MAX_HEAD = 64 * 1024  # bytes of one message held while looking for the model name (field 1) before giving up
+MAX_HEAD = 64 * 1024  # bytes of a message read before its model name must be known (compressed: the whole message)
 _HEAD = struct.Struct(">I")
 
 
@@ -125,30 +125,6 @@ def settings_table_size(payload: bytes) -> int | None:
     return found
 
 
-def message_model(head: bytes | bytearray, limit: int, encoding: str) -> tuple[str, int]:
-    """(model name, size) of the gRPC message whose first bytes (5-byte prefix included) are ``head``; NeedMore
-    while they do not decide it. A compressed message is decided only whole, so it must fit in ``MAX_HEAD``."""
-    if len(head) < 5:
-        raise NeedMore
-    size = int.from_bytes(head[1:5], "big")
-    if size > limit:
-        raise PayloadTooLargeError(f"gRPC message of {size} bytes exceeds the limit of {limit} bytes")
-    complete = len(head) >= 5 + size
-    try:
-        body = bytes(head[5 : 5 + size])
-        if head[0] & 1:
-            if not complete:
-                raise NeedMore
-            body = decompress(body, encoding)
-        return model_of(body, complete), size
-    except NeedMore:
-        if len(head) > MAX_HEAD:
-            raise ValidationError("the model name must be within the first 64 KiB of a message") from None
-        raise
-    except (ValueError, zlib.error) as exc:
-        raise ValidationError(f"malformed gRPC request message: {exc}") from None
-
-
 _INDEXED_ONLY = re.compile(rb"[\x80-\xfe]*")  # HPACK "indexed header field" representations of one byte each
 
 
@@ -174,31 +150,46 @@ class BlockDecoder(hpack.Decoder):  # type: ignore[misc]
         return headers
 
 
-def decompress(body: bytes, encoding: str) -> bytes:
-    """A compressed gRPC message (flag byte 1) in the call's ``grpc-encoding``."""
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A compressed gRPC message (flag byte 1) in the call's ``grpc-encoding``, refused past ``limit`` bytes."""
     if encoding == "gzip":
-        return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-    if encoding == "deflate":
-        return zlib.decompress(body)
-    raise ValueError(f"unsupported grpc-encoding {encoding!r}")
+        z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        z = zlib.decompressobj()
+    else:
+        raise ValidationError(f"unsupported grpc-encoding {encoding!r}")
+    try:
+        out = z.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ValidationError(f"malformed compressed gRPC message: {exc}") from None
+    if len(out) > limit or z.unconsumed_tail:
+        raise PayloadTooLargeError(f"gRPC message inflates past the limit of {limit} bytes")
+    if not z.eof:
+        raise ValidationError("compressed gRPC message is truncated")
+    return out
 
 
 class Stream:
     """One call's state in the front: what is held, where its messages are, the pins it holds."""
 
     __slots__ = (
-        "acquired", "checking", "client_ended", "done", "encoding", "head", "headers_sent", "held", "method",
-        "pin", "principal", "scanning", "sid", "skip", "timer", "unscanned",
+        "acquired", "checking", "client_ended", "compressed", "done", "encoding", "headers_sent", "held",
+        "messages", "method", "pin", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size",
+        "timer", "unscanned", "zbuf",
     )  # fmt: skip
 
     def __init__(self, sid: int, method: str, scanning: bool) -> None:
         self.sid, self.method = sid, method
-        self.scanning = scanning  # reading message heads (unary: the first one; streaming: every one)
+        self.scanning = scanning  # every DATA byte is read before it is forwarded (calls that name a model)
         self.done = False  # refused: its frames are dropped (DATA credited) until the client ends it
         self.checking = False  # an async check (model load) is running: frames wait in held
         self.held: list[bytes] = []
-        self.head = bytearray()  # the current message's first bytes, until they decide its model
-        self.skip = 0  # bytes of an approved message still to come
+        self.prefix = bytearray()  # the 5-byte gRPC message prefix being read
+        self.scanner: NameScanner | None = None  # the current message's fields, while it lasts
+        self.size = self.remaining = 0  # the current message's size, and its bytes still to come
+        self.compressed = False
+        self.zbuf = bytearray()  # a compressed message is read whole (at most MAX_HEAD bytes)
+        self.messages = 0
         self.unscanned = bytearray()
         self.pin: Callable[[], None] | None = None
         self.timer: asyncio.TimerHandle | None = None  # unary calls: the gateway's request timeout

@@ -28,8 +28,16 @@ import hpack
 
 from toolkit.gateway import h2_frames as f
 from toolkit.gateway.core import GatewayCore, to_gateway_error
-from toolkit.gateway.errors import GatewayError, ServiceUnavailableError, TimeoutError_, ValidationError
-from toolkit.gateway.h2_policy import SCANNED, STREAM, check_call, check_message, method_of
+from toolkit.gateway.errors import (
+    GatewayError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    TimeoutError_,
+    ValidationError,
+)
+from toolkit.gateway.grpc_service import SCANNED, STREAM, method_of
+from toolkit.gateway.h2_policy import check_call, check_message
+from toolkit.gateway.protowire import NameScanner
 
 log = logging.getLogger(__name__)
 _DEAD_LINGER_S = 0.5  # with Triton gone, a connection answers UNAVAILABLE this long, then GOAWAY and close
@@ -261,41 +269,72 @@ class H2Connection(asyncio.Protocol):
 
     # -- the policy --------------------------------------------------------------------------------------------------
     def _scan(self, s: f.Stream, data: bytes) -> None:
-        """Walk message boundaries; decide each message's model; forward what is held once nothing is undecided."""
+        """Read every byte of the call's messages before it is forwarded; decide each message's model as protobuf
+        will read it; forward what is held once no message in progress is undecided.
+
+        A message's frames are held until its model name (field 1) is read and approved; the rest is forwarded as
+        it is read, so a field that would change the model (a second field 1) is refused before the message's last
+        byte reaches Triton: an incomplete message is never run.
+        """
         try:
-            pos = 0
-            while s.scanning and pos < len(data):
-                if s.skip:
-                    take = min(s.skip, len(data) - pos)
-                    s.skip -= take
+            pos, n = 0, len(data)
+            while pos < n or (s.scanner is not None and s.remaining == 0):
+                if s.scanner is None:  # a message starts: its 5-byte prefix (flag, size)
+                    if s.messages and s.method != STREAM:
+                        raise ValidationError(f"{s.method} is a unary call: it takes one request message")
+                    take = min(5 - len(s.prefix), n - pos)
+                    s.prefix += data[pos : pos + take]
                     pos += take
-                    continue
-                s.head += data[pos:]
-                pos = len(data)
-                head = s.head
-                try:
-                    model, size = f.message_model(head, self.core.options.max_body_bytes, s.encoding)
-                except f.NeedMore:
-                    break
-                complete = len(head) >= 5 + size
-                data, pos = (bytes(head[5 + size :]) if complete else b""), 0
-                s.skip = 0 if complete else 5 + size - len(head)
-                s.head = bytearray()
-                s.scanning = s.method == STREAM
-                pending = check_message(self.core, s, model)
-                if pending is not None:
-                    s.checking = True
-                    s.unscanned += data
-                    task = self._spawn(pending)
-                    task.add_done_callback(lambda t, s=s: self._checked(s, t))  # type: ignore[misc]
-                    return
+                    if len(s.prefix) < 5:
+                        break
+                    s.size = s.remaining = int.from_bytes(s.prefix[1:5], "big")
+                    limit = self.core.options.max_body_bytes
+                    if s.size > limit:
+                        raise PayloadTooLargeError(f"gRPC message of {s.size} bytes exceeds the limit of {limit} bytes")
+                    s.compressed = bool(s.prefix[0] & 1)
+                    if s.compressed and s.size > f.MAX_HEAD:
+                        raise ValidationError(f"a compressed gRPC message must be at most {f.MAX_HEAD // 1024} KiB")
+                    s.prefix.clear()
+                    s.scanner = NameScanner()
+                    s.messages += 1
+                sc = s.scanner
+                undecided = sc.model is None
+                take = min(s.remaining, n - pos)
+                if take:
+                    chunk = memoryview(data)[pos : pos + take]
+                    pos += take
+                    s.remaining -= take
+                    if s.compressed:
+                        s.zbuf += chunk
+                    else:
+                        sc.feed(chunk)
+                if s.remaining == 0:  # the message is whole here: its name is final
+                    if s.compressed:
+                        sc.feed(f.decompress(bytes(s.zbuf), s.encoding, self.core.options.max_body_bytes))
+                        s.zbuf.clear()
+                    model: str | None = sc.finish()
+                    s.scanner = None
+                else:
+                    model = None if s.compressed else sc.model
+                    if model is None and s.size - s.remaining > f.MAX_HEAD:
+                        raise ValidationError(
+                            f"the model name must be within the first {f.MAX_HEAD} bytes of a message"
+                        )
+                if undecided and model is not None:
+                    pending = check_message(self.core, s, model)
+                    if pending is not None:
+                        s.checking = True
+                        s.unscanned += data[pos:]
+                        task = self._spawn(pending)
+                        task.add_done_callback(lambda t, s=s: self._checked(s, t))  # type: ignore[misc]
+                        return
         except Exception as exc:
             self.refuse(s, to_gateway_error(exc))
             return
-        if not s.head and s.held:
+        if s.held and (s.scanner is None or (s.scanner.model is not None and not s.compressed)):
             held, s.held = s.held, []
             self.up.fwd(b"".join(held))
-            if not s.scanning:
+            if s.messages and s.method != STREAM:
                 self._arm(s)
 
     def _checked(self, s: f.Stream, task: asyncio.Task[None]) -> None:
@@ -332,7 +371,9 @@ class H2Connection(asyncio.Protocol):
     def _credit(self, s: f.Stream) -> None:
         n = sum(len(r) - 9 for r in s.held if r[3] == f.DATA)
         s.held.clear()
-        s.head.clear()
+        s.prefix.clear()
+        s.zbuf.clear()
+        s.scanner = None
         s.unscanned.clear()
         if n:
             self.down.inject(f.window_update(0, n))

@@ -1,8 +1,8 @@
 """The gRPC rules the HTTP/2 frame forwarder (``h2_front``) applies to a call: at its HEADERS and to each message.
 
-Kept apart from the framing so the rules read as what they are: the same lists and errors as ``grpc_front`` (the
-grpcio engine), decided from the call's method and headers and each message's model name, against the gateway's
-core (authentication, policy, admin scope, concurrency limit, the manager's in-flight pins and lazy loading).
+Kept apart from the framing so the rules read as what they are: the method table of ``grpc_service``, decided from
+the call's method and headers and each message's model name (as protobuf reads it: ``protowire``), against the
+gateway's core (authentication, policy, admin scope, concurrency limit, the manager's in-flight pins, lazy loading).
 """
 
 from __future__ import annotations
@@ -16,24 +16,7 @@ from toolkit.gateway import h2_frames as f
 from toolkit.gateway.auth import INVOKE, Principal
 from toolkit.gateway.core import KSERVE_ENDPOINT, GatewayCore
 from toolkit.gateway.errors import ModelNotReadyError, ServiceUnavailableError
-from toolkit.gateway.grpc_front import (
-    ADMIN_METHODS,
-    LOADING_METHODS,
-    MODEL_METHODS,
-    REFUSED,
-    SERVER_METHODS,
-    SERVICE,
-    _Refused,
-)
-
-PREFIX = f"/{SERVICE}/"
-STREAM = "ModelStreamInfer"
-SCANNED = (*MODEL_METHODS, STREAM)  # calls whose messages name a model: each is read up to that name
-KNOWN = frozenset((*SERVER_METHODS, *ADMIN_METHODS, *REFUSED, *SCANNED))
-
-
-def method_of(path: str) -> str:
-    return path[len(PREFIX) :] if path.startswith(PREFIX) else path
+from toolkit.gateway.grpc_service import ADMIN_METHODS, KNOWN, LOADING_METHODS, REFUSED, STREAM, UnimplementedError
 
 
 def check_call(core: GatewayCore, s: f.Stream, path: str, headers: list[tuple[str, str]], dead: str | None) -> None:
@@ -41,9 +24,9 @@ def check_call(core: GatewayCore, s: f.Stream, path: str, headers: list[tuple[st
     if dead is not None:
         raise ServiceUnavailableError(dead)
     if s.method not in KNOWN:
-        raise _Refused(f"Method not found: {path}")
+        raise UnimplementedError(f"Method not found: {path}")
     if s.method in REFUSED:
-        raise _Refused(f"{s.method} is not available through the gateway")
+        raise UnimplementedError(f"{s.method} is not available through the gateway")
     core.require_up()
     if core.auth.enabled:
         md = CIMultiDict((k, v) for k, v in headers if not k.startswith(":"))
@@ -53,7 +36,7 @@ def check_call(core: GatewayCore, s: f.Stream, path: str, headers: list[tuple[st
 
 
 def check_message(core: GatewayCore, s: f.Stream, model: str) -> Coroutine[Any, Any, None] | None:
-    """grpc_front's rules for one message; None when decided synchronously (the warm path), else what to await."""
+    """The rules for one message; None when decided synchronously (the warm path), else what to await."""
     if s.principal is not None:
         core.auth.authorize(
             s.principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
@@ -63,7 +46,7 @@ def check_message(core: GatewayCore, s: f.Stream, model: str) -> Coroutine[Any, 
         s.acquired = True
         s.pin = core.models.try_serve(model)
         return None if s.pin is not None else _load(core, s, model, keep=True)
-    if s.method == STREAM:  # counted like serving(); the pin ends at once, as in grpc_front
+    if s.method == STREAM:  # counted like serving(); the pin ends at once
         pin = core.models.try_serve(model)
         if pin is not None:
             pin()

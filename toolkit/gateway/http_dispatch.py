@@ -5,7 +5,8 @@ model the manager holds READY is answered without a task or a future: authentica
 code), the concurrency limit, the manager's in-flight pin (``try_serve``), then the body goes to Triton on a pooled
 connection and the answer comes back through a callback. Everything else, and an infer whose model is cold, runs the
 same handler as before (``HttpFront``) in a task. Routes are the aiohttp app's: path segments are matched on the raw
-path and then percent-decoded, so ``a%2Fb`` is one (invalid) model name, never two segments.
+path and then percent-decoded, so ``a%2Fb`` is one segment, never two; a model name is taken raw and must be
+canonical (``toolkit.names``): ``digits%5Flogreg`` is refused, so Triton runs exactly the name that was authorized.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from toolkit.gateway.errors import GatewayError, PayloadTooLargeError, ServiceUn
 from toolkit.gateway.h1 import H1Connection, Request, Response
 from toolkit.gateway.http_front import HttpFront, check_binary_header, error_for, kserve_error
 from toolkit.gateway.upstream import RawHeaders
+from toolkit.names import check_model_name
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class HttpDispatcher:
         raw = req.raw_path.partition("?")[0]
         if not self.admin and req.method == "POST":
             m = _INFER.fullmatch(raw)
-            if m is not None and self._fast_infer(conn, req, unquote(m[1])):
+            if m is not None and self._fast_infer(conn, req, m[1]):
                 return
         handler: Handler = self.front.not_found
         for rx, methods, h in self.routes:
@@ -102,7 +104,7 @@ class HttpDispatcher:
             if methods is not None and req.method not in methods:
                 handler = self._method_not_allowed
                 break
-            req.match_info = {k: unquote(v) for k, v in m.groupdict().items()}
+            req.match_info = {k: v if k == "model" else unquote(v) for k, v in m.groupdict().items()}
             handler = h
             break
         task = asyncio.get_running_loop().create_task(self._run(conn, handler, req))
@@ -151,6 +153,7 @@ class HttpDispatcher:
         if core.upstream is None or not core.is_up():
             return False
         try:
+            check_model_name(model)  # the raw segment: a name that needs percent-encoding is no model name
             hm = req.hmap
             ihcl = hm.get(b"inference-header-content-length")
             check_binary_header(None if ihcl is None else ihcl.decode("latin-1"), req.body)

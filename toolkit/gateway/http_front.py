@@ -22,6 +22,7 @@ from toolkit.gateway.errors import (
     ValidationError,
 )
 from toolkit.gateway.h1 import Request, Response
+from toolkit.names import check_model_name
 
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
 Handler = Callable[[Request], Awaitable[Response]]
@@ -170,7 +171,7 @@ class HttpFront:
         core = self.core
         try:
             mi = request.match_info
-            model, action, version = mi["model"], mi.get("action", ""), mi.get("version")
+            model, action, version = check_model_name(mi["model"]), mi.get("action", ""), mi.get("version")
             if action not in ("", "infer", "ready", "config", "stats"):
                 raise NotFoundError(f"Unknown route {request.path}")
             want = "POST" if action == "infer" else "GET"
@@ -309,6 +310,8 @@ class HttpFront:
         core = self.core
         core.require_up()
         model, action = request.match_info.get("model"), request.match_info.get("action")
+        if model is not None:
+            check_model_name(model)
         if model is None:  # index
             return _reply(await core.forward("POST", "/v2/repository/index", body or b"{}", request.headers))
         if action == "load":

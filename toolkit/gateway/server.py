@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from toolkit.errors import ServerError
 from toolkit.gateway.core import GatewayCore, GatewayOptions
-from toolkit.gateway.grpc_front import GrpcFront
 from toolkit.gateway.h1 import H1Server
 from toolkit.gateway.h2_front import H2Front
 from toolkit.gateway.http_dispatch import HttpDispatcher
@@ -58,7 +57,7 @@ class Gateway:
         self.models = models or RepositoryModels(triton, None, load_timeout=options.timeout_s)
         self.core = GatewayCore(options, triton, self.models, is_up)
         self.http = HttpFront(self.core)
-        self.grpc: GrpcFront | H2Front | None = None
+        self.grpc: H2Front | None = None
         self._servers: list[tuple[H1Server, HttpDispatcher]] = []
         self.addresses: GatewayAddresses | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -82,9 +81,7 @@ class Gateway:
                 admin = f"127.0.0.1:{await self._serve(True, o.admin_port, '127.0.0.1')}"
             grpc_addr = None
             if o.grpc_port is not None:
-                if o.grpc_engine not in ("h2", "grpcio"):
-                    raise ServerError(f"unknown gRPC engine {o.grpc_engine!r}: use 'h2' or 'grpcio'")
-                self.grpc = H2Front(self.core) if o.grpc_engine == "h2" else GrpcFront(self.core)
+                self.grpc = H2Front(self.core)
                 bound = await self.grpc.start(o.host, o.grpc_port)
                 if bound == 0:
                     raise ServerError(f"gateway gRPC port {o.grpc_port} on {o.host} could not be bound")
@@ -107,16 +104,11 @@ class Gateway:
         deadline = loop.time() + self.options.drain_s
         for srv, _ in self._servers:
             srv.stop_accepting()
-        grpcio_stop = None
-        if isinstance(self.grpc, GrpcFront):  # grpc.aio drains by itself: its stop(grace) runs alongside ours
-            grpcio_stop = asyncio.ensure_future(self.grpc.stop(grace=self.options.drain_s))
-        elif self.grpc is not None:
+        if self.grpc is not None:
             self.grpc.stop_accepting()
         while self.pending() and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        if grpcio_stop is not None:
-            await grpcio_stop
-        elif self.grpc is not None:
+        if self.grpc is not None:
             await self.grpc.stop()
         # What is still unanswered gets its 503 before the connections close: cancelled handlers answer as they
         # unwind, and closing the pool fails the hot path's calls at once (their callbacks answer).
@@ -132,7 +124,7 @@ class Gateway:
     def pending(self) -> int:
         """Requests received and not answered yet (any port), plus HTTP connections still open."""
         n = self.core.inflight + sum(d.pending + len(srv.connections) for srv, d in self._servers)
-        if isinstance(self.grpc, H2Front):
+        if self.grpc is not None:
             n += self.grpc.pending
         return n
 

@@ -21,14 +21,13 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from toolkit.errors import TritonctlError
+from toolkit.names import ModelNameError, check_model_name
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 DEFAULT_MAX_FILES = 10_000
 # Temporary names start with this so a cache scanning its root can recognise (and clean) leftovers of a crash.
 TMP_PREFIX = ".tritonctl-tmp-"
 ARTIFACT_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")
 
 
 class ArtifactError(TritonctlError):
@@ -44,19 +43,11 @@ class ArtifactNotFoundError(ArtifactError):
 
 
 def validate_model_name(name: str) -> str:
-    """Return ``name`` if it is a valid Triton model name, else raise ``ArtifactError`` saying why.
-
-    The name becomes a directory in the model repository, so slashes, ``..`` and leading dots are refused.
-    """
-    if not isinstance(name, str) or not name:
-        raise ArtifactError("model name must be a non-empty string")
-    if len(name) > 128:
-        raise ArtifactError(f"model name {name[:40]!r}... is {len(name)} characters long (at most 128)")
-    if name.startswith("."):
-        raise ArtifactError(f"model name {name!r} must not start with '.'")
-    if not _NAME_RE.match(name):
-        raise ArtifactError(f"model name {name!r} may only contain letters, digits, '_', '-' and '.'")
-    return name
+    """``toolkit.names.check_model_name`` for artifacts: the same rule, raised as ``ArtifactError``."""
+    try:
+        return check_model_name(name)
+    except ModelNameError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def artifact_model_name(path: Path | str) -> str:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from toolkit.names import check_model_name
+
 # Triton data types without the TYPE_ prefix (the KServe v2 spelling, which users see in requests).
 DataType = Literal[
     "BOOL",
@@ -48,7 +50,6 @@ Framework = Literal[
     "fil",
 ]
 
-MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 TENSOR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-:/]*$")
 
 
@@ -178,9 +179,7 @@ class ModelSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not MODEL_NAME_RE.match(v):
-            raise ValueError(f"invalid model name {v!r}: letters, digits, '_', '.', '-'; at most 128 characters")
-        return v
+        return check_model_name(v)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -233,9 +232,7 @@ class EnsembleSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not MODEL_NAME_RE.match(v):
-            raise ValueError(f"invalid ensemble name {v!r}")
-        return v
+        return check_model_name(v)
 
 
 class VariantSpec(_Strict):

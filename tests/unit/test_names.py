@@ -1,0 +1,73 @@
+"""Model names and TargetModel canonicalisation: one name per model, whatever the spelling, on both sides of a
+policy check (the request's value and the policy's)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from toolkit.gateway.auth import AuthConfig
+from toolkit.names import ModelNameError, canonical_target, check_model_name, strip_target
+
+valid_names = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,40}", fullmatch=True).filter(
+    lambda n: not n.endswith((".tar.gz", ".tgz"))
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(valid_names, st.integers(0, 3), st.sampled_from(["", ".tar.gz", ".tgz"]))
+def test_every_spelling_of_a_name_is_that_name(name: str, slashes: int, suffix: str) -> None:
+    assert canonical_target("/" * slashes + name + suffix) == name
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(max_size=40))
+def test_a_canonical_name_is_a_fixed_point_and_a_valid_name(target: str) -> None:
+    try:
+        name = canonical_target(target)
+    except ModelNameError:
+        return
+    assert check_model_name(name) == name == canonical_target(name) == strip_target(name)
+    assert "/" not in name and "%" not in name and not name.startswith(".")
+
+
+@pytest.mark.parametrize("bad", ["", "/", "a/b", "../x", ".tar.gz", "x.tar.gz.tgz", "x" * 129, "sp ace", "é", "%41"])
+def test_no_model_behind_these(bad: str) -> None:
+    with pytest.raises(ModelNameError, match="TargetModel"):
+        canonical_target(bad)
+
+
+POLICY = {
+    "principals": [
+        {
+            "name": "p",
+            "api_keys": ["k"],
+            "policy": [
+                {"Effect": "Allow", "Action": "invoke"},
+                {
+                    "Effect": "Deny",
+                    "Action": "invoke",
+                    "Condition": {"StringLike": {"sagemaker:TargetModel": "/h_*.tgz"}},
+                },
+                {
+                    "Effect": "Deny",
+                    "Action": "invoke",
+                    "Condition": {"StringEquals": {"sagemaker:TargetModel": "x.tar.gz"}},
+                },
+            ],
+        }
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "allowed"),
+    [("h_a", False), ("h_", False), ("x", False), ("xx", True), ("ah_a", True), ("x.tar", True), ("y", True)],
+)
+def test_policy_values_are_canonical_too(model: str, allowed: bool) -> None:
+    cfg = AuthConfig.from_dict(POLICY)
+    p = cfg.principal("p")
+    assert (
+        cfg.allowed(p, "sagemaker:InvokeEndpoint", cfg.endpoint_arn("e"), {"sagemaker:TargetModel": model}) is allowed
+    )
