@@ -1,8 +1,11 @@
-"""State shared by the HTTP and gRPC front ends: options, limits, the pooled connection to Triton, error mapping.
+"""The gateway's core, shared by the HTTP and gRPC wings: options, admission (``admission.Admission``: identity,
+policy, limits, pins), the pooled connection to Triton, and what Triton's answers mean to a client.
 
-The hot path for a warm model is: health flag check, authentication (skipped when no principals exist), one
-counter for the concurrency limit, ``manager.serving`` (dict lookups for a resident model), and one request on a
-pooled keep-alive connection whose body is forwarded as bytes: tensors are never decoded.
+The wings know nothing of auth, limits or models beyond calling ``identify``/``admit``/``admit_now`` and
+``forward``/``forward_infer``; errors are mapped by ``errors.to_gateway_error`` and rendered by each wing.
+The hot path for a warm model is: health flag check, authentication (skipped when no principals exist), the policy,
+one counter for the concurrency limit, the manager's pin (dict lookups), and one request on a pooled keep-alive
+connection whose body is forwarded as bytes: tensors are never decoded.
 """
 
 from __future__ import annotations
@@ -15,33 +18,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
-from toolkit.errors import TritonUnavailableError
+from toolkit.gateway.admission import KSERVE_ENDPOINT, Admission
 from toolkit.gateway.auth import ADMIN, AuthConfig, Principal
 from toolkit.gateway.endpoints import EndpointRouter
 from toolkit.gateway.errors import (
     AccessDeniedError,
-    GatewayError,
-    ModelError,
-    ModelNotReadyError,
-    NotFoundError,
     ServiceUnavailableError,
-    ThrottlingError,
-    TimeoutError_,
-    ValidationError,
+    UpstreamError,
+    to_gateway_error,
 )
 from toolkit.gateway.models import ModelProvider
-from toolkit.gateway.upstream import StoppingError, UpstreamError, UpstreamPool
-from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
-from toolkit.names import ModelNameError
+from toolkit.gateway.upstream import UpstreamPool
 from toolkit.server.launcher import TritonEndpoint
 from toolkit.spec.models import EndpointSpec
+
+__all__ = ["KSERVE_ENDPOINT", "Forwarded", "GatewayCore", "GatewayOptions"]
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-KSERVE_ENDPOINT = "kserve"  # the endpoint name KServe (HTTP and gRPC) requests are authorized against
 
 # The only headers that travel between client and Triton (the hot path in http_dispatch uses the same lists).
 FWD_REQUEST = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding", "Accept-Encoding")
@@ -85,35 +80,16 @@ def triton_message(body: bytes) -> str:
     return body.decode(errors="replace")[:2000]
 
 
-def is_parse_error(body: bytes) -> bool:
-    msg = triton_message(body)
-    return msg.startswith(("failed to parse", "Unable to parse", "parse error"))
+def client_status(status: int, body: bytes) -> int:
+    """The status a client gets for Triton's answer: Triton says 500 to a body it cannot parse, which is the
+    client's error (400)."""
+    if status == 500 and triton_message(body).startswith(("failed to parse", "Unable to parse", "parse error")):
+        return 400
+    return status
 
 
-def to_gateway_error(exc: BaseException, *, sagemaker: bool = False) -> GatewayError:
-    """Every failure below the gateway becomes one typed, client-facing error."""
-    if isinstance(exc, GatewayError):
-        return exc
-    if isinstance(exc, ModelNameError):
-        return ValidationError(str(exc))
-    if isinstance(exc, ModelNotFoundError):
-        return ValidationError(str(exc)) if sagemaker else NotFoundError(str(exc))
-    if isinstance(exc, LoadTimeoutError):
-        return ModelNotReadyError(str(exc))
-    if isinstance(exc, (TritonDownError, TritonUnavailableError)):
-        return ServiceUnavailableError(str(exc))
-    if isinstance(exc, ModelLoadError):
-        return ModelError(f"Model {exc.model} failed to load: {exc.reason}", original_status=500)
-    if isinstance(exc, asyncio.TimeoutError):
-        return TimeoutError_("Triton did not answer within the request timeout")
-    if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError)):
-        return ServiceUnavailableError(f"Triton is unavailable: {exc}")
-    log.exception("unexpected gateway error", exc_info=exc)  # a bug: the client sees 500, the operator the traceback
-    return GatewayError(f"internal error: {type(exc).__name__}")
-
-
-class GatewayCore:
-    """Shared by the front ends; created and used inside the gateway's event loop."""
+class GatewayCore(Admission):
+    """Shared by the wings; created and used inside the gateway's event loop."""
 
     def __init__(
         self,
@@ -147,19 +123,15 @@ class GatewayCore:
     def is_up(self) -> bool:
         return self._is_up() if self._is_up is not None else True
 
+    def follow(self, is_up: Callable[[], bool]) -> None:
+        """Take Triton's health from a supervisor from now on (503 while it restarts)."""
+        self._is_up = is_up
+
     def require_up(self) -> None:
         if not self.is_up():
             raise ServiceUnavailableError("Triton is restarting; retry shortly.")
 
-    # -- limits --------------------------------------------------------------------------------------------------------
-    def acquire(self) -> None:
-        if self.inflight >= self.options.max_concurrency:
-            raise ThrottlingError(f"Too many concurrent requests (limit {self.options.max_concurrency}); retry later.")
-        self.inflight += 1
-
-    def release(self) -> None:
-        self.inflight -= 1
-
+    # -- admin scope -------------------------------------------------------------------------------------------------
     def check_admin(self, principal: Principal) -> None:
         """Admin needs an explicit Allow: with no principals the repository API lives only on the admin port."""
         a = self.auth
@@ -169,31 +141,21 @@ class GatewayCore:
             )
 
     # -- forwarding ----------------------------------------------------------------------------------------------------
-    def upstream_error(self, exc: BaseException) -> GatewayError:
-        """What a client is told when the request to Triton itself failed."""
-        if isinstance(exc, asyncio.TimeoutError):
-            return TimeoutError_(f"Triton did not answer within {self.options.timeout_s:g} s")
-        if isinstance(exc, StoppingError):
-            return ServiceUnavailableError("The gateway is stopping; retry.")
-        if isinstance(exc, (UpstreamError, OSError)):
-            return ServiceUnavailableError(f"Triton is unavailable: {exc}")
-        return to_gateway_error(exc)
-
     async def forward(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> Forwarded:
         assert self.upstream is not None
         out = {h: v for h in FWD_REQUEST if (v := headers.get(h)) is not None}
         try:
             status, rh, data = await self.upstream.request(method, path, body, out)
         except (asyncio.TimeoutError, UpstreamError, OSError) as exc:
-            raise self.upstream_error(exc) from None
+            raise to_gateway_error(exc, timeout_s=self.options.timeout_s) from None
         return Forwarded(status, {h: v for h, k in _FWD_RESPONSE if (v := rh.get(k)) is not None}, data)
 
-    async def infer(self, model: str, body: bytes, headers: Mapping[str, str], path: str | None = None) -> Forwarded:
-        """Load (if cold) and infer; Triton's own 4xx/5xx answers come back as they are."""
-        async with self.models.serving(model, timeout=self.options.load_wait_s):
-            f = await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
-        if f.status == 500 and is_parse_error(f.body):
-            f.status = 400  # Triton answers 500 to a body it cannot parse: that is the client's error
+    async def forward_infer(
+        self, model: str, body: bytes, headers: Mapping[str, str], path: str | None = None
+    ) -> Forwarded:
+        """An admitted infer; Triton's own 4xx/5xx answers come back as they are (a parse error as 400)."""
+        f = await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
+        f.status = client_status(f.status, f.body)
         return f
 
     def metrics_text(self) -> str:

@@ -1,12 +1,21 @@
-"""Gateway errors shaped like the SageMaker runtime's, so botocore raises the matching exception class.
+"""The gateway's one error model: typed refusals shaped like the SageMaker runtime's, and the mapping of every
+failure below the gateway onto them (``to_gateway_error``), for every route and protocol.
 
 botocore's rest-json parser reads the error code from the ``x-amzn-ErrorType`` header (and ``__type`` in the body),
-so every refusal carries both; the KServe routes reuse the same objects and render Triton's ``{"error": ...}`` body.
+so every refusal carries both; the KServe routes reuse the same objects and render Triton's ``{"error": ...}`` body;
+gRPC answers with ``grpc_code``.
 """
 
 from __future__ import annotations
 
-from toolkit.errors import TritonctlError
+import asyncio
+import logging
+
+from toolkit.errors import TritonctlError, TritonUnavailableError
+from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
+from toolkit.names import ModelNameError
+
+log = logging.getLogger(__name__)
 
 
 class GatewayError(TritonctlError):
@@ -109,3 +118,39 @@ class AccessDeniedError(GatewayError):
 
 class GatewayConfigError(TritonctlError):
     """The gateway's configuration (auth file, endpoints) is invalid."""
+
+
+class UpstreamError(ConnectionError):
+    """Triton closed or broke the connection, or sent something that is not HTTP/1.1."""
+
+
+class StoppingError(UpstreamError):
+    """The pool was closed (the gateway is stopping) with this request unanswered."""
+
+    def __init__(self) -> None:
+        super().__init__("the gateway is stopping")
+
+
+def to_gateway_error(exc: BaseException, *, sagemaker: bool = False, timeout_s: float | None = None) -> GatewayError:
+    """Every failure below the gateway becomes one typed, client-facing error."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, ModelNameError):
+        return ValidationError(str(exc))
+    if isinstance(exc, ModelNotFoundError):
+        return ValidationError(str(exc)) if sagemaker else NotFoundError(str(exc))
+    if isinstance(exc, LoadTimeoutError):
+        return ModelNotReadyError(str(exc))
+    if isinstance(exc, StoppingError):
+        return ServiceUnavailableError("The gateway is stopping; retry.")
+    if isinstance(exc, (TritonDownError, TritonUnavailableError)):
+        return ServiceUnavailableError(str(exc))
+    if isinstance(exc, ModelLoadError):
+        return ModelError(f"Model {exc.model} failed to load: {exc.reason}", original_status=500)
+    if isinstance(exc, asyncio.TimeoutError):
+        within = f"{timeout_s:g} s" if timeout_s is not None else "the request timeout"
+        return TimeoutError_(f"Triton did not answer within {within}")
+    if isinstance(exc, ConnectionError | OSError):
+        return ServiceUnavailableError(f"Triton is unavailable: {exc}")
+    log.exception("unexpected gateway error", exc_info=exc)  # a bug: the client sees 500, the operator the traceback
+    return GatewayError(f"internal error: {type(exc).__name__}")

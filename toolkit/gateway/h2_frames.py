@@ -15,16 +15,17 @@ import asyncio
 import re
 import struct
 import zlib
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
 import hpack
 
+from toolkit.gateway.auth import ANONYMOUS
 from toolkit.gateway.errors import PayloadTooLargeError, ValidationError
 from toolkit.gateway.protowire import NameScanner
 
 if TYPE_CHECKING:
+    from toolkit.gateway.admission import Ticket
     from toolkit.gateway.auth import Principal
     from toolkit.gateway.h2_front import H2Connection
 
@@ -173,9 +174,9 @@ class Stream:
     """One call's state in the front: what is held, where its messages are, the pins it holds."""
 
     __slots__ = (
-        "acquired", "checking", "client_ended", "compressed", "done", "encoding", "headers_sent", "held",
-        "messages", "method", "pin", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size",
-        "timer", "unscanned", "zbuf",
+        "check", "checking", "client_ended", "compressed", "done", "encoding", "headers_sent", "held", "messages",
+        "method", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size", "ticket", "timer",
+        "unscanned", "zbuf",
     )  # fmt: skip
 
     def __init__(self, sid: int, method: str, scanning: bool) -> None:
@@ -183,6 +184,7 @@ class Stream:
         self.scanning = scanning  # every DATA byte is read before it is forwarded (calls that name a model)
         self.done = False  # refused: its frames are dropped (DATA credited) until the client ends it
         self.checking = False  # an async check (model load) is running: frames wait in held
+        self.check: asyncio.Task[None] | None = None
         self.held: list[bytes] = []
         self.prefix = bytearray()  # the 5-byte gRPC message prefix being read
         self.scanner: NameScanner | None = None  # the current message's fields, while it lasts
@@ -191,10 +193,10 @@ class Stream:
         self.zbuf = bytearray()  # a compressed message is read whole (at most MAX_HEAD bytes)
         self.messages = 0
         self.unscanned = bytearray()
-        self.pin: Callable[[], None] | None = None
+        self.ticket: Ticket | None = None  # what admission holds for the call (slot, pin): released by end()
         self.timer: asyncio.TimerHandle | None = None  # unary calls: the gateway's request timeout
-        self.acquired = self.client_ended = self.headers_sent = False
-        self.principal: Principal | None = None
+        self.client_ended = self.headers_sent = False
+        self.principal: Principal = ANONYMOUS
         self.encoding = "identity"
 
 

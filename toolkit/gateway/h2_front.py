@@ -27,13 +27,14 @@ from typing import Any
 import hpack
 
 from toolkit.gateway import h2_frames as f
-from toolkit.gateway.core import GatewayCore, to_gateway_error
+from toolkit.gateway.core import GatewayCore
 from toolkit.gateway.errors import (
     GatewayError,
     PayloadTooLargeError,
     ServiceUnavailableError,
     TimeoutError_,
     ValidationError,
+    to_gateway_error,
 )
 from toolkit.gateway.grpc_service import SCANNED, STREAM, method_of
 from toolkit.gateway.h2_policy import check_call, check_message
@@ -325,7 +326,7 @@ class H2Connection(asyncio.Protocol):
                     if pending is not None:
                         s.checking = True
                         s.unscanned += data[pos:]
-                        task = self._spawn(pending)
+                        s.check = task = self._spawn(pending)
                         task.add_done_callback(lambda t, s=s: self._checked(s, t))  # type: ignore[misc]
                         return
         except Exception as exc:
@@ -339,6 +340,7 @@ class H2Connection(asyncio.Protocol):
 
     def _checked(self, s: f.Stream, task: asyncio.Task[None]) -> None:
         s.checking = False
+        s.check = None
         exc = None if task.cancelled() else task.exception()
         if task.cancelled() or s.done or self.closed:
             self.end(s)
@@ -383,12 +385,11 @@ class H2Connection(asyncio.Protocol):
         if s.timer is not None:
             s.timer.cancel()
             s.timer = None
-        if s.pin is not None:
-            pin, s.pin = s.pin, None
-            pin()
-        if s.acquired:
-            s.acquired = False
-            self.core.release()
+        if s.check is not None:  # admission still waiting (a cold load): it gives back what it holds as it unwinds
+            s.check.cancel()
+        if s.ticket is not None:
+            ticket, s.ticket = s.ticket, None
+            ticket.release()
 
 
 class H2Front:

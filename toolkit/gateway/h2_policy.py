@@ -13,10 +13,12 @@ from typing import Any
 from multidict import CIMultiDict
 
 from toolkit.gateway import h2_frames as f
-from toolkit.gateway.auth import INVOKE, Principal
-from toolkit.gateway.core import KSERVE_ENDPOINT, GatewayCore
-from toolkit.gateway.errors import ModelNotReadyError, ServiceUnavailableError
+from toolkit.gateway.admission import KSERVE_ENDPOINT, Use
+from toolkit.gateway.core import GatewayCore
+from toolkit.gateway.errors import ServiceUnavailableError
 from toolkit.gateway.grpc_service import ADMIN_METHODS, KNOWN, LOADING_METHODS, REFUSED, STREAM, UnimplementedError
+
+USE = {"ModelInfer": Use.INVOKE, STREAM: Use.STREAM, **{m: Use.LOAD for m in LOADING_METHODS if m != "ModelInfer"}}
 
 
 def check_call(core: GatewayCore, s: f.Stream, path: str, headers: list[tuple[str, str]], dead: str | None) -> None:
@@ -28,43 +30,22 @@ def check_call(core: GatewayCore, s: f.Stream, path: str, headers: list[tuple[st
     if s.method in REFUSED:
         raise UnimplementedError(f"{s.method} is not available through the gateway")
     core.require_up()
-    if core.auth.enabled:
+    if core.auth.enabled:  # SigV4 on gRPC is checked against an empty body: the message is never held whole
         md = CIMultiDict((k, v) for k, v in headers if not k.startswith(":"))
-        s.principal = core.auth.authenticate("POST", path, md, b"")
+        s.principal = core.identify("POST", path, md, b"")
     if s.method in ADMIN_METHODS:
-        core.check_admin(s.principal or Principal("anonymous"))
+        core.check_admin(s.principal)
 
 
 def check_message(core: GatewayCore, s: f.Stream, model: str) -> Coroutine[Any, Any, None] | None:
-    """The rules for one message; None when decided synchronously (the warm path), else what to await."""
-    if s.principal is not None:
-        core.auth.authorize(
-            s.principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
-        )
-    if s.method == "ModelInfer":
-        core.acquire()
-        s.acquired = True
-        s.pin = core.models.try_serve(model)
-        return None if s.pin is not None else _load(core, s, model, keep=True)
-    if s.method == STREAM:  # counted like serving(); the pin ends at once
-        pin = core.models.try_serve(model)
-        if pin is not None:
-            pin()
-            return None
-        return _load(core, s, model, keep=False)
-    if s.method in LOADING_METHODS:
-        return core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
-    return None
+    """Admission for one message's model; None when decided synchronously (the warm path), else what to await."""
+    use = USE.get(s.method, Use.LOOK)
+    ticket = core.admit_now(s.principal, KSERVE_ENDPOINT, model, use)
+    if ticket is not None:
+        s.ticket = ticket
+        return None
+    return _admit(core, s, model, use)
 
 
-async def _load(core: GatewayCore, s: f.Stream, model: str, *, keep: bool) -> None:
-    for _ in range(3):  # loaded, then evicted by a burst before this pin: load again
-        await core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
-        pin = core.models.try_serve(model)
-        if pin is not None:
-            if keep:
-                s.pin = pin
-            else:
-                pin()
-            return
-    raise ModelNotReadyError(f"Model {model} was evicted while waiting to serve it; retry")
+async def _admit(core: GatewayCore, s: f.Stream, model: str, use: Use) -> None:
+    s.ticket = await core.admit(s.principal, KSERVE_ENDPOINT, model, use)

@@ -1,9 +1,9 @@
 """Routing for the gateway's HTTP ports, and the callback-only hot path for a warm KServe infer.
 
 Every request arrives here complete (``toolkit.gateway.h1``). A ``POST /v2/models/{m}[/versions/{v}]/infer`` for a
-model the manager holds READY is answered without a task or a future: authentication and authorization (synchronous
-code), the concurrency limit, the manager's in-flight pin (``try_serve``), then the body goes to Triton on a pooled
-connection and the answer comes back through a callback. Everything else, and an infer whose model is cold, runs the
+model the manager holds READY is answered without a task or a future: admission (``core.admit_now``: identity,
+policy, slot, pin; synchronous code), then the body goes to Triton on a pooled connection and the answer comes back
+through a callback. Everything else, and an infer whose model is cold, runs the
 same handler as before (``HttpFront``) in a task. Routes are the aiohttp app's: path segments are matched on the raw
 path and then percent-decoded, so ``a%2Fb`` is one segment, never two; a model name is taken raw and must be
 canonical (``toolkit.names``): ``digits%5Flogreg`` is refused, so Triton runs exactly the name that was authorized.
@@ -17,16 +17,15 @@ import re
 from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
-from toolkit.gateway.auth import INVOKE
-from toolkit.gateway.core import (
-    FWD_REQUEST,
-    FWD_RESPONSE,
-    KSERVE_ENDPOINT,
-    GatewayCore,
-    is_parse_error,
+from toolkit.gateway.admission import KSERVE_ENDPOINT
+from toolkit.gateway.core import FWD_REQUEST, FWD_RESPONSE, GatewayCore, client_status
+from toolkit.gateway.errors import (
+    GatewayError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    ValidationError,
     to_gateway_error,
 )
-from toolkit.gateway.errors import GatewayError, PayloadTooLargeError, ServiceUnavailableError, ValidationError
 from toolkit.gateway.h1 import H1Connection, Request, Response
 from toolkit.gateway.http_front import HttpFront, check_binary_header, error_for, kserve_error
 from toolkit.gateway.upstream import RawHeaders
@@ -157,19 +156,10 @@ class HttpDispatcher:
             hm = req.hmap
             ihcl = hm.get(b"inference-header-content-length")
             check_binary_header(None if ihcl is None else ihcl.decode("latin-1"), req.body)
-            principal = self.front.authenticate(req, req.body)
-            if core.auth.enabled:
-                core.auth.authorize(
-                    principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
-                )
-            release = core.models.try_serve(model)
-            if release is None:
+            principal = core.identify(req.method, req.raw_path, req.headers, req.body)
+            ticket = core.admit_now(principal, KSERVE_ENDPOINT, model)
+            if ticket is None:
                 return False  # cold (or unknown): the handler loads it, or says why not
-            try:
-                core.acquire()
-            except GatewayError:
-                release()
-                raise
         except Exception as exc:
             err = to_gateway_error(exc)
             core.requests["kserve", err.status] += 1
@@ -186,17 +176,14 @@ class HttpDispatcher:
         )
 
         def done(status: int, raw: RawHeaders, body: bytes) -> None:
-            if status == 500 and is_parse_error(body):
-                status = 400  # Triton answers 500 to a body it cannot parse: that is the client's error
+            status = client_status(status, body)
             conn.send_raw(status, b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() in _FWD_RESPONSE), body)
-            release()  # bookkeeping after the answer is on its way: it is off the client's critical path
-            core.release()
+            ticket.release()  # bookkeeping after the answer is on its way: it is off the client's critical path
             core.requests["kserve", status] += 1
 
         def failed(exc: BaseException) -> None:
-            release()
-            core.release()
-            err = core.upstream_error(exc)
+            ticket.release()
+            err = to_gateway_error(exc, timeout_s=core.options.timeout_s)
             core.requests["kserve", err.status] += 1
             conn.send_response(kserve_error(err))
 

@@ -11,15 +11,16 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-from toolkit.gateway.auth import INVOKE, Principal
-from toolkit.gateway.core import KSERVE_ENDPOINT, Forwarded, GatewayCore, to_gateway_error, triton_message
+from toolkit.gateway.admission import KSERVE_ENDPOINT, Use
+from toolkit.gateway.auth import Principal
+from toolkit.gateway.core import Forwarded, GatewayCore, triton_message
 from toolkit.gateway.errors import (
-    AuthError,
     GatewayError,
     ModelError,
     NotFoundError,
     PayloadTooLargeError,
     ValidationError,
+    to_gateway_error,
 )
 from toolkit.gateway.h1 import Request, Response
 from toolkit.names import check_model_name
@@ -156,15 +157,8 @@ class HttpFront:
             raise PayloadTooLargeError(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
         return await request.read()  # the connection layer has already refused a chunked body over the limit
 
-    def authenticate(self, request: Request, body: bytes) -> Principal:
-        a = self.core.auth
-        if not a.enabled:
-            return _ANON
-        try:
-            return a.authenticate(request.method, request.raw_path, request.headers, body)
-        except AuthError as exc:  # an audit line for operators: the reason and the path, never a key or secret
-            log.info("authentication failed for %s %s: %s (%s)", request.method, request.path, exc.message, exc.code)
-            raise
+    def identify(self, request: Request, body: bytes) -> Principal:
+        return self.core.identify(request.method, request.raw_path, request.headers, body)
 
     # -- KServe v2 -----------------------------------------------------------------------------------------------------
     async def kserve_model(self, request: Request) -> Response:
@@ -181,24 +175,18 @@ class HttpFront:
             if action == "infer":
                 check_binary_header(request.headers.get("Inference-Header-Content-Length"), body)
             core.require_up()
-            principal = self.authenticate(request, body)
-            if core.auth.enabled:
-                core.auth.authorize(
-                    principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": model}
-                )
+            principal = self.identify(request, body)
             path = request.raw_path
-            if action in ("ready", "stats"):  # never loads a model
-                f = await core.forward("GET", path, None, request.headers)
-            elif not core.models.knows(model):
-                raise NotFoundError(f"Request for unknown model: '{model}' is not found")
-            elif action == "infer":
-                core.acquire()
+            if action == "infer":
+                ticket = await core.admit(principal, KSERVE_ENDPOINT, model)
                 try:
-                    f = await core.infer(model, body, request.headers, path)
+                    f = await core.forward_infer(model, body, request.headers, path)
                 finally:
-                    core.release()
-            else:  # metadata / config: the model must be loaded, but this is no invocation (no cache-hit count)
-                await core.models.ensure_loaded(model, timeout=core.options.load_wait_s)
+                    ticket.release()
+            else:  # ready / stats never load a model; metadata / config load it (no invocation is counted)
+                await core.admit(
+                    principal, KSERVE_ENDPOINT, model, Use.LOOK if action in ("ready", "stats") else Use.LOAD
+                )
                 f = await core.forward("GET", path, None, request.headers)
             del version
         except Exception as exc:
@@ -219,10 +207,8 @@ class HttpFront:
                 raise GatewayError(f"{path} takes GET", status=405, code="ValidationError")
             core.require_up()
             if path == "/v2/models/stats" and core.auth.enabled:  # every model's statistics: as gRPC, an invoke
-                principal = self.authenticate(request, b"")  # authorization with no particular TargetModel
-                core.auth.authorize(
-                    principal, INVOKE, core.auth.endpoint_arn(KSERVE_ENDPOINT), {"sagemaker:TargetModel": ""}
-                )
+                principal = self.identify(request, b"")  # authorization with no particular TargetModel
+                core.authorize(principal, KSERVE_ENDPOINT, {"sagemaker:TargetModel": ""})
             f = await core.forward("GET", request.raw_path, None, request.headers)
         except Exception as exc:
             err = to_gateway_error(exc)
@@ -235,7 +221,7 @@ class HttpFront:
         """The repository API on the invoke port: only for principals with an explicit admin Allow."""
         try:
             body = await self._body(request)
-            self.core.check_admin(self.authenticate(request, body))
+            self.core.check_admin(self.identify(request, body))
             return await self._admin_repository(request, body)
         except Exception as exc:
             return kserve_error(to_gateway_error(exc))
@@ -260,7 +246,7 @@ class HttpFront:
                 name = names[0]
             body = await self._body(request)
             core.require_up()
-            principal = self.authenticate(request, body)
+            principal = self.identify(request, body)
             route = core.router.resolve(
                 name,
                 h.get("X-Amzn-SageMaker-Target-Model"),
@@ -268,13 +254,12 @@ class HttpFront:
                 h.get("X-Amzn-SageMaker-Target-Variant"),
             )
             fwd = parse_sagemaker_content_type(h.get("Content-Type", ""), body)
-            if core.auth.enabled:
-                core.auth.authorize(principal, INVOKE, core.auth.endpoint_arn(name), route.context)
             extra = {param: h[header] for header, param in FORWARDED_HEADERS.items() if header in h}
-            core.acquire()
+            step = with_request_parameters(body, fwd, extra)  # a malformed body is refused before any load
+            ticket = await core.admit(principal, name, route.chain, Use.INVOKE, route.context)
             try:
                 for i, model in enumerate(route.chain):
-                    f = await core.infer(model, *with_request_parameters(body, fwd, extra))
+                    f = await core.forward_infer(model, *step)
                     if f.status != 200:
                         msg = triton_message(f.body)
                         kind = "client" if f.status < 500 else "server"
@@ -283,9 +268,9 @@ class HttpFront:
                             original_status=f.status,
                         )
                     if i + 1 < len(route.chain):
-                        body, fwd = next_step_request(f)
+                        step = with_request_parameters(*next_step_request(f), extra)
             finally:
-                core.release()
+                ticket.release()
         except Exception as exc:
             err = to_gateway_error(exc, sagemaker=True)
             core.requests["sagemaker", err.status] += 1
@@ -326,7 +311,7 @@ class HttpFront:
         try:
             body = await self._body(request)
             if self.core.auth.enabled:
-                self.core.check_admin(self.authenticate(request, body))
+                self.core.check_admin(self.identify(request, body))
             return await self._admin_repository(request, body)
         except Exception as exc:
             return kserve_error(to_gateway_error(exc))

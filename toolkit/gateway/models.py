@@ -39,6 +39,8 @@ class ModelProvider(Protocol):
 
     def try_serve(self, name: str) -> Callable[[], None] | None: ...
 
+    async def serve(self, name: str, timeout: float | None = None) -> Callable[[], None]: ...
+
     async def unload(self, name: str) -> None: ...
 
     def metrics_text(self) -> str: ...
@@ -147,6 +149,10 @@ class RepositoryModels:
         if name not in self._resident:
             await self.ensure_loaded(name, timeout)
         yield
+
+    async def serve(self, name: str, timeout: float | None = None) -> Callable[[], None]:
+        await self.ensure_loaded(name, timeout)
+        return _nothing
 
     async def unload(self, name: str) -> None:
         assert self._session is not None

@@ -131,7 +131,7 @@ class Gateway:
     def attach(self, supervisor: Supervisor) -> None:
         """Follow a supervisor: its state drives 503s and, after a restart, resync plus background re-warm."""
         self._supervisor = supervisor
-        self.core._is_up = lambda: supervisor.is_up
+        self.core.follow(lambda: supervisor.is_up)
         supervisor.on_state = self.triton_state_changed
 
     def triton_state_changed(self, state: str) -> None:

@@ -18,20 +18,11 @@ from collections.abc import Callable, Mapping
 
 import httptools
 
+from toolkit.gateway.errors import StoppingError, UpstreamError
+
 RawHeaders = list[tuple[bytes, bytes]]
 OnDone = Callable[[int, RawHeaders, bytes], None]
 OnError = Callable[[BaseException], None]
-
-
-class UpstreamError(ConnectionError):
-    """Triton closed or broke the connection, or sent something that is not HTTP/1.1."""
-
-
-class StoppingError(UpstreamError):
-    """The pool was closed (the gateway is stopping) with this request unanswered."""
-
-    def __init__(self) -> None:
-        super().__init__("the gateway is stopping")
 
 
 class _Conn(asyncio.Protocol):

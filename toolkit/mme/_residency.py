@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -121,15 +121,6 @@ class Residency:
                 self.notify()
 
         return leave
-
-    @contextlib.contextmanager
-    def in_flight(self, e: Entry) -> Iterator[None]:
-        """``enter`` as a context manager."""
-        leave = self.enter(e)
-        try:
-            yield
-        finally:
-            leave()
 
     def unpin_composing(self, e: Entry) -> None:
         """An ensemble that stops being loaded releases its pins on the models its steps use."""

@@ -315,12 +315,20 @@ class ModelManager:
         self.metrics.invocations.inc(model=name)
         return self._res.enter(e)
 
+    async def serve(self, name: str, timeout: float | None = None) -> Callable[[], None]:
+        """``serving`` as a pin the caller releases: for a request whose answer arrives in a callback (the gateway's
+        admission). Loads the model if needed and counts the invocation (hit or miss) exactly as ``serving``."""
+        e = await self._acquire(name, timeout)  # returns synchronously after the READY check: no eviction between
+        self.metrics.invocations.inc(model=name)
+        return self._res.enter(e)
+
     @contextlib.asynccontextmanager
     async def _serving(self, name: str, timeout: float | None) -> AsyncIterator[None]:
-        e = await self._acquire(name, timeout)  # returns synchronously after the READY check: no eviction between
-        with self._res.in_flight(e):
-            self.metrics.invocations.inc(model=name)
+        release = await self.serve(name, timeout)
+        try:
             yield
+        finally:
+            release()
 
     def _warm(self, name: str, invocation: bool) -> Entry | None:
         """The READY model's record, touched as used (and counted as a hit for an invocation); None when not READY."""

@@ -1,0 +1,156 @@
+"""Admission: the one sequence every route runs before Triton sees a request, whatever the protocol.
+
+    identify (who)  ->  authorize (may they, on this endpoint, for this model)  ->  slot (concurrency limit)
+                    ->  pin (the model is loaded, counted as an invocation, and not evicted until the answer)
+
+KServe over HTTP (hot path and handler), SageMaker's invocations and both kinds of gRPC call come through here, so
+an IAM condition key, a limit or a metric is added once. The model name given is already canonical
+(``toolkit.names``): the name checked is the name loaded, pinned and run.
+
+``admit_now`` is the synchronous form for the callback-only hot paths (None when the model is cold, with nothing
+held); ``admit`` waits for a cold model's load. Both return a ``Ticket`` whose ``release`` ends the slot and the
+pins exactly once, however the request ends (answer, error, timeout, client gone, gateway stopping).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from toolkit.gateway.auth import ANONYMOUS, INVOKE, Principal
+from toolkit.gateway.errors import AuthError, NotFoundError, ThrottlingError
+
+if TYPE_CHECKING:
+    from toolkit.gateway.core import GatewayCore
+
+log = logging.getLogger(__name__)
+
+KSERVE_ENDPOINT = "kserve"  # the endpoint name KServe (HTTP and gRPC) requests are authorized against
+
+
+class Use(enum.Enum):
+    """What a request does with its model, which decides what admission holds for it."""
+
+    INVOKE = "invoke"  # an inference: counted (ModelCacheHit), a slot and an in-flight pin until released
+    STREAM = "stream"  # one ModelStreamInfer message: loaded and counted; nothing held past admission
+    LOAD = "load"  # metadata / config: the model is loaded first; no count, no slot
+    LOOK = "look"  # readiness, statistics: authorized only, never loads
+
+
+class Ticket:
+    """What an admitted request holds; ``release`` gives it all back, once."""
+
+    __slots__ = ("_core", "_pins", "_slot")
+
+    def __init__(self, core: GatewayCore | None, pins: list[Callable[[], None]]) -> None:
+        self._core = core  # set while a concurrency slot is held
+        self._pins = pins
+        self._slot = core is not None
+
+    def release(self) -> None:
+        pins, self._pins = self._pins, []
+        for pin in pins:
+            pin()
+        if self._slot:
+            self._slot = False
+            assert self._core is not None
+            self._core.inflight -= 1
+
+
+NO_TICKET = Ticket(None, [])
+
+
+def target_context(model: str) -> dict[str, str]:
+    return {"sagemaker:TargetModel": model}
+
+
+class Admission:
+    """The admission rules over the core's auth config, limits and model provider (mixed into ``GatewayCore``)."""
+
+    def identify(self: GatewayCore, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Principal:
+        """The calling principal (anonymous when the gateway has no principals), or AuthError."""
+        if not self.auth.enabled:
+            return ANONYMOUS
+        try:
+            return self.auth.authenticate(method, raw_path, headers, body)
+        except AuthError as exc:  # an audit line for operators: the reason and the path, never a key or secret
+            log.info(
+                "authentication failed for %s %s: %s (%s)", method, raw_path.partition("?")[0], exc.message, exc.code
+            )
+            raise
+
+    def authorize(self: GatewayCore, principal: Principal, endpoint: str, context: Mapping[str, str]) -> None:
+        if self.auth.enabled:
+            self.auth.authorize(principal, INVOKE, self.auth.endpoint_arn(endpoint), context)
+
+    def _slot(self: GatewayCore) -> None:
+        if self.inflight >= self.options.max_concurrency:
+            raise ThrottlingError(f"Too many concurrent requests (limit {self.options.max_concurrency}); retry later.")
+        self.inflight += 1
+
+    def admit_now(
+        self: GatewayCore,
+        principal: Principal,
+        endpoint: str,
+        model: str,
+        use: Use = Use.INVOKE,
+        context: Mapping[str, str] | None = None,
+    ) -> Ticket | None:
+        """Synchronously: authorized, and for a warm model its slot and pin. None: cold (nothing held)."""
+        self.require_up()
+        self.authorize(principal, endpoint, target_context(model) if context is None else context)
+        if use is Use.LOOK:
+            return NO_TICKET
+        if use is Use.LOAD:
+            return NO_TICKET if self.models.is_resident(model) else None
+        pin = self.models.try_serve(model)
+        if pin is None:
+            return None
+        if use is Use.STREAM:
+            pin()
+            return NO_TICKET
+        try:
+            self._slot()
+        except ThrottlingError:
+            pin()
+            raise
+        return Ticket(self, [pin])
+
+    async def admit(
+        self: GatewayCore,
+        principal: Principal,
+        endpoint: str,
+        models: str | Sequence[str],
+        use: Use = Use.INVOKE,
+        context: Mapping[str, str] | None = None,
+    ) -> Ticket:
+        """Authorized, then each model loaded (waiting up to ``load_wait_s``) and, for an invocation, pinned under one
+        slot. ``models`` is one model, or a serial endpoint's chain (pinned together: no step evicted mid-chain)."""
+        chain = (models,) if isinstance(models, str) else tuple(models)
+        self.require_up()
+        self.authorize(principal, endpoint, target_context(chain[-1]) if context is None else context)
+        if use is Use.LOOK:
+            return NO_TICKET
+        for m in chain:
+            if not self.models.knows(m):
+                raise NotFoundError(f"Request for unknown model: '{m}' is not found")
+        wait = self.options.load_wait_s
+        if use is Use.LOAD:
+            for m in chain:
+                await self.models.ensure_loaded(m, timeout=wait)
+            return NO_TICKET
+        if use is Use.INVOKE:
+            self._slot()
+        ticket = Ticket(self if use is Use.INVOKE else None, [])
+        try:
+            for m in chain:
+                ticket._pins.append(await self.models.serve(m, timeout=wait))
+        except BaseException:
+            ticket.release()
+            raise
+        if use is Use.STREAM:
+            ticket.release()
+            return NO_TICKET
+        return ticket
