@@ -31,11 +31,11 @@ $(PA): | venv
 perf-analyzer: $(PA)
 
 bench: venv $(PA)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m toolkit.bench
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench
 
 lint: venv
-	$(BIN)/ruff check toolkit tests load
-	$(BIN)/ruff format --check toolkit tests load
+	$(BIN)/ruff check toolkit tests load bench
+	$(BIN)/ruff format --check toolkit tests load bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
