@@ -19,7 +19,7 @@ examples: venv
 	$(BIN)/tritonctl generate tritonctl.yaml -o model_repository
 
 demo: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m toolkit.demo
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m examples.demo
 
 test: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
@@ -34,8 +34,8 @@ bench: venv $(PA)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench
 
 lint: venv
-	$(BIN)/ruff check toolkit tests load bench
-	$(BIN)/ruff format --check toolkit tests load bench
+	$(BIN)/ruff check toolkit tests load bench examples
+	$(BIN)/ruff format --check toolkit tests load bench examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -176,9 +176,9 @@ def metrics_section(admin_url: str) -> None:
 
 
 def main(steps: Callable[..., None] | None = None) -> None:
+    from examples.mme import run_mme_demo
     from toolkit.cli.serve import serve
     from toolkit.examples.build import build_all
-    from toolkit.mme.example import run_mme_demo
     from toolkit.repository.generate import generate_repository
     from toolkit.repository.validate import format_findings, has_errors, validate_repository
     from toolkit.server import free_port
