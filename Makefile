@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 examples: venv
-	$(BIN)/tritonctl examples build
+	$(BIN)/python -m examples.build
 	$(BIN)/tritonctl generate tritonctl.yaml -o model_repository
 
 demo: venv

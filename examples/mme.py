@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from toolkit.examples.housing import FEATURES, build_preprocessor, cities, generate, train_city_model
+from examples.housing import FEATURES, build_preprocessor, cities, generate, train_city_model
 from toolkit.repository.generate import render_model_dir
 from toolkit.spec.models import ModelSpec, TensorSpec
 
