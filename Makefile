@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 examples: venv
-	$(BIN)/tritonctl examples build
+	$(BIN)/python -m examples.build
 	$(BIN)/tritonctl generate tritonctl.yaml -o model_repository
 
 demo: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m toolkit.demo
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m examples.demo
 
 test: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
@@ -31,11 +31,11 @@ $(PA): | venv
 perf-analyzer: $(PA)
 
 bench: venv $(PA)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m toolkit.bench
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench
 
 lint: venv
-	$(BIN)/ruff check toolkit tests load
-	$(BIN)/ruff format --check toolkit tests load
+	$(BIN)/ruff check toolkit tests load bench examples
+	$(BIN)/ruff format --check toolkit tests load bench examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

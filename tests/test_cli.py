@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from examples.digits import load_split
 from toolkit.cli.main import app
-from toolkit.examples.digits import load_split
 from toolkit.server import EmbeddedTriton, TritonAdmin
 
 runner = CliRunner()

@@ -18,10 +18,10 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
+from examples.digits import accuracy, load_split
 from toolkit.ensembles import check_ensemble_configs
 from toolkit.ensembles.build import VERSION_KEEP
 from toolkit.errors import InferenceError
-from toolkit.examples.digits import accuracy, load_split
 from toolkit.repository.generate import GeneratedModel, generate_repository, generated_models, write_model
 from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
 from toolkit.spec import load_manifest

@@ -11,8 +11,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from toolkit.examples.digits import load_split
-from toolkit.examples.housing import CITIES4, generate
+from examples.digits import load_split
+from examples.housing import CITIES4, generate
 from toolkit.server import EmbeddedTriton, TritonAdmin
 
 ROOT = Path(__file__).resolve().parent.parent

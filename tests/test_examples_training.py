@@ -14,8 +14,8 @@ import joblib
 import numpy as np
 import pytest
 
-from toolkit.examples import digits, housing
-from toolkit.examples.build import build_all
+from examples import digits, housing
+from examples.build import build_all
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "examples" / "artifacts"
 

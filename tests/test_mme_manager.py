@@ -380,8 +380,8 @@ def test_resync_after_out_of_band_unload(env: dict[str, Any]) -> None:
 
 
 def test_city_example_store_serves_sklearn_equal_predictions(env: dict[str, Any], tmp_path: Path) -> None:
-    from toolkit.examples.housing import generate
-    from toolkit.mme.example import build_city_store, expected_prices
+    from examples.housing import generate
+    from examples.mme import build_city_store, expected_prices
 
     artifacts = build_city_store(tmp_path / "cities", n=50)
     assert len(artifacts) == 50 and all(p.name.endswith(".tar.gz") for p in artifacts.values())

@@ -16,7 +16,6 @@ from toolkit.cli.common import (
     friendly,
     parse_tensor_arg,
 )
-from toolkit.errors import TritonctlError
 
 app = typer.Typer(
     name="tritonctl",
@@ -26,9 +25,7 @@ app = typer.Typer(
     add_completion=False,
 )
 models_app = typer.Typer(help="Triton's repository API: list, load, unload, readiness.", no_args_is_help=True)
-examples_app = typer.Typer(help="Build the example models (digits, housing) from bundled data.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-app.add_typer(examples_app, name="examples")
 
 
 @app.command()
@@ -198,20 +195,6 @@ def status(url: str | None = URL_OPTION) -> None:
     typer.echo(f"ready    {admin.ready()}")
     loaded = admin.loaded()
     typer.echo(f"loaded   {len(loaded)}: {', '.join(loaded) if loaded else '-'}")
-
-
-@examples_app.command("build")
-@friendly
-def examples_build(
-    output: Path = typer.Option(Path("examples/artifacts"), "-o", "--output"),
-) -> None:
-    """Train the example models from sklearn's bundled digits and the seeded housing generator (no downloads)."""
-    try:
-        from toolkit.examples.build import build_all
-    except ImportError as exc:
-        raise TritonctlError(f"examples need the extras: pip install 'tritonctl[examples]' ({exc})") from None
-    for name, path in sorted(build_all(output).items()):
-        typer.echo(f"{name:<28} {path}")
 
 
 def _register_subcommands() -> None:

@@ -49,8 +49,8 @@ def kserve_section(http_url: str, grpc_url: str) -> None:
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    from toolkit.examples.digits import load_split
-    from toolkit.examples.housing import generate
+    from examples.digits import load_split
+    from examples.housing import generate
 
     _, x_test, _, y_test = load_split()
     x, y = x_test[:64], y_test[:64]
@@ -111,8 +111,8 @@ def kserve_section(http_url: str, grpc_url: str) -> None:
 def sagemaker_section(http_url: str) -> None:
     import boto3
 
-    from toolkit.examples.digits import load_split
-    from toolkit.examples.housing import generate
+    from examples.digits import load_split
+    from examples.housing import generate
 
     _say("SageMaker runtime API through the gateway (boto3 sagemaker-runtime, unchanged)")
     sm = boto3.client(
@@ -176,9 +176,9 @@ def metrics_section(admin_url: str) -> None:
 
 
 def main(steps: Callable[..., None] | None = None) -> None:
+    from examples.build import build_all
+    from examples.mme import run_mme_demo
     from toolkit.cli.serve import serve
-    from toolkit.examples.build import build_all
-    from toolkit.mme.example import run_mme_demo
     from toolkit.repository.generate import generate_repository
     from toolkit.repository.validate import format_findings, has_errors, validate_repository
     from toolkit.server import free_port

@@ -2,7 +2,7 @@
 
 Measures a minimal python model and each example model, each loaded and unloaded ``repeats`` times, and compares
 ``--disable-auto-complete-config`` (what tritonctl launches with) against Triton's default auto-complete in one run.
-Run: ``python -m toolkit.server.bench`` (part of ``make bench``); writes docs/benchmarks/foundation.md.
+Run: ``python -m bench.server`` (part of ``make bench``); writes docs/benchmarks/foundation.md.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def to_markdown(rows: list[tuple[str, str, list[float]]], repeats: int) -> str:
     lines = [
         "# Foundation: model load time (repository API call -> READY)",
         "",
-        "Command: `.venv/bin/python -m toolkit.server.bench` (also run by `make bench`). "
+        "Command: `.venv/bin/python -m bench.server` (also run by `make bench`). "
         f"Each model loaded and unloaded {repeats} times on the embedded Triton 2.51, 2-core machine, one run.",
         "",
         "| launch mode | model | p50 (s) | p90 (s) | min (s) | max (s) |",

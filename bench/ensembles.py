@@ -5,9 +5,9 @@ raw FP32[1, 8]) and the same embedded Triton, in one run: for each concurrency t
 chain are measured back to back, closed loop, for the same duration. The ensemble saves two client<->server round trips
 and the tensor (de)serialisation around them; Triton passes intermediate tensors between steps in memory.
 
-    python -m toolkit.ensembles.bench [--duration 5] [--concurrency 1,8] [--protocol grpc|http]
-                                      [--pipeline sklearn|onnx] [--output docs/benchmarks/ensembles.md]
-                                      [--step-cpu]
+    python -m bench.ensembles [--duration 5] [--concurrency 1,8] [--protocol grpc|http]
+                              [--pipeline sklearn|onnx] [--output docs/benchmarks/ensembles.md]
+                              [--step-cpu]
 
 ``--pipeline onnx`` runs the same pipeline with the sklearn steps compiled to ONNX (skl2onnx, run by onnxruntime):
 same client, payload and method, only the step models differ. After the run, each step's mean Triton-side times
@@ -37,12 +37,12 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from toolkit.bench import usable_cpus
+from bench import usable_cpus
 from toolkit.repository.generate import generate_repository
 from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
 from toolkit.spec import load_manifest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PIPELINES: dict[str, tuple[str, list[str]]] = {
     "sklearn": ("housing_pipeline_Chicago_IL", ["housing_preprocess", "housing_Chicago_IL", "housing_postprocess"]),
     "onnx": (
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results) + _verdict(results, load_before, os.getloadavg()[0]) + steps
     print(text)
     if args.output:
-        cmd = "python -m toolkit.ensembles.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+        cmd = "python -m bench.ensembles " + " ".join(argv if argv is not None else sys.argv[1:])
         head = (
             f"# Benchmark: serial ensemble vs client-orchestrated calls ({args.pipeline} pipeline)\n\n"
             f"Pipeline: **{args.pipeline}** (`--pipeline {args.pipeline}`): `{ENSEMBLE}`\n"

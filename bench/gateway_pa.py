@@ -1,13 +1,13 @@
 """Gateway overhead measured by perf_analyzer (NVIDIA's C++ client, the yardstick), over HTTP and gRPC.
 
     bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer      # once (make perf-analyzer)
-    python -m toolkit.gateway.bench_pa [--model digits_mlp] [--protocol http grpc] [--concurrency 1 8]
-                                       [--window-ms 3000] [--rounds 2]
+    python -m bench.gateway_pa [--model digits_mlp] [--protocol http grpc] [--concurrency 1 8]
+                               [--window-ms 3000] [--rounds 2]
 
 One run: an embedded Triton with the model warm, the gateway in its own process (HTTP and gRPC fronts), and a byte
-pipe per protocol (``toolkit.gateway.bench_pipe``: the floor for any proxy in Python). For each protocol,
+pipe per protocol (``bench.gateway_pipe``: the floor for any proxy in Python). For each protocol,
 concurrency and round, perf_analyzer measures direct, gateway and pipe back to back; the table holds medians over the
-rounds. ``toolkit.gateway.bench`` is the same comparison with a minimal Python client; this one answers "what would
+rounds. ``bench.gateway`` is the same comparison with a minimal Python client; this one answers "what would
 perf_analyzer say", and covers gRPC, which the Python client does not.
 """
 
@@ -42,7 +42,7 @@ def _gateway_process(http: str, grpc: str, metrics: str, conn: Connection) -> No
 
 
 def run(model: str, protocols: list[str], concurrencies: list[int], window_ms: int, rounds: int) -> list[dict]:
-    from toolkit.gateway.bench_pipe import pipe_process
+    from bench.gateway_pipe import pipe_process
     from toolkit.loadtest.calibrate import PA, run_perf_analyzer
     from toolkit.repository.generate import generate_repository
     from toolkit.server import EmbeddedTriton, ServerOptions
@@ -50,7 +50,7 @@ def run(model: str, protocols: list[str], concurrencies: list[int], window_ms: i
 
     if not PA.exists():
         raise SystemExit(f"{PA} missing: make perf-analyzer")
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     work = Path(tempfile.mkdtemp(prefix="tritonctl-bench-pa-"))
     generate_repository(load_manifest(root / "tritonctl.yaml"), work / "repo")
     triton = EmbeddedTriton(ServerOptions(repository=work / "repo", workdir=work, load=[model]))

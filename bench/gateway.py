@@ -1,13 +1,13 @@
 """Gateway overhead benchmark: warm KServe v2 infers through the gateway vs directly to Triton, same client, one run.
 
-    python -m toolkit.gateway.bench [--seconds 3] [--rounds 3] [--concurrency 1 8] [--loop uvloop|asyncio]
-                                    [--model digits_mlp] [--no-floor] [--json]
+    python -m bench.gateway [--seconds 3] [--rounds 3] [--concurrency 1 8] [--loop uvloop|asyncio]
+                            [--model digits_mlp] [--no-floor] [--json]
 
 Triton (embedded, one warm model) and the gateway (its own process, so it does not share the client's GIL) run on
 this machine; the client is a minimal keep-alive HTTP/1.1 client on asyncio streams (uvloop), one connection per
 concurrent worker, closed loop. Direct and gateway phases alternate in each round so drift hits both alike.
 Unless ``--no-floor``, a third target runs in the same rounds: a byte pipe in its own process
-(``toolkit.gateway.bench_pipe``), the cheapest proxy Python can be, so the report shows how much of the gateway's
+(``bench.gateway_pipe``), the cheapest proxy Python can be, so the report shows how much of the gateway's
 cost is the extra hop itself and how much is the gateway's own work.
 """
 
@@ -115,7 +115,7 @@ def run(
     from toolkit.server import EmbeddedTriton, ServerOptions
     from toolkit.spec import load_manifest
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     work = Path(tempfile.mkdtemp(prefix="tritonctl-bench-"))
     generate_repository(load_manifest(root / "tritonctl.yaml"), work / "repo")
     triton = EmbeddedTriton(ServerOptions(repository=work / "repo", workdir=work, load=[model]))
@@ -130,7 +130,7 @@ def run(
         body, hlen = _payload()
         targets = {"direct": triton.endpoint.http, "gateway": gateway}
         if floor:
-            from toolkit.gateway.bench_pipe import pipe_process
+            from bench.gateway_pipe import pipe_process
 
             p2, c2 = ctx.Pipe()
             pipe = ctx.Process(target=pipe_process, args=(triton.endpoint.http, c2), daemon=True)

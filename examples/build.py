@@ -2,8 +2,8 @@
 
 The artifacts are committed so that serving the examples never needs training (or any download); this module is how
 they were made and how to remake them. Training is seeded and the writers avoid timestamps, so a rebuild gives the
-same predictions and, with the library versions pinned in the venv, the same bytes. Run: ``python -m
-toolkit.examples.build [OUT_DIR]``.
+same predictions and, with the library versions pinned in the venv, the same bytes. Run: ``make examples`` (which
+also regenerates model_repository/) or ``python -m examples.build [OUT_DIR]`` from the checkout's root.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from examples.digits import build_digits
+from examples.housing import build_housing
 from toolkit.errors import TritonctlError
-from toolkit.examples.digits import build_digits
-from toolkit.examples.housing import build_housing
 
 DEFAULT_OUT = Path("examples/artifacts")
 MAX_TOTAL_BYTES = 1_000_000
@@ -68,7 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry: build into ``argv[0]`` (default ``examples/artifacts``) and print what was written."""
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0]) if args else DEFAULT_OUT
-    for name, path in build_all(out).items():
+    try:
+        paths = build_all(out)
+    except TritonctlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
         print(f"{name}: {path} ({path.stat().st_size} bytes)")
     return 0
 

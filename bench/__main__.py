@@ -1,23 +1,17 @@
 """``make bench``: every benchmark of the project, one after the other, each writing its page under docs/benchmarks/.
 
 Benchmarks are separate from the tests on purpose: speed goals are ratios measured in one run on a noisy 2-core
-machine, which a unit test cannot assert without flaking. Run a single one with ``python -m toolkit.bench NAME``.
+machine, which a unit test cannot assert without flaking. Run a single one with ``python -m bench NAME``.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 PY = sys.executable
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity), which is what a benchmark's processes share."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _calibration(protocol: str, processes: str) -> list[str]:
@@ -27,12 +21,12 @@ def _calibration(protocol: str, processes: str) -> list[str]:
 
 
 BENCHES: dict[str, list[str]] = {
-    "foundation": [PY, "-m", "toolkit.server.bench", "10"],
-    "ensembles": [PY, "-m", "toolkit.ensembles.bench", "--duration", "10", "--output", "docs/benchmarks/ensembles.md"],
+    "foundation": [PY, "-m", "bench.server", "10"],
+    "ensembles": [PY, "-m", "bench.ensembles", "--duration", "10", "--output", "docs/benchmarks/ensembles.md"],
     "ensembles-http": [
         PY,
         "-m",
-        "toolkit.ensembles.bench",
+        "bench.ensembles",
         "--duration",
         "10",
         "--protocol",
@@ -43,7 +37,7 @@ BENCHES: dict[str, list[str]] = {
     "ensembles-onnx": [
         PY,
         "-m",
-        "toolkit.ensembles.bench",
+        "bench.ensembles",
         "--duration",
         "10",
         "--pipeline",
@@ -66,10 +60,10 @@ BENCHES: dict[str, list[str]] = {
         "--requests",
         "20000",
     ],
-    "mme-cold-start": [PY, "-m", "toolkit.mme.bench", "--json", "reports/bench/mme.json"],
-    "gateway": [PY, "-m", "toolkit.gateway.bench", "--seconds", "3", "--rounds", "3"],
-    "gateway-perf-analyzer": [PY, "-m", "toolkit.gateway.bench_pa", "--rounds", "2"],
-    "gateway-profile": [PY, "-m", "toolkit.gateway.bench_profile", "--callbacks"],
+    "mme-cold-start": [PY, "-m", "bench.mme", "--json", "reports/bench/mme.json"],
+    "gateway": [PY, "-m", "bench.gateway", "--seconds", "3", "--rounds", "3"],
+    "gateway-perf-analyzer": [PY, "-m", "bench.gateway_pa", "--rounds", "2"],
+    "gateway-profile": [PY, "-m", "bench.gateway_profile", "--callbacks"],
     "loadtest-calibration-http": _calibration("http", "1,2"),
     "loadtest-calibration-grpc": _calibration("grpc", "1"),
 }

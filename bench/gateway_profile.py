@@ -1,6 +1,6 @@
 """Where the gateway's CPU goes on the HTTP hot path: kernel vs Python, and which Python functions.
 
-    python -m toolkit.gateway.bench_profile [--model digits_mlp] [--concurrency 8] [--seconds 5] [--top 12]
+    python -m bench.gateway_profile [--model digits_mlp] [--concurrency 8] [--seconds 5] [--top 12]
 
 Why: the throughput goal of the front door (>= 0.9x direct Triton) is decided by the CPU one forwarded request costs
 on a machine whose cores the client and Triton also use. This splits that cost. An embedded Triton with the model
@@ -16,8 +16,8 @@ load, at one concurrency, against the gateway's HTTP port. Two windows of the sa
    Python time; read the shape, not the totals. (A CPU-clock timer was tried: its own cost swamps the functions.)
 
 3. ``--callbacks``: wall time inside the gateway's two callbacks (request in -> written to Triton; answer in ->
-   written to the client), against the same two callbacks of the byte pipe (``bench_pipe``, on its own loop thread
-   in this process), each under its own perf_analyzer run. At c=1 this shows what CPU time does not: latency.
+   written to the client), against the same two callbacks of the byte pipe (``bench.gateway_pipe``, on its own loop
+   thread in this process), each under its own perf_analyzer run. At c=1 this shows what CPU time does not: latency.
 
 Before all, a window with perf_analyzer straight at Triton gives the machine's CPU per direct request (cores /
 direct throughput): a proxy that costs X µs of CPU per request on the same cores cannot do better than
@@ -44,7 +44,7 @@ MODEL = "digits_mlp"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toolkit.bench import usable_cpus
+    from bench import usable_cpus
     from toolkit.gateway.core import GatewayOptions
     from toolkit.gateway.server import Gateway, GatewayThread
     from toolkit.loadtest.calibrate import PA
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not PA.exists():
         raise SystemExit(f"{PA} missing: make perf-analyzer")
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="tritonctl-bench-profile-") as tmp:
         work = Path(tmp)
         generate_repository(load_manifest(root / "tritonctl.yaml"), work / "repo")
@@ -141,7 +141,8 @@ def _callbacks(a: argparse.Namespace, gateway_url: str, gw: Gateway, triton_url:
 
     import uvloop
 
-    from toolkit.gateway import bench_pipe, h1, upstream
+    from bench import gateway_pipe
+    from toolkit.gateway import h1, upstream
 
     times: dict[str, list[float]] = {}
 
@@ -158,15 +159,15 @@ def _callbacks(a: argparse.Namespace, gateway_url: str, gw: Gateway, triton_url:
 
     timed(h1.H1Connection, "data_received", "gateway: request in -> written to Triton")
     timed(upstream._Conn, "data_received", "gateway: answer in -> written to the client")
-    timed(bench_pipe._Down, "data_received", "pipe: request in -> written to Triton")
-    timed(bench_pipe._Up, "data_received", "pipe: answer in -> written to the client")
+    timed(gateway_pipe._Down, "data_received", "pipe: request in -> written to Triton")
+    timed(gateway_pipe._Up, "data_received", "pipe: answer in -> written to the client")
     assert gw.loop is not None and gw.core.upstream is not None
     gw.loop.call_soon_threadsafe(gw.core.upstream.reset)  # uvloop binds data_received per connection: new ones
     ready, stop, pipe_addr = threading.Event(), threading.Event(), {}
 
     def pipe_thread() -> None:
         async def main() -> None:
-            srv, pipe_addr["url"] = await bench_pipe.start_pipe(triton_url)
+            srv, pipe_addr["url"] = await gateway_pipe.start_pipe(triton_url)
             ready.set()
             while not stop.is_set():
                 await asyncio.sleep(0.1)

@@ -1,4 +1,4 @@
-"""Cold-start benchmark of the MME manager on the embedded Triton: ``python -m toolkit.mme.bench``.
+"""Cold-start benchmark of the MME manager on the embedded Triton: ``python -m bench.mme``.
 
 Measures what a client sees: the time from "request for a model that is not loaded" to the inference response, with
 the model fetched from a LocalStore into an empty repository (cold) and, in a second run, with a count budget small

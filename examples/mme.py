@@ -6,7 +6,8 @@ needs ~0.9 s (the stub imports sklearn), which matters when every cold request p
 fitted sklearn ones, written out in full precision, so predictions equal sklearn's (checked by ``verify``).
 
 ``build_city_store`` writes ``housing_<city>.tar.gz`` artifacts (Triton model directories) for a LocalStore or an S3
-prefix; ``run_mme_demo`` serves them through the ``ModelManager`` from a local store and from S3 (moto server).
+prefix; ``run_mme_demo`` serves them through the ``ModelManager`` from a local store and from S3 (moto server):
+``python -m examples.mme``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from toolkit.examples.housing import FEATURES, build_preprocessor, cities, generate, train_city_model
+from examples.housing import FEATURES, build_preprocessor, cities, generate, train_city_model
 from toolkit.repository.generate import render_model_dir
 from toolkit.spec.models import ModelSpec, TensorSpec
 
