@@ -1,19 +1,21 @@
 """gRPC front that forwards HTTP/2 frames: each client connection gets its own connection to Triton's gRPC port.
 
-Why: grpcio's per-call machinery (a server call plus a client call per request) halves throughput. Mapping
-connections 1:1 lets stream ids, SETTINGS, flow control, PING and GOAWAY pass unchanged; only what the policy needs
-is read. Client HEADERS are forwarded at once and decoded in order with one ``hpack.Decoder`` per connection (its
-table follows the client's encoder exactly as Triton's does); a stream's DATA frames are held until the first
-message's 5-byte prefix and model name (protobuf field 1) are in, then ``grpc_front``'s rules apply (same lists,
-same errors). Holding stops there, so a big tensor never waits for flow-control window that only Triton can grant.
+Why: grpcio's per-call machinery (a server call plus a client call per request) halved throughput (the first gRPC
+front, since deleted). Mapping connections 1:1 lets stream ids, SETTINGS, flow control, PING and GOAWAY pass
+unchanged; only what the policy needs is read. Client HEADERS are forwarded at once and decoded in order with one
+``hpack.Decoder`` per connection (its table follows the client's encoder exactly as Triton's does). Every DATA byte
+of a call that names a model is read before it is forwarded (``protowire``: the model name as protobuf reads it,
+a repeated name refused); a message's frames are held only until its model name is approved by the gateway's
+admission (``h2_policy``), so a big tensor never waits for flow-control window that only Triton can grant.
 A refused call is cancelled upstream (RST_STREAM) and answered to the client with a trailers-only HEADERS frame of
 literal fields (no HPACK table change), written only between Triton's frames. Dropped DATA is credited back with a
 connection WINDOW_UPDATE, so neither side's window leaks. ModelStreamInfer has every message checked this way.
 Triton gone: pending calls get UNAVAILABLE, then GOAWAY and close, so the client's next call reconnects at once.
 
-Differences from the grpcio engine: a SigV4 ``authorization`` on a gRPC call is checked against an empty body (the
-message is never held whole; API keys are the way for gRPC); a compressed message must decide its model within 64
-KiB; unary calls get ``timeout_s`` from when Triton has the request (a cold load has ``load_wait_s`` of its own).
+Limits of reading frames rather than messages: a SigV4 ``authorization`` on a gRPC call is checked against an empty
+body (the message is never held whole; API keys are the way for gRPC); a compressed message is read whole, so it
+must be at most 64 KiB compressed; unary calls get ``timeout_s`` from when Triton has the request (a cold load has
+``load_wait_s`` of its own).
 """
 
 from __future__ import annotations
@@ -241,7 +243,7 @@ class H2Connection(asyncio.Protocol):
             self._arm(s)
 
     def _arm(self, s: f.Stream) -> None:
-        """As grpc_front: Triton gets timeout_s to answer a unary call (from when it has the request; loading a cold
+        """Triton gets timeout_s to answer a unary call (from when it has the request; loading a cold
         model has its own load_wait_s); a stream lives as long as the client keeps it."""
         if s.method != STREAM and s.timer is None:
             s.timer = asyncio.get_running_loop().call_later(self.core.options.timeout_s, self._expire, s)
