@@ -57,6 +57,7 @@ principals:
     access_keys: [{id: AKIDCAROL, secret: carol-secret}]
   - name: limited
     access_keys: [{id: AKIDLIMITED, secret: limited-secret}]
+    api_keys: [limited-key]
     policy:
       - {Effect: Allow, Action: invoke, Resource: "*"}
       - {Effect: Deny, Action: invoke, Resource: "*",
@@ -160,6 +161,26 @@ def test_every_spelling_of_a_denied_target_model_is_denied(secured: GatewayAddre
         lambda: sm.invoke_endpoint(EndpointName="housing", TargetModel=miami, ContentType="application/json", Body=body)
     )
     assert (status, code) == (403, "AccessDeniedException") and "housing_LosAngeles_CA" in msg
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["housing_by_city", "housing_by_city_field", "housing_ab", "housing_city_pipeline", "housing_city_param_pipeline"],
+)
+def test_a_denied_model_is_not_reached_through_a_router_or_ensemble(secured: GatewayAddresses, model: str) -> None:
+    """The review's indirect routes: a router or an ensemble that may call Houston's model is refused to a principal
+    denied Houston, over KServe HTTP and gRPC alike, before anything runs; a principal allowed everything is served."""
+    c = httpclient.InferenceServerClient(secured.http, connection_timeout=30, network_timeout=30)
+    with pytest.raises(InferenceServerException) as e:
+        c.get_model_metadata(model, headers={"x-api-key": "limited-key"})
+    assert "not authorized" in str(e.value) and "housing_Houston_TX" in str(e.value)
+    assert "reached through" in str(e.value)
+    g = grpcclient.InferenceServerClient(secured.grpc or "")
+    with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+        g.get_model_config(model, headers={"x-api-key": "limited-key"})
+    assert g.get_model_config(model, headers={"x-api-key": "bob-key-42"}).config.name == model
+    g.close()
+    c.close()
 
 
 @pytest.mark.parametrize("target", ["housing_Houston_TX.tar.gz.tgz", "../housing_Houston_TX", "a/b", ".hidden"])

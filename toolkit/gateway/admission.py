@@ -1,6 +1,7 @@
 """Admission: the one sequence every route runs before Triton sees a request, whatever the protocol.
 
-    identify (who)  ->  authorize (may they, on this endpoint, for this model)  ->  slot (concurrency limit)
+    identify (who)  ->  authorize (may they, on this endpoint, for this model and every model it may reach)
+                    ->  slot (concurrency limit)
                     ->  pin (the model is loaded, counted as an invocation, and not evicted until the answer)
 
 KServe over HTTP (hot path and handler), SageMaker's invocations and both kinds of gRPC call come through here, so
@@ -85,6 +86,18 @@ class Admission:
         if self.auth.enabled:
             self.auth.authorize(principal, INVOKE, self.auth.endpoint_arn(endpoint), context)
 
+    def authorize_reach(
+        self: GatewayCore, principal: Principal, endpoint: str, models: Sequence[str], context: Mapping[str, str]
+    ) -> None:
+        """Every model these may call (ensemble steps, router targets: ``ensembles.reach``) is authorized as if
+        called directly on the same endpoint, before Triton runs anything."""
+        if self.reach is None or not self.auth.enabled or not self.auth.has_policies:
+            return
+        arn = self.auth.endpoint_arn(endpoint)
+        for model in models:
+            for m in self.reach.reached(model):
+                self.auth.authorize(principal, INVOKE, arn, {**context, "sagemaker:TargetModel": m}, via=model)
+
     def _slot(self: GatewayCore) -> None:
         if self.inflight >= self.options.max_concurrency:
             raise ThrottlingError(f"Too many concurrent requests (limit {self.options.max_concurrency}); retry later.")
@@ -100,9 +113,11 @@ class Admission:
     ) -> Ticket | None:
         """Synchronously: authorized, and for a warm model its slot and pin. None: cold (nothing held)."""
         self.require_up()
-        self.authorize(principal, endpoint, target_context(model) if context is None else context)
+        ctx = target_context(model) if context is None else context
+        self.authorize(principal, endpoint, ctx)
         if use is Use.LOOK:
             return NO_TICKET
+        self.authorize_reach(principal, endpoint, (model,), ctx)
         if use is Use.LOAD:
             return NO_TICKET if self.models.is_resident(model) else None
         pin = self.models.try_serve(model)
@@ -130,16 +145,19 @@ class Admission:
         slot. ``models`` is one model, or a serial endpoint's chain (pinned together: no step evicted mid-chain)."""
         chain = (models,) if isinstance(models, str) else tuple(models)
         self.require_up()
-        self.authorize(principal, endpoint, target_context(chain[-1]) if context is None else context)
+        ctx = target_context(chain[-1]) if context is None else context
+        self.authorize(principal, endpoint, ctx)
         if use is Use.LOOK:
             return NO_TICKET
         for m in chain:
             if not self.models.knows(m):
                 raise NotFoundError(f"Request for unknown model: '{m}' is not found")
+        self.authorize_reach(principal, endpoint, chain, ctx)  # what the repository declares before any load
         wait = self.options.load_wait_s
         if use is Use.LOAD:
             for m in chain:
                 await self.models.ensure_loaded(m, timeout=wait)
+            self.authorize_reach(principal, endpoint, chain, ctx)
             return NO_TICKET
         if use is Use.INVOKE:
             self._slot()
@@ -147,6 +165,7 @@ class Admission:
         try:
             for m in chain:
                 ticket._pins.append(await self.models.serve(m, timeout=wait))
+            self.authorize_reach(principal, endpoint, chain, ctx)  # an artifact's config is known once it is loaded
         except BaseException:
             ticket.release()
             raise

@@ -292,10 +292,20 @@ class AuthConfig:
                 verdict = True
         return verdict
 
-    def authorize(self, principal: Principal, action: str, resource: str, context: Mapping[str, str | None]) -> None:
+    def authorize(
+        self,
+        principal: Principal,
+        action: str,
+        resource: str,
+        context: Mapping[str, str | None],
+        via: str | None = None,
+    ) -> None:
+        """AccessDeniedError unless allowed; ``via`` names the model through which this one would be reached."""
         ctx = {k: v for k, v in context.items() if v is not None}
         if not self.allowed(principal, action, resource, ctx):
             detail = "".join(f" with {k}={v}" for k, v in ctx.items())
+            through = f" (reached through {via})" if via else ""
             raise AccessDeniedError(
                 f"User: {principal.name} is not authorized to perform: {action} on resource: {resource}{detail}"
+                f"{through}"
             )

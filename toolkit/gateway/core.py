@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.ensembles.reach import ReachMap
 from toolkit.gateway.admission import KSERVE_ENDPOINT, Admission
 from toolkit.gateway.auth import ADMIN, AuthConfig, Principal
 from toolkit.gateway.endpoints import EndpointRouter
@@ -104,6 +105,8 @@ class GatewayCore(Admission):
         self.models = models
         self.auth = options.auth
         self.router = EndpointRouter(options.endpoints, models.knows)
+        repository = getattr(models, "repository", None)  # where the configs of what Triton runs are
+        self.reach = ReachMap(repository) if repository is not None else None
         self._is_up = is_up
         self.inflight = 0
         self.hot_path = 0  # warm KServe infers answered with callbacks only (http_dispatch): a check for operators
