@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
-import zlib
 from typing import TYPE_CHECKING
 
 import grpc
 import hpack
 
 from toolkit.gateway.auth import ANONYMOUS
-from toolkit.gateway.errors import PayloadTooLargeError, ValidationError
 from toolkit.gateway.protowire import NameScanner
 
 if TYPE_CHECKING:
@@ -149,25 +147,6 @@ class BlockDecoder(hpack.Decoder):  # type: ignore[misc]
         else:
             self.cache.clear()
         return headers
-
-
-def decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """A compressed gRPC message (flag byte 1) in the call's ``grpc-encoding``, refused past ``limit`` bytes."""
-    if encoding == "gzip":
-        z = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        z = zlib.decompressobj()
-    else:
-        raise ValidationError(f"unsupported grpc-encoding {encoding!r}")
-    try:
-        out = z.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ValidationError(f"malformed compressed gRPC message: {exc}") from None
-    if len(out) > limit or z.unconsumed_tail:
-        raise PayloadTooLargeError(f"gRPC message inflates past the limit of {limit} bytes")
-    if not z.eof:
-        raise ValidationError("compressed gRPC message is truncated")
-    return out
 
 
 class Stream:

@@ -29,6 +29,7 @@ from typing import Any
 import hpack
 
 from toolkit.gateway import h2_frames as f
+from toolkit.gateway.bodies import inflate
 from toolkit.gateway.core import GatewayCore
 from toolkit.gateway.errors import (
     GatewayError,
@@ -40,7 +41,7 @@ from toolkit.gateway.errors import (
 )
 from toolkit.gateway.grpc_service import SCANNED, STREAM, method_of
 from toolkit.gateway.h2_policy import check_call, check_message
-from toolkit.gateway.protowire import NameScanner
+from toolkit.gateway.protowire import NameScanner, model_of
 
 log = logging.getLogger(__name__)
 _DEAD_LINGER_S = 0.5  # with Triton gone, a connection answers UNAVAILABLE this long, then GOAWAY and close
@@ -311,11 +312,14 @@ class H2Connection(asyncio.Protocol):
                         s.zbuf += chunk
                     else:
                         sc.feed(chunk)
-                if s.remaining == 0:  # the message is whole here: its name is final
-                    if s.compressed:
-                        sc.feed(f.decompress(bytes(s.zbuf), s.encoding, self.core.options.max_body_bytes))
-                        s.zbuf.clear()
-                    model: str | None = sc.finish()
+                pending = None
+                if s.remaining == 0 and s.compressed:  # inflated (bounded) in a thread, then read and admitted
+                    z, s.scanner = bytes(s.zbuf), None
+                    s.zbuf.clear()
+                    pending = self._inflate_and_check(s, z)
+                    model: str | None = None
+                elif s.remaining == 0:  # the message is whole here: its name is final
+                    model = sc.finish()
                     s.scanner = None
                 else:
                     model = None if s.compressed else sc.model
@@ -325,12 +329,12 @@ class H2Connection(asyncio.Protocol):
                         )
                 if undecided and model is not None:
                     pending = check_message(self.core, s, model)
-                    if pending is not None:
-                        s.checking = True
-                        s.unscanned += data[pos:]
-                        s.check = task = self._spawn(pending)
-                        task.add_done_callback(lambda t, s=s: self._checked(s, t))  # type: ignore[misc]
-                        return
+                if pending is not None:
+                    s.checking = True
+                    s.unscanned += data[pos:]
+                    s.check = task = self._spawn(pending)
+                    task.add_done_callback(lambda t, s=s: self._checked(s, t))  # type: ignore[misc]
+                    return
         except Exception as exc:
             self.refuse(s, to_gateway_error(exc))
             return
@@ -339,6 +343,13 @@ class H2Connection(asyncio.Protocol):
             self.up.fwd(b"".join(held))
             if s.messages and s.method != STREAM:
                 self._arm(s)
+
+    async def _inflate_and_check(self, s: f.Stream, data: bytes) -> None:
+        """A compressed message: inflated off the event loop (refused past the body limit), then admitted."""
+        body = await asyncio.to_thread(inflate, data, s.encoding, self.core.options.max_body_bytes)
+        pending = check_message(self.core, s, model_of(body))
+        if pending is not None:
+            await pending
 
     def _checked(self, s: f.Stream, task: asyncio.Task[None]) -> None:
         s.checking = False

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from toolkit.gateway.admission import KSERVE_ENDPOINT
+from toolkit.gateway.bodies import check_infer_request, header_length
 from toolkit.gateway.core import FWD_REQUEST, FWD_RESPONSE, GatewayCore, client_status
 from toolkit.gateway.errors import (
     GatewayError,
@@ -27,7 +28,7 @@ from toolkit.gateway.errors import (
     to_gateway_error,
 )
 from toolkit.gateway.h1 import H1Connection, Request, Response
-from toolkit.gateway.http_front import HttpFront, check_binary_header, error_for, kserve_error
+from toolkit.gateway.http_front import HttpFront, error_for, kserve_error
 from toolkit.gateway.upstream import RawHeaders
 from toolkit.names import check_model_name
 
@@ -154,12 +155,17 @@ class HttpDispatcher:
         try:
             check_model_name(model)  # the raw segment: a name that needs percent-encoding is no model name
             hm = req.hmap
-            ihcl = hm.get(b"inference-header-content-length")
-            check_binary_header(None if ihcl is None else ihcl.decode("latin-1"), req.body)
+            if b"content-encoding" in hm:
+                return False  # inflated by the handler, off the event loop
             principal = core.identify(req.method, req.raw_path, req.headers, req.body)
             ticket = core.admit_now(principal, KSERVE_ENDPOINT, model)
             if ticket is None:
                 return False  # cold (or unknown): the handler loads it, or says why not
+            try:  # what Triton must never see (bodies.py): refused before it is forwarded
+                check_infer_request(req.body, header_length(hm.get(b"inference-header-content-length"), req.body))
+            except Exception:
+                ticket.release()
+                raise
         except Exception as exc:
             err = to_gateway_error(exc)
             core.requests["kserve", err.status] += 1

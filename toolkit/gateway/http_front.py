@@ -6,13 +6,15 @@ header of intermediate responses, to feed one step's outputs to the next step as
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-from toolkit.gateway.admission import KSERVE_ENDPOINT, Use
+from toolkit.gateway.admission import KSERVE_ENDPOINT, Use, target_context
 from toolkit.gateway.auth import Principal
+from toolkit.gateway.bodies import check_infer_request, header_length, inflate
 from toolkit.gateway.core import Forwarded, GatewayCore, triton_message
 from toolkit.gateway.errors import (
     GatewayError,
@@ -81,18 +83,8 @@ def parse_sagemaker_content_type(ctype: str, body: bytes) -> dict[str, str]:
             size = v.strip()
     if size is None or not size.isdigit():
         raise ValidationError(f"{SAGEMAKER_BINARY} needs json-header-size=N (a non-negative integer)")
-    n = int(size)
-    if n == 0 or n > len(body):
-        raise ValidationError(f"json-header-size={n} does not fit a body of {len(body)} bytes")
+    n = header_length(size, body)
     return {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(n)}
-
-
-def check_binary_header(value: str | None, body: bytes) -> None:
-    """The binary tensor extension's JSON header length must be a number that fits the body."""
-    if value is None:
-        return
-    if not value.strip().isdigit() or not 0 < int(value) <= len(body):
-        raise ValidationError(f"Inference-Header-Content-Length {value!r} does not fit a body of {len(body)} bytes")
 
 
 def next_step_request(f: Forwarded) -> tuple[bytes, dict[str, str]]:
@@ -152,10 +144,15 @@ class HttpFront:
         self.core = core
 
     async def _body(self, request: Request) -> bytes:
+        """The request's body, inflated if it is compressed (bounded by the body limit, in a worker thread)."""
         limit = self.core.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
-        return await request.read()  # the connection layer has already refused a chunked body over the limit
+        body = await request.read()  # the connection layer has already refused a chunked body over the limit
+        encoding = request.headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            body = await asyncio.to_thread(inflate, body, encoding, limit)
+        return body
 
     def identify(self, request: Request, body: bytes) -> Principal:
         return self.core.identify(request.method, request.raw_path, request.headers, body)
@@ -172,12 +169,12 @@ class HttpFront:
             if request.method != want:
                 raise GatewayError(f"{request.path} takes {want}", status=405, code="ValidationError")
             body = await self._body(request) if action == "infer" else b""
-            if action == "infer":
-                check_binary_header(request.headers.get("Inference-Header-Content-Length"), body)
             core.require_up()
             principal = self.identify(request, body)
             path = request.raw_path
             if action == "infer":
+                core.authorize(principal, KSERVE_ENDPOINT, target_context(model))  # who may ask: 403 before 400
+                check_infer_request(body, header_length(request.headers.get("Inference-Header-Content-Length"), body))
                 ticket = await core.admit(principal, KSERVE_ENDPOINT, model)
                 try:
                     f = await core.forward_infer(model, body, request.headers, path)
@@ -253,7 +250,10 @@ class HttpFront:
                 h.get("X-Amzn-SageMaker-Target-Container-Hostname"),
                 h.get("X-Amzn-SageMaker-Target-Variant"),
             )
+            core.authorize(principal, name, route.context)  # who may ask: 403 before 400
             fwd = parse_sagemaker_content_type(h.get("Content-Type", ""), body)
+            ihcl = fwd.get("Inference-Header-Content-Length")
+            check_infer_request(body, None if ihcl is None else int(ihcl))
             extra = {param: h[header] for header, param in FORWARDED_HEADERS.items() if header in h}
             step = with_request_parameters(body, fwd, extra)  # a malformed body is refused before any load
             ticket = await core.admit(principal, name, route.chain, Use.INVOKE, route.context)
