@@ -20,7 +20,7 @@ import aiohttp
 
 from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
-from toolkit.server.launcher import TritonEndpoint
+from toolkit.server.endpoint import TritonEndpoint
 
 
 @runtime_checkable

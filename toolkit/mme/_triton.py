@@ -18,7 +18,7 @@ import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
 from toolkit.mme.errors import ManagerConfigError, ModelLoadError, TritonDownError
-from toolkit.server.launcher import TritonEndpoint
+from toolkit.server.endpoint import TritonEndpoint
 
 T = TypeVar("T")
 _UNREACHABLE = ("connection refused", "failed to connect", "cannot connect", "timed out", "connection reset")

@@ -37,7 +37,7 @@ from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.policies import EvictionPolicy, PolicyError, make_policy
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
 from toolkit.mme.stores import ArtifactStore
-from toolkit.server.launcher import TritonEndpoint
+from toolkit.server.endpoint import TritonEndpoint
 
 __all__ = ["DEFAULT_LOAD_TIMEOUT", "ModelManager", "ModelState", "State", "composing_models"]
 

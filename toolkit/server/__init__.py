@@ -1,7 +1,8 @@
 """Embedded Triton: locate the binary in nvidia-pytriton, launch, supervise, and talk to its admin APIs."""
 
 from toolkit.server.client import TritonAdmin, triton_errors
-from toolkit.server.launcher import EmbeddedTriton, ServerOptions, TritonEndpoint, free_port
+from toolkit.server.endpoint import TritonEndpoint
+from toolkit.server.launcher import EmbeddedTriton, ServerOptions, free_port
 from toolkit.server.locate import TritonInstall, locate_triton, prepare_backend_dir
 from toolkit.server.supervisor import Supervisor
 

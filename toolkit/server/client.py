@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from toolkit.errors import InferenceError, TritonUnavailableError
-from toolkit.server.launcher import TritonEndpoint
+from toolkit.server.endpoint import TritonEndpoint
 
 _UNREACHABLE = (
     "connection refused",
