@@ -33,5 +33,9 @@ class TritonUnavailableError(ServerError):
     """Triton is not answering (down, restarting, or the URL is wrong)."""
 
 
+class TritonTimeoutError(TritonctlError):
+    """Triton is there but did not answer a control-plane call in time (a long load, a wedged server)."""
+
+
 class InferenceError(TritonctlError):
     """Triton rejected a request (unknown model, wrong shape or dtype...); carries Triton's own message."""

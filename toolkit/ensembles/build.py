@@ -27,7 +27,7 @@ from toolkit.ensembles.types import (
     tensor_of,
 )
 from toolkit.repository.config import dtype_enum
-from toolkit.repository.generate import GeneratedModel
+from toolkit.repository.types import GeneratedModel
 from toolkit.spec.models import EnsembleSpec, Manifest, StepSpec
 
 __all__ = ["EnsembleError", "build_ensembles"]

@@ -12,20 +12,7 @@ from dataclasses import dataclass
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-Severity = str  # "error" | "warning"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem: the config file it is in, the field (a path inside the config), a message and a severity."""
-
-    file: str
-    field: str
-    message: str
-    severity: str = "error"
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.severity}: {self.field}: {self.message}"
+from toolkit.repository.types import Finding
 
 
 @dataclass(frozen=True)

@@ -3,24 +3,24 @@
 The gateway codes against ``ModelProvider`` (the subset of ``toolkit.mme.manager.ModelManager`` it calls).
 ``RepositoryModels`` is the manager-less mode: models come only from Triton's repository directory (or whatever an
 external Triton has), are loaded on first use through the repository API with single-flight, and are never evicted.
+It talks to Triton through the same client as the MME manager (``toolkit.server.client.AsyncTritonClient``) and maps
+its failures with the same rule (``model_error``), so both modes report one Triton answer the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import quote
 
-import aiohttp
-
-from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
+from toolkit.errors import InferenceError, TritonctlError
+from toolkit.mme.errors import LoadTimeoutError, ModelNotFoundError, model_error
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
-from toolkit.server.launcher import TritonEndpoint
+from toolkit.server.client import AsyncTritonClient, names_in_state
+from toolkit.server.endpoint import TritonEndpoint
 
 
 @runtime_checkable
@@ -71,27 +71,26 @@ class RepositoryModels:
         self.on_loaded = on_loaded
         self._resident: set[str] = set()
         self._loading: dict[str, asyncio.Task[None]] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._triton = AsyncTritonClient(endpoint, load_timeout)
         self._bg: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.load_timeout))
+        self._triton.open()
         await self._sync()
 
     async def _sync(self) -> None:
-        assert self._session is not None
         try:
-            async with self._session.post(f"{self.endpoint.http_url}/v2/repository/index", data=b"{}") as r:
-                index = json.loads(await r.read()) if r.status == 200 else []
-        except (aiohttp.ClientError, OSError, ValueError):
-            return
-        self._resident = {m["name"] for m in index if m.get("state") == "READY"}
+            index = await self._triton.index()
+        except InferenceError:
+            index = []  # Triton answered, but with an error: nothing is known to be resident
+        except TritonctlError:
+            return  # not there (or too slow): keep what is known; a restart syncs again
+        self._resident = names_in_state(index)
 
     async def close(self) -> None:
         for t in self._loading.values():
             t.cancel()
-        if self._session is not None:
-            await self._session.close()
+        await self._triton.close()
 
     def knows(self, name: str) -> bool:
         try:
@@ -112,19 +111,10 @@ class RepositoryModels:
         return _nothing if name in self._resident else None
 
     async def _load(self, name: str) -> None:
-        assert self._session is not None
-        url = f"{self.endpoint.http_url}/v2/repository/models/{quote(name, safe='')}/load"
         try:
-            async with self._session.post(url, data=b"{}") as r:
-                body = await r.read()
-                if r.status != 200:
-                    try:
-                        msg = json.loads(body).get("error", body.decode(errors="replace"))
-                    except ValueError:
-                        msg = body.decode(errors="replace")
-                    raise ModelLoadError(name, msg)
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise TritonDownError(name, f"Triton at {self.endpoint.http} is unreachable: {exc}") from None
+            await self._triton.load(name)
+        except TritonctlError as exc:
+            raise model_error(name, exc) from None
         self._resident.add(name)
         if self.on_loaded is not None:
             self.on_loaded(name)
@@ -155,14 +145,10 @@ class RepositoryModels:
         return _nothing
 
     async def unload(self, name: str) -> None:
-        assert self._session is not None
-        url = f"{self.endpoint.http_url}/v2/repository/models/{quote(name, safe='')}/unload"
         try:
-            async with self._session.post(url, data=b"{}") as r:
-                if r.status != 200:
-                    raise ModelLoadError(name, (await r.read()).decode(errors="replace"))
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise TritonDownError(name, f"Triton at {self.endpoint.http} is unreachable: {exc}") from None
+            await self._triton.unload(name)
+        except TritonctlError as exc:
+            raise model_error(name, exc) from None
         self._resident.discard(name)
 
     def metrics_text(self) -> str:

@@ -25,7 +25,7 @@ from toolkit.loadtest.payload import resolve_target
 from toolkit.loadtest.recorder import Recorder
 from toolkit.loadtest.scenario import LoadTestError, Scenario, Target
 from toolkit.loadtest.serverstats import diff_stats, mme_metrics, scrape, snapshot_stats
-from toolkit.server.launcher import TritonEndpoint
+from toolkit.server.endpoint import TritonEndpoint
 
 READY_TIMEOUT_S = 60.0  # workers import locust, gevent, tritonclient (~1 s each, more on a loaded machine)
 START_DELAY_S = 0.3  # between "all ready" and the common start

@@ -24,6 +24,7 @@ from toolkit.mme.errors import ModelLoadError, NoCapacityError
 from toolkit.mme.gpu import GpuMeter
 from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.policies import EvictionPolicy
+from toolkit.server.client import names_in_state
 
 log = logging.getLogger("toolkit.mme.manager")  # the public module's logger: existing log filters keep working
 UNLOAD_GIVE_UP_S = 60.0  # an unload Triton never confirms is treated as done after this long
@@ -195,7 +196,7 @@ class Evictor:
             while self._unloading:
                 try:
                     index = await self._triton.index()
-                    still = {m["name"] for m in index if m.get("state") in ("READY", "UNLOADING")}
+                    still = names_in_state(index, ("READY", "UNLOADING"))
                 except ModelLoadError:
                     still = set()  # Triton is gone: so are its models
                 now = time.monotonic()

@@ -57,3 +57,12 @@ class ModelPinnedError(TritonctlError):
 
 class ManagerConfigError(TritonctlError):
     """Invalid manager settings (negative budget, unknown policy, GPU fraction without a GPU...)."""
+
+
+def model_error(name: str, exc: TritonctlError) -> ModelLoadError:
+    """A failed repository call for ``name`` (``toolkit.server.client``) as the model's error, the one rule for the
+    manager and the gateway's manager-less mode: Triton not there -> ``TritonDownError`` (the gateway answers
+    unavailable); Triton refused or was too slow -> ``ModelLoadError`` carrying that message."""
+    if isinstance(exc, TritonUnavailableError):
+        return TritonDownError(name, str(exc))
+    return ModelLoadError(name, str(exc))

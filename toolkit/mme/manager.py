@@ -37,7 +37,8 @@ from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.policies import EvictionPolicy, PolicyError, make_policy
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
 from toolkit.mme.stores import ArtifactStore
-from toolkit.server.launcher import TritonEndpoint
+from toolkit.server.client import names_in_state
+from toolkit.server.endpoint import TritonEndpoint
 
 __all__ = ["DEFAULT_LOAD_TIMEOUT", "ModelManager", "ModelState", "State", "composing_models"]
 
@@ -243,7 +244,7 @@ class ModelManager:
         """Make the records match Triton's index (models loaded behind our back are adopted, vanished ones dropped);
         an operation in progress owns its entry, so it is left alone."""
         index = await self._triton.index()
-        ready = {m["name"] for m in index if m.get("state") == "READY"}
+        ready = names_in_state(index)
         for name in ready:
             e = self._res.entry(name)
             if e.state is not State.READY and e.future is None:

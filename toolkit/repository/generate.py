@@ -13,10 +13,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
+from toolkit.ensembles import build_ensembles
 from toolkit.errors import GenerateError
 from toolkit.repository.config import DEFAULT_MODEL_FILENAME, backend_for, build_config, render_config
+from toolkit.repository.types import GeneratedModel
 from toolkit.spec.models import Manifest, ModelSpec
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -24,15 +24,6 @@ ADAPTER_TEMPLATE = TEMPLATES / "adapter_model.py"
 MARKER = ".tritonctl"
 ADAPTED = {"onnx", "onnxruntime", "sklearn", "numpy", "torchscript", "pytorch_libtorch"}
 ADAPTER_FRAMEWORK = {"onnxruntime": "onnx", "pytorch_libtorch": "torchscript"}
-
-
-@dataclass
-class GeneratedModel:
-    """A model directory to write: its config plus files (relative path -> bytes, or a source file to copy)."""
-
-    name: str
-    config: mc.ModelConfig
-    files: dict[str, bytes | Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,8 +131,6 @@ def generated_models(manifest: Manifest, target: str = "embedded") -> list[Gener
     """Models and ensembles of a manifest, as directories to write (ensembles come from toolkit.ensembles)."""
     models = [model_files(m, target) for m in manifest.models]
     if manifest.ensembles:
-        from toolkit.ensembles import build_ensembles
-
         models.extend(build_ensembles(manifest, target))
     return models
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from toolkit.ensembles.dag import Finding
 from toolkit.errors import TritonctlError
 from toolkit.repository.config import parse_config
+from toolkit.repository.types import Finding
 from toolkit.repository.validate_rules import check_config, check_python_source
 
 __all__ = ["Finding", "RepositoryNotFoundError", "format_findings", "has_errors", "validate_repository"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from toolkit.ensembles.dag import Finding
+from toolkit.repository.types import Finding
 
 PYTHON_CLASS = "TritonPythonModel"
 

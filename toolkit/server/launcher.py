@@ -22,36 +22,14 @@ from pathlib import Path
 from types import TracebackType
 
 from toolkit.errors import ServerError
+from toolkit.server.endpoint import TritonEndpoint
 from toolkit.server.locate import locate_triton, prepare_backend_dir
 
+# TritonEndpoint lives in toolkit.server.endpoint; the name imported above keeps the old path working for the modules
+# still using it (gateway.core, gateway.server, the gateway benchmarks, tests/test_gateway_h2.py).
+__all__ = ["EmbeddedTriton", "ServerOptions", "TritonEndpoint", "free_port", "http_ok", "port_is_free"]
+
 DEFAULT_HOST = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class TritonEndpoint:
-    """Addresses of one Triton (embedded or external, e.g. the NGC container on a GPU host)."""
-
-    http: str  # host:port
-    grpc: str
-    metrics: str
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.http}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.metrics}/metrics"
-
-    @classmethod
-    def from_url(cls, url: str, grpc: str | None = None, metrics: str | None = None) -> TritonEndpoint:
-        """``http://host:8000`` -> the conventional 8001/8002 neighbours unless given."""
-        hostport = url.split("://", 1)[-1].rstrip("/")
-        host, _, port = hostport.rpartition(":")
-        if not host or not port.isdigit():
-            raise ServerError(f"bad Triton URL {url!r}: expected host:port or http://host:port")
-        p = int(port)
-        return cls(http=hostport, grpc=grpc or f"{host}:{p + 1}", metrics=metrics or f"{host}:{p + 2}")
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:

@@ -20,7 +20,8 @@ from typing import Literal
 
 from toolkit.errors import ServerError, TritonctlError
 from toolkit.server.client import TritonAdmin
-from toolkit.server.launcher import EmbeddedTriton, TritonEndpoint
+from toolkit.server.endpoint import TritonEndpoint
+from toolkit.server.launcher import EmbeddedTriton
 
 log = logging.getLogger(__name__)
 
