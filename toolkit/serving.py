@@ -97,7 +97,7 @@ def build_models(
 class Serving:
     """A running system from ``start``: addresses, the model manager, and ``stop()`` (also on leaving a ``with``).
 
-    ``url``/``grpc`` are the front door: the gateway's when it runs, else Triton's. ``triton`` is Triton's own
+    ``http``/``url``/``grpc`` are the front door: the gateway's when it runs, else Triton's. ``triton`` is Triton's own
     endpoint (loopback when behind the gateway), ``gateway`` the gateway's addresses (None without it), ``models``
     the manager the gateway serves through, ``work`` the work directory (generated repository, Triton's log).
     """
@@ -129,12 +129,17 @@ class Serving:
         self._stopped = False
 
     @property
+    def http(self) -> str:
+        """The front door's HTTP ``host:port`` (what ``tritonclient.http`` takes)."""
+        if self.gateway is not None:
+            return self.gateway.http
+        assert self.triton is not None, "not started"
+        return self.triton.http
+
+    @property
     def url(self) -> str:
         """The front door's HTTP URL (KServe v2, and the SageMaker runtime API when the gateway runs)."""
-        if self.gateway is not None:
-            return self.gateway.http_url
-        assert self.triton is not None, "not started"
-        return self.triton.http_url
+        return f"http://{self.http}"
 
     @property
     def grpc(self) -> str | None:
