@@ -201,8 +201,9 @@ class Serving:
     def stop(self, *, keep_work: bool = False) -> None:
         """Stop the gateway (draining requests in flight up to ``drain_s``), then Triton; idempotent.
 
-        The temporary work directory is removed unless ``keep_work`` (then it is named through ``echo``); a
-        ``workdir`` given in the config is never removed."""
+        The temporary work directory is removed, unless ``keep_work`` and Triton was launched: then its log is in
+        there to explain a failure, and the directory is kept and named through ``echo``. A ``workdir`` given in the
+        config is never removed."""
         with self._lock:
             if self._stopped:
                 return
@@ -214,7 +215,7 @@ class Serving:
             if self.supervisor is not None:
                 self.supervisor.stop()
             if self.config.workdir is None:
-                if keep_work:
+                if keep_work and self.supervisor is not None:
                     self._echo(f"work directory kept for inspection: {self.work}")
                 else:
                     shutil.rmtree(self.work, ignore_errors=True)
