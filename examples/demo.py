@@ -7,7 +7,6 @@ Everything goes through the gateway the way a user's code would: tritonclient (H
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -21,18 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _say(title: str) -> None:
     print(f"\n== {title}", flush=True)
-
-
-def _wait_ping(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"gateway at {url} not ready after {timeout:.0f} s")
 
 
 def _infer(client: Any, mod: Any, model: str, inputs: dict[str, np.ndarray], **kw: Any) -> Any:
@@ -178,11 +165,8 @@ def metrics_section(admin_url: str) -> None:
 def main(steps: Callable[..., None] | None = None) -> None:
     from examples.build import build_all
     from examples.mme import run_mme_demo
-    from toolkit.cli.serve import serve
-    from toolkit.repository.generate import generate_repository
-    from toolkit.repository.validate import format_findings, has_errors, validate_repository
-    from toolkit.server import free_port
-    from toolkit.spec import load_manifest
+    from toolkit import ServeConfig, generate_repository, load_manifest, start, validate_repository
+    from toolkit.repository.validate import format_findings, has_errors
 
     _say("Build the examples (sklearn load_digits + seeded housing generator; no downloads)")
     for name, path in sorted(build_all(ROOT / "examples" / "artifacts").items()):
@@ -195,39 +179,22 @@ def main(steps: Callable[..., None] | None = None) -> None:
     if has_errors(findings):
         raise SystemExit(1)
 
-    ports = {k: free_port() for k in ("gateway", "grpc", "admin")}
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run_server() -> None:
-        try:
-            serve(
-                ROOT / "model_repository",
-                manifest=ROOT / "tritonctl.yaml",
-                gateway_port=ports["gateway"],
-                gateway_grpc_port=ports["grpc"],
-                admin_port=ports["admin"],
-                stop_event=stop,
-                echo=lambda s: print("  " + s, flush=True),
-            )
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-
     _say("Start the embedded Triton behind the gateway")
-    thread = threading.Thread(target=run_server, name="tritonctl-serve")
-    thread.start()
-    http_url = f"http://127.0.0.1:{ports['gateway']}"
-    try:
-        _wait_ping(http_url)
-        kserve_section(f"127.0.0.1:{ports['gateway']}", f"127.0.0.1:{ports['grpc']}")
-        sagemaker_section(http_url)
-        metrics_section(f"http://127.0.0.1:{ports['admin']}")
-    finally:
-        stop.set()
-        thread.join(timeout=60)
-    if errors:
-        raise errors[0]
+    config = ServeConfig(
+        repository=ROOT / "model_repository",
+        manifest=ROOT / "tritonctl.yaml",
+        http_port=0,
+        grpc_port=0,
+        metrics_port=0,
+        gateway_port=0,
+        gateway_grpc_port=0,
+        admin_port=0,
+    )
+    with start(config, echo=lambda s: print("  " + s, flush=True)) as serving:  # returns once it serves
+        assert serving.gateway is not None and serving.gateway.grpc and serving.gateway.admin_url
+        kserve_section(serving.gateway.http, serving.gateway.grpc)
+        sagemaker_section(serving.url)
+        metrics_section(serving.gateway.admin_url)
     print("  stopped Triton and the gateway")
 
     _say("Multi-model endpoint over 50 city models: local store, then S3 (moto server), budget of 4 resident")

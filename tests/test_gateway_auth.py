@@ -30,6 +30,7 @@ from toolkit.gateway.auth import AuthConfig
 from toolkit.gateway.core import GatewayOptions
 from toolkit.gateway.errors import GatewayConfigError
 from toolkit.gateway.server import Gateway, GatewayAddresses, GatewayThread
+from toolkit.mme.manager import ModelManager
 from toolkit.server import EmbeddedTriton
 from toolkit.spec.models import Manifest
 
@@ -89,7 +90,8 @@ def secured(
     opts = GatewayOptions(
         http_port=0, grpc_port=0, endpoints=list(example_manifest.endpoints), auth=cfg, repository=example_repo
     )
-    runner = GatewayThread(Gateway(opts, triton.endpoint))
+    manager = ModelManager(triton.endpoint, repository=example_repo, load_timeout=opts.timeout_s)
+    runner = GatewayThread(Gateway(opts, triton.endpoint, models=manager))
     yield runner.start()
     runner.stop()
     mp.undo()

@@ -42,6 +42,11 @@ class GatewayAddresses:
 
 
 class Gateway:
+    """The front door over one Triton. ``models`` is the manager it serves through, chosen by the caller
+    (``toolkit.serving.build_models`` for ``tritonctl serve``): the gateway never decides which manager runs.
+    Without one it uses the plain ``RepositoryModels`` (load on first use, never evict) over
+    ``options.repository``, which is what a gateway in front of an already-populated Triton needs."""
+
     def __init__(
         self,
         options: GatewayOptions,
@@ -50,11 +55,7 @@ class Gateway:
         is_up: Callable[[], bool] | None = None,
     ) -> None:
         self.options = options
-        if models is None and options.repository is not None:
-            from toolkit.mme.manager import ModelManager
-
-            models = ModelManager(triton, repository=options.repository, load_timeout=options.timeout_s)
-        self.models = models or RepositoryModels(triton, None, load_timeout=options.timeout_s)
+        self.models = models or RepositoryModels(triton, options.repository, load_timeout=options.timeout_s)
         self.core = GatewayCore(options, triton, self.models, is_up)
         self.http = HttpFront(self.core)
         self.grpc: H2Front | None = None
