@@ -21,10 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from toolkit.gateway.auth import ANONYMOUS, INVOKE, Principal
-from toolkit.gateway.errors import AuthError, NotFoundError, ThrottlingError
+from toolkit.gateway.errors import AuthError, NotFoundError, ServiceUnavailableError, ThrottlingError
 
 if TYPE_CHECKING:
-    from toolkit.gateway.core import GatewayCore
+    from toolkit.ensembles.reach import ReachMap
+    from toolkit.gateway.models import ModelProvider
+    from toolkit.gateway.options import GatewayOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ class Ticket:
 
     __slots__ = ("_core", "_pins", "_slot")
 
-    def __init__(self, core: GatewayCore | None, pins: list[Callable[[], None]]) -> None:
+    def __init__(self, core: Admission | None, pins: list[Callable[[], None]]) -> None:
         self._core = core  # set while a concurrency slot is held
         self._pins = pins
         self._slot = core is not None
@@ -68,9 +70,34 @@ def target_context(model: str) -> dict[str, str]:
 
 
 class Admission:
-    """The admission rules over the core's auth config, limits and model provider (mixed into ``GatewayCore``)."""
+    """The admission rules over the auth config, limits and model provider (``GatewayCore`` is one)."""
 
-    def identify(self: GatewayCore, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Principal:
+    def __init__(
+        self,
+        options: GatewayOptions,
+        models: ModelProvider,
+        reach: ReachMap | None = None,
+        is_up: Callable[[], bool] | None = None,
+    ) -> None:
+        self.options = options
+        self.auth = options.auth
+        self.models = models
+        self.reach = reach  # what each model may call (ensembles.reach): authorized with it
+        self.inflight = 0  # requests holding a concurrency slot
+        self._is_up = is_up
+
+    def is_up(self) -> bool:
+        return self._is_up() if self._is_up is not None else True
+
+    def follow(self, is_up: Callable[[], bool]) -> None:
+        """Take Triton's health from a supervisor from now on (503 while it restarts)."""
+        self._is_up = is_up
+
+    def require_up(self) -> None:
+        if not self.is_up():
+            raise ServiceUnavailableError("Triton is restarting; retry shortly.")
+
+    def identify(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes) -> Principal:
         """The calling principal (anonymous when the gateway has no principals), or AuthError."""
         if not self.auth.enabled:
             return ANONYMOUS
@@ -82,12 +109,12 @@ class Admission:
             )
             raise
 
-    def authorize(self: GatewayCore, principal: Principal, endpoint: str, context: Mapping[str, str]) -> None:
+    def authorize(self, principal: Principal, endpoint: str, context: Mapping[str, str]) -> None:
         if self.auth.enabled:
             self.auth.authorize(principal, INVOKE, self.auth.endpoint_arn(endpoint), context)
 
     def authorize_reach(
-        self: GatewayCore, principal: Principal, endpoint: str, models: Sequence[str], context: Mapping[str, str]
+        self, principal: Principal, endpoint: str, models: Sequence[str], context: Mapping[str, str]
     ) -> None:
         """Every model these may call (ensemble steps, router targets: ``ensembles.reach``) is authorized as if
         called directly on the same endpoint, before Triton runs anything."""
@@ -98,13 +125,13 @@ class Admission:
             for m in self.reach.reached(model):
                 self.auth.authorize(principal, INVOKE, arn, {**context, "sagemaker:TargetModel": m}, via=model)
 
-    def _slot(self: GatewayCore) -> None:
+    def _slot(self) -> None:
         if self.inflight >= self.options.max_concurrency:
             raise ThrottlingError(f"Too many concurrent requests (limit {self.options.max_concurrency}); retry later.")
         self.inflight += 1
 
     def admit_now(
-        self: GatewayCore,
+        self,
         principal: Principal,
         endpoint: str,
         model: str,
@@ -134,7 +161,7 @@ class Admission:
         return Ticket(self, [pin])
 
     async def admit(
-        self: GatewayCore,
+        self,
         principal: Principal,
         endpoint: str,
         models: str | Sequence[str],

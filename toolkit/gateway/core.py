@@ -15,53 +15,31 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from toolkit.ensembles.reach import ReachMap
 from toolkit.gateway.admission import KSERVE_ENDPOINT, Admission
-from toolkit.gateway.auth import ADMIN, AuthConfig, Principal
+from toolkit.gateway.auth import ADMIN, Principal
 from toolkit.gateway.endpoints import EndpointRouter
 from toolkit.gateway.errors import (
     AccessDeniedError,
-    ServiceUnavailableError,
     UpstreamError,
     to_gateway_error,
 )
 from toolkit.gateway.models import ModelProvider
+from toolkit.gateway.options import GatewayOptions
 from toolkit.gateway.upstream import UpstreamPool
-from toolkit.server.launcher import TritonEndpoint
-from toolkit.spec.models import EndpointSpec
+from toolkit.server.endpoint import TritonEndpoint
 
 __all__ = ["KSERVE_ENDPOINT", "Forwarded", "GatewayCore", "GatewayOptions"]
 
 log = logging.getLogger(__name__)
-
-MiB = 1024 * 1024
 
 # The only headers that travel between client and Triton (the hot path in http_dispatch uses the same lists). A
 # compressed request is inflated by the gateway (bounded, off the event loop): Triton only ever sees plain bodies.
 FWD_REQUEST = ("Content-Type", "Inference-Header-Content-Length", "Accept-Encoding")
 FWD_RESPONSE = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
 _FWD_RESPONSE = tuple((h, h.lower()) for h in FWD_RESPONSE)
-
-
-@dataclass
-class GatewayOptions:
-    """Ports (0 = a free one, None = disabled) and limits. Defaults follow SageMaker's runtime limits."""
-
-    host: str = "127.0.0.1"
-    http_port: int = 8080
-    grpc_port: int | None = None
-    admin_port: int | None = None
-    max_body_bytes: int = 6 * MiB
-    timeout_s: float = 60.0
-    max_concurrency: int = 256
-    load_wait_s: float = 30.0  # longer than this waiting for a cold model -> 429 ModelNotReadyException
-    drain_s: float = 10.0  # on stop, requests already received get this long to be answered
-    endpoints: list[EndpointSpec] = field(default_factory=list)
-    auth: AuthConfig = field(default_factory=AuthConfig)
-    repository: Path | None = None
 
 
 @dataclass
@@ -100,16 +78,11 @@ class GatewayCore(Admission):
         models: ModelProvider,
         is_up: Callable[[], bool] | None = None,
     ) -> None:
-        self.options = options
+        repository = getattr(models, "repository", None)  # where the configs of what Triton runs are
+        super().__init__(options, models, ReachMap(repository) if repository is not None else None, is_up)
         self.triton = triton
         self.base = triton.http_url
-        self.models = models
-        self.auth = options.auth
         self.router = EndpointRouter(options.endpoints, models.knows)
-        repository = getattr(models, "repository", None)  # where the configs of what Triton runs are
-        self.reach = ReachMap(repository) if repository is not None else None
-        self._is_up = is_up
-        self.inflight = 0
         self.hot_path = 0  # warm KServe infers answered with callbacks only (http_dispatch): a check for operators
         self.requests: Counter[tuple[str, int]] = Counter()
         self.upstream: UpstreamPool | None = None
@@ -123,17 +96,6 @@ class GatewayCore(Admission):
         await self.models.close()
         if self.upstream is not None:
             await self.upstream.close()
-
-    def is_up(self) -> bool:
-        return self._is_up() if self._is_up is not None else True
-
-    def follow(self, is_up: Callable[[], bool]) -> None:
-        """Take Triton's health from a supervisor from now on (503 while it restarts)."""
-        self._is_up = is_up
-
-    def require_up(self) -> None:
-        if not self.is_up():
-            raise ServiceUnavailableError("Triton is restarting; retry shortly.")
 
     # -- admin scope -------------------------------------------------------------------------------------------------
     def check_admin(self, principal: Principal) -> None:

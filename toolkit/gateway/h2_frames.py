@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import hpack
@@ -25,7 +25,6 @@ from toolkit.gateway.protowire import NameScanner
 if TYPE_CHECKING:
     from toolkit.gateway.admission import Ticket
     from toolkit.gateway.auth import Principal
-    from toolkit.gateway.h2_front import H2Connection
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
@@ -228,10 +227,23 @@ class FrameWriter:
             self.pending.clear()
 
 
+class Forwarder(Protocol):
+    """What ``TritonReader`` needs of the client-side connection (``h2_front.H2Connection``)."""
+
+    down: FrameWriter
+    up: FrameWriter
+    streams: dict[int, Stream]
+    decoder: BlockDecoder
+
+    def end(self, s: Stream) -> None: ...
+
+    def upstream_gone(self, clean: bool, why: str) -> None: ...
+
+
 class TritonReader(asyncio.Protocol):
     """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped."""
 
-    def __init__(self, conn: H2Connection) -> None:
+    def __init__(self, conn: Forwarder) -> None:
         self.conn = conn
         self.buf = b""
 

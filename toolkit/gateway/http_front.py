@@ -81,7 +81,7 @@ def parse_sagemaker_content_type(ctype: str, body: bytes) -> dict[str, str]:
         k, _, v = p.partition("=")
         if k.strip().lower() == "json-header-size":
             size = v.strip()
-    if size is None or not size.isdigit():
+    if size is None or not (size.isascii() and size.isdigit()):
         raise ValidationError(f"{SAGEMAKER_BINARY} needs json-header-size=N (a non-negative integer)")
     n = header_length(size, body)
     return {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(n)}

@@ -20,7 +20,7 @@ from toolkit.gateway.h2_front import H2Front
 from toolkit.gateway.http_dispatch import HttpDispatcher
 from toolkit.gateway.http_front import HttpFront
 from toolkit.gateway.models import ModelProvider, RepositoryModels
-from toolkit.server.launcher import TritonEndpoint
+from toolkit.server.endpoint import TritonEndpoint
 from toolkit.server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
