@@ -446,3 +446,120 @@ def test_raw_frames_padding_priority_continuation_and_hpack_in_step(h2: H2Stack)
                 assert np.array_equal(np.frombuffer(resp.raw_output_contents[0], np.float32), x * 2)
             else:
                 assert "carol" in headers.get("grpc-message", "") and model in headers["grpc-message"] and not data
+
+
+# -- hostile connections: zero windows, floods, oversize frames, connection caps, idle connections ------------------
+@pytest.fixture(scope="module")
+def tight(h2: H2Stack) -> Iterator[GatewayAddresses]:
+    """A second gateway over the same Triton with small limits."""
+    opts = GatewayOptions(
+        http_port=0, grpc_port=0, max_concurrency=4, max_connections_per_client=6, grpc_idle_s=1.0,
+        grpc_head_timeout_s=1.0, timeout_s=30.0,
+    )  # fmt: skip
+    runner = GatewayThread(Gateway(opts, h2.triton.endpoint, models=RepositoryModels(h2.triton.endpoint, None)))
+    try:
+        yield runner.start()
+    finally:
+        runner.stop()
+
+
+def _h2_socket(addr: str, settings: bytes = b"") -> Any:
+    import socket
+
+    host, port = addr.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings))
+    return sock
+
+
+def _closed_within(sock: Any, seconds: float) -> bool:
+    """True when the gateway closes the connection (EOF or reset) within ``seconds``; frames it sends are read."""
+    sock.settimeout(seconds)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except OSError:  # timeout
+        return False
+    return False
+
+
+def test_zero_window_client_cannot_starve_the_concurrency_limit(tight: GatewayAddresses) -> None:
+    """Twice max_concurrency calls on a connection that never lets an answer through (initial window 0): each
+    call's slot ends when Triton's answer starts, so another client is served at once instead of 429."""
+    import hpack
+    from tritonclient.grpc import service_pb2
+
+    sock = _h2_socket(tight.grpc or "", (4).to_bytes(2, "big") + (0).to_bytes(4, "big"))  # INITIAL_WINDOW_SIZE 0
+    enc = hpack.Encoder()
+    req = service_pb2.ModelInferRequest(model_name="echo")
+    t = req.inputs.add(name="IN", datatype="FP32")
+    t.shape.append(4)
+    req.raw_input_contents.append(np.ones(4, np.float32).tobytes())
+    body = req.SerializeToString()
+    msg = b"\0" + len(body).to_bytes(4, "big") + body
+    hdrs = [(":method", "POST"), (":scheme", "http"), (":path", "/inference.GRPCInferenceService/ModelInfer"),
+            (":authority", "gw"), ("te", "trailers"), ("content-type", "application/grpc")]  # fmt: skip
+    for k in range(8):
+        sid = 1 + 2 * k
+        sock.sendall(_frame(1, 0x4, sid, enc.encode(hdrs)) + _frame(0, 0x1, sid, msg))
+    c = grpcclient.InferenceServerClient(tight.grpc or "")
+    x = np.arange(3, dtype=np.float32)
+    deadline = time.monotonic() + 10
+    while True:  # the 8 stalled calls are answered by Triton in a moment; their slots come back with the answers
+        try:
+            np.testing.assert_array_equal(c.infer("echo", [_input(x)]).as_numpy("OUT"), x * 2)
+            break
+        except InferenceServerException as exc:
+            assert "RESOURCE_EXHAUSTED" in str(exc.status()), exc
+            assert time.monotonic() < deadline, "the stalled connection still holds every slot"
+            time.sleep(0.1)
+    for _ in range(6):  # and keeps being served while the stalled connection stays open
+        np.testing.assert_array_equal(c.infer("echo", [_input(x)]).as_numpy("OUT"), x * 2)
+    c.close()
+    sock.close()
+
+
+def test_continuation_flood_and_oversize_frames_close_the_connection(tight: GatewayAddresses) -> None:
+    import hpack
+
+    sock = _h2_socket(tight.grpc or "")
+    block = hpack.Encoder().encode([(":method", "POST"), (":path", "/inference.GRPCInferenceService/ModelInfer")])
+    sock.sendall(_frame(1, 0, 1, block))  # HEADERS without END_HEADERS, then CONTINUATION past 64 KiB
+    closed = False
+    try:
+        for _ in range(40):
+            sock.sendall(_frame(9, 0, 1, b"\x00" * 16000))
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    assert closed or _closed_within(sock, 5)
+    sock.close()
+    sock = _h2_socket(tight.grpc or "")
+    sock.sendall((16 * MiB - 1).to_bytes(3, "big") + bytes((0, 0)) + (1).to_bytes(4, "big"))  # a 16 MiB DATA header
+    assert _closed_within(sock, 5)  # refused from its 9-byte header, before any payload is buffered
+    sock.close()
+    c = grpcclient.InferenceServerClient(tight.grpc or "")
+    assert c.is_server_live()
+    c.close()
+
+
+def test_connection_caps_and_idle_connections(tight: GatewayAddresses) -> None:
+    socks = [_h2_socket(tight.grpc or "") for _ in range(6)]  # the per-client cap
+    extra = _h2_socket(tight.grpc or "")
+    assert _closed_within(extra, 3), "a connection over the per-client cap stayed open"
+    extra.close()
+    for s in socks:  # idle (no call open): GOAWAY and closed after grpc_idle_s
+        assert _closed_within(s, 5), "an idle connection stayed open"
+        s.close()
+    import socket
+
+    host, port = (tight.grpc or "").rsplit(":", 1)
+    silent = socket.create_connection((host, int(port)), timeout=10)
+    assert _closed_within(silent, 5), "a connection that never sent the preface stayed open"
+    silent.close()
+    c = grpcclient.InferenceServerClient(tight.grpc or "")  # caps freed: a new client is served
+    assert c.is_server_live()
+    c.close()

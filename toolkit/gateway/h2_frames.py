@@ -30,7 +30,10 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, CANCEL = 0x0, 0x1, 0x8
-SETTINGS_HEADER_TABLE_SIZE = 0x1
+SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x5
+DEFAULT_MAX_FRAME = 16384  # RFC 7540: what a peer may send until the other side's SETTINGS raise it
+MAX_HEADER_BLOCK = 64 * 1024  # a client header block (HEADERS + CONTINUATION) larger than this closes the connection
+FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0x6, 0xB
 MAX_HEAD = 64 * 1024  # bytes of a message read before its model name must be known (compressed: the whole message)
 _HEAD = struct.Struct(">I")
 
@@ -114,11 +117,11 @@ def data_payload(flags: int, payload: bytes) -> bytes:
     return payload
 
 
-def settings_table_size(payload: bytes) -> int | None:
-    """SETTINGS_HEADER_TABLE_SIZE of a SETTINGS frame, if it carries one (the last one wins)."""
+def settings_value(payload: bytes, ident: int) -> int | None:
+    """One setting of a SETTINGS frame's payload, if it carries it (the last one wins)."""
     found = None
     for i in range(0, len(payload) - 5, 6):
-        if int.from_bytes(payload[i : i + 2], "big") == SETTINGS_HEADER_TABLE_SIZE:
+        if int.from_bytes(payload[i : i + 2], "big") == ident:
             found = int.from_bytes(payload[i + 2 : i + 6], "big")
     return found
 
@@ -234,6 +237,7 @@ class Forwarder(Protocol):
     up: FrameWriter
     streams: dict[int, Stream]
     decoder: BlockDecoder
+    max_frame: int
 
     def end(self, s: Stream) -> None: ...
 
@@ -263,6 +267,7 @@ class TritonReader(asyncio.Protocol):
         buf = self.buf + data if self.buf else data
         n, i, start, in_block = len(buf), 0, 0, out.in_block
         ended: list[int] = []
+        answered: list[Stream] = []  # unary calls whose answer has begun: Triton's work for them is done
         while n - i >= 9:
             end = i + 9 + int.from_bytes(buf[i : i + 3], "big")
             if end > n:
@@ -281,14 +286,19 @@ class TritonReader(asyncio.Protocol):
                     in_block = not flags & END_HEADERS
                     if s is not None:
                         s.headers_sent = True
+                        if s.ticket is not None and s.method == "ModelInfer":
+                            answered.append(s)
             elif t == CONTINUATION:
                 in_block = not flags & END_HEADERS
             elif t == RST_STREAM:
                 ended.append(sid)
             elif t == SETTINGS and not flags & ACK:
-                size = settings_table_size(buf[i + 9 : end])
+                size = settings_value(buf[i + 9 : end], SETTINGS_HEADER_TABLE_SIZE)
                 if size is not None:
                     c.decoder.max_allowed_table_size = size
+                frame_max = settings_value(buf[i + 9 : end], SETTINGS_MAX_FRAME_SIZE)
+                if frame_max is not None:
+                    c.max_frame = frame_max  # what Triton lets the client send: larger frames close the connection
             i = end
             if not in_block and out.held:
                 out.fwd(buf[start:i])
@@ -303,6 +313,10 @@ class TritonReader(asyncio.Protocol):
             out.ready = True
             out.unblock()
         self.buf = buf[i:]
+        for a in answered:  # the slot and pin end when the answer starts: a client that never reads it (a zero
+            if a.ticket is not None:  # flow-control window) cannot hold Triton's concurrency until the timeout
+                ticket, a.ticket = a.ticket, None
+                ticket.release()
         for sid in ended:  # bookkeeping after the answer is on its way
             s = c.streams.get(sid)
             if s is not None and not s.done:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import hpack
 
@@ -47,10 +47,23 @@ log = logging.getLogger(__name__)
 _DEAD_LINGER_S = 0.5  # with Triton gone, a connection answers UNAVAILABLE this long, then GOAWAY and close
 
 
+class Port(Protocol):
+    """What a connection needs of the gRPC port it was accepted on (``h2_port.H2Front``)."""
+
+    core: GatewayCore
+    upstream: tuple[str, int]
+
+    def admit_connection(self, c: H2Connection) -> str | None: ...
+
+    def forget(self, c: H2Connection) -> None: ...
+
+    def loop_time(self) -> float: ...
+
+
 class H2Connection(asyncio.Protocol):
     """Client -> Triton for one client connection: the policy runs here."""
 
-    def __init__(self, front: H2Front) -> None:
+    def __init__(self, front: Port) -> None:
         self.front = front
         self.core = front.core
         self.decoder = f.BlockDecoder()
@@ -66,11 +79,21 @@ class H2Connection(asyncio.Protocol):
         self.dead: str | None = None  # why Triton is gone: streams are answered UNAVAILABLE
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
+        self.max_frame = f.DEFAULT_MAX_FRAME  # raised only by Triton's SETTINGS (TritonReader)
+        self.peer = ""
+        self.last_active = self.opened = asyncio.get_running_loop().time()
 
     # -- connection --------------------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.down.t = transport  # type: ignore[assignment]
-        self.front.conns.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        refusal = self.front.admit_connection(self)
+        if refusal is not None:  # over a connection cap: closed before any connection to Triton is made
+            log.warning("gRPC connection from %s refused: %s", self.peer or "?", refusal)
+            self.closed = True
+            transport.close()
+            return
         self._spawn(self._connect())
 
     async def _connect(self) -> None:
@@ -87,7 +110,7 @@ class H2Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.front.conns.discard(self)
+        self.front.forget(self)
         for s in self.streams.values():
             self.end(s)
         self.streams.clear()
@@ -139,6 +162,7 @@ class H2Connection(asyncio.Protocol):
 
     # -- client frames -----------------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.last_active = self.front.loop_time()
         self.up.cork()
         self.down.cork()
         try:
@@ -164,7 +188,10 @@ class H2Connection(asyncio.Protocol):
         streams, up = self.streams, self.up
         try:
             while n - i >= 9:
-                end = i + 9 + int.from_bytes(buf[i : i + 3], "big")
+                length = int.from_bytes(buf[i : i + 3], "big")
+                if length > self.max_frame:  # checked before its payload is buffered
+                    raise ValueError(f"a frame of {length} bytes exceeds the peer's maximum of {self.max_frame}")
+                end = i + 9 + length
                 if end > n:
                     break
                 t = buf[i + 3]
@@ -207,6 +234,8 @@ class H2Connection(asyncio.Protocol):
             self.block = (sid, flags, bytearray(frag))
         elif t == f.CONTINUATION and self.block is not None:
             self.block[2].extend(raw[9:])
+            if len(self.block[2]) > f.MAX_HEADER_BLOCK:  # a CONTINUATION flood: nothing is buffered past this
+                raise ValueError(f"a header block larger than {f.MAX_HEADER_BLOCK} bytes")
         else:
             return
         self.up.in_block = not flags & f.END_HEADERS
@@ -403,47 +432,3 @@ class H2Connection(asyncio.Protocol):
         if s.ticket is not None:
             ticket, s.ticket = s.ticket, None
             ticket.release()
-
-
-class H2Front:
-    """The gRPC port: a plain TCP server whose connections are ``H2Connection`` frame forwarders."""
-
-    def __init__(self, core: GatewayCore) -> None:
-        self.core = core
-        host, _, port = core.triton.grpc.rpartition(":")
-        self.upstream = (host, int(port))
-        self.server: asyncio.base_events.Server | None = None
-        self.conns: set[H2Connection] = set()
-
-    async def start(self, host: str, port: int) -> int:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: H2Connection(self), host, port)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    def stop_accepting(self) -> None:
-        """Drain, step one: no new connections; GOAWAY tells each client to open no more streams on its connection."""
-        if self.server is not None:
-            self.server.close()
-        for c in list(self.conns):
-            if not c.closed and c.dead is None:
-                c.down.inject(f.goaway(min(c.last_sid, c.goaway_sid)))
-
-    @property
-    def pending(self) -> int:
-        """Calls not answered yet (streams Triton has not ended) and tasks still running, over all connections."""
-        return sum(len(c.streams) + len(c.tasks) for c in self.conns)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        tasks = [t for c in self.conns for t in c.tasks]
-        for c in list(self.conns):
-            if c.down.t is not None:
-                with contextlib.suppress(Exception):
-                    c.down.t.close()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2.0)

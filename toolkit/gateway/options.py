@@ -31,3 +31,7 @@ class GatewayOptions:
     endpoints: list[EndpointSpec] = field(default_factory=list)
     auth: AuthConfig = field(default_factory=AuthConfig)
     repository: Path | None = None
+    max_connections: int = 4096  # open client connections per port (gRPC: each also holds one to Triton)
+    max_connections_per_client: int = 512  # per peer address (every local client shares 127.0.0.1)
+    grpc_idle_s: float = 300.0  # a gRPC connection with no call open this long gets GOAWAY and is closed
+    grpc_head_timeout_s: float = 10.0  # a gRPC connection must send the HTTP/2 preface within this

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from toolkit.errors import ServerError
 from toolkit.gateway.core import GatewayCore, GatewayOptions
 from toolkit.gateway.h1 import H1Server
-from toolkit.gateway.h2_front import H2Front
+from toolkit.gateway.h2_port import H2Front
 from toolkit.gateway.http_dispatch import HttpDispatcher
 from toolkit.gateway.http_front import HttpFront
 from toolkit.gateway.models import ModelProvider, RepositoryModels
