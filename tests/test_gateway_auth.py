@@ -65,6 +65,10 @@ principals:
          Condition: {StringLike: {"sagemaker:TargetModel": "housing_Houston*"}}}
       - {Effect: Deny, Action: invoke, Resource: "*",
          Condition: {StringEquals: {"sagemaker:TargetModel": "/housing_LosAngeles_CA.tar.gz"}}}
+  - name: scraper
+    api_keys: [scraper-key]
+    policy:
+      - {Effect: Allow, Action: metrics}
   - name: dave
     api_keys: [dave-key-7]
     policy:
@@ -340,3 +344,41 @@ def test_statistics_of_every_model_need_an_invoke_allow(secured: GatewayAddresse
 
     assert get("bob-key-42") == 200  # Allow invoke on *
     assert get("dave-key-7") == 403  # authenticated, but allowed only the housing endpoint
+
+
+def _get(url: str, key: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"x-api-key": key} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_operator_endpoints_need_credentials_and_stats_hide_denied_models(secured: GatewayAddresses) -> None:
+    """With principals: /metrics needs an Allow on metrics (or admin), /v2 any credentials, readiness none; the
+    statistics of every model leave out the models the caller may not invoke, over HTTP and gRPC."""
+    base = secured.http_url
+    assert _get(f"{base}/metrics")[0] == 403
+    assert _get(f"{base}/metrics", "dave-key-7")[0] == 403  # invoke only
+    assert _get(f"{base}/metrics", "scraper-key")[0] == 200
+    status, text = _get(f"{base}/metrics", "bob-key-42")  # admin implies metrics
+    assert status == 200 and b"tritonctl_gateway_requests_total" in text
+    assert _get(f"{base}/v2")[0] == 403 and _get(f"{base}/v2", "dave-key-7")[0] == 200
+    assert _get(f"{base}/v2/health/ready")[0] == 200 and _get(f"{base}/v2/health/live")[0] == 200
+    c = httpclient.InferenceServerClient(secured.http, connection_timeout=30, network_timeout=30)
+    for m in ("housing_Houston_TX", "housing_Chicago_IL"):  # loaded, so Triton has their statistics
+        c.load_model(m, headers={"x-api-key": "bob-key-42"})
+    c.close()
+    names = lambda key: {m["name"] for m in json.loads(_get(f"{base}/v2/models/stats", key)[1])["model_stats"]}  # noqa: E731
+    assert "housing_Houston_TX" in names("bob-key-42")
+    seen = names("limited-key")
+    assert "housing_Houston_TX" not in seen and seen  # the rest stays visible
+    g = grpcclient.InferenceServerClient(secured.grpc or "")
+    with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+        g.get_inference_statistics(headers={"x-api-key": "limited-key"})  # every model's: operators only
+    assert g.get_inference_statistics(headers={"x-api-key": "bob-key-42"}).model_stats
+    assert g.get_inference_statistics("housing_Chicago_IL", headers={"x-api-key": "limited-key"}) is not None
+    with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+        g.get_inference_statistics("housing_Houston_TX", headers={"x-api-key": "limited-key"})
+    g.close()

@@ -112,3 +112,19 @@ def test_header_length_is_an_int_that_fits(value: str, size: int) -> None:
 def test_shape_claims_beyond_one_value_are_refused(shape: list[object]) -> None:
     with pytest.raises(ValidationError):
         check_infer_request(body(shape, [1.0]), None)
+
+
+def test_load_failures_tell_clients_no_paths_nor_tracebacks() -> None:
+    from toolkit.gateway.errors import ModelError, to_gateway_error
+    from toolkit.mme.errors import ModelLoadError
+
+    reason = (
+        "failed to load 'm', failed to poll from model repository: /tmp/tritonctl-serve-x1/repo/m/1/model.py: "
+        'No such file\nTraceback (most recent call last):\n  File "/usr/lib/python3/x.py", line 3, in f'
+    )
+    err = to_gateway_error(ModelLoadError("m", reason))
+    assert isinstance(err, ModelError) and "/tmp" not in err.message and "Traceback" not in err.message
+    assert (
+        err.message
+        == "Model m failed to load: failed to load 'm', failed to poll from model repository: <path>: No such file"
+    )

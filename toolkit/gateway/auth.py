@@ -33,7 +33,8 @@ from toolkit.names import strip_target
 
 INVOKE = "sagemaker:InvokeEndpoint"
 ADMIN = "tritonctl:Admin"
-_ACTION_ALIASES = {"invoke": INVOKE, "admin": ADMIN}
+METRICS = "tritonctl:GetMetrics"  # read /metrics and the admin port's /models (admin implies it)
+_ACTION_ALIASES = {"invoke": INVOKE, "admin": ADMIN, "metrics": METRICS}
 _OPERATORS = ("StringLike", "StringNotLike", "StringEquals", "StringNotEquals")
 TARGET_MODEL_KEY = "sagemaker:targetmodel"
 MAX_CLOCK_SKEW_S = 300

@@ -98,13 +98,14 @@ class GatewayCore(Admission):
             await self.upstream.close()
 
     # -- admin scope -------------------------------------------------------------------------------------------------
-    def check_admin(self, principal: Principal) -> None:
-        """Admin needs an explicit Allow: with no principals the repository API lives only on the admin port."""
+    def check_admin(self, principal: Principal, action: str = ADMIN) -> None:
+        """Admin (or, with ``action``, a narrower operator right such as METRICS, which admin implies) needs an
+        explicit Allow: with no principals the repository API lives only on the admin port."""
         a = self.auth
-        if not (a.enabled and a.has_policies and a.allowed(principal, ADMIN, a.admin_arn(), {})):
-            raise AccessDeniedError(
-                f"User: {principal.name} is not authorized to perform: {ADMIN} on resource: {a.admin_arn()}"
-            )
+        arn = a.admin_arn()
+        ok = a.enabled and a.has_policies and any(a.allowed(principal, x, arn, {}) for x in {ADMIN, action})
+        if not ok:
+            raise AccessDeniedError(f"User: {principal.name} is not authorized to perform: {action} on resource: {arn}")
 
     # -- forwarding ----------------------------------------------------------------------------------------------------
     async def forward(self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]) -> Forwarded:

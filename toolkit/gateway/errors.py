@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from toolkit.errors import TritonctlError, TritonUnavailableError
 from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
@@ -131,6 +132,16 @@ class StoppingError(UpstreamError):
         super().__init__("the gateway is stopping")
 
 
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s'\"/:,;)]+){2,}/?")
+
+
+def public_reason(reason: str) -> str:
+    """What a client may read of a failure: its first line, with file system paths replaced (no server layout, no
+    traceback); the operator's log keeps the whole text."""
+    first = next((line.strip() for line in reason.splitlines() if line.strip()), "unknown error")
+    return _PATH.sub("<path>", first)[:300]
+
+
 def to_gateway_error(exc: BaseException, *, sagemaker: bool = False, timeout_s: float | None = None) -> GatewayError:
     """Every failure below the gateway becomes one typed, client-facing error."""
     if isinstance(exc, GatewayError):
@@ -145,8 +156,9 @@ def to_gateway_error(exc: BaseException, *, sagemaker: bool = False, timeout_s: 
         return ServiceUnavailableError("The gateway is stopping; retry.")
     if isinstance(exc, (TritonDownError, TritonUnavailableError)):
         return ServiceUnavailableError(str(exc))
-    if isinstance(exc, ModelLoadError):
-        return ModelError(f"Model {exc.model} failed to load: {exc.reason}", original_status=500)
+    if isinstance(exc, ModelLoadError):  # the whole reason (paths, tracebacks) is for the operator's log only
+        log.warning("model %s failed to load: %s", exc.model, exc.reason)
+        return ModelError(f"Model {exc.model} failed to load: {public_reason(exc.reason)}", original_status=500)
     if isinstance(exc, asyncio.TimeoutError):
         within = f"{timeout_s:g} s" if timeout_s is not None else "the request timeout"
         return TimeoutError_(f"Triton did not answer within {within}")

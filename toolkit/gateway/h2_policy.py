@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from toolkit.gateway import h2_frames as f
 from toolkit.gateway.admission import KSERVE_ENDPOINT, Use
+from toolkit.gateway.auth import METRICS
 from toolkit.gateway.core import GatewayCore
 from toolkit.gateway.errors import ServiceUnavailableError
 from toolkit.gateway.grpc_service import ADMIN_METHODS, KNOWN, LOADING_METHODS, REFUSED, STREAM, UnimplementedError
@@ -39,6 +40,8 @@ def check_call(core: GatewayCore, s: f.Stream, path: str, headers: list[tuple[st
 
 def check_message(core: GatewayCore, s: f.Stream, model: str) -> Coroutine[Any, Any, None] | None:
     """Admission for one message's model; None when decided synchronously (the warm path), else what to await."""
+    if not model and s.method == "ModelStatistics" and core.auth.enabled:
+        core.check_admin(s.principal, METRICS)  # every model's statistics, denied ones included: operators only
     use = USE.get(s.method, Use.LOOK)
     ticket = core.admit_now(s.principal, KSERVE_ENDPOINT, model, use)
     if ticket is not None:

@@ -12,8 +12,10 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
+import orjson
+
 from toolkit.gateway.admission import KSERVE_ENDPOINT, Use, target_context
-from toolkit.gateway.auth import Principal
+from toolkit.gateway.auth import INVOKE, METRICS, Principal
 from toolkit.gateway.bodies import check_infer_request, header_length, inflate
 from toolkit.gateway.core import Forwarded, GatewayCore, triton_message
 from toolkit.gateway.errors import (
@@ -124,8 +126,8 @@ def with_request_parameters(body: bytes, fwd: dict[str, str], params: dict[str, 
         return body, fwd
     n = int(fwd.get("Inference-Header-Content-Length") or len(body))
     try:
-        header = json.loads(body[:n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = orjson.loads(body[:n])
+    except orjson.JSONDecodeError as exc:
         raise ValidationError(f"the request body is not KServe v2 JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ValidationError("the request body must be a KServe v2 JSON object")
@@ -133,7 +135,7 @@ def with_request_parameters(body: bytes, fwd: dict[str, str], params: dict[str, 
     if not isinstance(existing, dict):
         raise ValidationError('the request\'s "parameters" must be a JSON object')
     header["parameters"] = {**existing, **params}
-    head = json.dumps(header).encode()
+    head = orjson.dumps(header)
     if "Inference-Header-Content-Length" in fwd:
         return head + body[n:], {**fwd, "Inference-Header-Content-Length": str(len(head))}
     return head, fwd
@@ -203,16 +205,31 @@ class HttpFront:
             if request.method != "GET":
                 raise GatewayError(f"{path} takes GET", status=405, code="ValidationError")
             core.require_up()
-            if path == "/v2/models/stats" and core.auth.enabled:  # every model's statistics: as gRPC, an invoke
-                principal = self.identify(request, b"")  # authorization with no particular TargetModel
+            # /v2 and the statistics are for callers with credentials; readiness stays open (load balancers probe it)
+            principal = self.identify(request, b"") if path != "/v2/health/ready" else None
+            if path == "/v2/models/stats" and principal is not None:  # as gRPC: an invoke Allow on the endpoint
                 core.authorize(principal, KSERVE_ENDPOINT, {"sagemaker:TargetModel": ""})
             f = await core.forward("GET", request.raw_path, None, request.headers)
+            if path == "/v2/models/stats" and principal is not None and core.auth.enabled and f.status == 200:
+                f.body = self._visible_stats(principal, f.body)
         except Exception as exc:
             err = to_gateway_error(exc)
             if path == "/v2/health/ready":
                 return Response(status=err.status)
             return kserve_error(err)
         return _reply(f)
+
+    def _visible_stats(self, principal: Principal, body: bytes) -> bytes:
+        """Every model's statistics, less the models this principal may not invoke (their names are not told)."""
+        core = self.core
+        doc = orjson.loads(body)
+        arn = core.auth.endpoint_arn(KSERVE_ENDPOINT)
+        doc["model_stats"] = [
+            m
+            for m in doc.get("model_stats", [])
+            if core.auth.allowed(principal, INVOKE, arn, target_context(str(m.get("name", ""))))
+        ]
+        return orjson.dumps(doc)
 
     async def repository(self, request: Request) -> Response:
         """The repository API on the invoke port: only for principals with an explicit admin Allow."""
@@ -317,6 +334,11 @@ class HttpFront:
             return kserve_error(to_gateway_error(exc))
 
     async def admin_models(self, request: Request) -> Response:
+        if self.core.auth.enabled:
+            try:
+                self.core.check_admin(self.identify(request, b""), METRICS)
+            except Exception as exc:
+                return kserve_error(to_gateway_error(exc))
         states = getattr(self.core.models, "states", None)
         rows = [s if isinstance(s, dict) else getattr(s, "__dict__", str(s)) for s in (states() if states else [])]
         return Response.json(
@@ -324,6 +346,13 @@ class HttpFront:
         )
 
     async def metrics(self, request: Request) -> Response:
+        """Prometheus scrape. With principals configured it needs credentials (an API key as a Bearer token is what
+        Prometheus sends) and an Allow on ``metrics`` or ``admin``: model names and traffic are not public."""
+        if self.core.auth.enabled:
+            try:
+                self.core.check_admin(self.identify(request, b""), METRICS)
+            except Exception as exc:
+                return kserve_error(to_gateway_error(exc))
         return Response(text=self.core.metrics_text(), content_type="text/plain")
 
 
