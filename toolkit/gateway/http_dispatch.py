@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import unquote
 
 from toolkit.gateway.admission import KSERVE_ENDPOINT
+from toolkit.gateway.auth import ANONYMOUS
 from toolkit.gateway.bodies import check_infer_request, header_length
 from toolkit.gateway.core import FWD_REQUEST, FWD_RESPONSE, GatewayCore, client_status
 from toolkit.gateway.errors import (
@@ -157,7 +158,10 @@ class HttpDispatcher:
             hm = req.hmap
             if b"content-encoding" in hm:
                 return False  # inflated by the handler, off the event loop
-            principal = core.identify(req.method, req.raw_path, req.headers, req.body)
+            # req.headers builds a multidict: only when there is someone to authenticate
+            principal = (
+                core.identify(req.method, req.raw_path, req.headers, req.body) if core.auth.enabled else ANONYMOUS
+            )
             ticket = core.admit_now(principal, KSERVE_ENDPOINT, model)
             if ticket is None:
                 return False  # cold (or unknown): the handler loads it, or says why not
