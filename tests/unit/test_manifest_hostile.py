@@ -2,12 +2,13 @@
 
 Each case is what a careless or hostile manifest does: bytes that are not UTF-8, YAML nested 100,000 deep, a "billion
 laughs" of aliases, ``ensemble_files`` naming a file outside the project (its lines must never reach the error), an
-empty manifest, an endpoint naming a model that does not exist. No Triton: the library and the CLI (in-process and
-as a subprocess) only.
+empty manifest, an endpoint naming a model that does not exist, and a ``generate`` that fails (no folder left behind,
+an existing one untouched). No Triton: the library and the CLI (in-process and as a subprocess) only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from toolkit.cli.main import app
-from toolkit.errors import ManifestError
+from toolkit.errors import GenerateError, ManifestError
+from toolkit.repository import generate as gen
+from toolkit.repository.generate import generate_repository
 from toolkit.spec import load_manifest
 from toolkit.spec.safeyaml import MAX_BYTES, MAX_NODES, YamlInputError, parse
 
@@ -318,3 +321,64 @@ def test_a_merged_key_is_reported_where_it_is_written(tmp_path: Path) -> None:
     assert found == {"models[0].max_batch_size": 2, "models[0].colour": 3}
     found = {path: line for path, line, _ in issues(manifest(tmp_path, text + "    max_batch_size: -2\n"))}
     assert found == {"models[0].max_batch_size": 11, "models[0].colour": 3}
+
+
+# 5. A failed generate leaves no folder behind and an existing one as it was.
+
+
+def tree(root: Path) -> dict[str, tuple[str, int]]:
+    return {
+        p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_failed_generate_creates_no_folder_and_keeps_an_existing_one(tmp_path: Path) -> None:
+    good = load_manifest(manifest(tmp_path, MODELS))
+    bad = load_manifest(manifest(tmp_path, MODELS.replace("artifact: m.py", "artifact: gone.py", 1), "bad.yaml"))
+    new = tmp_path / "deep" / "er" / "repo"
+    with pytest.raises(GenerateError, match=r"model 'a': .*gone\.py is not a readable file \(for 1/model\.py\)"):
+        generate_repository(bad, new)
+    assert not (tmp_path / "deep").exists()
+    existing = tmp_path / "repo"
+    generate_repository(good, existing)
+    (existing / "handmade").mkdir()
+    (existing / "handmade" / "config.pbtxt").write_text('name: "handmade"\n')
+    before = tree(existing)
+    with pytest.raises(GenerateError):
+        generate_repository(bad, existing)
+    assert tree(existing) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "m.py", "m.yaml", "repo"]  # no temp sibling
+
+
+def test_a_write_that_fails_halfway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_manifest(manifest(tmp_path, MODELS))
+    real, calls = gen._write_if_changed, []
+
+    def flaky(path: Path, data: bytes, report: gen.GenerateReport) -> None:
+        calls.append(path)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data, report)
+
+    monkeypatch.setattr(gen, "_write_if_changed", flaky)
+    with pytest.raises(GenerateError, match=r"cannot write the repository .*repo: No space left on device"):
+        generate_repository(spec, tmp_path / "repo")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.py", "m.yaml"]
+
+
+def test_a_new_repository_is_renamed_into_place_with_the_usual_mode(tmp_path: Path) -> None:
+    spec = load_manifest(manifest(tmp_path, MODELS))
+    report = generate_repository(spec, tmp_path / "repo")
+    assert (tmp_path / "repo").stat().st_mode & 0o777 == 0o777 & ~_umask()
+    assert report.written and all(p.is_file() and p.is_relative_to(tmp_path / "repo") for p in report.written)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GenerateError, match="exists and is not a directory"):
+        generate_repository(spec, tmp_path / "file")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

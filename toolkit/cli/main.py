@@ -48,7 +48,8 @@ def generate(
         False, "--allow-outside", help="let ensemble_files name files outside the manifest's directory"
     ),
 ) -> None:
-    """Write a Triton model repository from the manifest (deterministic; unchanged files are not rewritten)."""
+    """Write a Triton model repository from the manifest (deterministic; unchanged files are not rewritten; on
+    failure an existing output directory is left as it was and a new one is not created)."""
     from toolkit.repository.generate import generate_repository
     from toolkit.spec import load_manifest
 
