@@ -16,10 +16,10 @@ from toolkit.repository.generate import generated_models
 from toolkit.spec import load_manifest
 
 
-def graph(ensemble: str, manifest: Path, output: Path | None) -> str:
+def graph(ensemble: str, manifest: Path, output: Path | None, allow_outside: bool = False) -> str:
     """Mermaid text when ``output`` is None, else write the file and return a line saying what was written
     (SVG/PNG need graphviz ``dot``; without it the Mermaid text is written next to the path, and the line says so)."""
-    m = load_manifest(manifest)
+    m = load_manifest(manifest, allow_outside=allow_outside)
     configs = {gm.name: gm.config for gm in generated_models(m)}
     g = build_graph(ensemble, configs)
     return to_mermaid(g) if output is None else render(g, output)
@@ -31,6 +31,9 @@ def graph_cmd(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="out.svg / out.png (graphviz), out.dot, out.mmd; default: Mermaid on stdout"
     ),
+    allow_outside: bool = typer.Option(
+        False, "--allow-outside", help="let ensemble_files name files outside the manifest's directory"
+    ),
 ) -> None:
     """Draw an ensemble: inputs, steps with the tensor on each edge, outputs, and router targets (dashed)."""
-    typer.echo(graph(ensemble, manifest, output).rstrip("\n"))
+    typer.echo(graph(ensemble, manifest, output, allow_outside).rstrip("\n"))

@@ -44,12 +44,17 @@ def generate(
     output: Path = typer.Option(Path("model_repository"), "-o", "--output", help="repository directory to write"),
     target: str = typer.Option("embedded", help="embedded (python backend adapters) or triton (native backends)"),
     prune: bool = typer.Option(True, help="remove generated model directories no longer in the manifest"),
+    allow_outside: bool = typer.Option(
+        False, "--allow-outside", help="let ensemble_files name files outside the manifest's directory"
+    ),
 ) -> None:
-    """Write a Triton model repository from the manifest (deterministic; unchanged files are not rewritten)."""
+    """Write a Triton model repository from the manifest (deterministic; unchanged files are not rewritten; on
+    failure an existing output directory is left as it was and a new one is not created)."""
     from toolkit.repository.generate import generate_repository
     from toolkit.spec import load_manifest
 
-    report = generate_repository(load_manifest(manifest), output, target=target, prune=prune)
+    spec = load_manifest(manifest, allow_outside=allow_outside)
+    report = generate_repository(spec, output, target=target, prune=prune)
     typer.echo(f"{output}: {report.summary()}")
 
 
