@@ -45,10 +45,10 @@ VERSION_KEEP = {"1/.keep": b"an ensemble has no model file; Triton only needs th
 def _io(t: Tensor, is_input: bool) -> mc.ModelInput | mc.ModelOutput:
     msg = mc.ModelInput() if is_input else mc.ModelOutput()
     msg.name = t.name
-    msg.data_type = dtype_enum(t.dtype)  # type: ignore[assignment]
+    msg.data_type = dtype_enum(t.dtype)
     msg.dims.extend(t.dims)
     if is_input and t.optional:
-        msg.optional = True  # type: ignore[union-attr]
+        msg.optional = True
     return msg
 
 
@@ -59,8 +59,8 @@ def _ensemble_config(
     cfg.name = name
     cfg.platform = "ensemble"
     cfg.max_batch_size = mbs
-    cfg.input.extend(_io(t, True) for t in inputs)  # type: ignore[misc]
-    cfg.output.extend(_io(t, False) for t in outputs)  # type: ignore[misc]
+    cfg.input.extend(_io(t, True) for t in inputs)
+    cfg.output.extend(_io(t, False) for t in outputs)
     cfg.ensemble_scheduling.step.extend(steps)
     return cfg
 
@@ -72,8 +72,8 @@ def _python_config(
     cfg.name = name
     cfg.backend = "python"
     cfg.max_batch_size = mbs
-    cfg.input.extend(_io(t, True) for t in inputs)  # type: ignore[misc]
-    cfg.output.extend(_io(t, False) for t in outputs)  # type: ignore[misc]
+    cfg.input.extend(_io(t, True) for t in inputs)
+    cfg.output.extend(_io(t, False) for t in outputs)
     group = cfg.instance_group.add()
     group.name, group.kind, group.count = f"{name}_0", mc.ModelInstanceGroup.KIND_CPU, instances
     for key in sorted(params):
@@ -179,19 +179,19 @@ class _Builder:
             built.append((st, imap, omap))
         if self.spec.outputs:  # declared outputs: pick (and rename) produced tensors, checking their types
             pairs = []
-            for t in self.spec.outputs:
-                src = visible.get(t.name, t.name)
+            for d in self.spec.outputs:
+                src = visible.get(d.name, d.name)
                 have = produced.get(src)
                 if have is None:
-                    raise EnsembleError(f"{self.where}: declared output {t.name!r} is produced by no step")
-                if have.dtype != tensor_of(t).dtype or not _dims_match(have.dims, tuple(t.dims)):
+                    raise EnsembleError(f"{self.where}: declared output {d.name!r} is produced by no step")
+                if have.dtype != tensor_of(d).dtype or not _dims_match(have.dims, tuple(d.dims)):
                     raise EnsembleError(
-                        f"{self.where}: declared output {t.name!r} is {t.dtype}{t.dims} but the step produces "
+                        f"{self.where}: declared output {d.name!r} is {d.dtype}{d.dims} but the step produces "
                         f"{have.dtype}{list(have.dims)}"
                     )
-                if src != t.name and t.name in produced:
-                    raise EnsembleError(f"{self.where}: declared output {t.name!r} clashes with another tensor")
-                pairs.append((src, t.name))
+                if src != d.name and d.name in produced:
+                    raise EnsembleError(f"{self.where}: declared output {d.name!r} clashes with another tensor")
+                pairs.append((src, d.name))
         else:
             pairs = [(e, e) for e in built[-1][2].values()]
         ren = {src: name for src, name in pairs}
@@ -291,7 +291,7 @@ class _Builder:
         opts: AggregateOptions = parse_options(self.spec, AggregateOptions)
         models = list(self.spec.models)
         self._fan_out(models)
-        params = {"tritonctl.method": opts.method}
+        params: dict[str, str] = {"tritonctl.method": opts.method}
         if opts.method == "majority_vote":
             gathered = opts.label
             outs = [Tensor("label", "INT64", (1,)), Tensor("votes", "INT32", (1,))]

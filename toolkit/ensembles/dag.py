@@ -92,8 +92,8 @@ def check_ensemble(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelCo
             err(f"{where}.model_name", f"{sname}: model {st.model_name!r} is not in the repository")
         else:
             if mbs > 0 and model.max_batch_size < mbs:
-                have = "does not batch" if model.max_batch_size == 0 else f"has max_batch_size {model.max_batch_size}"
-                err("max_batch_size", f"max_batch_size {mbs} is above {sname}'s: that model {have}")
+                its = "does not batch" if model.max_batch_size == 0 else f"has max_batch_size {model.max_batch_size}"
+                err("max_batch_size", f"max_batch_size {mbs} is above {sname}'s: that model {its}")
             names_in = {t.name for t in model.input}
             for key in st.input_map:
                 if key not in names_in:

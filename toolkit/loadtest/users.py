@@ -75,6 +75,8 @@ class TritonHttpUser(_Traffic, FastHttpUser):
     def on_start(self) -> None:
         from geventhttpclient.url import URL
 
+        assert self.host is not None  # FastHttpUser.__init__ stops the test without a host
+        self._base_url = self.host.rstrip("/")
         rng = np.random.default_rng(os.getpid() ^ id(self))
         self._requests = [self._build(t, make_arrays(t, rng)) for t in self.targets]
         self._url_split = URL(self.host)
@@ -146,7 +148,7 @@ class SageMakerUser(TritonHttpUser):
     def _headers(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
         from botocore.awsrequest import AWSRequest
 
-        req = AWSRequest(method="POST", url=f"{self.host.rstrip('/')}{path}", data=body, headers=dict(headers))
+        req = AWSRequest(method="POST", url=f"{self._base_url}{path}", data=body, headers=dict(headers))
         self._signer.add_auth(req)  # X-Amz-Date + Authorization, fresh per request like the SDK
         return dict(req.headers.items())
 
@@ -208,7 +210,7 @@ class TritonGrpcUser(_Traffic, User):
         try:
             self._stub.ModelInfer(self._requests[i], timeout=self.timeout)
         except grpc.RpcError as e:
-            exc = InferHTTPError(f"gRPC {e.code()}: {e.details()}")  # type: ignore[attr-defined]
+            exc = InferHTTPError(f"gRPC {e.code()}: {e.details()}")
         except Exception as e:
             exc = e
         elapsed = (time.perf_counter() - t0) * 1000.0
