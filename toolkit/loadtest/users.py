@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, task
+from locust.env import Environment
+from locust.exception import StopTest
 
 from toolkit.loadtest.payload import http_request, make_arrays, sagemaker_request
 from toolkit.loadtest.recorder import Recorder, describe_error
@@ -165,14 +167,19 @@ class TritonGrpcUser(_Traffic, User):
     abstract = True
     wait_time = constant(0)
 
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        if self.host is None:  # as Locust's HTTP users: the test stops with this message
+            raise StopTest("the gRPC user needs a host (host:port): --host, or the host attribute of the User class")
+        self._address = self.host.split("://", 1)[-1].rstrip("/")
+
     def on_start(self) -> None:
         import grpc
         from tritonclient.grpc import service_pb2, service_pb2_grpc
         from tritonclient.utils import serialize_byte_tensor
 
-        url = self.host.split("://", 1)[-1].rstrip("/")
         opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self._channel = grpc.insecure_channel(url, options=opts)
+        self._channel = grpc.insecure_channel(self._address, options=opts)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         rng = np.random.default_rng(os.getpid() ^ id(self))
         self._requests: list[Any] = []
