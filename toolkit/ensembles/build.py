@@ -382,10 +382,17 @@ def _fmt(ts: tuple[Tensor, ...] | list[Tensor]) -> str:
 
 
 def _referenced(spec: EnsembleSpec) -> set[str]:
-    refs = set(spec.models) | {s.model for s in spec.steps or []}
+    """The models a spec names. Its options are not validated yet: what is malformed names nothing here, and the
+    builder's parse_options reports it (naming the option)."""
     opts = spec.options
-    refs |= set((opts.get("routes") or {}).values()) | {r.get("model") for r in opts.get("rules") or []}
-    refs |= {v.get("model") for v in opts.get("variants") or []} | {opts.get("default")}
+    refs: list[object] = [*spec.models, *(s.model for s in spec.steps or []), opts.get("default")]
+    routes = opts.get("routes")
+    if isinstance(routes, dict):
+        refs += routes.values()
+    for key in ("rules", "variants"):
+        items = opts.get(key)
+        if isinstance(items, list):
+            refs += [item.get("model") for item in items if isinstance(item, dict)]
     return {r for r in refs if isinstance(r, str)}
 
 
