@@ -33,9 +33,11 @@ perf-analyzer: $(PA)
 bench: venv $(PA)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench
 
+# ruff (rules, complexity included, and format) over the code; mypy over toolkit/ (settings: pyproject.toml).
 lint: venv
 	$(BIN)/ruff check toolkit tests load bench examples
 	$(BIN)/ruff format --check toolkit tests load bench examples
+	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -127,6 +127,11 @@ def _plain():  # type: ignore[no-untyped-def]
             EnsembleSpec(name="e", pattern="ab", options={"variants": [{"name": "a", "model": "net"}]}),
             ["options.variants"],
         ),
+        # malformed options are reported by option, not met first as AttributeError/TypeError
+        (EnsembleSpec(name="e", pattern="dynamic", options={"by": "input", "routes": ["net"]}), ["options.routes"]),
+        (EnsembleSpec(name="e", pattern="dynamic", options={"by": "rules", "rules": ["net"]}), ["options.rules.0"]),
+        (EnsembleSpec(name="e", pattern="dynamic", options={"by": "rules", "default": ["net"]}), ["options.default"]),
+        (EnsembleSpec(name="e", pattern="ab", options={"variants": ["net", "small"]}), ["options.variants.0"]),
     ],
 )
 def test_spec_errors_name_ensemble_step_and_tensor(spec: EnsembleSpec, words: list[str]) -> None:

@@ -111,6 +111,22 @@ def test_mme_traffic_mix_follows_zipf_weights() -> None:
         TargetMix([0.0, 0.0])
 
 
+def test_grpc_user_without_host_stops_the_test_with_a_message() -> None:
+    """As Locust's HTTP users do; it used to die in on_start on None.split (locust patches gevent: a subprocess)."""
+    code = (
+        "from locust.env import Environment\n"
+        "from locust.exception import StopTest\n"
+        "from toolkit.loadtest.users import configure\n"
+        "cls = configure('grpc', [], True, '', None, 1.0)\n"
+        "try:\n"
+        "    cls(Environment(user_classes=[cls])).on_start()\n"
+        "except StopTest as e:\n"
+        "    print('StopTest:', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0 and "StopTest: the gRPC user needs a host" in r.stdout, r.stderr[-2000:]
+
+
 def test_server_stats_diff_and_mme_metrics() -> None:
     before = {
         "m": {

@@ -296,7 +296,7 @@ def serve(config: ServeConfig, *, echo: Echo = print, stop_event: threading.Even
     Signals are caught only when called from the main thread (elsewhere, set ``stop_event``)."""
     serving = _prepare(config, echo)
     stop = stop_event or threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())

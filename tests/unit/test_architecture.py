@@ -150,12 +150,22 @@ def cycles(modules: dict[str, Path], imports: list[Import]) -> list[tuple[frozen
     out_edges: dict[str, list[Import]] = {m: [] for m in modules}
     for imp in imports:
         out_edges[imp.source].append(imp)
+    found = []
+    for comp in _components(modules, out_edges):
+        path = _shortest_cycle(comp, out_edges)
+        if path is not None:
+            found.append((frozenset(comp), path))
+    return found
+
+
+def _components(modules: dict[str, Path], out_edges: dict[str, list[Import]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     components: list[set[str]] = []
 
-    def strongconnect(v: str) -> None:  # Tarjan; toolkit's depth is far below the recursion limit
+    def strongconnect(v: str) -> None:  # toolkit's depth is far below the recursion limit
         index[v] = low[v] = len(index)
         stack.append(v)
         for imp in out_edges[v]:
@@ -178,25 +188,28 @@ def cycles(modules: dict[str, Path], imports: list[Import]) -> list[tuple[frozen
     for m in sorted(modules):
         if m not in index:
             strongconnect(m)
-    found = []
-    for comp in components:
-        start = min(comp)
-        came: dict[str, Import] = {}
-        queue = deque([start])
-        while queue:  # breadth-first from start, inside the component, until an import leads back to start
-            v = queue.popleft()
-            back = next((i for i in out_edges[v] if i.target == start), None)
-            if back is not None:
-                path = [back]
-                while path[0].source != start:
-                    path.insert(0, came[path[0].source])
-                found.append((frozenset(comp), path))
-                break
-            for imp in sorted(out_edges[v], key=lambda i: i.target):
-                if imp.target in comp and imp.target not in came and imp.target != start:
-                    came[imp.target] = imp
-                    queue.append(imp.target)
-    return found
+    return components
+
+
+def _shortest_cycle(comp: set[str], out_edges: dict[str, list[Import]]) -> list[Import] | None:
+    """A shortest cycle through the component's first module: breadth-first inside the component, until an import
+    leads back to it."""
+    start = min(comp)
+    came: dict[str, Import] = {}
+    queue = deque([start])
+    while queue:
+        v = queue.popleft()
+        back = next((i for i in out_edges[v] if i.target == start), None)
+        if back is not None:
+            path = [back]
+            while path[0].source != start:
+                path.insert(0, came[path[0].source])
+            return path
+        for imp in sorted(out_edges[v], key=lambda i: i.target):
+            if imp.target in comp and imp.target not in came and imp.target != start:
+                came[imp.target] = imp
+                queue.append(imp.target)
+    return None
 
 
 def layer_of(module: str) -> int | None:

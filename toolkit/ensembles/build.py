@@ -9,6 +9,7 @@ configured through config.pbtxt parameters. Every inconsistency is an ``Ensemble
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -45,10 +46,10 @@ VERSION_KEEP = {"1/.keep": b"an ensemble has no model file; Triton only needs th
 def _io(t: Tensor, is_input: bool) -> mc.ModelInput | mc.ModelOutput:
     msg = mc.ModelInput() if is_input else mc.ModelOutput()
     msg.name = t.name
-    msg.data_type = dtype_enum(t.dtype)  # type: ignore[assignment]
+    msg.data_type = dtype_enum(t.dtype)
     msg.dims.extend(t.dims)
     if is_input and t.optional:
-        msg.optional = True  # type: ignore[union-attr]
+        msg.optional = True
     return msg
 
 
@@ -59,8 +60,8 @@ def _ensemble_config(
     cfg.name = name
     cfg.platform = "ensemble"
     cfg.max_batch_size = mbs
-    cfg.input.extend(_io(t, True) for t in inputs)  # type: ignore[misc]
-    cfg.output.extend(_io(t, False) for t in outputs)  # type: ignore[misc]
+    cfg.input.extend(_io(t, True) for t in inputs)
+    cfg.output.extend(_io(t, False) for t in outputs)
     cfg.ensemble_scheduling.step.extend(steps)
     return cfg
 
@@ -72,8 +73,8 @@ def _python_config(
     cfg.name = name
     cfg.backend = "python"
     cfg.max_batch_size = mbs
-    cfg.input.extend(_io(t, True) for t in inputs)  # type: ignore[misc]
-    cfg.output.extend(_io(t, False) for t in outputs)  # type: ignore[misc]
+    cfg.input.extend(_io(t, True) for t in inputs)
+    cfg.output.extend(_io(t, False) for t in outputs)
     group = cfg.instance_group.add()
     group.name, group.kind, group.count = f"{name}_0", mc.ModelInstanceGroup.KIND_CPU, instances
     for key in sorted(params):
@@ -89,6 +90,16 @@ def _step(model: str, version: int, inputs: dict[str, str], outputs: dict[str, s
     for k in sorted(outputs):
         s.output_map[k] = outputs[k]
     return s
+
+
+@dataclass
+class _Flow:
+    """A pipeline's tensors as its steps are mapped in turn."""
+
+    produced: dict[str, Tensor] = field(default_factory=dict)  # ensemble tensor -> type (ensemble inputs, step outputs)
+    visible: dict[str, str] = field(default_factory=dict)  # model-facing name -> latest ensemble tensor carrying it
+    inputs: list[Tensor] = field(default_factory=list)  # the ensemble's own inputs
+    prev_out: list[tuple[Tensor, str]] = field(default_factory=list)  # the previous step's outputs, ensemble tensors
 
 
 class _Builder:
@@ -120,80 +131,16 @@ class _Builder:
         steps = self.spec.steps or [StepSpec(model=m) for m in self.spec.models]
         if not 2 <= len(steps) <= MAX_PIPELINE_STEPS:
             raise EnsembleError(f"{self.where}: a pipeline has 2 to {MAX_PIPELINE_STEPS} steps, got {len(steps)}")
-        produced: dict[str, Tensor] = {}  # ensemble tensor -> type (ensemble inputs and step outputs)
-        visible: dict[str, str] = {}  # model-facing name -> latest ensemble tensor carrying it
-        ens_inputs: list[Tensor] = []
+        flow = _Flow()
         built: list[tuple[StepSpec, dict[str, str], dict[str, str]]] = []
-        prev_out: list[tuple[Tensor, str]] = []
         for i, st in enumerate(steps):
             label = f"step {i} ({st.model})"
             sig = self.sig(st.model, label)
-            imap: dict[str, str] = {}
-            explicit = st.input_map or {}
-            for key in explicit:
-                if sig.input(key) is None:
-                    raise EnsembleError(f"{self.where}, {label}: input_map names {key!r}, not an input of the model")
-            taken = {visible.get(v, v) for v in explicit.values()}
-            for t in sig.inputs:
-                src: str | None = None
-                if t.name in explicit:
-                    src = visible.get(explicit[t.name], explicit[t.name])
-                elif t.name in visible:
-                    src = visible[t.name]
-                else:  # by type: the one previous output of the same dtype and dims nobody consumed by name
-                    cands = [e for o, e in prev_out if (o.dtype, o.dims) == (t.dtype, t.dims) and e not in taken]
-                    if len(cands) == 1 and sum((u.dtype, u.dims) == (t.dtype, t.dims) for u in sig.inputs) == 1:
-                        src = cands[0]
-                if src is None:  # not produced upstream: the ensemble's own input
-                    if any(e.name == t.name for e in ens_inputs):
-                        src = t.name
-                    else:
-                        if t.name in produced:
-                            raise EnsembleError(
-                                f"{self.where}, {label}: tensor {t.name!r} is ambiguous; give input_map"
-                            )
-                        ens_inputs.append(Tensor(t.name, t.dtype, t.dims, t.optional))
-                        produced[t.name] = t
-                        src = t.name
-                have = produced.get(src)
-                if have is None:
-                    raise EnsembleError(f"{self.where}, {label}: input {t.name!r} maps to {src!r}, never produced")
-                if have.dtype != t.dtype or not _dims_match(have.dims, t.dims):
-                    raise EnsembleError(
-                        f"{self.where}, {label}: input {t.name!r} is {t.dtype}{list(t.dims)} but tensor {src!r} is "
-                        f"{have.dtype}{list(have.dims)}"
-                    )
-                imap[t.name] = src
-                taken.add(src)
-            last = i == len(steps) - 1
-            omap: dict[str, str] = {}
-            prev_out = []
-            for o in sig.outputs:
-                ens = (st.output_map or {}).get(o.name) or (o.name if last else f"{st.model}{SEP}{o.name}")
-                if ens in produced:
-                    raise EnsembleError(f"{self.where}, {label}: output {o.name!r} -> {ens!r} is produced twice")
-                produced[ens] = Tensor(ens, o.dtype, o.dims)
-                visible[o.name] = ens
-                omap[o.name] = ens
-                prev_out.append((o, ens))
+            imap = self._map_inputs(label, st, sig, flow)
+            omap = self._map_outputs(label, st, sig, flow, last=i == len(steps) - 1)
             built.append((st, imap, omap))
-        if self.spec.outputs:  # declared outputs: pick (and rename) produced tensors, checking their types
-            pairs = []
-            for t in self.spec.outputs:
-                src = visible.get(t.name, t.name)
-                have = produced.get(src)
-                if have is None:
-                    raise EnsembleError(f"{self.where}: declared output {t.name!r} is produced by no step")
-                if have.dtype != tensor_of(t).dtype or not _dims_match(have.dims, tuple(t.dims)):
-                    raise EnsembleError(
-                        f"{self.where}: declared output {t.name!r} is {t.dtype}{t.dims} but the step produces "
-                        f"{have.dtype}{list(have.dims)}"
-                    )
-                if src != t.name and t.name in produced:
-                    raise EnsembleError(f"{self.where}: declared output {t.name!r} clashes with another tensor")
-                pairs.append((src, t.name))
-        else:
-            pairs = [(e, e) for e in built[-1][2].values()]
+        # declared outputs: pick (and rename) produced tensors, checking their types; else the last step's outputs
+        pairs = self._declared_outputs(flow) if self.spec.outputs else [(e, e) for e in built[-1][2].values()]
         ren = {src: name for src, name in pairs}
         consumed = {v for _, imap, _ in built for v in imap.values()} | set(ren)
         pb_steps = [
@@ -205,13 +152,89 @@ class _Builder:
             )
             for st, imap, omap in built
         ]
-        outputs = [Tensor(name, produced[src].dtype, produced[src].dims) for src, name in pairs]
+        outputs = [Tensor(name, flow.produced[src].dtype, flow.produced[src].dims) for src, name in pairs]
         mbs = self.batch([st.model for st in steps])
         return [
             GeneratedModel(
-                self.spec.name, _ensemble_config(self.spec.name, mbs, ens_inputs, outputs, pb_steps), dict(VERSION_KEEP)
+                self.spec.name,
+                _ensemble_config(self.spec.name, mbs, flow.inputs, outputs, pb_steps),
+                dict(VERSION_KEEP),
             )
         ]
+
+    def _map_inputs(self, label: str, st: StepSpec, sig: Signature, flow: _Flow) -> dict[str, str]:
+        """Model input -> ensemble tensor for one step, checking the types."""
+        imap: dict[str, str] = {}
+        explicit = st.input_map or {}
+        for key in explicit:
+            if sig.input(key) is None:
+                raise EnsembleError(f"{self.where}, {label}: input_map names {key!r}, not an input of the model")
+        taken = {flow.visible.get(v, v) for v in explicit.values()}
+        for t in sig.inputs:
+            src = self._source(label, t, explicit, sig, flow, taken)
+            have = flow.produced.get(src)
+            if have is None:
+                raise EnsembleError(f"{self.where}, {label}: input {t.name!r} maps to {src!r}, never produced")
+            if have.dtype != t.dtype or not _dims_match(have.dims, t.dims):
+                raise EnsembleError(
+                    f"{self.where}, {label}: input {t.name!r} is {t.dtype}{list(t.dims)} but tensor {src!r} is "
+                    f"{have.dtype}{list(have.dims)}"
+                )
+            imap[t.name] = src
+            taken.add(src)
+        return imap
+
+    def _source(
+        self, label: str, t: Tensor, explicit: dict[str, str], sig: Signature, flow: _Flow, taken: set[str]
+    ) -> str:
+        """The ensemble tensor feeding input ``t``: by input_map, by name, by type, or else a new ensemble input."""
+        if t.name in explicit:
+            return flow.visible.get(explicit[t.name], explicit[t.name])
+        if t.name in flow.visible:
+            return flow.visible[t.name]
+        # by type: the one previous output of the same dtype and dims nobody consumed by name
+        cands = [e for o, e in flow.prev_out if (o.dtype, o.dims) == (t.dtype, t.dims) and e not in taken]
+        if len(cands) == 1 and sum((u.dtype, u.dims) == (t.dtype, t.dims) for u in sig.inputs) == 1:
+            return cands[0]
+        # not produced upstream: the ensemble's own input
+        if not any(e.name == t.name for e in flow.inputs):
+            if t.name in flow.produced:
+                raise EnsembleError(f"{self.where}, {label}: tensor {t.name!r} is ambiguous; give input_map")
+            flow.inputs.append(Tensor(t.name, t.dtype, t.dims, t.optional))
+            flow.produced[t.name] = t
+        return t.name
+
+    def _map_outputs(self, label: str, st: StepSpec, sig: Signature, flow: _Flow, last: bool) -> dict[str, str]:
+        """Model output -> ensemble tensor for one step (namespaced by model, but for the last step's)."""
+        omap: dict[str, str] = {}
+        flow.prev_out = []
+        for o in sig.outputs:
+            ens = (st.output_map or {}).get(o.name) or (o.name if last else f"{st.model}{SEP}{o.name}")
+            if ens in flow.produced:
+                raise EnsembleError(f"{self.where}, {label}: output {o.name!r} -> {ens!r} is produced twice")
+            flow.produced[ens] = Tensor(ens, o.dtype, o.dims)
+            flow.visible[o.name] = ens
+            omap[o.name] = ens
+            flow.prev_out.append((o, ens))
+        return omap
+
+    def _declared_outputs(self, flow: _Flow) -> list[tuple[str, str]]:
+        """(ensemble tensor, declared output name) for each declared output, checking its type."""
+        pairs = []
+        for d in self.spec.outputs or []:
+            src = flow.visible.get(d.name, d.name)
+            have = flow.produced.get(src)
+            if have is None:
+                raise EnsembleError(f"{self.where}: declared output {d.name!r} is produced by no step")
+            if have.dtype != tensor_of(d).dtype or not _dims_match(have.dims, tuple(d.dims)):
+                raise EnsembleError(
+                    f"{self.where}: declared output {d.name!r} is {d.dtype}{d.dims} but the step produces "
+                    f"{have.dtype}{list(have.dims)}"
+                )
+            if src != d.name and d.name in flow.produced:
+                raise EnsembleError(f"{self.where}: declared output {d.name!r} clashes with another tensor")
+            pairs.append((src, d.name))
+        return pairs
 
     # -- scatter-gather and aggregate --------------------------------------------------------------------------------
     def _fan_out(self, models: list[str]) -> list[Tensor]:
@@ -291,7 +314,7 @@ class _Builder:
         opts: AggregateOptions = parse_options(self.spec, AggregateOptions)
         models = list(self.spec.models)
         self._fan_out(models)
-        params = {"tritonctl.method": opts.method}
+        params: dict[str, str] = {"tritonctl.method": opts.method}
         if opts.method == "majority_vote":
             gathered = opts.label
             outs = [Tensor("label", "INT64", (1,)), Tensor("votes", "INT32", (1,))]
@@ -382,10 +405,17 @@ def _fmt(ts: tuple[Tensor, ...] | list[Tensor]) -> str:
 
 
 def _referenced(spec: EnsembleSpec) -> set[str]:
-    refs = set(spec.models) | {s.model for s in spec.steps or []}
+    """The models a spec names. Its options are not validated yet: what is malformed names nothing here, and the
+    builder's parse_options reports it (naming the option)."""
     opts = spec.options
-    refs |= set((opts.get("routes") or {}).values()) | {r.get("model") for r in opts.get("rules") or []}
-    refs |= {v.get("model") for v in opts.get("variants") or []} | {opts.get("default")}
+    refs: list[object] = [*spec.models, *(s.model for s in spec.steps or []), opts.get("default")]
+    routes = opts.get("routes")
+    if isinstance(routes, dict):
+        refs += routes.values()
+    for key in ("rules", "variants"):
+        items = opts.get(key)
+        if isinstance(items, list):
+            refs += [item.get("model") for item in items if isinstance(item, dict)]
     return {r for r in refs if isinstance(r, str)}
 
 

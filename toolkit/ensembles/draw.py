@@ -92,17 +92,22 @@ def build_graph(name: str, configs: dict[str, mc.ModelConfig]) -> Graph:
         drawable = sorted(n for n, c in configs.items() if c.platform == "ensemble" or _routes(c))
         raise GraphError(f"no ensemble {name!r}; ensembles here: {', '.join(drawable) or 'none'}")
     cfg = configs[name]
+    if cfg.platform == "ensemble":
+        return _ensemble_graph(name, cfg, configs)
+    if not _routes(cfg):
+        raise GraphError(f"{name!r} is a plain model, not an ensemble or router: nothing to draw")
     g = Graph(name)
-    if cfg.platform != "ensemble":
-        if not _routes(cfg):
-            raise GraphError(f"{name!r} is a plain model, not an ensemble or router: nothing to draw")
-        node = g.add(Node(f"m_{name}", name, "router"))
-        for t in cfg.input:
-            g.edges.append(Edge(g.add(Node(f"in_{t.name}", t.name, "input")), node, t.name))
-        for t in cfg.output:
-            g.edges.append(Edge(node, g.add(Node(f"out_{t.name}", t.name, "output")), t.name))
-        _targets(g, node, cfg)
-        return g
+    node = g.add(Node(f"m_{name}", name, "router"))
+    for t in cfg.input:
+        g.edges.append(Edge(g.add(Node(f"in_{t.name}", t.name, "input")), node, t.name))
+    for t in cfg.output:
+        g.edges.append(Edge(node, g.add(Node(f"out_{t.name}", t.name, "output")), t.name))
+    _targets(g, node, cfg)
+    return g
+
+
+def _ensemble_graph(name: str, cfg: mc.ModelConfig, configs: dict[str, mc.ModelConfig]) -> Graph:
+    g = Graph(name)
     producer: dict[str, str] = {}
     for t in cfg.input:
         producer[t.name] = g.add(Node(f"in_{t.name}", t.name, "input"))

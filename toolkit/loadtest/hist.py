@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -121,13 +122,13 @@ class LatencyHistogram:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> LatencyHistogram:
+    def from_dict(cls, d: dict[str, Any]) -> LatencyHistogram:
         h = cls()
         buckets = d.get("buckets") or {}
         assert isinstance(buckets, dict)
         h.buckets = {int(b): int(n) for b, n in buckets.items()}
-        h.count = int(d.get("count") or 0)  # type: ignore[arg-type]
-        h.sum_ms = float(d.get("sum_ms") or 0.0)  # type: ignore[arg-type]
-        h.min_ms = math.inf if d.get("min_ms") is None else float(d["min_ms"])  # type: ignore[arg-type]
-        h.max_ms = float(d.get("max_ms") or 0.0)  # type: ignore[arg-type]
+        h.count = int(d.get("count") or 0)
+        h.sum_ms = float(d.get("sum_ms") or 0.0)
+        h.min_ms = math.inf if d.get("min_ms") is None else float(d["min_ms"])
+        h.max_ms = float(d.get("max_ms") or 0.0)
         return h

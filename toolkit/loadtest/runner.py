@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -322,7 +323,9 @@ def build_report(
             "errors": [{"target": t, "type": e, "count": n} for (t, e), n in rec.errors.most_common()],
         },
         "timeseries": series,
-        "timeseries_per_target": {lb: [rec.series_per_target.get(lb, {}).get(s, 0) for s in seconds] for lb in labels},
+        "timeseries_per_target": {
+            lb: [rec.series_per_target.get(lb, Counter()).get(s, 0) for s in seconds] for lb in labels
+        },
         "targets": [
             {"label": t.label, "model": t.model, "weight": t.weight, "batch": t.batch, "target_model": t.target_model}
             for t in targets

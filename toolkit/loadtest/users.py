@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 from locust import FastHttpUser, LoadTestShape, User, constant, constant_throughput, task
+from locust.env import Environment
+from locust.exception import StopTest
 
 from toolkit.loadtest.payload import http_request, make_arrays, sagemaker_request
 from toolkit.loadtest.recorder import Recorder, describe_error
@@ -75,6 +77,8 @@ class TritonHttpUser(_Traffic, FastHttpUser):
     def on_start(self) -> None:
         from geventhttpclient.url import URL
 
+        assert self.host is not None  # FastHttpUser.__init__ stops the test without a host
+        self._base_url = self.host.rstrip("/")
         rng = np.random.default_rng(os.getpid() ^ id(self))
         self._requests = [self._build(t, make_arrays(t, rng)) for t in self.targets]
         self._url_split = URL(self.host)
@@ -146,7 +150,7 @@ class SageMakerUser(TritonHttpUser):
     def _headers(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
         from botocore.awsrequest import AWSRequest
 
-        req = AWSRequest(method="POST", url=f"{self.host.rstrip('/')}{path}", data=body, headers=dict(headers))
+        req = AWSRequest(method="POST", url=f"{self._base_url}{path}", data=body, headers=dict(headers))
         self._signer.add_auth(req)  # X-Amz-Date + Authorization, fresh per request like the SDK
         return dict(req.headers.items())
 
@@ -163,14 +167,19 @@ class TritonGrpcUser(_Traffic, User):
     abstract = True
     wait_time = constant(0)
 
+    def __init__(self, environment: Environment) -> None:
+        super().__init__(environment)
+        if self.host is None:  # as Locust's HTTP users: the test stops with this message
+            raise StopTest("the gRPC user needs a host (host:port): --host, or the host attribute of the User class")
+        self._address = self.host.split("://", 1)[-1].rstrip("/")
+
     def on_start(self) -> None:
         import grpc
         from tritonclient.grpc import service_pb2, service_pb2_grpc
         from tritonclient.utils import serialize_byte_tensor
 
-        url = self.host.split("://", 1)[-1].rstrip("/")
         opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
-        self._channel = grpc.insecure_channel(url, options=opts)
+        self._channel = grpc.insecure_channel(self._address, options=opts)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         rng = np.random.default_rng(os.getpid() ^ id(self))
         self._requests: list[Any] = []
@@ -208,7 +217,7 @@ class TritonGrpcUser(_Traffic, User):
         try:
             self._stub.ModelInfer(self._requests[i], timeout=self.timeout)
         except grpc.RpcError as e:
-            exc = InferHTTPError(f"gRPC {e.code()}: {e.details()}")  # type: ignore[attr-defined]
+            exc = InferHTTPError(f"gRPC {e.code()}: {e.details()}")
         except Exception as e:
             exc = e
         elapsed = (time.perf_counter() - t0) * 1000.0

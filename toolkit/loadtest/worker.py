@@ -83,7 +83,7 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
     result_path.write_text(json.dumps(rec.to_dict()))
     rec.closed = True
     ticker.kill()
-    with gevent.Timeout(3.0, False):
+    with gevent.Timeout(3.0, False):  # type: ignore[arg-type]  # False: gevent's silent timeout (not in the stub)
         runner.quit()
     sys.stdout.flush()
     os._exit(0)

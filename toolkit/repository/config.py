@@ -72,13 +72,13 @@ def backend_for(spec: ModelSpec, target: str) -> str:
 def _tensor(t: TensorSpec, is_input: bool) -> mc.ModelInput | mc.ModelOutput:
     msg = mc.ModelInput() if is_input else mc.ModelOutput()
     msg.name = t.name
-    msg.data_type = dtype_enum(t.dtype)  # type: ignore[assignment]
+    msg.data_type = dtype_enum(t.dtype)
     msg.dims.extend(t.dims)
     if t.reshape is not None:  # an empty reshape is meaningful ([N] from the model, [N, 1] to clients): keep it
         msg.reshape.SetInParent()
         msg.reshape.shape.extend(t.reshape)
     if is_input and t.optional:
-        msg.optional = True  # type: ignore[union-attr]
+        msg.optional = True
     return msg
 
 
@@ -123,7 +123,7 @@ def _warmup(w: Warmup) -> mc.ModelWarmup:
     for name in sorted(w.inputs):
         wi = w.inputs[name]
         inp = out.inputs[name]
-        inp.data_type = dtype_enum(wi.dtype)  # type: ignore[assignment]
+        inp.data_type = dtype_enum(wi.dtype)
         inp.dims.extend(wi.dims)
         if wi.data == "zero":
             inp.zero_data = True
@@ -143,8 +143,8 @@ def build_config(
     if backend in DEFAULT_MODEL_FILENAME and target == "triton":
         cfg.default_model_filename = DEFAULT_MODEL_FILENAME[backend]
     cfg.max_batch_size = spec.max_batch_size
-    cfg.input.extend(_tensor(t, True) for t in spec.inputs)  # type: ignore[misc]
-    cfg.output.extend(_tensor(t, False) for t in spec.outputs)  # type: ignore[misc]
+    cfg.input.extend(_tensor(t, True) for t in spec.inputs)
+    cfg.output.extend(_tensor(t, False) for t in spec.outputs)
     if spec.dynamic_batching is not None:
         cfg.dynamic_batching.CopyFrom(_dynamic_batching(spec.dynamic_batching))
     cfg.instance_group.extend(_instance_group(g, spec.name, i) for i, g in enumerate(spec.instance_group))

@@ -160,20 +160,34 @@ class TritonPythonModel:
         plans = []  # (request index, arrays, [(route, model)] per row)
         for i, request in enumerate(requests):
             try:
-                arrays = {}
-                for name in self.inputs:
-                    t = pb_utils.get_input_tensor_by_name(request, name)
-                    if t is not None:
-                        arrays[name] = t.as_numpy()
-                missing = [n for n in self.forward if n not in arrays]
-                if missing:
-                    raise RouteError(f"input {missing[0]!r} missing")
-                rows = len(arrays[self.forward[0]]) if self.batching else 1
-                route = self._route_ab if self.mode == "ab" else self._route_dynamic
-                plans.append((i, arrays, route(request, arrays, rows)))
+                plans.append((i, *self._plan(request)))
             except RouteError as exc:
                 responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
-        # Group rows by target model: one BLS call per target with every row routed to it, in arrival order.
+        results, failed = self._call_targets(plans)
+        for i, _, picks in plans:
+            if i in failed:
+                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(failed[i]))
+            else:
+                responses[i] = self._response([results[(i, r)] for r in range(len(picks))], picks)
+        return responses
+
+    def _plan(self, request):
+        """The request's input arrays and its route, one (route, model) per row."""
+        arrays = {}
+        for name in self.inputs:
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            if t is not None:
+                arrays[name] = t.as_numpy()
+        missing = [n for n in self.forward if n not in arrays]
+        if missing:
+            raise RouteError(f"input {missing[0]!r} missing")
+        rows = len(arrays[self.forward[0]]) if self.batching else 1
+        route = self._route_ab if self.mode == "ab" else self._route_dynamic
+        return arrays, route(request, arrays, rows)
+
+    def _call_targets(self, plans):
+        """One BLS call per target model with every row routed to it, in arrival order. Returns the outputs by
+        (request index, row) and the error of each request a target failed."""
         groups = {}
         for i, _, picks in plans:
             for row, (_, model) in enumerate(picks):
@@ -204,18 +218,16 @@ class TritonPythonModel:
             outs = {n: pb_utils.get_output_tensor_by_name(resp, n).as_numpy() for n, _ in self.outputs}
             for k, (i, row) in enumerate(members):
                 results[(i, row)] = {n: (a[k : k + 1] if self.batching else a) for n, a in outs.items()}
-        for i, _, picks in plans:
-            if i in failed:
-                responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(failed[i]))
-                continue
-            rows = [results[(i, r)] for r in range(len(picks))]
-            tensors = []
-            for name, dtype in self.outputs:
-                arr = np.concatenate([r[name] for r in rows]) if self.batching else rows[0][name]
-                tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(arr.astype(dtype, copy=False))))
-            which = 0 if self.mode == "ab" else 1  # A/B: the variant name; dynamic: the model that served
-            served = np.array([p[which].encode("utf-8") for p in picks], dtype=np.object_)
-            served = served.reshape(-1, 1) if self.batching else served.reshape(1)
-            tensors.append(pb_utils.Tensor(self.served, served))
-            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
-        return responses
+        return results, failed
+
+    def _response(self, rows, picks):
+        """One request's rows merged back in order, plus the tensor that says which route or variant served."""
+        tensors = []
+        for name, dtype in self.outputs:
+            arr = np.concatenate([r[name] for r in rows]) if self.batching else rows[0][name]
+            tensors.append(pb_utils.Tensor(name, np.ascontiguousarray(arr.astype(dtype, copy=False))))
+        which = 0 if self.mode == "ab" else 1  # A/B: the variant name; dynamic: the model that served
+        served = np.array([p[which].encode("utf-8") for p in picks], dtype=np.object_)
+        served = served.reshape(-1, 1) if self.batching else served.reshape(1)
+        tensors.append(pb_utils.Tensor(self.served, served))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
