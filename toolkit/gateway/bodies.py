@@ -96,6 +96,32 @@ def header_length(value: str | bytes | None, body: bytes) -> int | None:
     return int(text)
 
 
+def _check_input(t: Any, i: int) -> int:
+    """One input's shape against what it carries; the bytes of binary data it declares (0 for JSON data)."""
+    if not isinstance(t, dict):
+        raise ValidationError(f"inputs[{i}] must be an object")
+    n = _shape(t, i)
+    params = t.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise ValidationError(f"inputs[{i}].parameters must be an object")
+    size = params.get("binary_data_size")
+    if "data" in t:
+        got = _count(t["data"], 1)
+        if got != n:
+            raise ValidationError(f"inputs[{i}] has {got} values for shape {t['shape']} ({n} elements)")
+        return 0
+    if size is None:
+        if n:
+            raise ValidationError(f'inputs[{i}] carries no "data" nor binary data for {n} elements')
+        return 0
+    if type(size) is not int or size < 0:
+        raise ValidationError(f"inputs[{i}].parameters.binary_data_size must be a non-negative integer")
+    item = ITEM_BYTES.get(str(t.get("datatype", "")).upper())
+    if (item is not None and size != n * item) or (item is None and size < 4 * n):
+        raise ValidationError(f"inputs[{i}] has {size} bytes of binary data for shape {t['shape']}")
+    return size
+
+
 def check_infer_request(body: bytes, header_length: int | None) -> None:
     """ValidationError unless ``body`` is a KServe v2 infer request Triton can be trusted with (see the module doc)."""
     head = body if header_length is None else body[:header_length]
@@ -108,28 +134,7 @@ def check_infer_request(body: bytes, header_length: int | None) -> None:
     inputs = doc.get("inputs")
     if not isinstance(inputs, list):
         raise ValidationError('the request needs "inputs": a list of tensors')
-    binary_total = 0
-    for i, t in enumerate(inputs):
-        if not isinstance(t, dict):
-            raise ValidationError(f"inputs[{i}] must be an object")
-        n = _shape(t, i)
-        params = t.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise ValidationError(f"inputs[{i}].parameters must be an object")
-        size = params.get("binary_data_size")
-        if "data" in t:
-            got = _count(t["data"], 1)
-            if got != n:
-                raise ValidationError(f"inputs[{i}] has {got} values for shape {t['shape']} ({n} elements)")
-        elif size is not None:
-            if type(size) is not int or size < 0:
-                raise ValidationError(f"inputs[{i}].parameters.binary_data_size must be a non-negative integer")
-            item = ITEM_BYTES.get(str(t.get("datatype", "")).upper())
-            if (item is not None and size != n * item) or (item is None and size < 4 * n):
-                raise ValidationError(f"inputs[{i}] has {size} bytes of binary data for shape {t['shape']}")
-            binary_total += size
-        elif n:
-            raise ValidationError(f'inputs[{i}] carries no "data" nor binary data for {n} elements')
+    binary_total = sum(_check_input(t, i) for i, t in enumerate(inputs))
     tail = 0 if header_length is None else len(body) - header_length
     if binary_total != tail:
         raise ValidationError(f"the inputs declare {binary_total} bytes of binary data; the body carries {tail}")

@@ -3,10 +3,10 @@
 Every request arrives here complete (``toolkit.gateway.h1``). A ``POST /v2/models/{m}[/versions/{v}]/infer`` for a
 model the manager holds READY is answered without a task or a future: admission (``core.admit_now``: identity,
 policy, slot, pin; synchronous code), then the body goes to Triton on a pooled connection and the answer comes back
-through a callback. Everything else, and an infer whose model is cold, runs the
-same handler as before (``HttpFront``) in a task. Routes are the aiohttp app's: path segments are matched on the raw
-path and then percent-decoded, so ``a%2Fb`` is one segment, never two; a model name is taken raw and must be
-canonical (``toolkit.names``): ``digits%5Flogreg`` is refused, so Triton runs exactly the name that was authorized.
+through a callback. Everything else, and an infer whose model is cold, runs its handler (``HttpFront``) in a task.
+Routes are matched on the raw path, one segment per ``{name}``, then percent-decoded, so ``a%2Fb`` is one segment;
+a model name is taken raw and must be canonical (``toolkit.names``): ``digits%5Flogreg`` is refused, so Triton runs
+exactly the name that was authorized.
 """
 
 from __future__ import annotations

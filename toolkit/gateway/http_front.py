@@ -319,7 +319,7 @@ class HttpFront:
         if action == "load":
             await core.models.ensure_loaded(model, timeout=core.options.timeout_s)
         elif action == "unload":
-            await core.models.unload(model)  # type: ignore[attr-defined]
+            await core.models.unload(model)
         else:
             raise NotFoundError(f"Unknown repository action {action!r}")
         return Response(status=200, content_type="application/json", body=b"{}")

@@ -217,7 +217,12 @@ class UpstreamPool:
         task = asyncio.ensure_future(self._open_and_start(job))
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
-        task.add_done_callback(lambda t: t.cancelled() and job.fail(StoppingError()))
+
+        def stopped(t: asyncio.Task[None]) -> None:
+            if t.cancelled():  # the pool closed while connecting: the job learns why
+                job.fail(StoppingError())
+
+        task.add_done_callback(stopped)
 
     async def _open_and_start(self, job: _Job) -> None:
         loop = asyncio.get_running_loop()
