@@ -199,6 +199,7 @@ def status(url: str | None = URL_OPTION) -> None:
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (one per area of the toolkit)."""
+    from toolkit.cli.deploy import deploy_app
     from toolkit.cli.graph import graph_cmd
     from toolkit.cli.loadtest import loadtest_cmd
     from toolkit.cli.mme import mme_app
@@ -208,6 +209,7 @@ def _register_subcommands() -> None:
         friendly(serve_command)
     )
     app.add_typer(mme_app, name="mme", help="Multi-model endpoint: simulate eviction policies, list/load/unload.")
+    app.add_typer(deploy_app, name="deploy", help="SageMaker: plan, deploy, status, delete endpoints.")
     app.command("graph", help="Draw an ensemble's DAG (Mermaid always; SVG/PNG with graphviz).")(friendly(graph_cmd))
     app.command("loadtest", help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).")(
         friendly(loadtest_cmd)
