@@ -142,13 +142,18 @@ def plan_calls(d: Desired, st: State) -> list[Call]:
             calls.append(Call("sagemaker", "create_model", m, "new model"))
     if not st.config_exists:
         calls.append(Call("sagemaker", "create_endpoint_config", d.config, "new endpoint config"))
-    for variant, t in sorted(st.targets.items()):
-        if variant not in d.scaling:
-            params = {k: t[k] for k in ("ServiceNamespace", "ResourceId", "ScalableDimension")}
-            calls.append(Call("application-autoscaling", "deregister_scalable_target", params, "scaling not wanted"))
     ep = st.endpoint
     current = ep.get("EndpointConfigName") if ep else None
     status = ep.get("EndpointStatus") if ep else None
+    # SageMaker fails an update that changes the instance type of a variant under auto scaling: an update takes
+    # every scaling target off first and puts the wanted ones back once the endpoint is InService.
+    updating = ep is not None and current != d.config_name
+    targets, policies = ({}, {}) if updating else (st.targets, st.policies)
+    for variant, t in sorted(st.targets.items()):
+        if updating or variant not in d.scaling:
+            params = {k: t[k] for k in ("ServiceNamespace", "ResourceId", "ScalableDimension")}
+            why = "off during the update" if updating and variant in d.scaling else "scaling not wanted"
+            calls.append(Call("application-autoscaling", "deregister_scalable_target", params, why))
     if ep is None:
         params = {"EndpointName": d.endpoint, "EndpointConfigName": d.config_name, "Tags": d.tags}
         calls.append(Call("sagemaker", "create_endpoint", params, "new endpoint"))
@@ -164,10 +169,10 @@ def plan_calls(d: Desired, st: State) -> list[Call]:
         calls.append(Call("sagemaker", WAIT, {"EndpointName": d.endpoint}, "DescribeEndpoint until InService"))
     for variant, a in sorted(d.scaling.items()):
         target, policy = scaling_calls(d.endpoint, variant, a)
-        have = st.targets.get(variant)
+        have = targets.get(variant)
         if have is None or (have["MinCapacity"], have["MaxCapacity"]) != (target["MinCapacity"], target["MaxCapacity"]):
             calls.append(Call("application-autoscaling", "register_scalable_target", target, f"scale {variant}"))
-        if not _same_policy(st.policies.get(variant), policy):
+        if not _same_policy(policies.get(variant), policy):
             calls.append(Call("application-autoscaling", "put_scaling_policy", policy, f"target tracking {variant}"))
     keep = {m["ModelName"] for m in d.models}
     old_models: set[str] = set()
