@@ -20,8 +20,10 @@ import boto3
 import numpy as np
 import pytest
 from deploy_manifest import ROOT, write_manifest
+from typer.testing import CliRunner
 
 from toolkit import ServeConfig, start
+from toolkit.cli.main import app
 from toolkit.deploy import api
 
 FREE = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "gateway_port": 0, "gateway_grpc_port": 0}
@@ -72,5 +74,15 @@ def test_deployed_prefix_serves_through_the_gateway(
             dollars = _invoke(sm, "housing_postprocess", "price", price, "FP32")["price_dollars"]["data"]
             assert dollars == [101, 100]
             assert (repo / "digits_mlp" / "config.pbtxt").is_file()  # fetched from S3 into the repository
+
+            # The CLI's `invoke --sagemaker`: the command line that also works against AWS (no --endpoint-url there).
+            np.save(tmp_path / "x.npy", x[:2])
+            args = ["invoke", "digits_mlp", "--sagemaker", "mme", "--target", "model", "--json"]
+            args += ["--endpoint-url", serving.url, "--region", "us-east-1", "-i", f"X=@{tmp_path / 'x.npy'}"]
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, result.output
+            assert json.loads(result.output)["label"] == want["label"][:2, None].tolist()  # [N, 1]: the config dims
+            result = CliRunner().invoke(app, [*args[:4], "--endpoint-url", serving.url, "-i", "X=[1]"])
+            assert result.exit_code == 1 and "TargetModel is required" in result.output
     finally:
         api.delete("mme", lambda _: None, manifest=manifest, endpoint_url=s3_endpoint, purge_s3=True)

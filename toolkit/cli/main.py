@@ -134,12 +134,31 @@ def invoke(
     grpc_url: str | None = GRPC_URL_OPTION,
     version: str = typer.Option("", help="model version (default: Triton's policy)"),
     as_json: bool = typer.Option(False, "--json", help="print outputs as JSON"),
+    sagemaker: str | None = typer.Option(
+        None,
+        "--sagemaker",
+        help="a SageMaker endpoint name: invoke_endpoint (boto3) instead of KServe; MODEL is "
+        "sent as TargetModel for multi-model endpoints (--target), else ignored",
+    ),
+    target: str = typer.Option("", "--target", help="with --sagemaker: model|container|variant|none: what MODEL is"),
+    endpoint_url: str | None = typer.Option(None, "--endpoint-url", help="with --sagemaker: e.g. the local gateway"),
+    region: str | None = typer.Option(None, "--region", help="with --sagemaker: AWS region"),
 ) -> None:
-    """Run one inference. Inputs without the batch dimension are sent as a batch of one."""
+    """Run one inference. Inputs without the batch dimension are sent as a batch of one (KServe only: with
+    --sagemaker, inputs are sent as given, FP32 for JSON numbers)."""
     from toolkit.cli.invoke import format_outputs
     from toolkit.cli.invoke import invoke as run_invoke
 
     inputs = dict(parse_tensor_arg(a) for a in input_)
+    if sagemaker:
+        from toolkit.deploy.runtime import invoke_endpoint
+
+        if target not in ("", "model", "container", "variant", "none"):
+            fail(f"--target {target!r}: use model, container, variant or none")
+        picked = {f"target_{target}": model} if target in ("model", "container", "variant") else {}
+        out = invoke_endpoint(sagemaker, inputs, endpoint_url=endpoint_url, region=region, **picked)
+        typer.echo(format_outputs(out, as_json))
+        return
     typer.echo(format_outputs(run_invoke(endpoint_from(url, grpc_url), model, inputs, protocol, version), as_json))
 
 
