@@ -17,8 +17,8 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from deploy_manifest import manifest_dict, write_manifest
 
+from examples.deploy_demo import manifest_dict, write_manifest
 from toolkit.deploy import api
 from toolkit.deploy.aws import make_clients
 from toolkit.deploy.errors import DeployError

@@ -19,9 +19,9 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from deploy_manifest import ROOT, write_manifest
 from typer.testing import CliRunner
 
+from examples.deploy_demo import ROOT, write_manifest
 from toolkit import ServeConfig, start
 from toolkit.cli.main import app
 from toolkit.deploy import api

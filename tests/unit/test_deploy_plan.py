@@ -5,7 +5,6 @@ access errors) are tested here on constructed states and botocore errors."""
 from __future__ import annotations
 
 import io
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,7 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from deploy_manifest import manifest_dict
-
+from examples.deploy_demo import manifest_dict
 from toolkit.deploy.apply import wait_in_service
 from toolkit.deploy.artifacts import build_repository, imported_packages
 from toolkit.deploy.errors import DeployError, aws_errors
