@@ -227,3 +227,29 @@ def test_errors_are_one_line(tmp_path: Path, bucket: str, s3_endpoint: str) -> N
         api.plan(bad, "mme", offline=True)
     with pytest.raises(DeployError, match="endpoint 'nope' is not in the manifest"):
         api.plan(write_manifest(tmp_path / "m.yaml", bucket), "nope", offline=True)
+
+
+def test_cli_plan_status_delete(manifest: Path, s3_endpoint: str) -> None:
+    from typer.testing import CliRunner
+
+    from toolkit.cli.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["deploy", "plan", str(manifest), "--endpoint", "mce", "--offline"])
+    assert result.exit_code == 0, result.output
+    assert "TargetContainerHostname on SageMaker: digits_logreg -> digits-logreg" in result.output
+    assert "sagemaker.create_endpoint(EndpointName='mce'" in result.output
+    url = ["--endpoint-url", s3_endpoint, "--region", "us-east-1"]
+    result = runner.invoke(app, ["deploy", "status", "--endpoint", "mce", *url])
+    assert result.exit_code == 1 and result.output.strip() == "error: endpoint mce does not exist in us-east-1"
+    result = runner.invoke(app, ["deploy", "sagemaker", str(manifest), "--endpoint", "mce", "--poll", "0", *url])
+    assert result.exit_code == 0 and "mce: deployed" in result.output
+    result = runner.invoke(app, ["deploy", "status", "--endpoint", "mce", *url])
+    assert (
+        "endpoint mce: InService" in result.output and "scaling endpoint/mce/variant/AllTraffic: 1..3" in result.output
+    )
+    result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", "--dry-run", *url])
+    assert "delete_endpoint(EndpointName='mce')" in result.output
+    result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", *url])
+    assert result.exit_code == 0
+    assert "nothing to delete" in runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", *url]).output
