@@ -205,3 +205,10 @@ def test_sklearn_compiles_only_when_equal(tmp_path: Path) -> None:
         compile_sklearn(forest, forest.artifact)  # type: ignore[arg-type]
     assert compile_sklearn(forest, forest.artifact, ROOT / "examples/digits_samples.npy").samples == 64  # type: ignore[arg-type]
     assert np.load(ROOT / "examples/digits_samples.npy").shape == (64, 64)
+
+
+def test_endpoint_override_can_turn_autoscaling_off(tmp_path: Path) -> None:
+    on = _prepared("mme", tmp_path).desired
+    off = _prepared("mme", tmp_path, endpoints={"mme": {"autoscaling": None, "instance_type": "ml.c5.xlarge"}}).desired
+    assert set(on.scaling) == {"AllTraffic"} and off.scaling == {}
+    assert off.config["ProductionVariants"][0]["InstanceType"] == "ml.c5.xlarge"

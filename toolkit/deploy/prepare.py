@@ -87,7 +87,8 @@ def prepare(
     check_instance_type(instance_type)
     count = (over.instance_count if over else None) or spec.instance_count
     container = (over.container if over else None) or spec.container
-    autoscaling = (over.autoscaling if over else None) or spec.autoscaling
+    # An override's `autoscaling: null` turns the default off for that endpoint (absent = inherit).
+    autoscaling = over.autoscaling if over and "autoscaling" in over.model_fields_set else spec.autoscaling
     samples = {k: p for k, v in spec.samples.items() if (p := _resolve(base_dir, v)) is not None}
     work = work or Path(tempfile.mkdtemp(prefix="tritonctl-deploy-"))
     built = build_repository(
