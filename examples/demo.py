@@ -199,6 +199,11 @@ def main(steps: Callable[..., None] | None = None) -> None:
 
     _say("Multi-model endpoint over 50 city models: local store, then S3 (moto server), budget of 4 resident")
     run_mme_demo(n=50, invoke=6, max_models=4, say=lambda s: print("  " + s, flush=True))
+
+    from examples.deploy_demo import run_deploy_demo
+
+    _say("tritonctl deploy: plan, deploy to a moto server (S3, SageMaker, autoscaling), round trip, delete")
+    run_deploy_demo(say=lambda s: print("  " + s, flush=True))
     _say("Demo done")
 
 

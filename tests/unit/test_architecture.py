@@ -45,6 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "serving: the system wired from one config (the library's serve API)",
         ("toolkit.serve_config", "toolkit.serving"),
     ),
+    ("deploy: SageMaker endpoints from the manifest (tarballs from the repository, boto3)", ("toolkit.deploy",)),
     ("loadtest", ("toolkit.loadtest",)),
     ("cli", ("toolkit.cli", "toolkit.__main__")),
     # the package's own __init__: the curated public API, re-exporting from every layer on first use

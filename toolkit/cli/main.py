@@ -139,12 +139,31 @@ def invoke(
     grpc_url: str | None = GRPC_URL_OPTION,
     version: str = typer.Option("", help="model version (default: Triton's policy)"),
     as_json: bool = typer.Option(False, "--json", help="print outputs as JSON"),
+    sagemaker: str | None = typer.Option(
+        None,
+        "--sagemaker",
+        help="a SageMaker endpoint name: invoke_endpoint (boto3) instead of KServe; MODEL is "
+        "sent as TargetModel for multi-model endpoints (--target), else ignored",
+    ),
+    target: str = typer.Option("", "--target", help="with --sagemaker: model|container|variant|none: what MODEL is"),
+    endpoint_url: str | None = typer.Option(None, "--endpoint-url", help="with --sagemaker: e.g. the local gateway"),
+    region: str | None = typer.Option(None, "--region", help="with --sagemaker: AWS region"),
 ) -> None:
-    """Run one inference. Inputs without the batch dimension are sent as a batch of one."""
+    """Run one inference. Inputs without the batch dimension are sent as a batch of one (KServe only: with
+    --sagemaker, inputs are sent as given, FP32 for JSON numbers)."""
     from toolkit.cli.invoke import format_outputs
     from toolkit.cli.invoke import invoke as run_invoke
 
     inputs = dict(parse_tensor_arg(a) for a in input_)
+    if sagemaker:
+        from toolkit.deploy.runtime import invoke_endpoint
+
+        if target not in ("", "model", "container", "variant", "none"):
+            fail(f"--target {target!r}: use model, container, variant or none")
+        picked = {f"target_{target}": model} if target in ("model", "container", "variant") else {}
+        out = invoke_endpoint(sagemaker, inputs, endpoint_url=endpoint_url, region=region, **picked)
+        typer.echo(format_outputs(out, as_json))
+        return
     typer.echo(format_outputs(run_invoke(endpoint_from(url, grpc_url), model, inputs, protocol, version), as_json))
 
 
@@ -204,6 +223,7 @@ def status(url: str | None = URL_OPTION) -> None:
 
 def _register_subcommands() -> None:
     """Commands that live in their own modules (one per area of the toolkit)."""
+    from toolkit.cli.deploy import deploy_app
     from toolkit.cli.graph import graph_cmd
     from toolkit.cli.loadtest import loadtest_cmd
     from toolkit.cli.mme import mme_app
@@ -213,6 +233,7 @@ def _register_subcommands() -> None:
         friendly(serve_command)
     )
     app.add_typer(mme_app, name="mme", help="Multi-model endpoint: simulate eviction policies, list/load/unload.")
+    app.add_typer(deploy_app, name="deploy", help="SageMaker: plan, deploy, status, delete endpoints.")
     app.command("graph", help="Draw an ensemble's DAG (Mermaid always; SVG/PNG with graphviz).")(friendly(graph_cmd))
     app.command("loadtest", help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).")(
         friendly(loadtest_cmd)

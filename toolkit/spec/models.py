@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from toolkit.names import check_model_name
+from toolkit.spec.deploy import DeploySpec
 
 # Triton data types without the TYPE_ prefix (the KServe v2 spelling, which users see in requests).
 DataType = Literal[
@@ -272,6 +273,7 @@ class Manifest(_Strict):
     ensembles: list[EnsembleSpec] = Field(default_factory=list)
     ensemble_files: list[Path] = Field(default_factory=list, description="extra ensemble spec files (ensembles/*.yaml)")
     endpoints: list[EndpointSpec] = Field(default_factory=list)
+    deploy: DeploySpec | None = Field(default=None, description="SageMaker deployment (tritonctl deploy sagemaker)")
 
     @model_validator(mode="after")
     def _unique(self) -> Manifest:

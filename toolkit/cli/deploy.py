@@ -1,0 +1,137 @@
+"""``tritonctl deploy``: the manifest's endpoints on SageMaker (plan, sagemaker, status, delete, build).
+
+Thin over ``toolkit.deploy.api``. ``plan`` prints every AWS call ``sagemaker`` would make; ``--endpoint-url`` points
+all clients at one URL (moto, a VPC endpoint). Credentials come from the usual AWS chain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from toolkit.cli.common import friendly
+
+deploy_app = typer.Typer(help="SageMaker: plan, deploy, status, delete the manifest's endpoints.", no_args_is_help=True)
+
+MANIFEST_ARG = typer.Argument(Path("tritonctl.yaml"), help="the manifest (with a deploy: section)")
+ENDPOINT_OPT = typer.Option(..., "--endpoint", "-e", help="the manifest endpoint to deploy")
+ENDPOINT_URL_OPT = typer.Option(None, "--endpoint-url", help="one URL for S3, SageMaker and autoscaling (e.g. moto)")
+REGION_OPT = typer.Option(None, "--region", help="AWS region (default: deploy.region, then the AWS configuration)")
+IMAGE_OPT = typer.Option(None, "--image", help="container image URI (default: sagemaker-tritonserver for the region)")
+
+
+def _print_plan(planned: object) -> None:
+    from toolkit.deploy.api import Planned
+
+    assert isinstance(planned, Planned)
+    p = planned.prepared
+    d = p.desired
+    typer.echo(f"endpoint {d.endpoint}  region {p.region}  instance {p.instance_type}")
+    typer.echo(f"image    {p.image}")
+    typer.echo(f"s3       s3://{d.bucket}/{d.prefix}/")
+    for note in d.notes:
+        typer.echo(f"note     {note}")
+    against = "an empty account (--offline: nothing read)" if planned.offline else "what exists (read only)"
+    typer.echo(f"{len(planned.calls)} call(s) against {against}:")
+    for i, call in enumerate(planned.calls, 1):
+        typer.echo(f"  {i}. {call}")
+
+
+@deploy_app.command("plan")
+@friendly
+def plan_cmd(
+    manifest: Path = MANIFEST_ARG,
+    endpoint: str = ENDPOINT_OPT,
+    offline: bool = typer.Option(False, "--offline", help="make no AWS call at all: plan against an empty account"),
+    image: str | None = IMAGE_OPT,
+    region: str | None = REGION_OPT,
+    endpoint_url: str | None = ENDPOINT_URL_OPT,
+) -> None:
+    """Print the AWS calls `deploy sagemaker` would make (reads what exists; creates, changes nothing)."""
+    from toolkit.deploy.api import plan
+
+    _print_plan(plan(manifest, endpoint, offline=offline, image=image, region=region, endpoint_url=endpoint_url))
+
+
+@deploy_app.command("sagemaker")
+@friendly
+def sagemaker_cmd(
+    manifest: Path = MANIFEST_ARG,
+    endpoint: str = ENDPOINT_OPT,
+    image: str | None = IMAGE_OPT,
+    region: str | None = REGION_OPT,
+    endpoint_url: str | None = ENDPOINT_URL_OPT,
+    wait_timeout: float = typer.Option(3600.0, "--wait-timeout", help="seconds to wait for InService"),
+    poll: float = typer.Option(15.0, "--poll", help="seconds between DescribeEndpoint polls"),
+) -> None:
+    """Deploy one manifest endpoint to SageMaker: upload tarballs, models, config, endpoint, wait, autoscaling."""
+    from toolkit.deploy.api import deploy
+
+    deploy(
+        manifest,
+        endpoint,
+        typer.echo,
+        image=image,
+        region=region,
+        endpoint_url=endpoint_url,
+        wait_timeout_s=wait_timeout,
+        poll_s=poll,
+    )
+    typer.echo(f"{endpoint}: deployed")
+
+
+@deploy_app.command("status")
+@friendly
+def status_cmd(
+    endpoint: str = ENDPOINT_OPT,
+    manifest: Path | None = typer.Option(None, "--manifest", help="read the region from its deploy: section"),
+    region: str | None = REGION_OPT,
+    endpoint_url: str | None = ENDPOINT_URL_OPT,
+) -> None:
+    """The endpoint's status, config, variants, scaling (and SageMaker's FailureReason)."""
+    from toolkit.deploy.api import endpoint_status
+
+    for line in endpoint_status(endpoint, manifest=manifest, region=region, endpoint_url=endpoint_url):
+        typer.echo(line)
+
+
+@deploy_app.command("delete")
+@friendly
+def delete_cmd(
+    endpoint: str = ENDPOINT_OPT,
+    manifest: Path | None = typer.Option(None, "--manifest", help="the manifest (needed for --purge-s3)"),
+    purge_s3: bool = typer.Option(False, "--purge-s3", help="also delete the endpoint's S3 prefix"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the calls, make none"),
+    region: str | None = REGION_OPT,
+    endpoint_url: str | None = ENDPOINT_URL_OPT,
+) -> None:
+    """Delete the endpoint, its endpoint configs, models and scaling (S3 kept unless --purge-s3)."""
+    from toolkit.deploy.api import delete
+
+    calls = delete(
+        endpoint,
+        typer.echo,
+        manifest=manifest,
+        purge_s3=purge_s3,
+        region=region,
+        endpoint_url=endpoint_url,
+        dry_run=dry_run,
+    )
+    if dry_run:
+        for i, call in enumerate(calls, 1):
+            typer.echo(f"  {i}. {call}")
+
+
+@deploy_app.command("build")
+@friendly
+def build_cmd(
+    manifest: Path = MANIFEST_ARG,
+    endpoint: str = ENDPOINT_OPT,
+    output: Path = typer.Option(Path("build/sagemaker"), "-o", "--output", help="folder for the tarballs"),
+) -> None:
+    """Write the endpoint's tarballs (SageMaker's Triton layout) without uploading anything."""
+    from toolkit.deploy.api import build
+
+    for path in build(manifest, endpoint, output):
+        typer.echo(str(path))
