@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,106 @@ def container_env(c: ContainerSpec, default_model: str | None) -> dict[str, str]
     return env
 
 
+Variant = tuple[str, str, float]  # (variant name, SageMaker model name, initial weight)
+
+
+@dataclass
+class _Models:
+    """Adds the tarballs and CreateModel requests of one endpoint to ``d``; the per-mode builders below share it."""
+
+    ep: EndpointSpec
+    deploy: DeploySpec
+    tarball: Callable[[str], Tarball]
+    image: str
+    container: ContainerSpec
+    d: Desired
+
+    def single_tar(self, model: str) -> str:
+        """Upload ``model``'s own tarball (once) under a content-addressed key; its S3 URL."""
+        tb = self.tarball(model)
+        key = f"{self.d.prefix}/{sm_name(model)}-{tb.sha256[:12]}.tar.gz"
+        if all(u.key != key for u in self.d.uploads):
+            self.d.uploads.append(Upload(key, tb))
+        return f"s3://{self.deploy.bucket}/{key}"
+
+    def add_model(self, label: str, body: dict[str, Any]) -> str:
+        """Add a CreateModel request for ``body`` (role added, name content-addressed); the model's name."""
+        body = {"ExecutionRoleArn": self.deploy.role, **body}
+        name = named(self.ep.name, label, body)
+        self.d.models.append({"ModelName": name, **body, "Tags": self.d.tags})
+        return name
+
+    def one(self, model: str) -> dict[str, Any]:
+        """A container serving ``model`` from its own tarball."""
+        return {
+            "Image": self.image,
+            "ModelDataUrl": self.single_tar(model),
+            "Environment": container_env(self.container, model),
+        }
+
+
+def _multi_model(b: _Models) -> list[Variant]:
+    ep, d = b.ep, b.d
+    if not ep.models:
+        store = ep.store or ""
+        if not store.startswith("s3://"):
+            raise DeployError(f"multi-model endpoint {ep.name!r}: list models: or give an s3:// store")
+        url = store.rstrip("/") + "/"
+        d.notes.append(f"ModelDataUrl is the existing store {url}: nothing uploaded")
+    else:
+        url = f"s3://{d.bucket}/{d.prefix}/"
+        for m in ep.models:
+            d.uploads.append(Upload(f"{d.prefix}/{m}.tar.gz", b.tarball(m)))
+    env = container_env(b.container, None)
+    body: dict[str, Any] = {
+        "PrimaryContainer": {"Image": b.image, "ModelDataUrl": url, "Mode": "MultiModel", "Environment": env}
+    }
+    return [(DEFAULT_VARIANT, b.add_model("mme", body), 1.0)]
+
+
+def _multi_container(b: _Models) -> list[Variant]:
+    ep = b.ep
+    if len(ep.models) > MAX_CONTAINERS:
+        raise DeployError(f"endpoint {ep.name!r}: {len(ep.models)} containers, SageMaker allows {MAX_CONTAINERS}")
+    hosts = [sm_name(m) for m in ep.models]
+    if len(set(hosts)) != len(hosts):
+        raise DeployError(f"endpoint {ep.name!r}: two models map to one container hostname ({hosts})")
+    containers = [{"ContainerHostname": h, **b.one(m)} for h, m in zip(hosts, ep.models, strict=True)]
+    renamed = [f"{m} -> {h}" for h, m in zip(hosts, ep.models, strict=True) if h != m]
+    if renamed:
+        b.d.notes.append("TargetContainerHostname on SageMaker: " + ", ".join(renamed))
+    body: dict[str, Any] = {"Containers": containers, "InferenceExecutionConfig": {"Mode": "Direct"}}
+    return [(DEFAULT_VARIANT, b.add_model("mce", body), 1.0)]
+
+
+def _single(b: _Models) -> list[Variant]:
+    """``single`` and ``serial``: one model per variant, or one model (a serial endpoint's pipeline ensemble)."""
+    ep = b.ep
+    variants: list[Variant] = []
+    for v in ep.variants:
+        if not SM_NAME_RE.match(v.name):
+            raise DeployError(f"endpoint {ep.name!r}: variant name {v.name!r} is not a SageMaker name")
+        variants.append((v.name, b.add_model(v.name, {"PrimaryContainer": b.one(v.model)}), v.weight))
+    if ep.variants:
+        return variants
+    model = ep.model or (f"{ep.name}_serial" if ep.mode == "serial" else "")
+    return [(DEFAULT_VARIANT, b.add_model(sm_name(model), {"PrimaryContainer": b.one(model)}), 1.0)]
+
+
+def _production_variants(variants: list[Variant], instance_type: str, instance_count: int) -> list[dict[str, Any]]:
+    """The CreateEndpointConfig ``ProductionVariants``."""
+    return [
+        {
+            "VariantName": v,
+            "ModelName": m,
+            "InitialInstanceCount": instance_count,
+            "InstanceType": instance_type,
+            "InitialVariantWeight": float(w),
+        }
+        for v, m, w in variants
+    ]
+
+
 def desired_state(
     ep: EndpointSpec,
     deploy: DeploySpec,
@@ -109,73 +210,14 @@ def desired_state(
     prefix = f"{deploy.prefix}/{ep.name}" if deploy.prefix else ep.name
     tags = [{"Key": k, "Value": v} for k, v in sorted(deploy.tags.items())] + [{"Key": TAG_ENDPOINT, "Value": ep.name}]
     d = Desired(ep.name, deploy.bucket, prefix, tags=tags)
-    s3 = f"s3://{deploy.bucket}/{prefix}"
-
-    def single_tar(model: str) -> str:
-        tb = tarball(model)
-        key = f"{prefix}/{sm_name(model)}-{tb.sha256[:12]}.tar.gz"
-        if all(u.key != key for u in d.uploads):
-            d.uploads.append(Upload(key, tb))
-        return f"s3://{deploy.bucket}/{key}"
-
-    def add_model(label: str, body: dict[str, Any]) -> str:
-        body = {"ExecutionRoleArn": deploy.role, **body}
-        name = named(ep.name, label, body)
-        d.models.append({"ModelName": name, **body, "Tags": tags})
-        return name
-
-    def one(model: str) -> dict[str, Any]:
-        return {"Image": image, "ModelDataUrl": single_tar(model), "Environment": container_env(container, model)}
-
-    variants: list[tuple[str, str, float]] = []  # (variant, model name, weight)
-    if ep.mode == "multi-model":
-        if not ep.models:
-            if not (ep.store or "").startswith("s3://"):
-                raise DeployError(f"multi-model endpoint {ep.name!r}: list models: or give an s3:// store")
-            url = ep.store.rstrip("/") + "/"  # type: ignore[union-attr]
-            d.notes.append(f"ModelDataUrl is the existing store {url}: nothing uploaded")
-        else:
-            url = s3 + "/"
-            for m in ep.models:
-                d.uploads.append(Upload(f"{prefix}/{m}.tar.gz", tarball(m)))
-        env = container_env(container, None)
-        body = {"PrimaryContainer": {"Image": image, "ModelDataUrl": url, "Mode": "MultiModel", "Environment": env}}
-        variants.append((DEFAULT_VARIANT, add_model("mme", body), 1.0))
-    elif ep.mode == "multi-container":
-        if len(ep.models) > MAX_CONTAINERS:
-            raise DeployError(f"endpoint {ep.name!r}: {len(ep.models)} containers, SageMaker allows {MAX_CONTAINERS}")
-        hosts = [sm_name(m) for m in ep.models]
-        if len(set(hosts)) != len(hosts):
-            raise DeployError(f"endpoint {ep.name!r}: two models map to one container hostname ({hosts})")
-        containers = [{"ContainerHostname": h, **one(m)} for h, m in zip(hosts, ep.models, strict=True)]
-        renamed = [f"{m} -> {h}" for h, m in zip(hosts, ep.models, strict=True) if h != m]
-        if renamed:
-            d.notes.append("TargetContainerHostname on SageMaker: " + ", ".join(renamed))
-        body = {"Containers": containers, "InferenceExecutionConfig": {"Mode": "Direct"}}
-        variants.append((DEFAULT_VARIANT, add_model("mce", body), 1.0))
-    elif ep.variants:
-        for v in ep.variants:
-            if not SM_NAME_RE.match(v.name):
-                raise DeployError(f"endpoint {ep.name!r}: variant name {v.name!r} is not a SageMaker name")
-            variants.append((v.name, add_model(v.name, {"PrimaryContainer": one(v.model)}), v.weight))
-    else:
-        model = ep.model or (f"{ep.name}_serial" if ep.mode == "serial" else "")
-        variants.append((DEFAULT_VARIANT, add_model(sm_name(model), {"PrimaryContainer": one(model)}), 1.0))
+    builders = {"multi-model": _multi_model, "multi-container": _multi_container}
+    variants = builders.get(ep.mode, _single)(_Models(ep, deploy, tarball, image, container, d))
     if autoscaling is not None and not autoscaling.min_instances <= instance_count <= autoscaling.max_instances:
         raise DeployError(
             f"endpoint {ep.name!r}: instance_count {instance_count} outside autoscaling "
             f"[{autoscaling.min_instances}, {autoscaling.max_instances}]"
         )
-    pv = [
-        {
-            "VariantName": v,
-            "ModelName": m,
-            "InitialInstanceCount": instance_count,
-            "InstanceType": instance_type,
-            "InitialVariantWeight": float(w),
-        }
-        for v, m, w in variants
-    ]
+    pv = _production_variants(variants, instance_type, instance_count)
     d.config = {"EndpointConfigName": named(ep.name, "", pv), "ProductionVariants": pv, "Tags": tags}
     if autoscaling is not None:
         d.scaling = {v: autoscaling for v, _, _ in variants}

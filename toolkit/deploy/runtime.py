@@ -23,6 +23,7 @@ def kserve_body(inputs: dict[str, Any]) -> dict[str, Any]:
     tensors = []
     for name, value in inputs.items():
         arr = np.asarray(value)
+        datatype: str | None
         if arr.dtype.kind in "USO":
             datatype, data = "BYTES", [str(v) for v in arr.ravel().tolist()]
         else:
