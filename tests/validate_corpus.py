@@ -19,6 +19,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from toolkit.repository.config import parse_config, render_config
 from toolkit.repository.generate import ADAPTER_TEMPLATE
 
+CONTROL = "healthy_control"  # a valid model next to the broken ones: a rejection is due to what each case breaks
+
 VALID_MODEL_PY = '''"""Echo model used by the validate corpus."""
 
 import numpy as np

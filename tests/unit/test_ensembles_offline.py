@@ -15,7 +15,7 @@ from toolkit.repository.generate import generate_repository, generated_models
 from toolkit.spec import load_manifest
 from toolkit.spec.models import EnsembleSpec, Manifest, ModelSpec, StepSpec, TensorSpec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "tritonctl.yaml"
 
 

@@ -15,7 +15,7 @@ from examples.digits import load_split
 from examples.housing import CITIES4, generate
 from toolkit.server import EmbeddedTriton, TritonAdmin
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ART = ROOT / "examples" / "artifacts"
 
 
