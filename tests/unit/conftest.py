@@ -1,5 +1,5 @@
-"""The unit tier starts no server: a test here that starts Triton, the gateway or moto fails at once and says where it
-belongs (tests/integration)."""
+"""The unit tier starts no server: a test here that starts Triton or the gateway fails at once and says where it belongs
+(tests/integration). moto's S3 server is out of reach already: its fixture lives in tests/integration/conftest.py."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ def _refuse(what: str) -> Any:
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_servers() -> Iterator[None]:
-    from moto.server import ThreadedMotoServer
-
     from toolkit.gateway.server import Gateway, GatewayThread
     from toolkit.server import EmbeddedTriton
 
@@ -27,5 +25,4 @@ def _no_servers() -> Iterator[None]:
         mp.setattr(EmbeddedTriton, "start", _refuse("an embedded Triton"))
         mp.setattr(Gateway, "start", _refuse("the gateway"))
         mp.setattr(GatewayThread, "start", _refuse("the gateway"))
-        mp.setattr(ThreadedMotoServer, "start", _refuse("moto's S3 server"))
         yield
