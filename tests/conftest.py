@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from validate_corpus import CONTROL, build_corpus, write_valid_model
+from validate_corpus import CONTROL, ENSEMBLE_CONTROL, build_corpus, write_valid_ensemble, write_valid_model
 
 from toolkit.repository.generate import generate_repository
 from toolkit.spec import load_manifest
@@ -33,9 +33,11 @@ def example_repo(tmp_path_factory: pytest.TempPathFactory, example_manifest) -> 
 
 @pytest.fixture(scope="session")
 def corpus_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The validate corpus (tests/validate_corpus.py) written out, with a healthy control model among the broken ones:
-    read offline by tests/unit/test_validate.py, loaded into Triton by tests/integration/test_validate_triton.py."""
+    """The validate corpus (tests/validate_corpus.py) written out, with a healthy model and a healthy ensemble among the
+    broken ones: read offline by tests/unit/test_validate.py, loaded into Triton by
+    tests/integration/test_validate_triton.py."""
     root = tmp_path_factory.mktemp("validate_corpus")
     build_corpus(root)
     write_valid_model(root, CONTROL)
+    write_valid_ensemble(root, ENSEMBLE_CONTROL)
     return root

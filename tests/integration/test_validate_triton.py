@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from validate_corpus import CASES, CONTROL, BrokenCase
+from validate_corpus import CASES, CONTROL, ENSEMBLE_CONTROL, BrokenCase
 
 from toolkit.errors import InferenceError
 from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
@@ -34,9 +34,10 @@ def corpus_admin(corpus_repo: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_control_loads(corpus_admin: TritonAdmin) -> None:
-    corpus_admin.load(CONTROL)
-    assert corpus_admin.model_ready(CONTROL)
-    corpus_admin.unload(CONTROL)
+    for control in (CONTROL, ENSEMBLE_CONTROL):  # the ensemble loads its step model with it
+        corpus_admin.load(control)
+        assert corpus_admin.model_ready(control)
+        corpus_admin.unload(control, unload_dependents=True)
 
 
 @pytest.mark.parametrize("case", LOADED_CASES, ids=lambda c: c.name)

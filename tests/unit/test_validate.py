@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
-from validate_corpus import CASES, CONTROL, BrokenCase, edit_config, write_valid_model
+from validate_corpus import CASES, CONTROL, ENSEMBLE_CONTROL, BrokenCase, edit_config, write_valid_model
 
 from toolkit.errors import TritonctlError
 from toolkit.repository.config import render_config
@@ -45,7 +45,8 @@ def test_example_repository_validates_clean(example_repo: Path) -> None:
 
 
 def test_control_model_is_clean(corpus_findings: list[Finding]) -> None:
-    assert _of_model(corpus_findings, CONTROL) == []
+    for control in (CONTROL, ENSEMBLE_CONTROL, f"{ENSEMBLE_CONTROL}_step"):
+        assert _of_model(corpus_findings, control) == [], control
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
