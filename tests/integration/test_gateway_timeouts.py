@@ -17,6 +17,7 @@ import boto3
 import numpy as np
 import pytest
 from botocore.config import Config
+from waiting import wait_until
 
 from toolkit.gateway.core import GatewayOptions
 from toolkit.gateway.server import Gateway, GatewayThread
@@ -24,7 +25,7 @@ from toolkit.mme.manager import ModelManager
 from toolkit.repository.config import build_config
 from toolkit.repository.generate import GeneratedModel, write_model
 from toolkit.repository.samples import write_scale_model
-from toolkit.server import EmbeddedTriton, ServerOptions
+from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
 from toolkit.spec.models import EndpointSpec, ModelSpec, TensorSpec
 
 ECHO_PARAMS = b"""import json
@@ -61,7 +62,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     )  # fmt: skip
     runner = GatewayThread(Gateway(opts, server.endpoint, models=manager))
     addrs = runner.start()
-    yield {"url": addrs.http_url, "repo": Path(repo)}
+    yield {"url": addrs.http_url, "repo": Path(repo), "triton": server.endpoint}
     runner.stop()
     server.stop()
 
@@ -100,7 +101,12 @@ def test_load_outlasting_the_wait_budget_is_429_then_retry_succeeds(gateway: dic
         )
     assert time.monotonic() - t0 < 2.0  # the wait budget (0.5 s), not the 2.5 s load
     assert "slow_load" in info.value.response["Error"]["Message"]
-    time.sleep(3.0)  # the load goes on in the background; SageMaker clients retry later
+    admin = TritonAdmin(gateway["triton"])  # the load goes on in the background; SageMaker clients retry later
+    try:
+        assert not admin.model_ready("slow_load")  # the 429 came while it was still loading
+        wait_until(lambda: admin.model_ready("slow_load"), 30, "slow_load READY in Triton", interval=0.05)
+    finally:
+        admin.close()
     r = sm.invoke_endpoint(
         EndpointName="mme", TargetModel="slow_load.tar.gz", ContentType="application/json", Body=BODY
     )
