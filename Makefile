@@ -29,8 +29,10 @@ test: venv graphviz
 	$(TEST) tests/unit
 	$(TEST) tests/integration
 
+# The fast loop fuzzes lighter: 300 hypothesis examples where the tests default to 1500 (make test, CI), which alone
+# take ~25 s of CPU. TRITONCTL_FUZZ_EXAMPLES=1500 make unit fuzzes as CI does.
 unit: venv graphviz
-	$(TEST) tests/unit
+	TRITONCTL_FUZZ_EXAMPLES=$${TRITONCTL_FUZZ_EXAMPLES:-300} $(TEST) tests/unit
 
 integration: venv
 	$(TEST) tests/integration
