@@ -1,11 +1,14 @@
-"""The pure pieces of the load tester: latency histograms against numpy, scenario parsing, the Zipf traffic mix and
-the server-statistics arithmetic (no server; the real runs are tests/integration/test_loadtest.py)."""
+"""The load tester without a server: latency histograms against numpy, scenario parsing, the Zipf traffic mix, a gRPC
+user without a host, and the server-statistics arithmetic (the real runs are tests/integration/test_loadtest.py)."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from toolkit.loadtest.scenario import (
 from toolkit.loadtest.serverstats import diff_stats, mme_metrics, parse_prometheus
 
 MODEL = "digits_logreg"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _direct(samples: np.ndarray) -> LatencyHistogram:
