@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint examples clean perf-analyzer
+.PHONY: venv demo test unit integration graphviz bench lint examples clean perf-analyzer
 
 venv: $(STAMP)
 
@@ -21,8 +21,31 @@ examples: venv
 demo: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m examples.demo
 
-test: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
+# Two tiers: tests/unit needs no server (seconds), tests/integration talks to a real embedded Triton (minutes).
+# `make test` runs both, unit first, so a broken pure function fails before any server starts.
+TEST := PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+test: venv graphviz
+	$(TEST) tests/unit
+	$(TEST) tests/integration
+
+# The fast loop fuzzes lighter: 300 hypothesis examples where the tests default to 1500 (make test, CI), which alone
+# take ~25 s of CPU. TRITONCTL_FUZZ_EXAMPLES=1500 make unit fuzzes as CI does.
+unit: venv graphviz
+	TRITONCTL_FUZZ_EXAMPLES=$${TRITONCTL_FUZZ_EXAMPLES:-300} $(TEST) tests/unit
+
+integration: venv
+	$(TEST) tests/integration
+
+# graphviz's `dot` renders `tritonctl graph -o x.svg` (without it, Mermaid text instead); a unit test draws an SVG.
+# Installed from Debian's packages when missing and we are root (CI is); otherwise say what to install.
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends graphviz >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get install -y -qq --no-install-recommends graphviz >/dev/null; }; \
+	  else echo "graphviz's 'dot' is missing: install graphviz (Debian: sudo apt-get install graphviz)" >&2; exit 1; fi; }
 
 # NVIDIA's perf_analyzer, the yardstick for our load-test driver (installed next to the project, git-ignored).
 PA := tools/perf_analyzer/perf_analyzer

@@ -1,19 +1,18 @@
-"""Shared fixtures: a real embedded Triton (session-scoped, free ports, loopback) over the example repository.
+"""Fixtures both tiers use: the example manifest and a repository generated from it (no server).
 
 The example repository is generated afresh into a temporary directory from the root manifest, so tests exercise
-`generate` as well and never depend on the committed model_repository/ being current.
+`generate` as well and never depend on the committed model_repository/ being current. Fixtures that start a server
+(Triton, moto) live in tests/integration/conftest.py; tests/unit never starts one.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from validate_corpus import CONTROL, ENSEMBLE_CONTROL, build_corpus, write_valid_ensemble, write_valid_model
 
 from toolkit.repository.generate import generate_repository
-from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin, free_port
 from toolkit.spec import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,39 +32,12 @@ def example_repo(tmp_path_factory: pytest.TempPathFactory, example_manifest) -> 
 
 
 @pytest.fixture(scope="session")
-def triton(example_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedTriton]:
-    """One embedded Triton for the whole session, in explicit mode with nothing loaded: tests load what they use."""
-    work = tmp_path_factory.mktemp("triton_work")
-    server = EmbeddedTriton(ServerOptions(repository=example_repo, workdir=work, log_file=work / "triton.log"))
-    server.start(timeout=90)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def admin(triton: EmbeddedTriton) -> Iterator[TritonAdmin]:
-    a = TritonAdmin(triton.endpoint)
-    yield a
-    a.close()
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """moto's server mode on a free loopback port: a real HTTP S3 for the stores and the MME. Its backends are
-    process-wide, so every test uses a bucket name of its own."""
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def corpus_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The validate corpus (tests/validate_corpus.py) written out, with a healthy model and a healthy ensemble among the
+    broken ones: read offline by tests/unit/test_validate.py, loaded into Triton by
+    tests/integration/test_validate_triton.py."""
+    root = tmp_path_factory.mktemp("validate_corpus")
+    build_corpus(root)
+    write_valid_model(root, CONTROL)
+    write_valid_ensemble(root, ENSEMBLE_CONTROL)
+    return root

@@ -1,10 +1,12 @@
 """A corpus of broken model repositories for ``tritonctl validate``, built in code into temporary directories.
 
-Every case starts from one small valid python model and breaks exactly one thing. ``triton_rejects`` says whether a
-real Triton 2.51 (embedded, python backend only, CPU-only) refuses to load the broken model: the validate tests load
-each such case and assert the load fails, so no rule here claims a rejection Triton does not actually make.
-Cases with ``triton_rejects=False`` are checked offline only (e.g. native backends the embedded Triton lacks, where
-a load fails for an unrelated reason and would prove nothing).
+Every case starts from one small valid python model (or, for the ensemble cases, one valid ensemble over a valid step
+model) and breaks exactly one thing. ``BrokenCase.triton`` says what a real Triton 2.51 (embedded, python backend only,
+CPU-only) does with the broken model: tests/integration/test_validate_triton.py loads every case Triton ``rejects``
+and asserts the load fails, and every case it ``loads`` and asserts it loads, so no rule here claims a rejection
+Triton does not actually make. ``offline`` cases are checked offline only (e.g. native backends the embedded Triton
+lacks, where a load fails for an unrelated reason and would prove nothing). tests/unit/test_validate.py checks what
+validate reports for every case.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.repository.config import parse_config, render_config
 from toolkit.repository.generate import ADAPTER_TEMPLATE
+
+CONTROL = "healthy_control"  # a valid model next to the broken ones: a rejection is due to what each case breaks
+ENSEMBLE_CONTROL = "healthy_ensemble"  # the same for the ensemble cases (with its step, healthy_ensemble_step)
 
 VALID_MODEL_PY = '''"""Echo model used by the validate corpus."""
 
@@ -61,6 +66,20 @@ def write_valid_model(root: Path, name: str) -> Path:
     (mdir / "1").mkdir(parents=True, exist_ok=True)
     (mdir / "config.pbtxt").write_text(render_config(valid_config(name)))
     (mdir / "1" / "model.py").write_text(VALID_MODEL_PY)
+    return mdir
+
+
+def write_valid_ensemble(root: Path, name: str) -> Path:
+    """The healthy ensemble baseline: one step, a valid model of its own (``<name>_step``), X -> step -> Y."""
+    step = write_valid_model(root, f"{name}_step").name
+    cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=8)
+    cfg.input.add(name="X", data_type=mc.TYPE_FP32, dims=[4])
+    cfg.output.add(name="Y", data_type=mc.TYPE_FP32, dims=[4])
+    s = cfg.ensemble_scheduling.step.add(model_name=step, model_version=-1)
+    s.input_map["X"], s.output_map["Y"] = "X", "Y"
+    mdir = root / name
+    (mdir / "1").mkdir(parents=True, exist_ok=True)  # Triton needs the version directory, empty for an ensemble
+    (mdir / "config.pbtxt").write_text(render_config(cfg))
     return mdir
 
 
@@ -276,6 +295,26 @@ def _native_no_inputs(m: Path) -> None:
     edit_config(m, change)
 
 
+def _as_ensemble(m: Path, change: Callable[[mc.ModelConfig], None]) -> None:
+    """Replace the model by the healthy ensemble (and its step model, beside it), then break the ensemble."""
+    shutil.rmtree(m)
+    write_valid_ensemble(m.parent, m.name)
+    edit_config(m, change)
+
+
+def _ensemble_unknown_tensor(m: Path) -> None:  # the step reads a tensor nothing produces (a typo)
+    _as_ensemble(m, lambda c: c.ensemble_scheduling.step[0].input_map.__setitem__("X", "X_typo"))
+
+
+def _ensemble_unknown_input(m: Path) -> None:  # the step maps a name its model has no input for; X stays unmapped
+    def change(c: mc.ModelConfig) -> None:
+        step = c.ensemble_scheduling.step[0]
+        del step.input_map["X"]
+        step.input_map["Z"] = "X"
+
+    _as_ensemble(m, change)
+
+
 CASES: list[BrokenCase] = [
     # Triton 2.51 refuses these loads.
     BrokenCase("name_mismatch", _name_mismatch, "config.pbtxt", "name"),
@@ -304,6 +343,12 @@ CASES: list[BrokenCase] = [
     BrokenCase("latest_zero", _latest_zero, "config.pbtxt", "version_policy.latest.num_versions"),
     BrokenCase("unknown_backend", _unknown_backend, "config.pbtxt", "backend"),
     BrokenCase("warmup_dims", _warmup_dims, "config.pbtxt", 'model_warmup[0].inputs["X"].dims'),
+    BrokenCase(
+        "ensemble_unknown_tensor", _ensemble_unknown_tensor, "config.pbtxt", "ensemble_scheduling.step[0].input_map[X]"
+    ),
+    BrokenCase(
+        "ensemble_unknown_input", _ensemble_unknown_input, "config.pbtxt", "ensemble_scheduling.step[0].input_map[Z]"
+    ),
     # Triton 2.51 loads these: validate only warns.
     BrokenCase("duplicate_input", _duplicate_input, "config.pbtxt", "input[1].name", "loads"),
     BrokenCase("duplicate_output", _duplicate_output, "config.pbtxt", "output[1].name", "loads"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
@@ -22,8 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 FREE = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "gateway_port": 0, "gateway_grpc_port": 0}
 
 
-def _tritonservers() -> set[int]:
+def _all_tritonservers() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True) if "tritonserver" in " ".join(p.cmdline())}
+
+
+@pytest.fixture
+def _tritonservers() -> Callable[[], set[int]]:
+    """The tritonservers this test started: in the whole suite, other modules' session fixtures run some too."""
+    before = _all_tritonservers()
+    return lambda: _all_tritonservers() - before
 
 
 def _digit0(mod) -> object:  # type: ignore[no-untyped-def]
@@ -32,7 +40,9 @@ def _digit0(mod) -> object:  # type: ignore[no-untyped-def]
     return x
 
 
-def test_start_serves_a_manifest_through_the_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_start_serves_a_manifest_through_the_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _tritonservers: Callable[[], set[int]]
+) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its temporary work directory lands here
     lines: list[str] = []
     config = ServeConfig(manifest=ROOT / "tritonctl.yaml", admin_port=0, max_models=2, **FREE)
@@ -69,7 +79,9 @@ def test_start_serves_a_manifest_through_the_gateway(tmp_path: Path, monkeypatch
     serving.stop()  # idempotent
 
 
-def test_a_failed_start_stops_triton_and_keeps_its_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_start_stops_triton_and_keeps_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _tritonservers: Callable[[], set[int]]
+) -> None:
     """Triton is launched and exits (a model it is told to load does not exist): nothing keeps running, and the work
     directory with Triton's log stays for inspection, named through echo."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

@@ -26,7 +26,7 @@ from toolkit.server.endpoint import TritonEndpoint
 from toolkit.server.locate import locate_triton, prepare_backend_dir
 
 # TritonEndpoint lives in toolkit.server.endpoint; the name imported above keeps the old path working for the modules
-# still using it (gateway.core, gateway.server, the gateway benchmarks, tests/test_gateway_h2.py).
+# still using it (gateway.core, gateway.server, the gateway benchmarks, tests/integration/test_gateway_h2.py).
 __all__ = ["EmbeddedTriton", "ServerOptions", "TritonEndpoint", "free_port", "http_ok", "port_is_free"]
 
 DEFAULT_HOST = "127.0.0.1"

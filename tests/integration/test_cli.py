@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from examples.digits import load_split
+from examples.digits import load_numpy_module, load_split
 from toolkit.cli.main import app
 from toolkit.server import EmbeddedTriton, TritonAdmin
 
 runner = CliRunner()
+# The file Triton runs for digits_mlp (the numpy adapter imports it), called in-process: what invoke must print.
+MLP: Any = load_numpy_module(Path(__file__).resolve().parents[2] / "examples" / "artifacts" / "digits_mlp.py")
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -42,29 +46,22 @@ def test_models_list_load_unload_ready(url: str) -> None:
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_invoke_json_and_npy(url: str, tmp_path: Path, protocol: str, triton: EmbeddedTriton) -> None:
     _, x_test, _, y_test = load_split()
+    want = MLP.predict({"X": x_test[:3]})
     np.save(tmp_path / "x.npy", x_test[:3])
-    code, out, err = run(
-        "invoke",
-        "digits_mlp",
-        "-i",
-        f"X=@{tmp_path / 'x.npy'}",
-        "--protocol",
-        protocol,
-        "--url",
-        url,
-        "--grpc-url",
-        triton.endpoint.grpc,
-        "--json",
-    )
+    over = ["--protocol", protocol, "--url", url, "--grpc-url", triton.endpoint.grpc, "--json"]
+    code, out, err = run("invoke", "digits_mlp", "-i", f"X=@{tmp_path / 'x.npy'}", *over)
     assert code == 0, err
-    labels = [row[0] for row in json.loads(out)["label"]]
-    expected = json.loads(run("invoke", "digits_mlp", "-i", f"X=@{tmp_path / 'x.npy'}", "--url", url, "--json")[1])
-    assert labels == [row[0] for row in expected["label"]]
-    assert sum(a == b for a, b in zip(labels, y_test[:3], strict=True)) >= 2
-    # a single sample without the batch dimension, as JSON
-    code, out, err = run("invoke", "digits_mlp", "-i", "X=" + json.dumps(x_test[0].tolist()), "--url", url, "--json")
+    got = json.loads(out)
+    assert sorted(got) == ["label", "probabilities"]
+    np.testing.assert_allclose(np.asarray(got["probabilities"]), want["probabilities"], rtol=1e-5, atol=1e-7)
+    assert got["label"] == [[int(v)] for v in want["label"]]
+    assert sum(a == b for a, b in zip(want["label"], y_test[:3], strict=True)) >= 2  # a sample the model gets right
+    # a single sample without the batch dimension, as JSON: sent as a batch of one
+    code, out, err = run("invoke", "digits_mlp", "-i", "X=" + json.dumps(x_test[0].tolist()), *over)
     assert code == 0, err
-    assert np.asarray(json.loads(out)["probabilities"]).shape == (1, 10)
+    one = json.loads(out)
+    assert np.asarray(one["probabilities"]).shape == (1, 10) and one["label"] == [[int(want["label"][0])]]
+    np.testing.assert_allclose(one["probabilities"][0], want["probabilities"][0], rtol=1e-5, atol=1e-7)
 
 
 def test_invoke_errors_are_one_line(url: str) -> None:
@@ -85,9 +82,26 @@ def test_invoke_errors_are_one_line(url: str) -> None:
         assert "Traceback" not in err
 
 
+def _inference_count(metrics_text: str, model: str) -> float:
+    m = re.search(rf'^nv_inference_count{{model="{model}",version="1"}} (\S+)$', metrics_text, re.MULTILINE)
+    assert m, metrics_text
+    return float(m.group(1))
+
+
 def test_status_and_metrics(url: str, triton: EmbeddedTriton) -> None:
     code, out, _ = run("status", "--url", url)
     assert code == 0 and "triton" in out and "digits_mlp" in out
-    run("invoke", "digits_mlp", "-i", "X=" + json.dumps([0.0] * 64), "--url", url)
-    code, out, _ = run("metrics", "--url", url, "--metrics-url", triton.endpoint.metrics)
-    assert code == 0 and 'nv_inference_count{model="digits_mlp"' in out
+    metrics = ("metrics", "--url", url, "--metrics-url", triton.endpoint.metrics)
+    code, before, _ = run(*metrics)
+    assert code == 0
+    # the plain-text form: each output's name, dtype and shape, then its values (probabilities to 4 decimals)
+    code, out, err = run("invoke", "digits_mlp", "-i", "X=" + json.dumps([0.0] * 64), "--url", url)
+    assert code == 0, err
+    want = MLP.predict({"X": np.zeros((1, 64), np.float32)})
+    head, _, tail = out.partition("label int64 [1, 1]:")
+    assert head.startswith("probabilities float32 [1, 10]:\n") and tail.strip() == f"[[{int(want['label'][0])}]]", out
+    printed = [float(v) for v in re.findall(r"-?\d+\.\d*(?:e[-+]\d+)?", head.split("\n", 1)[1])]
+    np.testing.assert_allclose(printed, want["probabilities"][0], atol=5e-5)
+    code, after, _ = run(*metrics)
+    assert code == 0
+    assert _inference_count(after, "digits_mlp") - _inference_count(before, "digits_mlp") == 1  # that invoke

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http.aio as httpaio
+from waiting import until
 
 from toolkit.mme.diskcache import DiskCache
 from toolkit.mme.errors import (
@@ -192,8 +193,7 @@ def test_count_budget_lru_order_and_triton_never_above_budget(env: dict[str, Any
             async with mgr.serving(name):
                 assert np.allclose(await infer(client, name), [int(name[1:]) + 1, 2 * (int(name[1:]) + 1)])
         assert {s.name for s in mgr.states() if s.state == "READY"} == {"m00", "m02", "m03"}
-        await asyncio.sleep(0)
-        assert "m01" not in triton_ready(admin)
+        assert "m01" not in triton_ready(admin)  # evicting it awaited Triton's unload, before m03 was loaded
 
         async def one(name: str) -> None:
             async with mgr.serving(name):
@@ -247,13 +247,25 @@ def test_bad_artifacts_and_failing_load_give_clear_errors_others_keep_serving(en
         errors = await asyncio.gather(*(mgr.ensure_loaded("boom") for _ in range(5)), return_exceptions=True)
         assert all(isinstance(e, ModelLoadError) and "initialize exploded" in str(e) for e in errors)
         assert loads_in_log(env, "boom") == 0
-        with pytest.raises(ModelLoadError, match="next attempt allowed"):  # within the backoff: no new attempt
+        with pytest.raises(ModelLoadError, match="next attempt allowed") as backoff:  # in the backoff: no attempt
             await mgr.ensure_loaded("boom")
+        assert backoff.value.retry_in is not None and 0 < backoff.value.retry_in <= 0.5
         assert not (env["repo"] / "boom").exists() and not (env["repo"] / "evil").exists()
         assert "boom" not in triton_ready(env["admin"])
-        await asyncio.sleep(0.6)  # backoff (0.5 s) elapsed: the next request retries the load
-        with pytest.raises(ModelLoadError, match="initialize exploded"):
-            await mgr.ensure_loaded("boom")
+
+        async def attempt() -> ModelLoadError:
+            try:
+                await mgr.ensure_loaded("boom")
+            except ModelLoadError as exc:
+                return exc
+            raise AssertionError("boom loaded")
+
+        # Asked again until the backoff is over: the first request after it retries the load (failing again).
+        deadline = time.monotonic() + 5
+        while "next attempt allowed" in str(retried := await attempt()):
+            assert time.monotonic() < deadline, "the backoff never ended"
+            await asyncio.sleep(0.02)
+        assert "initialize exploded" in str(retried)
         assert {s.name: s.state for s in mgr.states()}["boom"] == "FAILED"
         assert 'tritonctl_ModelLoadFailures_total{model="boom"} 2' in mgr.metrics_text()
         async with mgr.serving("m00"):
@@ -295,7 +307,6 @@ def test_disk_cache_evicts_lru_artifacts_and_repository_copies(env: dict[str, An
         for name in ("m01", "m02", "m03", "m01"):
             async with mgr.serving(name):
                 await infer(client, name)
-        await asyncio.sleep(0)
 
     run(with_manager(env, body, disk_cache=cache, max_models=1))
     assert cache.bytes_used <= cache.capacity_bytes
@@ -351,10 +362,7 @@ def test_byte_budget_uses_declared_and_measured_footprints(env: dict[str, Any]) 
         mgr.measure_delay = 0.0
         async with mgr.serving("m04"):
             await infer(client, "m04")
-        for _ in range(100):
-            if mgr._measured.get("m04"):
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: mgr._measured.get("m04"), 10, "m04's footprint measured")
         size = {s.name: s.size_bytes for s in mgr.states()}["m04"]
         assert 5 * 2**20 < size < 2 * 2**30, size  # the stub's RSS, not the 64 MiB default
         assert size != mgr.default_model_bytes
@@ -367,12 +375,13 @@ def test_resync_after_out_of_band_unload(env: dict[str, Any]) -> None:
         await mgr.ensure_loaded("m06")
         env["admin"].unload("m06")  # as if Triton restarted without it
         mgr.on_triton_restart()
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if not mgr.is_resident("m06"):
-                break
-        assert not mgr.is_resident("m06")
-        await asyncio.sleep(1.5)  # let Triton finish unloading, then the next request reloads it
+        await until(lambda: not mgr.is_resident("m06"), 10, "the manager forgets m06 after the resync")
+
+        def m06_gone() -> bool:  # Triton has finished unloading it: the next request loads it afresh
+            states = {m["name"]: m.get("state") for m in env["admin"].index()}
+            return states.get("m06") not in ("READY", "UNLOADING")
+
+        await until(m06_gone, 20, "Triton finished unloading m06", interval=0.05)
         async with mgr.serving("m06"):
             assert np.allclose(await infer(client, "m06"), [7.0, 14.0])
 

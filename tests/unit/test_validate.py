@@ -1,21 +1,20 @@
-"""``tritonctl validate`` against a corpus of broken repositories, each also loaded into a real Triton.
+"""``tritonctl validate`` offline: a corpus of broken repositories (tests/validate_corpus.py), each case reported with
+its file and field and the severity Triton's behaviour calls for, plus the rules around it.
 
-Truthfulness both ways: every case validate calls an error must fail to load in the embedded Triton 2.51, and every
-case it only warns about must load there. A healthy control model in the same repository loads, so a rejection is
-due to the one thing each case breaks.
+Truthfulness both ways is proven against a real Triton in tests/integration/test_validate_triton.py: every case
+validate calls an error fails to load there, and every case it only warns about loads.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
-from validate_corpus import CASES, BrokenCase, build_corpus, edit_config, write_valid_model
+from validate_corpus import CASES, CONTROL, ENSEMBLE_CONTROL, BrokenCase, edit_config, write_valid_model
 
-from toolkit.errors import InferenceError, TritonctlError
+from toolkit.errors import TritonctlError
 from toolkit.repository.config import render_config
 from toolkit.repository.validate import (
     Finding,
@@ -24,37 +23,11 @@ from toolkit.repository.validate import (
     has_errors,
     validate_repository,
 )
-from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
-
-CONTROL = "healthy_control"
-LOADED_CASES = [c for c in CASES if c.triton != "offline"]
-
-
-@pytest.fixture(scope="session")
-def corpus_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("validate_corpus")
-    build_corpus(root)
-    write_valid_model(root, CONTROL)
-    return root
 
 
 @pytest.fixture(scope="session")
 def corpus_findings(corpus_repo: Path) -> list[Finding]:
     return validate_repository(corpus_repo)
-
-
-@pytest.fixture(scope="session")
-def corpus_admin(corpus_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonAdmin]:
-    """One embedded Triton over the whole corpus (explicit mode: nothing loads until a test asks)."""
-    work = tmp_path_factory.mktemp("validate_triton")
-    server = EmbeddedTriton(ServerOptions(repository=corpus_repo, workdir=work, log_file=work / "triton.log"))
-    server.start(timeout=90)
-    admin = TritonAdmin(server.endpoint, timeout=30)
-    try:
-        yield admin
-    finally:
-        admin.close()
-        server.stop()
 
 
 def _of_model(findings: list[Finding], model: str) -> list[Finding]:
@@ -72,7 +45,8 @@ def test_example_repository_validates_clean(example_repo: Path) -> None:
 
 
 def test_control_model_is_clean(corpus_findings: list[Finding]) -> None:
-    assert _of_model(corpus_findings, CONTROL) == []
+    for control in (CONTROL, ENSEMBLE_CONTROL, f"{ENSEMBLE_CONTROL}_step"):
+        assert _of_model(corpus_findings, control) == [], control
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -84,24 +58,6 @@ def test_validate_reports_file_and_field(case: BrokenCase, corpus_findings: list
     assert all(h.message for h in hits)
     if case.triton == "loads":  # Triton accepts it, so validate must not call anything about it an error
         assert not has_errors(mine), format_findings(mine)
-
-
-def test_control_loads(corpus_admin: TritonAdmin) -> None:
-    corpus_admin.load(CONTROL)
-    assert corpus_admin.model_ready(CONTROL)
-    corpus_admin.unload(CONTROL)
-
-
-@pytest.mark.parametrize("case", LOADED_CASES, ids=lambda c: c.name)
-def test_triton_agrees(case: BrokenCase, corpus_admin: TritonAdmin) -> None:
-    if case.triton == "rejects":
-        with pytest.raises(InferenceError):
-            corpus_admin.load(case.name)
-        assert case.name not in corpus_admin.loaded()
-    else:
-        corpus_admin.load(case.name)
-        assert corpus_admin.model_ready(case.name)
-        corpus_admin.unload(case.name)
 
 
 def test_parse_error_names_line_and_column(corpus_findings: list[Finding]) -> None:

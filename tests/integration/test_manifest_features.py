@@ -13,7 +13,7 @@ from toolkit.repository.generate import generate_repository
 from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
 from toolkit.spec import load_manifest
 
-ART = Path(__file__).resolve().parent.parent / "examples" / "artifacts"
+ART = Path(__file__).resolve().parents[2] / "examples" / "artifacts"
 MANIFEST = """
 models:
   - name: full

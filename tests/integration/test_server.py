@@ -4,11 +4,13 @@ crash -> supervised restart on the same ports with the same models."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from waiting import wait_until
 
 from toolkit.errors import ServerError
 from toolkit.repository.samples import write_scale_model
@@ -34,6 +36,13 @@ def stubs_of(server: EmbeddedTriton) -> list[psutil.Process]:
     return [p for p in descendants(server.process.pid) if "triton_python_backend_stub" in " ".join(p.cmdline())]
 
 
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_start_load_stop_leaves_no_orphans(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", ["double", "double2"])
     server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, load=["double"]))
@@ -43,11 +52,12 @@ def test_start_load_stop_leaves_no_orphans(tmp_path: Path) -> None:
     admin.load("double2")
     stubs = stubs_of(server)
     assert len(stubs) == 2
-    main_pid = server.process.pid  # type: ignore[union-attr]
+    main = server.process
+    assert main is not None
     server.stop()
-    time.sleep(0.2)
-    assert not psutil.pid_exists(main_pid) or psutil.Process(main_pid).status() == psutil.STATUS_ZOMBIE
-    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in stubs)
+    assert main.poll() is not None  # stop() waited for tritonserver itself (and reaped it)
+    # The stubs were SIGKILLed with the process group; they are gone once the kernel has torn them down.
+    wait_until(lambda: not [p for p in stubs if _alive(p)], 10, "the python backend stubs exit")
     assert not admin.live()
 
 
@@ -103,16 +113,24 @@ def test_stop_during_a_restart_leaves_nothing_running(tmp_path: Path) -> None:
     not provoked here.)"""
     repo = make_repo(tmp_path / "repo", ["double"])
     server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, load=["double"]))
-    sup = Supervisor(server, poll_interval=0.01)
+    down = threading.Event()
+    sup = Supervisor(server, poll_interval=0.01, on_state=lambda s: s == "down" and down.set())
     sup.start()
     mine = {p.pid for p in psutil.process_iter(["cmdline"]) if str(repo) in " ".join(p.info["cmdline"] or [])}
     server.kill()
-    time.sleep(0.05)  # the watcher notices within ~10 ms and begins restarting
+    assert down.wait(10)  # the watcher saw the death: it restarts from here on
     sup.stop()
-    time.sleep(1.0)
-    alive = [
-        p for p in psutil.process_iter(["cmdline", "status"])
-        if str(repo) in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE
-    ]  # fmt: skip
-    assert not alive, [(p.pid, p.info["cmdline"][:2]) for p in alive]
+    watcher = sup._thread
+    assert watcher is not None
+    watcher.join(30)  # the restart loop is over: nothing can start a tritonserver after this
+    assert not watcher.is_alive()
+
+    def alive() -> list[tuple[int, list[str]]]:
+        return [
+            (p.pid, p.info["cmdline"][:2]) for p in psutil.process_iter(["cmdline", "status"])
+            if str(repo) in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE
+        ]  # fmt: skip
+
+    # What stop() killed is gone once the kernel has torn it down; a process started after stop() would stay.
+    wait_until(lambda: not alive(), 10, "every process of this repository exits")
     assert mine and not sup.is_up

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from waiting import wait_until
 
 from toolkit.gateway.core import GatewayOptions
 from toolkit.gateway.server import Gateway, GatewayAddresses, GatewayThread
@@ -75,6 +76,19 @@ def _in_thread(fn: Any, *args: Any) -> tuple[threading.Thread, dict[str, Any]]:
     return t, out
 
 
+def _in_flight(runner: GatewayThread, n: int) -> None:
+    """Wait until the gateway holds ``n`` requests it has received and not answered (every path counts them)."""
+    wait_until(lambda: runner.gateway.core.inflight >= n, 10, f"{n} requests in flight in the gateway")
+
+
+def _refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def test_stop_answers_requests_in_flight_then_returns(triton: EmbeddedTriton) -> None:
     runner, addrs = _gateway(triton, drain_s=8.0)
     assert _infer(addrs.http, "work_a", 1.0)[0] == 200  # warm: the next request takes the hot path
@@ -95,13 +109,12 @@ def test_stop_answers_requests_in_flight_then_returns(triton: EmbeddedTriton) ->
     hot, hot_out = _in_thread(_infer, addrs.http, "work_a", 1.0)
     cold, cold_out = _in_thread(_infer, addrs.http, "cold_a", 3.0)  # the load starts inside the request
     grpc, grpc_out = _in_thread(grpc_infer)
-    time.sleep(0.3)  # all three are in the gateway now
+    _in_flight(runner, 3)
     t0 = time.monotonic()
     stopper, _ = _in_thread(runner.stop)
-    time.sleep(0.2)
     host, port = addrs.http.rsplit(":", 1)
-    with pytest.raises(ConnectionRefusedError):  # draining: no new connections
-        socket.create_connection((host, int(port)), timeout=2).close()
+    wait_until(lambda: _refused(host, int(port)), 5, "new connections refused")
+    assert stopper.is_alive()  # refused while draining, not once stopped
     assert idle.sock is not None and idle.sock.recv(1) == b""  # the idle keep-alive connection was closed
     for t in (hot, cold, grpc, stopper):
         t.join(30)
@@ -120,7 +133,7 @@ def test_past_the_deadline_unanswered_requests_get_503(triton: EmbeddedTriton) -
     assert _infer(addrs.http, "work_a", 1.0)[0] == 200
     hot, hot_out = _in_thread(_infer, addrs.http, "work_a", 1.0)  # hot path: 0.7 s of execution
     cold, cold_out = _in_thread(_infer, addrs.http, "cold_b", 1.0)  # slow path: a 3 s load
-    time.sleep(0.2)
+    _in_flight(runner, 2)
     runner.stop()
     for t in (hot, cold):
         t.join(30)

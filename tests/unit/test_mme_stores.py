@@ -1,17 +1,17 @@
-"""Artifact extraction, local and S3 stores (moto server mode), and the LRU disk cache."""
+"""Artifact extraction, the local store, the S3 store without a server, and the LRU disk cache (no server: the S3
+store against moto is in tests/integration/test_mme_stores_s3.py)."""
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from model_tarballs import CONFIG, MODEL_PY, model_members, tar_member, write_tar
 
 from toolkit.errors import TritonctlError
 from toolkit.mme.diskcache import CacheFullError, DiskCache
@@ -19,35 +19,12 @@ from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, extract_m
 from toolkit.mme.stores import FetchResult, LocalStore, S3Store, open_store
 from toolkit.server import free_port
 
-CONFIG = b'name: "%s"\nbackend: "python"\nmax_batch_size: 0\n'
-MODEL_PY = b"class TritonPythonModel:\n    pass\n"
-
-
-def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    return info, data
-
 
 def _special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, None]:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = linkname
     return info, None
-
-
-def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
-    with tarfile.open(path, "w:gz") as tf:
-        for info, data in members:
-            tf.addfile(info, io.BytesIO(data) if data is not None else None)
-    return path
-
-
-def model_members(name: str, prefix: str = "", payload: int = 0) -> list[tuple[tarfile.TarInfo, bytes | None]]:
-    members = [_file(f"{prefix}config.pbtxt", CONFIG % name.encode()), _file(f"{prefix}1/model.py", MODEL_PY)]
-    if payload:
-        members.append(_file(f"{prefix}1/weights.bin", b"\0" * payload))
-    return members
 
 
 def make_model_dir(root: Path, name: str, payload: int = 0) -> Path:
@@ -77,16 +54,16 @@ def test_extract_flat_and_nested_layouts(tmp_path: Path, prefix: str) -> None:
 def _malicious() -> dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], dict[str, int], str]]:
     ok = model_members("evil")
     return {
-        "absolute": ([*ok, _file("/tmp/evil.txt", b"x")], {}, "absolute path"),
-        "traversal": ([*ok, _file("1/../../evil.txt", b"x")], {}, r"'\.\.'"),
+        "absolute": ([*ok, tar_member("/tmp/evil.txt", b"x")], {}, "absolute path"),
+        "traversal": ([*ok, tar_member("1/../../evil.txt", b"x")], {}, r"'\.\.'"),
         "symlink": ([*ok, _special("1/link", tarfile.SYMTYPE, "/etc/passwd")], {}, "symbolic link"),
         "symlink_rel": ([*ok, _special("1/link", tarfile.SYMTYPE, "../../../etc")], {}, "symbolic link"),
         "hardlink": ([*ok, _special("1/hard", tarfile.LNKTYPE, "../../etc/passwd")], {}, "hard link"),
         "device": ([*ok, _special("1/dev", tarfile.CHRTYPE)], {}, "device file"),
         "fifo": ([*ok, _special("1/pipe", tarfile.FIFOTYPE)], {}, "FIFO"),
-        "size_bomb": ([*ok, _file("1/w.bin", b"\0" * 5000)], {"max_bytes": 4096}, "size bomb"),
-        "count_bomb": ([*ok, *(_file(f"1/f{i}", b"") for i in range(20))], {"max_files": 10}, "file-count bomb"),
-        "no_config": ([_file("1/model.py", MODEL_PY)], {}, "no config.pbtxt"),
+        "size_bomb": ([*ok, tar_member("1/w.bin", b"\0" * 5000)], {"max_bytes": 4096}, "size bomb"),
+        "count_bomb": ([*ok, *(tar_member(f"1/f{i}", b"") for i in range(20))], {"max_files": 10}, "file-count bomb"),
+        "no_config": ([tar_member("1/model.py", MODEL_PY)], {}, "no config.pbtxt"),
         "wrong_folder": (model_members("evil", "other/"), {}, "does not match the model name"),
     }
 
@@ -115,7 +92,7 @@ def test_corrupt_and_truncated_archives(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"not a readable tar\.gz"):
         extract_model_tarball(text, dest)
     # Random payload so the compressed stream is long; cut it in the middle of the data.
-    full = write_tar(tmp_path / "src.tar.gz", [*model_members("trunc"), _file("1/w.bin", os.urandom(200_000))])
+    full = write_tar(tmp_path / "src.tar.gz", [*model_members("trunc"), tar_member("1/w.bin", os.urandom(200_000))])
     truncated = tmp_path / "trunc.tar.gz"
     truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     with pytest.raises(ArtifactError, match=r"trunc\.tar\.gz"):
@@ -179,54 +156,7 @@ def test_local_store_tar_and_dir(tmp_path: Path) -> None:
         open_store(str(tmp_path / "absent"))
 
 
-# --- S3 (moto server mode) -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def s3_bucket(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    import boto3
-
-    s3: Any = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    bucket = "stores-test"  # moto backends are process-wide: a name no other test uses
-    s3.create_bucket(Bucket=bucket)
-    tmp = tmp_path_factory.mktemp("s3src")
-    s3.upload_file(
-        str(write_tar(tmp / "resnet.tar.gz", model_members("resnet", payload=3000))), bucket, "mme/resnet.tar.gz"
-    )
-    s3.upload_file(
-        str(write_tar(tmp / "evil.tar.gz", [*model_members("evil"), _file("../x", b"x")])), bucket, "mme/evil.tar.gz"
-    )
-    s3.put_object(Bucket=bucket, Key="mme/dirmodel/config.pbtxt", Body=CONFIG % b"dirmodel")
-    s3.put_object(Bucket=bucket, Key="mme/dirmodel/1/model.py", Body=MODEL_PY)
-    s3.put_object(Bucket=bucket, Key="mme/notamodel/readme.txt", Body=b"x")
-    return bucket
-
-
-def test_s3_store_list_and_fetch(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
-    store = open_store(f"s3://{s3_bucket}/mme", endpoint_url=s3_endpoint)
-    assert isinstance(store, S3Store)
-    assert store.list_models() == ["dirmodel", "evil", "resnet"]
-    assert store.exists("resnet") and store.exists("dirmodel") and not store.exists("notamodel")
-    seen: list[tuple[int, int]] = []
-    res = store.fetch("resnet", tmp_path, progress=lambda d, t: seen.append((d, t)))
-    assert (res.path / "1" / "weights.bin").stat().st_size == 3000 and res.version
-    assert seen[-1] == (res.bytes_downloaded, res.bytes_downloaded) and res.bytes_downloaded > 0
-    res = store.fetch("dirmodel", tmp_path)
-    assert (res.path / "config.pbtxt").read_bytes() == CONFIG % b"dirmodel"
-    assert (res.path / "1" / "model.py").read_bytes() == MODEL_PY
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dirmodel", "resnet"]
-
-
-def test_s3_store_errors(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
-    store = S3Store(s3_bucket, "mme", endpoint_url=s3_endpoint)
-    with pytest.raises(ArtifactNotFoundError, match="'missing' not found"):
-        store.fetch("missing", tmp_path)
-    with pytest.raises(ArtifactError, match=r"'\.\.'"):
-        store.fetch("evil", tmp_path)
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ArtifactError, match="bucket does not exist") as info:
-        S3Store("no-such-bucket", "", endpoint_url=s3_endpoint).fetch("resnet", tmp_path)
-    assert not isinstance(info.value, ArtifactNotFoundError)  # a store problem, not a missing model
+# --- S3 without a server --------------------------------------------------------------------------------------
 
 
 def test_s3_unreachable_fails_fast(tmp_path: Path) -> None:
@@ -320,21 +250,6 @@ def test_cache_concurrent_fetch_shared(tmp_path: Path, store: CountingStore) -> 
     with pytest.raises(ArtifactError, match="not found"):
         cache.get_or_fetch("zzz", store)
     assert "zzz" not in cache
-
-
-def test_s3_limits_and_colliding_keys(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
-    """The extraction limits hold before anything is downloaded, for directories and tarballs alike; keys that cannot
-    both be files (`m/config.pbtxt` and `m/config.pbtxt/x`) are a clear ArtifactError, not an OSError."""
-    with pytest.raises(ArtifactError, match="over the limits"):
-        S3Store(s3_bucket, "mme", endpoint_url=s3_endpoint, max_files=1).fetch("dirmodel", tmp_path)
-    with pytest.raises(ArtifactError, match="over the limit of 100"):
-        S3Store(s3_bucket, "mme", endpoint_url=s3_endpoint, max_bytes=100).fetch("resnet", tmp_path)
-    store = S3Store(s3_bucket, "clash", endpoint_url=s3_endpoint)
-    store.client.put_object(Bucket=s3_bucket, Key="clash/m/config.pbtxt", Body=CONFIG % b"m")
-    store.client.put_object(Bucket=s3_bucket, Key="clash/m/config.pbtxt/x", Body=b"x")
-    with pytest.raises(ArtifactError, match="cannot be written as a file here"):
-        store.fetch("m", tmp_path)
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_disk_cache_shares_a_failed_fetch(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
 from toolkit.spec import load_manifest
 from toolkit.spec.models import EnsembleSpec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ["digits_logreg", "digits_mlp", "digits_forest"]
 CITIES = ["NewYork_NY", "LosAngeles_CA", "Chicago_IL", "Houston_TX"]
 RAW = np.array(

@@ -17,7 +17,7 @@ import pytest
 from examples import digits, housing
 from examples.build import build_all
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "examples" / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "examples" / "artifacts"
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Ensemble generation and drawing without a server: automatic tensor mapping, every spec error names the ensemble,
-the step and the tensor, and ``tritonctl graph`` output (graphviz when installed, Mermaid always)."""
+the step and the tensor, and ``tritonctl graph`` output: SVG through graphviz (the Makefile installs it), Mermaid
+always, and Mermaid instead of SVG where graphviz is absent."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from toolkit.repository.generate import generate_repository, generated_models
 from toolkit.spec import load_manifest
 from toolkit.spec.models import EnsembleSpec, Manifest, ModelSpec, StepSpec, TensorSpec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "tritonctl.yaml"
 
 
@@ -176,10 +177,10 @@ def test_graph_mermaid_lists_steps_tensors_and_routes() -> None:
         graph("nope", MANIFEST, None)
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz not installed")
 def test_graph_svg_with_graphviz(tmp_path: Path) -> None:
     from toolkit.cli.graph import graph
 
+    assert shutil.which("dot"), "graphviz is missing: `make graphviz` installs it (Debian: apt-get install graphviz)"
     line = graph("digits_scatter_gather", MANIFEST, tmp_path / "sg.svg")
     svg = (tmp_path / "sg.svg").read_text()
     assert "wrote SVG" in line and "<svg" in svg and "digits_scatter_gather_picker" in svg

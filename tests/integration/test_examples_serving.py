@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -15,7 +19,7 @@ from examples.digits import load_split
 from examples.housing import CITIES4, generate
 from toolkit.server import EmbeddedTriton, TritonAdmin
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ART = ROOT / "examples" / "artifacts"
 
 
@@ -98,15 +102,56 @@ def test_housing_onnx_pipeline_returns_the_sklearn_pipelines_dollars(  # type: i
     assert float(np.abs(sk).min()) > 10_000.0  # real prices, not an all-zero answer that would match trivially
 
 
-def test_grpc_and_dynamic_batching_agree(client, triton: EmbeddedTriton) -> None:  # type: ignore[no-untyped-def]
+def _requests_and_executions(admin: TritonAdmin, model: str) -> tuple[int, int]:
+    stats = admin.stats(model)["model_stats"][0]
+    return int(stats["inference_stats"]["success"]["count"]), int(stats["execution_count"])
+
+
+def test_grpc_and_dynamic_batching_agree(client, triton: EmbeddedTriton, admin: TritonAdmin) -> None:  # type: ignore[no-untyped-def]
+    """gRPC answers what HTTP answers; concurrent one-row requests are batched by Triton's dynamic batcher (fewer
+    executions than requests, as the model statistics count them) and each caller still gets its own row's answer."""
     _, x_test, _, _ = load_split()
     g = grpcclient.InferenceServerClient(triton.endpoint.grpc)
-    inp = grpcclient.InferInput("X", [4, 64], "FP32")
-    inp.set_data_from_numpy(x_test[:4])
-    via_grpc = g.infer("digits_mlp", [inp]).as_numpy("probabilities")
-    via_http = infer(client, "digits_mlp", "X", x_test[:4]).as_numpy("probabilities")
-    np.testing.assert_allclose(via_grpc, via_http, rtol=1e-6)
-    g.close()
+    try:
+        inp = grpcclient.InferInput("X", [4, 64], "FP32")
+        inp.set_data_from_numpy(x_test[:4])
+        via_grpc = g.infer("digits_mlp", [inp]).as_numpy("probabilities")
+        via_http = infer(client, "digits_mlp", "X", x_test[:4]).as_numpy("probabilities")
+        np.testing.assert_allclose(via_grpc, via_http, rtol=1e-6)
+
+        n = 128  # enough that some always meet in the queue, even when a busy machine sends them slowly
+        rows = x_test[:n]
+        batched = np.concatenate(  # the same rows, 64 to a request (max_batch_size)
+            [infer(client, "digits_mlp", "X", rows[lo : lo + 64]).as_numpy("probabilities") for lo in range(0, n, 64)]
+        )
+        requests0, executions0 = _requests_and_executions(admin, "digits_mlp")
+        answers: dict[int, tuple[Any, Any]] = {}
+        all_back = threading.Event()
+
+        def on_answer(i: int) -> Callable[[Any, Any], None]:
+            def done(result: Any, error: Any) -> None:
+                answers[i] = (result, error)
+                if len(answers) == n:
+                    all_back.set()
+
+            return done
+
+        for i in range(n):  # all in flight at once: they meet in the batcher's queue
+            one = grpcclient.InferInput("X", [1, 64], "FP32")
+            one.set_data_from_numpy(rows[i : i + 1])
+            g.async_infer("digits_mlp", [one], on_answer(i))
+        assert all_back.wait(60), f"{len(answers)} of {n} answers"
+        for i, (result, error) in sorted(answers.items()):
+            assert error is None, error
+            np.testing.assert_allclose(result.as_numpy("probabilities")[0], batched[i], rtol=1e-5, atol=1e-7)
+        deadline = time.monotonic() + 10  # Triton records a request's statistics as it releases it, after answering
+        while (requests := _requests_and_executions(admin, "digits_mlp")[0] - requests0) < n:
+            assert time.monotonic() < deadline, f"statistics count {requests} of {n} requests"
+            time.sleep(0.01)
+        executions = _requests_and_executions(admin, "digits_mlp")[1] - executions0
+        assert requests == n and 1 <= executions < n, (requests, executions)
+    finally:
+        g.close()
 
 
 def test_wrong_shape_and_dtype_are_rejected_with_tritons_message(client) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from toolkit.repository.config import parse_config
 from toolkit.repository.generate import generate_repository
 from toolkit.spec import load_manifest, manifest_json_schema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -17,6 +17,7 @@ import boto3
 import numpy as np
 import pytest
 from botocore.config import Config
+from waiting import wait_until
 
 from toolkit.gateway.core import GatewayOptions
 from toolkit.gateway.server import Gateway, GatewayThread
@@ -24,7 +25,7 @@ from toolkit.mme.manager import ModelManager
 from toolkit.repository.config import build_config
 from toolkit.repository.generate import GeneratedModel, write_model
 from toolkit.repository.samples import write_scale_model
-from toolkit.server import EmbeddedTriton, ServerOptions
+from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin
 from toolkit.spec.models import EndpointSpec, ModelSpec, TensorSpec
 
 ECHO_PARAMS = b"""import json
@@ -61,7 +62,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     )  # fmt: skip
     runner = GatewayThread(Gateway(opts, server.endpoint, models=manager))
     addrs = runner.start()
-    yield {"url": addrs.http_url, "repo": Path(repo)}
+    yield {"url": addrs.http_url, "repo": Path(repo), "triton": server.endpoint}
     runner.stop()
     server.stop()
 
@@ -76,10 +77,22 @@ def _post(url: str, path: str) -> tuple[int, dict[str, Any], float]:
         return e.code, json.loads(e.read() or b"{}"), time.monotonic() - t0
 
 
+def _loaded(gateway: dict[str, Any], model: str) -> None:
+    """Load ``model`` through the gateway: a first request starts the load (its answer depends on how long that takes
+    against the 0.5 s wait budget: 429, or 504 for slow_exec), then wait until Triton reports the model READY."""
+    _post(gateway["url"], f"/v2/models/{model}/infer")
+    admin = TritonAdmin(gateway["triton"])
+    try:
+        wait_until(lambda: admin.model_ready(model), 30, f"{model} READY in Triton", interval=0.05)
+    finally:
+        admin.close()
+
+
 def test_request_timeout_is_504_at_the_deadline(gateway: dict[str, Any]) -> None:
     url = gateway["url"]
+    for model in ("fast", "slow_exec"):  # warm: the budget under test applies to the inference itself
+        _loaded(gateway, model)
     assert _post(url, "/v2/models/fast/infer")[0] == 200
-    _post(url, "/v2/models/slow_exec/infer")  # may include the load; the budget applies to the inference itself
     code, body, took = _post(url, "/v2/models/slow_exec/infer")
     assert code == 504, body
     assert "did not answer within 0.6 s" in body["error"]
@@ -100,7 +113,12 @@ def test_load_outlasting_the_wait_budget_is_429_then_retry_succeeds(gateway: dic
         )
     assert time.monotonic() - t0 < 2.0  # the wait budget (0.5 s), not the 2.5 s load
     assert "slow_load" in info.value.response["Error"]["Message"]
-    time.sleep(3.0)  # the load goes on in the background; SageMaker clients retry later
+    admin = TritonAdmin(gateway["triton"])  # the load goes on in the background; SageMaker clients retry later
+    try:
+        assert not admin.model_ready("slow_load")  # the 429 came while it was still loading
+        wait_until(lambda: admin.model_ready("slow_load"), 30, "slow_load READY in Triton", interval=0.05)
+    finally:
+        admin.close()
     r = sm.invoke_endpoint(
         EndpointName="mme", TargetModel="slow_load.tar.gz", ContentType="application/json", Body=BODY
     )
@@ -108,6 +126,7 @@ def test_load_outlasting_the_wait_budget_is_429_then_retry_succeeds(gateway: dic
 
 
 def test_custom_attributes_and_inference_id_reach_the_model(gateway: dict[str, Any]) -> None:
+    _loaded(gateway, "echo_params")  # a cold load outlasting the 0.5 s wait budget is the 429 test's subject, not this
     sm = boto3.client(
         "sagemaker-runtime", endpoint_url=gateway["url"], region_name="us-east-1", aws_access_key_id="AKIDTEST",
         aws_secret_access_key="x",

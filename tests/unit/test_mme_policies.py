@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import random
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
 
 from toolkit.errors import TritonctlError
-from toolkit.mme.policies import GDSFPolicy, LRUPolicy, PolicyError, make_policy
+from toolkit.mme.policies import EvictionPolicy, GDSFPolicy, LRUPolicy, PolicyError, make_policy
 from toolkit.mme.simulate import (
     SimulationError,
     belady,
@@ -37,11 +38,52 @@ HAND = ["A", "B", "A", "C", "A", "B", "C", "A", "B"]
 #   7 A hit f=4 H=3+4=7 | 8 B: evict C(H3) L=3 vf=2, B f=3>2 H=6  -> hits 3 (idx 2, 4, 7), evictions 4
 
 
+class Watched:
+    """Wraps a policy as the simulator drives it: keeps the resident set the calls imply (a load adds, an eviction
+    removes), its peak size against the budget, and every victim in order."""
+
+    def __init__(self, policy: EvictionPolicy, budget: int, sizes: dict[str, int] | None = None) -> None:
+        self.policy, self.budget, self.sizes = policy, budget, sizes
+        self.name = policy.name
+        self.resident: set[str] = set()
+        self.victims: list[str] = []
+        self.peak = 0
+
+    def _used(self) -> int:
+        return sum(self.sizes[n] for n in self.resident) if self.sizes else len(self.resident)
+
+    def on_hit(self, name: str, now: float) -> None:
+        assert name in self.resident, f"hit on {name!r}, which is not resident"
+        self.policy.on_hit(name, now)
+
+    def on_load(self, name: str, now: float, size_bytes: int, load_seconds: float) -> None:
+        assert name not in self.resident, f"{name!r} loaded twice"
+        self.resident.add(name)
+        self.peak = max(self.peak, self._used())
+        assert self._used() <= self.budget, f"{sorted(self.resident)} exceed the budget {self.budget}"
+        self.policy.on_load(name, now, size_bytes, load_seconds)
+
+    def on_evict(self, name: str) -> None:
+        self.resident.remove(name)
+        self.victims.append(name)
+        self.policy.on_evict(name)
+
+    def choose_victim(self, candidates: Collection[str], now: float) -> str:
+        return self.policy.choose_victim(candidates, now)
+
+
 def test_hand_trace_exact_counts() -> None:
-    lru = simulate(HAND, 2, LRUPolicy())
-    assert (lru.hits, lru.misses, lru.evictions) == (2, 7, 5)
-    gdsf = simulate(HAND, 2, GDSFPolicy())
-    assert (gdsf.hits, gdsf.misses, gdsf.evictions) == (3, 6, 4)
+    lru = Watched(LRUPolicy(), 2)
+    res = simulate(HAND, 2, lru)
+    assert (res.hits, res.misses, res.evictions) == (2, 7, 5)
+    assert lru.victims == ["B", "C", "A", "B", "C"]  # idx 3, 5, 6, 7, 8 (see the trace above)
+    gdsf = Watched(GDSFPolicy(), 2)
+    res = simulate(HAND, 2, gdsf)
+    assert (res.hits, res.misses, res.evictions) == (3, 6, 4)
+    # The lowest H goes: B(1) at idx 3, the probationer C(1) at 5, B(3) against A(4) at 6, C(3) against A(7) at 8.
+    # A policy that evicted the highest H instead would throw A out, the most frequent model, every time.
+    assert gdsf.victims == ["B", "C", "B", "C"]
+    assert lru.peak == gdsf.peak == 2
     opt = belady(HAND, 2)
     assert (opt.hits, opt.misses, opt.evictions) == (4, 5, 3)
     assert opt.hit_ratio == pytest.approx(4 / 9)
@@ -135,8 +177,10 @@ def test_policy_respects_candidates_and_errors() -> None:
 def test_byte_budget() -> None:
     sizes = {"A": 2, "B": 1, "C": 1}
     # A(2) B(1) -> used 3; C: evict LRU A -> {B,C}; A: need 2, used 2+2>3 -> evict B -> {C,A}
-    res = simulate(["A", "B", "C", "A"], 3, "lru", sizes=sizes)
+    watched = Watched(LRUPolicy(), 3, sizes)
+    res = simulate(["A", "B", "C", "A"], 3, watched, sizes=sizes)
     assert (res.hits, res.evictions) == (0, 2)
+    assert watched.victims == ["A", "B"] and watched.resident == {"C", "A"} and watched.peak == 3
     res = simulate(["A", "B", "A", "C", "A"], 3, "lru", sizes=sizes)
     assert res.hits == 2  # idx 2 and 4: C evicts B (LRU), A stays
     assert belady(["A", "B", "C", "A"], 3, sizes=sizes).hits == 1  # evict B or C, keep A
@@ -177,9 +221,17 @@ def test_load_trace_formats(tmp_path: Path) -> None:
 
 
 def test_all_pairs_small_budgets_never_exceed_budget() -> None:
-    # A policy returning a non-resident victim would be caught by simulate; check both policies on all 3-letter
-    # traces of length 6 over budget 2 (exhaustive, small).
-    for trace in itertools.product("ABC", repeat=6):
-        for name in ("lru", "gdsf"):
-            res = simulate(list(trace), 2, name)
-            assert res.hits + res.misses == 6 and res.hits <= belady(list(trace), 2).hits
+    """Every 3-letter trace of length 6 and every 4-letter trace of length 5 (exhaustive, small), both policies, count
+    budgets 1 to 3: the resident set never exceeds the budget (checked at every load), fills it when the trace has
+    enough distinct models, and evicts only when it must (a miss with the budget full)."""
+    for letters, length in (("ABC", 6), ("ABCD", 5)):
+        for trace in itertools.product(letters, repeat=length):
+            distinct = len(set(trace))
+            for budget in (1, 2, 3):
+                opt = belady(list(trace), budget).hits
+                for name in ("lru", "gdsf"):
+                    watched = Watched(make_policy(name), budget)
+                    res = simulate(list(trace), budget, watched)
+                    assert res.hits + res.misses == length and res.hits <= opt
+                    assert watched.peak == min(budget, distinct), (trace, budget, name, watched.peak)
+                    assert res.evictions == res.misses - watched.peak == len(watched.victims), (trace, budget, name)
