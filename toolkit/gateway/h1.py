@@ -240,6 +240,39 @@ class H1Server:
 class H1Connection(asyncio.Protocol):
     """One client connection. Not thread-safe: everything runs on the server's event loop."""
 
+    __slots__ = (
+        "_admitted",
+        "_body",
+        "_body_bytes",
+        "_client",
+        "_dropped",
+        "_eof",
+        "_excess",
+        "_head",
+        "_head_bytes",
+        "_headers",
+        "_hmap",
+        "_in_head",
+        "_keep",
+        "_paused",
+        "_pending",
+        "_refused",
+        "_unparsed",
+        "_url",
+        "_write_paused",
+        "busy",
+        "closing",
+        "keep_alive",
+        "last_active",
+        "linger_until",
+        "loop",
+        "parser",
+        "partial",
+        "server",
+        "started",
+        "transport",
+    )
+
     def __init__(self, server: H1Server) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
@@ -285,8 +318,9 @@ class H1Connection(asyncio.Protocol):
             self.closing = self._refused = True
             transport.close()
             return
-        if self._admitted == EXCESS:
+        if self._admitted == EXCESS:  # its own parser: the hot path's callbacks need no check for it
             self._excess = limits.reason(self._client)
+            self.parser = httptools.HttpRequestParser(_OverCap(self))
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -325,7 +359,7 @@ class H1Connection(asyncio.Protocol):
             if self._dropped > self.server.linger_bytes:
                 self.close()
             return
-        if len(data) > FEED_SLICE:
+        if len(data) > 8192:  # FEED_SLICE, as a literal: this runs per request
             self._feed_slices(data)
             return
         if self._in_head:  # count the head against its limit (the body has its own)
@@ -372,8 +406,6 @@ class H1Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        if self._refused:
-            return
         size = len(self._url) + sum(len(k) + len(v) + 4 for k, v in self._headers)
         if size > self.server.max_head:  # a whole oversize head that arrived in one read
             self._refuse(431, f"Request head larger than {self.server.max_head} bytes.")
@@ -382,20 +414,17 @@ class H1Connection(asyncio.Protocol):
         # Keep-alive without a Connection header is HTTP/1.1 and nothing else (llhttp): the version is read, at ~1 µs,
         # only when that does not say it already.
         self._keep = keep = self.parser.should_keep_alive()
-        if not keep or b"connection" in h or self._excess:
+        if not keep or b"connection" in h:
             version = self.parser.get_http_version()
             if version not in ("1.1", "1.0"):
                 self._refuse(505, f"HTTP/{version} is not supported: use HTTP/1.1 (or 1.0).")
-                return
-            if self._excess:
-                self._refuse(503, self._excess)
                 return
         n = h.get(b"content-length")
         if n is not None and n.isdigit() and int(n) > self.server.max_body:
             self._refuse(413, f"Request body of {int(n)} bytes exceeds the limit of {self.server.max_body}.")
             return
         expect = h.get(b"expect")
-        if expect is not None and expect.lower() == b"100-continue" and self.transport is not None:
+        if expect is not None and expect.lower() == b"100-continue" and not self._refused:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -419,7 +448,9 @@ class H1Connection(asyncio.Protocol):
             self._hmap,
             b"".join(self._body) if len(self._body) != 1 else self._body[0],
         )
-        if self.busy or self._pending or self._write_paused:  # answered in order once the answers ahead are out
+        # Answered in order once those ahead are out. (Not checking _write_paused here is deliberate: reading is
+        # paused then, so at most the rest of one read starts while writing is paused, and the check costs per request.)
+        if self.busy or self._pending:
             self._pending.append((req, self._keep))
             if len(self._pending) >= MAX_PIPELINED:  # a client that overdoes it
                 self._pause()
@@ -526,3 +557,16 @@ class H1Connection(asyncio.Protocol):
         if not self.closing and self.transport is not None:
             self.closing = True
             self.transport.close()
+
+
+class _OverCap:
+    """The parser callbacks of a connection over a cap: its request's path (for the error's shape), then 503."""
+
+    def __init__(self, conn: H1Connection) -> None:
+        self.conn = conn
+
+    def on_url(self, url: bytes) -> None:
+        self.conn.on_url(url)
+
+    def on_headers_complete(self) -> None:
+        self.conn._refuse(503, self.conn._excess or "")
