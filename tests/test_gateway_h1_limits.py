@@ -139,6 +139,11 @@ def _closed(s: socket.socket, buf: bytearray, timeout: float = 10.0) -> bool:
     return not buf
 
 
+def _request_on(s: socket.socket, path: str = "/v2/health/live") -> tuple[int, dict[str, str], bytes]:
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    return _read_answer(s, bytearray())
+
+
 # -- 1. backpressure ---------------------------------------------------------------------------------------------------
 def test_pipelined_requests_never_read_cost_bounded_memory(triton: EmbeddedTriton, example_repo: Path) -> None:
     """A client pipelines thousands of requests and reads nothing: reading stops while the answers do not drain,
@@ -181,6 +186,7 @@ def test_pipelined_requests_never_read_cost_bounded_memory(triton: EmbeddedTrito
         assert sent[0] < n, "the gateway read every request although no answer was read"
         # 64 kB (the transport's high-water mark) plus one answer; 16 requests plus what one 512-byte slice holds
         assert peak_bytes < 1 * MiB and peak_pending <= MAX_PIPELINED + 512 // 38, (peak_bytes, peak_pending)
+        print(f"held at most {peak_bytes} bytes of answers and {peak_pending} parsed requests")
         buf = bytearray()
         for i in range(n):
             status, _, body = _read_answer(s, buf)
@@ -215,8 +221,10 @@ def _trickle(s: socket.socket, data: bytes, every: float, for_s: float) -> tuple
 
 def test_slow_head_and_slow_body_hit_a_deadline_from_the_first_byte(triton: EmbeddedTriton, example_repo: Path) -> None:
     """One byte every 0.25 s keeps arriving, yet the head is cut at its deadline (1 s from its first byte) and the
-    whole request at its own (2 s): 408, then close."""
-    with _gateway(triton, example_repo, head_timeout_s=1.0, request_timeout_s=2.0) as (addr, _):
+    whole request at its own (2 s): 408, then close. Bare CRLFs (which HTTP allows between requests) do not keep an
+    idle keep-alive connection open either: it closes its keep-alive time after its last answer."""
+    limits = {"head_timeout_s": 1.0, "request_timeout_s": 2.0, "keepalive_s": 1.0}
+    with _gateway(triton, example_repo, **limits) as (addr, _):
         head = b"GET /v2/health/ready HTTP/1.1\r\nHost: h\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n"
         with _connect(addr) as s:
             took, got = _trickle(s, head, 0.25, 8.0)
@@ -231,14 +239,14 @@ def test_slow_head_and_slow_body_hit_a_deadline_from_the_first_byte(triton: Embe
         assert 1.5 < took < 4.5 and got.startswith(b"HTTP/1.1 408"), (took, got[:200])
         assert b"request did not arrive within 2 s" in got
         _serves(addr)
+        with _connect(addr) as s:
+            assert _request_on(s)[0] == 200
+            took, got = _trickle(s, b"\r\n" * 40, 0.25, 8.0)
+        assert took < 3.5 and got == b"", (took, got[:200])
+        _serves(addr)
 
 
 # -- 3. connection caps ------------------------------------------------------------------------------------------------
-def _request_on(s: socket.socket, path: str = "/v2/health/live") -> tuple[int, dict[str, str], bytes]:
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: h\r\n\r\n".encode())
-    return _read_answer(s, bytearray())
-
-
 def test_connection_caps_in_all_and_per_client(
     triton: EmbeddedTriton, example_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -338,6 +346,18 @@ def test_requests_before_a_refused_one_are_answered_in_order(
         assert [a[0] for a in answers] == [200, 200, code], answers
         assert b'"outputs"' in answers[0][2] and b'"platform"' in answers[1][2]
         assert answers[2][1].get("connection") == "close" and _closed(s, buf)
+        _serves(addr)
+
+
+def test_a_half_closed_pipeline_is_answered_in_full(triton: EmbeddedTriton, example_repo: Path) -> None:
+    """A client that sends its requests and then half-closes gets every answer, the last with Connection: close."""
+    with _gateway(triton, example_repo) as (addr, _), _connect(addr) as s:
+        s.sendall(INFER_REQ + META + META)
+        s.shutdown(socket.SHUT_WR)
+        buf = bytearray()
+        answers = [_read_answer(s, buf) for _ in range(3)]
+        assert [a[0] for a in answers] == [200, 200, 200]
+        assert [a[1].get("connection") for a in answers] == [None, None, "close"] and _closed(s, buf)
         _serves(addr)
 
 
