@@ -6,6 +6,7 @@ After every hostile case the gateway must still serve a valid request (a KServe 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import http.client
@@ -44,7 +45,8 @@ INFER_REQ = (
 def _gateway(
     triton: EmbeddedTriton, repo: Path, max_body: int = LIMIT, **h1: Any
 ) -> Iterator[tuple[str, GatewayThread]]:
-    """A gateway whose HTTP servers get ``h1`` (H1Server's limits); yields its HTTP address and its runner."""
+    """A gateway whose HTTP servers get ``h1`` (H1Server's limits, which GatewayOptions does not carry yet); yields
+    its HTTP address and its runner."""
     runner = GatewayThread(
         Gateway(
             GatewayOptions(http_port=0, max_body_bytes=max_body),
@@ -64,7 +66,6 @@ def _gateway(
 
 def _on_loop(runner: GatewayThread, fn: Any) -> Any:
     """``fn(h1_server)`` on the gateway's event loop (its state is not thread-safe)."""
-    import asyncio
 
     async def call() -> Any:
         return fn(runner.gateway._servers[0][0])
