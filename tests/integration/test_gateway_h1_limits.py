@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import http.client
 import json
 import select
@@ -23,7 +22,6 @@ import botocore.exceptions
 import numpy as np
 import pytest
 
-import toolkit.gateway.server as server_mod
 from toolkit.gateway import h1_limits
 from toolkit.gateway.core import GatewayOptions
 from toolkit.gateway.h1 import MAX_PIPELINED, H1Server
@@ -41,22 +39,18 @@ INFER_REQ = (
 ).encode()
 
 
+_OPTION = {"request_timeout_s": "request_read_timeout_s"}  # H1Server's name -> GatewayOptions' name
+
+
 @contextlib.contextmanager
 def _gateway(
     triton: EmbeddedTriton, repo: Path, max_body: int = LIMIT, **h1: Any
 ) -> Iterator[tuple[str, GatewayThread]]:
-    """A gateway whose HTTP servers get ``h1`` (H1Server's limits, which GatewayOptions does not carry yet); yields
-    its HTTP address and its runner."""
-    runner = GatewayThread(
-        Gateway(
-            GatewayOptions(http_port=0, max_body_bytes=max_body),
-            triton.endpoint,
-            models=RepositoryModels(triton.endpoint, repo),
-        )
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(server_mod, "H1Server", functools.partial(H1Server, **h1))
-        addr = runner.start().http
+    """A gateway whose HTTP servers get the limits ``h1`` (H1Server's parameter names, set through GatewayOptions);
+    yields its HTTP address and its runner."""
+    opts = GatewayOptions(http_port=0, max_body_bytes=max_body, **{_OPTION.get(k, k): v for k, v in h1.items()})
+    runner = GatewayThread(Gateway(opts, triton.endpoint, models=RepositoryModels(triton.endpoint, repo)))
+    addr = runner.start().http
     try:
         _serves(addr)  # loads digits_mlp
         yield addr, runner

@@ -7,6 +7,7 @@ Zipf traffic causes misses, loads and evictions. The report's MME section comes 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from toolkit.spec.models import EndpointSpec
 
 N_MODELS = 6
 KEY_ID, SECRET = "AKIDLOADTEST", "loadtest-secret"
+API_KEY = "loadtest-api-key"
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -43,7 +45,11 @@ def mme_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     server = EmbeddedTriton(ServerOptions(repository=repo, workdir=base, log_file=base / "triton.log"))
     server.start(timeout=90)
     manager = ModelManager(server.endpoint, repository=repo, store=LocalStore(store), max_models=3)
-    auth = AuthConfig(principals=[Principal("loadtester")], access_keys={KEY_ID: ("loadtester", SECRET)})
+    auth = AuthConfig(
+        principals=[Principal("loadtester")],
+        access_keys={KEY_ID: ("loadtester", SECRET)},
+        api_keys={hashlib.sha256(API_KEY.encode()).hexdigest(): "loadtester"},
+    )
     opts = GatewayOptions(http_port=0, admin_port=0, repository=repo, auth=auth,
                           endpoints=[EndpointSpec(name="mme", mode="multi-model", store=str(store))])  # fmt: skip
     gw = GatewayThread(Gateway(opts, server.endpoint, models=manager))
@@ -59,6 +65,7 @@ def test_zipf_hit_ratio_agrees_with_manager_metrics(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)  # the workers sign with these (the gateway verifies SigV4)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("TRITONCTL_API_KEY", API_KEY)  # the runner scrapes the gateway's /metrics with it
     sc = parse_scenario({
         "name": "mme_zipf_test",
         "protocol": "sagemaker",

@@ -247,7 +247,11 @@ def test_a_file_that_is_not_an_ensemble_file_is_never_quoted(tmp_path: Path) -> 
 
 def test_a_file_that_is_not_a_manifest_is_never_quoted(tmp_path: Path) -> None:
     assert issues(manifest(tmp_path, SECRET)) == [
-        ("<root>", 1, "not a tritonctl manifest (no key of deploy, endpoints, ensemble_files, ensembles, models, version)")
+        (
+            "<root>",
+            1,
+            "not a tritonctl manifest (no key of deploy, endpoints, ensemble_files, ensembles, models, version)",
+        )
     ]
     code, err = cli("generate", str(tmp_path / "m.yaml"), "-o", str(tmp_path / "out"))
     assert code == 1 and "root:" not in err and "daemon" not in err

@@ -103,6 +103,8 @@ class GatewayCore(Admission):
         explicit Allow: with no principals the repository API lives only on the admin port."""
         a = self.auth
         arn = a.admin_arn()
+        if action != ADMIN and a.enabled and not a.has_policies:
+            return  # principals without policies may do everything but admin (as with invoke): reading is allowed
         ok = a.enabled and a.has_policies and any(a.allowed(principal, x, arn, {}) for x in {ADMIN, action})
         if not ok:
             raise AccessDeniedError(f"User: {principal.name} is not authorized to perform: {action} on resource: {arn}")

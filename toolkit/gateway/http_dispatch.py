@@ -125,8 +125,15 @@ class HttpDispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def reject(self, path: str, status: int, message: str) -> Response:
-        """The connection layer's refusals (413 body, 431 head, 400 unparsable), shaped for the API the path names."""
-        err: GatewayError = PayloadTooLargeError(message) if status == 413 else ValidationError(message, status=status)
+        """The connection layer's refusals (413 body, 431 head, 400 unparsable, 503 over a connection cap, 408 too
+        slow, 505 not HTTP/1.x), shaped for the API the path names."""
+        err: GatewayError
+        if status == 413:
+            err = PayloadTooLargeError(message)
+        elif status == 503:
+            err = ServiceUnavailableError(message)
+        else:
+            err = ValidationError(message, status=status)
         self.core.requests["kserve" if path.startswith("/v2") else "sagemaker", err.status] += 1
         return error_for(path, err)
 

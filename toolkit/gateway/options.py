@@ -32,6 +32,9 @@ class GatewayOptions:
     auth: AuthConfig = field(default_factory=AuthConfig)
     repository: Path | None = None
     max_connections: int = 4096  # open client connections per port (gRPC: each also holds one to Triton)
-    max_connections_per_client: int = 512  # per peer address (every local client shares 127.0.0.1)
+    max_connections_per_client: int = 512  # per peer address (0 = no cap: behind a proxy every client is one address)
+    keepalive_s: float = 75.0  # an idle HTTP keep-alive connection is closed after this
+    head_timeout_s: float = 30.0  # an HTTP request head must arrive within this of its first byte (else 408)
+    request_read_timeout_s: float = 60.0  # a whole HTTP request (body included) within this of its first byte
     grpc_idle_s: float = 300.0  # a gRPC connection with no call open this long gets GOAWAY and is closed
     grpc_head_timeout_s: float = 10.0  # a gRPC connection must send the HTTP/2 preface within this

@@ -67,7 +67,17 @@ class Gateway:
 
     async def _serve(self, admin: bool, port: int, host: str | None = None) -> int:
         d = HttpDispatcher(self.http, admin=admin)
-        server = H1Server(d.dispatch, d.reject, max_body=self.options.max_body_bytes)
+        o = self.options
+        server = H1Server(
+            d.dispatch,
+            d.reject,
+            max_body=o.max_body_bytes,
+            keepalive_s=o.keepalive_s,
+            head_timeout_s=o.head_timeout_s,
+            request_timeout_s=o.request_read_timeout_s,
+            max_connections=o.max_connections,
+            max_connections_per_client=o.max_connections_per_client,
+        )
         self._servers.append((server, d))
         return await server.start(host or self.options.host, port)
 

@@ -8,6 +8,7 @@ manager's Prometheus text (SageMaker metric names) gives the hit ratio, loads an
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.error
 import urllib.request
@@ -17,8 +18,12 @@ PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
 def _get(url: str, timeout: float = 10.0) -> bytes | None:
+    """GET ``url``; None when it cannot be read. A gateway with principals wants credentials for /metrics: the API key
+    in ``TRITONCTL_API_KEY`` is sent as a Bearer token (what Prometheus sends too)."""
+    key = os.environ.get("TRITONCTL_API_KEY")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return bytes(r.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
