@@ -26,11 +26,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.mme._eviction import Evictor
+from toolkit.mme._preflight import never_loads
 from toolkit.mme._residency import Entry, Residency, State
 from toolkit.mme._triton import TritonRepository
 from toolkit.mme.diskcache import DiskCache
 from toolkit.mme.errors import (
     ArtifactFetchError,
+    LoadHungError,
     LoadTimeoutError,
     ModelLoadError,
     ModelNotFoundError,
@@ -164,6 +166,12 @@ class Loader:
             model_dir = self.repository / name
             if not (model_dir / "config.pbtxt").is_file():
                 await self._fetch(e)
+            hang = never_loads(model_dir)
+            if hang is not None:
+                raise ModelLoadError(name, hang)
+            if e.hung_since and await self._triton.still_loading(name):
+                waited = time.monotonic() - e.hung_since
+                raise LoadHungError(name, f"Triton is still loading it: a load has not finished after {waited:.0f} s")
             e.composing = composing_models(model_dir)  # one small local file: cheaper than a thread hop
             for dep in e.composing:  # an ensemble pins its composing models while it is loaded
                 d = await self._acquire(dep, self._load_timeout)
@@ -180,10 +188,14 @@ class Loader:
             t0 = time.monotonic()
             try:
                 await self._triton.load(name)
-            except BaseException:
+            except BaseException as exc:
                 if meter is not None:
                     meter.abandon()
+                if isinstance(exc, LoadHungError):
+                    e.hung_since = e.hung_since or time.monotonic()
+                    registered = False  # an unload of a model Triton is still loading would hang behind the load
                 raise
+            e.hung_since = 0.0
             if window is not None:
                 self._spawn(self._measure_gpu(e, window))
             seconds = time.monotonic() - t0
