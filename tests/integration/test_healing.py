@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import psutil
 import pytest
 
@@ -49,7 +50,7 @@ def test_a_wedged_triton_is_killed_and_restarted_with_its_models(tmp_path: Path)
     reloaded."""
     repo = tmp_path / "repo"
     write_scale_model(repo, "double")
-    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path))
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, exit_timeout_s=1))
     states: list[str] = []
     sup = Supervisor(
         server, index_interval=0.2, probe_interval=0.2, probe_timeout=0.5, probe_failures=2, on_state=states.append
@@ -84,7 +85,7 @@ def test_a_live_triton_is_left_alone(tmp_path: Path) -> None:
     """The probe restarts nothing that answers, however often it asks."""
     repo = tmp_path / "repo"
     write_scale_model(repo, "double")
-    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path))
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, exit_timeout_s=1))
     sup = Supervisor(server, probe_interval=0.05, probe_timeout=1.0, probe_failures=1)
     sup.start()
     try:
@@ -178,7 +179,7 @@ def test_a_python_model_without_its_model_file_fails_at_once(tmp_path: Path) -> 
     write_scale_model(store, "newer")
     (store / "newer" / "2").mkdir()  # the latest version, which Triton loads, has data but no model.py
     (store / "newer" / "2" / "weights.bin").write_bytes(b"0")
-    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path))
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, exit_timeout_s=1))
     server.start(timeout=90)
     try:
 
@@ -201,3 +202,96 @@ def test_a_python_model_without_its_model_file_fails_at_once(tmp_path: Path) -> 
         assert index.get("ok") == "READY" and index.get("nofile") != "LOADING" and index.get("newer") != "LOADING"
     finally:
         server.stop()
+
+
+# -- a dead python stub ------------------------------------------------------------------------------------------------
+def stub_of(server: EmbeddedTriton, repo: Path, name: str) -> psutil.Process:
+    assert server.process is not None
+    return next(
+        p
+        for p in psutil.Process(server.process.pid).children()
+        if p.status() != psutil.STATUS_ZOMBIE and f"{repo.resolve()}/{name}/" in " ".join(p.cmdline())
+    )
+
+
+def test_a_dead_stub_takes_its_model_out_of_ready_and_reloads_it(tmp_path: Path) -> None:
+    """Measured before: after kill -9 of a model's stub Triton keeps calling the model READY and answers every request
+    500 "Stub process ... is not healthy" for ever, while the manager counts each one a cache hit. One round of the
+    manager's stub check (driven by hand here, so that each step can be looked at) takes the model out of READY at
+    once -- the next request waits for it like a cold load, a miss -- unloads and reloads it; the healthy model is
+    left alone."""
+    repo = tmp_path / "repo"
+    write_scale_model(repo, "m", factor=3.0)
+    write_scale_model(repo, "other")
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, exit_timeout_s=1))
+    server.start(timeout=90)
+    url = server.endpoint.http_url
+
+    async def infer(session: aiohttp.ClientSession, name: str) -> tuple[int, bytes]:
+        async with session.post(f"{url}/v2/models/{name}/infer", data=BODY) as r:
+            return r.status, await r.read()
+
+    async def main() -> None:
+        mgr = ModelManager(server.endpoint, repository=repo, stub_check_s=0, measure_footprint=False)
+        await mgr.start()
+        async with aiohttp.ClientSession() as session:
+            try:
+                for name in ("m", "other", "m"):  # m: a miss (its load), then a hit
+                    async with mgr.serving(name, timeout=30):
+                        assert (await infer(session, name))[0] == 200
+                assert await mgr.stubs.check() == []  # the first round records the stubs of both models
+                other_stub, dead = stub_of(server, repo, "other"), stub_of(server, repo, "m")
+                dead.kill()
+                status, body = await infer(session, "m")  # the failure as Triton gives it, straight to Triton
+                assert status == 500 and b"is not healthy" in body, (status, body)
+                assert TritonAdmin(server.endpoint).model_ready("m")  # ... while it calls the model READY
+
+                assert await mgr.stubs.check() == ["m"]
+                assert not mgr.is_resident("m")  # out of READY at once: no request counts a hit any more
+                async with mgr.serving("m", timeout=10):  # waits for the reload, as for a cold load
+                    status, body = await infer(session, "m")
+                assert status == 200 and json.loads(body)["outputs"][0]["data"] == [3.0, 6.0], (status, body)
+                state = next(s for s in mgr.states() if s.name == "m")
+                assert state.state == "READY" and state.loads == 2 and state.hits == 1, state
+                assert mgr.metrics.cache_miss.get(model="m") == 2  # the first load, and the request after the death
+                assert stub_of(server, repo, "m").pid != dead.pid
+                assert stub_of(server, repo, "other").pid == other_stub.pid  # the healthy model was left alone
+                assert next(s for s in mgr.states() if s.name == "other").loads == 1
+                assert await mgr.stubs.check() == []  # the new stub is recorded, and alive
+                text = mgr.metrics_text()
+                assert 'tritonctl_ModelStubFailures_total{model="m"} 1' in text
+                assert "tritonctl_LoadedModelCount 2" in text
+            finally:
+                await mgr.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
+def test_through_the_gateway_a_dead_stub_heals_in_seconds(tmp_path: Path) -> None:
+    """The whole system with its defaults (``tritonctl serve``: stubs checked every second): after kill -9 of a warm
+    model's stub, requests through the gateway succeed again within a few seconds (before: 500 for as long as one
+    cares to wait), and the gateway's metrics say what happened."""
+    repo = tmp_path / "repo"
+    write_scale_model(repo, "m")
+    with start(ServeConfig(repository=repo, workdir=tmp_path / "work", **FREE), echo=lambda _: None) as serving:
+        client = http.client.HTTPConnection(serving.http, timeout=30)
+        assert post(client, "m")[0] == 200
+        assert serving.triton is not None
+        models = serving.models
+        assert isinstance(models, ModelManager)
+        wait_for(lambda: models.stubs.watched("m"), 5, "the manager watching m's stub (its first round)")
+        psutil.Process(models.stubs.watched("m")[0]).kill()
+        t0 = time.monotonic()
+        statuses = []
+        while True:
+            statuses.append(post(client, "m")[0])
+            if statuses[-1] == 200:
+                break
+            assert time.monotonic() - t0 < 10, f"no 200 within 10 s after the stub died: {statuses}"
+        recovered = time.monotonic() - t0
+        assert recovered < 5, (recovered, statuses)
+        assert set(statuses[:-1]) <= {500}, statuses  # Triton's own answer while the stub was dead
+        assert 'tritonctl_ModelStubFailures_total{model="m"} 1' in models.metrics_text()

@@ -192,7 +192,7 @@ class Loader:
                 if meter is not None:
                     meter.abandon()
                 if isinstance(exc, LoadHungError):
-                    e.hung_since = e.hung_since or time.monotonic()
+                    e.hung_since = e.hung_since or t0  # when the load that hangs began
                     registered = False  # an unload of a model Triton is still loading would hang behind the load
                 raise
             e.hung_since = 0.0
