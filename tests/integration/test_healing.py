@@ -23,7 +23,16 @@ from toolkit import ModelManager, ServeConfig, Serving, start
 from toolkit.mme.errors import ModelLoadError
 from toolkit.mme.stores import LocalStore
 from toolkit.repository.samples import write_scale_model
-from toolkit.server import EmbeddedTriton, ServerOptions, Supervisor, TritonAdmin
+from toolkit.server import (
+    AsyncTritonClient,
+    EmbeddedTriton,
+    ServerOptions,
+    Supervisor,
+    TritonAdmin,
+    TritonEndpoint,
+    free_port,
+)
+from toolkit.server.client import names_in_state
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
@@ -295,3 +304,31 @@ def test_through_the_gateway_a_dead_stub_heals_in_seconds(tmp_path: Path) -> Non
         assert recovered < 5, (recovered, statuses)
         assert set(statuses[:-1]) <= {500}, statuses  # Triton's own answer while the stub was dead
         assert 'tritonctl_ModelStubFailures_total{model="m"} 1' in models.metrics_text()
+
+
+def test_without_a_grpc_port_loads_fall_back_to_http(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An external Triton whose gRPC port cannot be reached still gets its loads and unloads (over HTTP), with one
+    warning that says what that costs."""
+    repo = tmp_path / "repo"
+    write_scale_model(repo, "m")
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, exit_timeout_s=1))
+    server.start(timeout=90)
+    real = server.endpoint
+    endpoint = TritonEndpoint(real.http, f"127.0.0.1:{free_port()}", real.metrics)  # nobody listens there
+
+    async def main() -> None:
+        client = AsyncTritonClient(endpoint, timeout=30)
+        client.open()
+        try:
+            await client.load("m")
+            assert "m" in names_in_state(await client.index())
+            await client.unload("m")
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(main())
+        warnings = [r.getMessage() for r in caplog.records if "gRPC port" in r.getMessage()]
+        assert len(warnings) == 1 and "go over HTTP" in warnings[0], warnings
+    finally:
+        server.stop()

@@ -77,7 +77,10 @@ class StubWatch:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # one bad round (Triton restarting, a process table oddity) must not end the watch
+                log.exception("checking the python stubs failed; trying again in %.1f s", self.interval)
 
     def watched(self, name: str) -> list[int]:
         """The pids of ``name``'s stubs being watched (empty until the first round after the model became READY:

@@ -315,8 +315,9 @@ class AsyncTritonClient:
         if not self._warned:  # the gRPC port is not there (or Triton is down: then HTTP fails too, as it should)
             self._warned = True
             log.warning(
-                "Triton's gRPC port %s is unreachable (%s): repository loads go over HTTP, where each blocks a Triton "
-                "HTTP thread and the connections on it", self.endpoint.grpc, message.splitlines()[0][:200],
+                "Triton's gRPC port %s is unreachable (%s; Triton down, or its gRPC port not there): repository loads "
+                "go over HTTP, where each blocks a Triton HTTP thread and the connections on it",
+                self.endpoint.grpc, message.splitlines()[0][:200],
             )  # fmt: skip
         await self._send(call, timeout)
 
