@@ -270,6 +270,13 @@ def test_a_dead_stub_takes_its_model_out_of_ready_and_reloads_it(tmp_path: Path)
                 text = mgr.metrics_text()
                 assert 'tritonctl_ModelStubFailures_total{model="m"} 1' in text
                 assert "tritonctl_LoadedModelCount 2" in text
+
+                # Triton itself dies (its stubs with it): that is the supervisor's to restart, not a stub to heal.
+                stubs = [stub_of(server, repo, "m"), stub_of(server, repo, "other")]
+                server.kill()
+                wait_for(lambda: all(gone(p.pid) for p in stubs), 5, "the stubs gone with Triton")
+                assert await mgr.stubs.check() == []
+                assert mgr.metrics.stub_failures.get(model="other") == 0
             finally:
                 await mgr.close()
 

@@ -37,17 +37,32 @@ from toolkit.mme.metrics import MMEMetrics
 log = logging.getLogger("toolkit.mme.manager")  # the public module's logger: existing log filters keep working
 
 
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not a zombie (``is_running`` also catches a recycled pid)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
 def _dead(procs: list[psutil.Process]) -> bool:
-    """Whether any of a model's recorded stubs has died (``is_running`` also catches a recycled pid)."""
+    """Whether any of a model's recorded stubs has died."""
+    return not all(_alive(p) for p in procs)
+
+
+def _parents(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """The tritonservers the stubs belong to (their parent processes), recorded with them."""
+    found = []
     for proc in procs:
         try:
-            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        except psutil.AccessDenied:
+            parent = proc.parent()
+        except psutil.Error:
             continue
-    return False
+        if parent is not None:
+            found.append(parent)
+    return found
 
 
 class StubWatch:
@@ -72,6 +87,7 @@ class StubWatch:
         self._reload = reload
         self._spawn = spawn
         self._stubs: dict[str, list[psutil.Process]] = {}  # READY model -> its stubs when it was first seen READY
+        self._servers: dict[str, list[psutil.Process]] = {}  # READY model -> the tritonserver its stubs belong to
         self._lock = asyncio.Lock()  # one round at a time: two would heal one model twice
 
     async def run(self) -> None:
@@ -104,32 +120,46 @@ class StubWatch:
             ready = {e.name for e in self._ready()}
             for name in list(self._stubs):
                 if name not in ready:  # left READY: a later READY period gets a fresh record
-                    del self._stubs[name]
+                    self._forget(name)
             new = ready - set(self._stubs)
             if new:
-                self._stubs.update({n: [] for n in new} | await asyncio.to_thread(stub_processes, self.repository, new))
+                await self._record({n: [] for n in new} | await asyncio.to_thread(stub_processes, self.repository, new))
             watched = {n: procs for n, procs in self._stubs.items() if procs}
             dead = await asyncio.to_thread(lambda: [n for n, procs in watched.items() if _dead(procs)])
             return await self._confirm(dead) if dead else []
 
+    async def _record(self, stubs: dict[str, list[psutil.Process]]) -> None:
+        servers = await asyncio.to_thread(lambda: {n: _parents(procs) for n, procs in stubs.items()})
+        self._stubs.update(stubs)
+        self._servers.update(servers)
+
+    def _forget(self, name: str) -> None:
+        self._stubs.pop(name, None)
+        self._servers.pop(name, None)
+
     async def _confirm(self, suspects: list[str]) -> list[str]:
-        """A fresh scan: new stubs of a suspect mean it was reloaded meanwhile (re-record); none new: it is dead."""
+        """A fresh scan: new stubs of a suspect mean it was reloaded meanwhile (re-record); none new: it is dead --
+        unless its tritonserver died as well: a crashed or killed Triton is the supervisor's to restart, and the
+        manager hears of it through ``on_triton_down``."""
         live = await asyncio.to_thread(stub_processes, self.repository, suspects)
+        servers_gone = await asyncio.to_thread(
+            lambda: {n for n in suspects if self._servers.get(n) and not any(map(_alive, self._servers[n]))}
+        )
         dead = []
         for name in suspects:
             recorded = {p.pid for p in self._stubs.get(name, [])}
             now = live.get(name, [])
             alive = {p.pid for p in now}
             if alive - recorded:  # stubs not seen before: reloaded meanwhile, or never recorded
-                self._stubs[name] = now
+                await self._record({name: now})
                 continue
             if recorded and recorded <= alive:  # every stub alive: a stale report
                 continue
             e = self._res.get(name)
-            if e is None or e.state is not State.READY or e.future is not None:
-                self._stubs.pop(name, None)
+            if name in servers_gone or e is None or e.state is not State.READY or e.future is not None:
+                self._forget(name)
                 continue
-            self._stubs.pop(name, None)
+            self._forget(name)
             dead.append(name)
             log.warning(
                 "python stub of model %s died (pid %s) while Triton still calls it READY; unloading and reloading it",
