@@ -220,6 +220,15 @@ class Evictor:
         self._res.update_gauges()
         self._res.notify()
 
+    def give_up_unload(self, e: Entry) -> None:
+        """Count ``e`` as unloaded now instead of waiting for Triton to report it gone. For a model whose python stub
+        died: once such a model has been sent a request, Triton keeps its old version UNLOADING for ever (measured on
+        2.51), while a load of the same model right away works and serves."""
+        item = self._unloading.pop(e.name, None)
+        if item is not None:
+            self._metrics.unloading.observe(time.monotonic() - item[2])
+            self._finish_unload(e, item[1])
+
     def finish_all(self) -> None:
         """On close: release every unload waiter now (nobody will poll Triton any more)."""
         for e, fut, _t0 in list(self._unloading.values()):

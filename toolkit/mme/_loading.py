@@ -26,11 +26,13 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.mme._eviction import Evictor
+from toolkit.mme._preflight import never_loads
 from toolkit.mme._residency import Entry, Residency, State
 from toolkit.mme._triton import TritonRepository
 from toolkit.mme.diskcache import DiskCache
 from toolkit.mme.errors import (
     ArtifactFetchError,
+    LoadHungError,
     LoadTimeoutError,
     ModelLoadError,
     ModelNotFoundError,
@@ -164,6 +166,7 @@ class Loader:
             model_dir = self.repository / name
             if not (model_dir / "config.pbtxt").is_file():
                 await self._fetch(e)
+            await self._refuse_hopeless(e, model_dir)
             e.composing = composing_models(model_dir)  # one small local file: cheaper than a thread hop
             for dep in e.composing:  # an ensemble pins its composing models while it is loaded
                 d = await self._acquire(dep, self._load_timeout)
@@ -177,16 +180,9 @@ class Loader:
             # Only a measured load opens a window (an ensemble holds nothing of its own on the GPU).
             meter = self.gpu if self.measure_footprint and not e.composing else None
             window = await meter.begin(name) if meter is not None else None
-            t0 = time.monotonic()
-            try:
-                await self._triton.load(name)
-            except BaseException:
-                if meter is not None:
-                    meter.abandon()
-                raise
+            seconds = await self._triton_load(e, meter)
             if window is not None:
                 self._spawn(self._measure_gpu(e, window))
-            seconds = time.monotonic() - t0
             self._metrics.loading.observe(seconds)
             e.state, e.reserved, e.loads, e.failures, e.error = State.READY, False, e.loads + 1, 0, None
             self._policy.on_load(name, self._res.now(), e.size_bytes, seconds)
@@ -196,7 +192,8 @@ class Loader:
                 self._measuring = True
                 self._spawn(self._measure())
         except BaseException as exc:
-            await self._cleanup_failed(e, registered)
+            # No unload of a model Triton is still loading: it would hang behind the load.
+            await self._cleanup_failed(e, registered and not isinstance(exc, LoadHungError))
             e.future = None
             if isinstance(exc, NoCapacityError | ModelNotFoundError | LoadTimeoutError):
                 e.state = State.UNLOADED
@@ -213,6 +210,30 @@ class Loader:
         finally:
             self._res.update_gauges()
             self._res.notify()
+
+    async def _refuse_hopeless(self, e: Entry, model_dir: Path) -> None:
+        """Fail before Triton sees a load it would never finish: a python model without its model file
+        (``_preflight``), or a model that an earlier, timed-out load still holds LOADING in Triton."""
+        hang = never_loads(model_dir)
+        if hang is not None:
+            raise ModelLoadError(e.name, hang)
+        if e.hung_since and await self._triton.still_loading(e.name):
+            waited = time.monotonic() - e.hung_since
+            raise LoadHungError(e.name, f"Triton is still loading it: a load has not finished after {waited:.0f} s")
+
+    async def _triton_load(self, e: Entry, meter: GpuMeter | None) -> float:
+        """Triton's load of ``e``, in seconds; a load past the timeout marks ``e`` hung since it began."""
+        t0 = time.monotonic()
+        try:
+            await self._triton.load(e.name)
+        except BaseException as exc:
+            if meter is not None:
+                meter.abandon()
+            if isinstance(exc, LoadHungError):
+                e.hung_since = e.hung_since or t0
+            raise
+        e.hung_since = 0.0
+        return time.monotonic() - t0
 
     def _fail(self, e: Entry, err: ModelLoadError, fut: asyncio.Future[None]) -> None:
         e.failures += 1

@@ -60,6 +60,7 @@ class Entry:
     pinned_by: set[str] = field(default_factory=set)
     composing: list[str] = field(default_factory=list)
     fetched: bool = False  # files came from the store into the repository
+    hung_since: float = 0.0  # monotonic time of a load that outlasted the load timeout (Triton may still be at it)
 
     def snapshot(self) -> ModelState:
         return ModelState(

@@ -5,6 +5,9 @@ must turn its failures into the same typed errors (``model_error``): "Triton ref
 Triton's own message, which the gateway shows the caller) versus "Triton is not there" (``TritonDownError``, which the
 gateway reports as unavailable). Every call is bounded by the manager's load timeout, so a wedged Triton cannot hang a
 request forever.
+
+Loads and unloads go over Triton's gRPC port (``AsyncTritonClient``): an HTTP load would block the Triton HTTP thread
+that the gateway's pooled inference connections share, for as long as the load lasts.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from toolkit.errors import TritonctlError
-from toolkit.mme.errors import ManagerConfigError, model_error
+from toolkit.errors import TritonctlError, TritonTimeoutError
+from toolkit.mme.errors import LoadHungError, ManagerConfigError, model_error
 from toolkit.server.client import AsyncTritonClient
 from toolkit.server.endpoint import TritonEndpoint
 
@@ -45,8 +48,17 @@ class TritonRepository:
         client = self._client_or_raise()
         try:
             await client.load(name)
+        except TritonTimeoutError as exc:
+            raise LoadHungError(name, f"{exc}; Triton may keep it LOADING until it restarts") from None
         except TritonctlError as exc:
             raise model_error(name, exc) from None
+
+    async def still_loading(self, name: str) -> bool:
+        """Whether Triton's index says ``name`` is LOADING (an earlier load that hung has not finished)."""
+        try:
+            return any(m.get("name") == name and m.get("state") == "LOADING" for m in await self.index())
+        except TritonctlError:
+            return False
 
     async def unload(self, name: str) -> None:
         client = self._client_or_raise()

@@ -32,6 +32,11 @@ class ArtifactFetchError(ModelLoadError):
     """The artifact could not be fetched: corrupt or unsafe tarball, store unreachable, access denied."""
 
 
+class LoadHungError(ModelLoadError):
+    """Triton did not finish the load within the load timeout (an ``initialize`` that hangs); Triton may keep the model
+    LOADING until it restarts, so the next attempt first asks whether it still does."""
+
+
 class TritonDownError(ModelLoadError, TritonUnavailableError):
     """Triton did not answer the repository API (down or restarting); both a load error and 'unavailable'."""
 

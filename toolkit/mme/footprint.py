@@ -31,15 +31,16 @@ _MEMORY_PARAM = _size_param("tritonctl.memory_bytes")
 _GPU_MEMORY_PARAM = _size_param("tritonctl.gpu_memory_bytes")
 
 
-def stub_rss(repository: Path, names: Iterable[str] | None = None) -> dict[str, int]:
-    """RSS in bytes of the python-backend stubs serving models of ``repository``, summed per model name.
+def stub_processes(repository: Path, names: Iterable[str] | None = None) -> dict[str, list[psutil.Process]]:
+    """The live python-backend stubs serving models of ``repository``, per model name (zombies -- dead stubs Triton has
+    not reaped -- are not live).
 
     Only stubs whose model file lies directly under ``repository`` count, so two Tritons on one host (tests, a
     blue/green restart) never see each other's models.
     """
     root = str(Path(repository).resolve()) + os.sep
     wanted = set(names) if names is not None else None
-    sizes: dict[str, int] = {}
+    found: dict[str, list[psutil.Process]] = {}
     for proc in psutil.process_iter(["name", "cmdline"]):
         try:
             if proc.info["name"] != STUB_NAME and not (proc.info["cmdline"] or [""])[0].endswith(STUB_NAME):
@@ -51,9 +52,21 @@ def stub_rss(repository: Path, names: Iterable[str] | None = None) -> dict[str, 
             name = model_path[len(root) :].split(os.sep, 1)[0]
             if wanted is not None and name not in wanted:
                 continue
-            sizes[name] = sizes.get(name, 0) + int(proc.memory_info().rss)
+            found.setdefault(name, []).append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
+    return found
+
+
+def stub_rss(repository: Path, names: Iterable[str] | None = None) -> dict[str, int]:
+    """RSS in bytes of the python-backend stubs serving models of ``repository``, summed per model name."""
+    sizes: dict[str, int] = {}
+    for name, procs in stub_processes(repository, names).items():
+        for proc in procs:
+            try:
+                sizes[name] = sizes.get(name, 0) + int(proc.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
     return sizes
 
 

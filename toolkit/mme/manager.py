@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.mme._eviction import Evictor
+from toolkit.mme._health import StubWatch
 from toolkit.mme._loading import Loader, composing_models
 from toolkit.mme._residency import Entry, ModelState, Residency, State
 from toolkit.mme._triton import TritonRepository
@@ -68,9 +69,11 @@ class ModelManager:
         listing_refresh_s: float = 30.0,
         gpu_reader: GpuReader | None = None,
         default_gpu_model_bytes: int = DEFAULT_GPU_MODEL_BYTES,
+        stub_check_s: float = 1.0,
     ) -> None:
         """``gpu_reader``: where GPU readings come from (default: Triton's metrics endpoint, or NVML for the same
-        GPUs when ``pynvml`` is importable; see ``toolkit.mme.gpu.open_gpu_reader``)."""
+        GPUs when ``pynvml`` is importable; see ``toolkit.mme.gpu.open_gpu_reader``). ``stub_check_s``: how often
+        the python stubs of READY models are checked for having died (``toolkit.mme._health``); 0 = never."""
         if max_models is not None and max_models < 1:
             raise ManagerConfigError(f"max_models must be >= 1, got {max_models}")
         if memory_budget_bytes is not None and memory_budget_bytes <= 0:
@@ -134,6 +137,16 @@ class ModelManager:
             acquire=self._acquire,
             default_gpu_model_bytes=default_gpu_model_bytes,
         )
+        self.stub_check_s = stub_check_s
+        self.stubs = StubWatch(
+            self._res,
+            self._evictor,
+            self.metrics,
+            repository=self.repository,
+            interval=stub_check_s,
+            reload=lambda name: self._acquire(name, None, invocation=False),
+            spawn=self._spawn,
+        )
 
     # Settings fixed at construction live in the collaborators; these read them back (and tests tune the delay).
     @property
@@ -180,6 +193,8 @@ class ModelManager:
         await self.refresh_listing()
         if self.store is not None and self.listing_refresh_s > 0:
             self._spawn(self._refresh_forever())
+        if self.stub_check_s > 0:
+            self._spawn(self.stubs.run())
 
     async def _start_gpu(self, fraction: float) -> None:
         reader = self._gpu_reader
@@ -234,6 +249,11 @@ class ModelManager:
                 e.state = State.UNLOADED
                 self.policy.on_evict(e.name)
         self._res.update_gauges()
+
+    def stub_failed(self, name: str) -> None:
+        """Triton answered a request for ``name`` with "Stub process ... is not healthy": check its stubs now."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.stubs.check_soon, name)
 
     def on_triton_restart(self) -> None:
         """Called (from any thread) after the supervisor restarted Triton and reloaded models: resync states."""

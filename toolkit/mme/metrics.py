@@ -102,6 +102,9 @@ class MMEMetrics:
         self.unloading = Histogram(f"{p}ModelUnloadingTime_seconds", "Unload request until Triton released it")
         self.evictions = LabeledCounter(f"{p}ModelEvictions_total", "Models unloaded to make room")
         self.failures = LabeledCounter(f"{p}ModelLoadFailures_total", "Failed fetches or loads (per model)")
+        self.stub_failures = LabeledCounter(
+            f"{p}ModelStubFailures_total", "Python stubs found dead under a loaded model, which was then reloaded"
+        )
         self.disk_bytes = LabeledCounter(f"{p}DiskCacheBytes", "Bytes held by the artifact disk cache", "gauge")
         self.memory = LabeledCounter(f"{p}ModelMemoryBytes", "Measured or declared footprint per model", "gauge")
         self.budget = LabeledCounter(f"{p}MemoryBudgetBytes", "Configured byte budget (0 = none)", "gauge")
@@ -128,6 +131,7 @@ class MMEMetrics:
             self.unloading,
             self.evictions,
             self.failures,
+            self.stub_failures,
             self.disk_bytes,
             self.memory,
             self.budget,

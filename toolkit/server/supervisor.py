@@ -1,8 +1,16 @@
-"""Keep an embedded Triton alive: restart it with backoff when it dies and reload what was loaded.
+"""Keep an embedded Triton alive: restart it with backoff when it dies or stops answering, and reload what was loaded.
 
 The supervisor records which models were READY (it polls the repository index while healthy and callers can tell it
 about loads/unloads), so a crash costs a restart plus reloads, not a cold repository. Callers such as the gateway read
 ``is_up`` to answer 503 at once instead of hanging on a dead socket.
+
+A process that exists is not a Triton that works: a stopped process (SIGSTOP), or one whose HTTP worker threads are
+all blocked (measured: 8 repository loads that never finish wedge Triton's whole HTTP API while the process lives)
+answers nothing, yet looks alive to ``poll()``. So the watcher also probes ``/v2/health/live`` on a fresh connection
+with a short timeout (``probe_timeout``, every ``probe_interval``); after ``probe_failures`` consecutive failures the
+server is killed and goes through the same restart path as a crash. A fresh connection per probe matters: Triton pins
+each connection to one worker thread, so a reused connection could be stuck behind one blocked thread while the
+others still serve.
 
 Two reload modes: ``eager`` restarts Triton with every previously loaded model on its command line (Triton is ready
 only once all are loaded: seconds with many models), ``lazy`` restarts it empty (ready in a fraction of a second) and
@@ -38,13 +46,23 @@ class Supervisor:
         backoff: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
         on_state: Callable[[str], None] | None = None,
         reload: Literal["eager", "lazy"] = "eager",
+        probe_interval: float = 1.0,
+        probe_timeout: float = 2.0,
+        probe_failures: int = 3,
     ) -> None:
+        """``probe_interval`` 0 turns the liveness probe off (the process is then only checked for existing)."""
+        if probe_timeout <= 0 or probe_failures < 1 or probe_interval < 0:
+            raise ServerError("probe_timeout must be > 0, probe_failures >= 1 and probe_interval >= 0")
         self.server = server
         self.poll_interval = poll_interval
         self.index_interval = index_interval
         self.backoff = backoff
         self.on_state = on_state
         self.reload = reload
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self.probe_failures = probe_failures
+        self.wedges = 0  # restarts of a server that lived but did not answer its liveness probe
         self.rewarm: list[str] = []  # lazy mode: what was resident before the last restart
         self.restarts = 0
         self.last_error: str | None = None
@@ -117,10 +135,23 @@ class Supervisor:
         with self._lock:
             self._loaded = loaded
 
+    def _live(self) -> bool:
+        """One liveness probe on a fresh connection, bounded by ``probe_timeout``."""
+        return TritonAdmin(self.server.endpoint, timeout=self.probe_timeout).live()
+
     def _watch(self) -> None:
-        next_index = time.monotonic() + self.index_interval
+        now = time.monotonic()
+        next_index, next_probe, failed = now + self.index_interval, now + self.probe_interval, 0
         while not self._stop.is_set():
             if self.server.is_running():
+                if self.probe_interval and time.monotonic() >= next_probe:
+                    failed = 0 if self._live() else failed + 1
+                    next_probe = time.monotonic() + self.probe_interval
+                    if failed >= self.probe_failures and self.server.is_running() and not self._stop.is_set():
+                        failed = 0
+                        self._restart_wedged()
+                        next_index = next_probe = time.monotonic() + self.probe_interval
+                        continue
                 if time.monotonic() >= next_index:
                     self._refresh_index()
                     next_index = time.monotonic() + self.index_interval
@@ -130,6 +161,21 @@ class Supervisor:
             code = self.server.process.returncode if self.server.process else None
             log.warning("tritonserver exited unexpectedly (code %s); restarting", code)
             self._restart()
+            failed, next_probe = 0, time.monotonic() + self.probe_interval
+
+    def _restart_wedged(self) -> None:
+        """The process exists but has not answered ``probe_failures`` probes: kill it (SIGKILL: a wedged server
+        would not act on SIGTERM within its exit timeout, a stopped one not at all) and restart it as a crash."""
+        self._set_up(False)
+        pid = self.server.process.pid if self.server.process else None
+        log.warning(
+            "tritonserver (pid %s) is running but did not answer %d liveness probes (%.1f s timeout); "
+            "killing and restarting it",
+            pid, self.probe_failures, self.probe_timeout,
+        )  # fmt: skip
+        self.wedges += 1
+        self.server.kill()
+        self._restart()
 
     def _restart(self) -> None:
         ports = self.server._ports
