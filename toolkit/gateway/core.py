@@ -124,8 +124,17 @@ class GatewayCore(Admission):
     ) -> Forwarded:
         """An admitted infer; Triton's own 4xx/5xx answers come back as they are (a parse error as 400)."""
         f = await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
-        f.status = client_status(f.status, f.body)
+        f.status = self.answered(model, f.status, f.body)
         return f
+
+    def answered(self, model: str, status: int, body: bytes) -> int:
+        """Triton's answer to an infer of ``model``: the status the client gets (``client_status``); a dead python
+        stub ("Stub process ... is not healthy") is reported to the manager, which checks and reloads the model."""
+        if status == 500 and b"is not healthy" in body:
+            hook = getattr(self.models, "stub_failed", None)
+            if hook is not None:
+                hook(model)
+        return client_status(status, body)
 
     def metrics_text(self) -> str:
         lines = [

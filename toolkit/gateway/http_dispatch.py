@@ -20,7 +20,7 @@ from urllib.parse import unquote
 from toolkit.gateway.admission import KSERVE_ENDPOINT
 from toolkit.gateway.auth import ANONYMOUS
 from toolkit.gateway.bodies import check_infer_request, header_length
-from toolkit.gateway.core import FWD_REQUEST, FWD_RESPONSE, GatewayCore, client_status
+from toolkit.gateway.core import FWD_REQUEST, FWD_RESPONSE, GatewayCore
 from toolkit.gateway.errors import (
     GatewayError,
     PayloadTooLargeError,
@@ -193,7 +193,7 @@ class HttpDispatcher:
         )
 
         def done(status: int, raw: RawHeaders, body: bytes) -> None:
-            status = client_status(status, body)
+            status = core.answered(model, status, body)
             conn.send_raw(status, b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() in _FWD_RESPONSE), body)
             ticket.release()  # bookkeeping after the answer is on its way: it is off the client's critical path
             core.requests["kserve", status] += 1
