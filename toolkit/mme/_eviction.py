@@ -102,8 +102,10 @@ class Evictor:
         return gpu is None or self.resident_gpu_bytes(e.name, unloading=unloading) + gpu_size <= gpu.budget_bytes
 
     def within_budgets(self, *, unloading: bool = True) -> bool:
-        """Whether what is held (``unloading=False``: once the unloads under way finish) fits the byte and GPU
-        budgets."""
+        """Whether what is held (``unloading=False``: once the unloads under way finish) fits the count, byte and GPU
+        budgets (the count matters once models loaded behind the manager's back are adopted)."""
+        if self.max_models is not None and self.resident_count() > self.max_models:
+            return False
         budget = self.memory_budget_bytes
         if budget is not None and self.resident_bytes(unloading=unloading) > budget:
             return False

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -70,10 +70,14 @@ class ModelManager:
         gpu_reader: GpuReader | None = None,
         default_gpu_model_bytes: int = DEFAULT_GPU_MODEL_BYTES,
         stub_check_s: float = 1.0,
+        index_sync_s: float = 2.0,
     ) -> None:
         """``gpu_reader``: where GPU readings come from (default: Triton's metrics endpoint, or NVML for the same
         GPUs when ``pynvml`` is importable; see ``toolkit.mme.gpu.open_gpu_reader``). ``stub_check_s``: how often
-        the python stubs of READY models are checked for having died (``toolkit.mme._health``); 0 = never."""
+        the python stubs of READY models are checked for having died (``toolkit.mme._health``); 0 = never.
+        ``index_sync_s``: how often Triton's index is read to adopt models loaded behind the manager's back (targets
+        a generated router loads itself, models loaded by hand) and count them against the budgets; 0 = never."""
+        self.index_sync_s = index_sync_s
         if max_models is not None and max_models < 1:
             raise ManagerConfigError(f"max_models must be >= 1, got {max_models}")
         if memory_budget_bytes is not None and memory_budget_bytes <= 0:
@@ -195,6 +199,8 @@ class ModelManager:
             self._spawn(self._refresh_forever())
         if self.stub_check_s > 0:
             self._spawn(self.stubs.run())
+        if self.index_sync_s > 0:
+            self._spawn(self._adopt_forever())
 
     async def _start_gpu(self, fraction: float) -> None:
         reader = self._gpu_reader
@@ -263,16 +269,8 @@ class ModelManager:
     async def _resync(self) -> None:
         """Make the records match Triton's index (models loaded behind our back are adopted, vanished ones dropped);
         an operation in progress owns its entry, so it is left alone."""
-        index = await self._triton.index()
-        ready = names_in_state(index)
-        for name in ready:
-            e = self._res.entry(name)
-            if e.state is not State.READY and e.future is None:
-                e.state = State.READY
-                e.size_bytes = e.size_bytes or self._loader.estimate(name)
-                if self._evictor.gpu is not None:  # adopted: never measured here, so charged its estimate
-                    self._evictor.gpu.sizes.setdefault(name, self._loader.estimate_gpu(name))
-                self.policy.on_load(name, self._res.now(), e.size_bytes, 0.0)
+        ready = names_in_state(await self._triton.index())
+        self._adopt(ready)
         for e in self._res.entries.values():
             if e.state is State.READY and e.name not in ready:
                 e.state = State.UNLOADED
@@ -281,6 +279,35 @@ class ModelManager:
                     self._evictor.gpu.note_unload()
         self._res.update_gauges()
         self._res.notify()
+
+    async def _adopt_forever(self) -> None:
+        """Every model Triton holds counts against the budgets, however it was loaded: adopt, then trim to budget
+        (idle models only). Only adoption here: a model that vanished is found by a request, the stub check or the
+        supervisor's resync, never by an index read that raced with a load of ours."""
+        while True:
+            await asyncio.sleep(self.index_sync_s)
+            try:
+                if self._adopt(names_in_state(await self._triton.index())):
+                    self._res.update_gauges()
+                    self._res.notify()
+                await self._evictor.trim_to_budget()
+            except Exception as exc:  # Triton restarting or unreachable: the next round (or the resync) catches up
+                log.debug("index sync skipped: %s", exc)
+
+    def _adopt(self, ready: Collection[str]) -> bool:
+        """Records for READY models the manager did not load (an operation in progress owns its entry); True when
+        there was one."""
+        adopted = False
+        for name in ready:
+            e = self._res.entry(name)
+            if e.state is not State.READY and e.future is None:
+                e.state = State.READY
+                e.size_bytes = e.size_bytes or self._loader.estimate(name)
+                if self._evictor.gpu is not None:  # adopted: never measured here, so charged its estimate
+                    self._evictor.gpu.sizes.setdefault(name, self._loader.estimate_gpu(name))
+                self.policy.on_load(name, self._res.now(), e.size_bytes, 0.0)
+                adopted = True
+        return adopted
 
     # ------------------------------------------------------------------------------------------- queries ---
     def knows(self, name: str) -> bool:
