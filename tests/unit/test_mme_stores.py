@@ -64,7 +64,8 @@ def _malicious() -> dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], 
         "size_bomb": ([*ok, tar_member("1/w.bin", b"\0" * 5000)], {"max_bytes": 4096}, "size bomb"),
         "count_bomb": ([*ok, *(tar_member(f"1/f{i}", b"") for i in range(20))], {"max_files": 10}, "file-count bomb"),
         "no_config": ([tar_member("1/model.py", MODEL_PY)], {}, "no config.pbtxt"),
-        "wrong_folder": (model_members("evil", "other/"), {}, "does not match the model name"),
+        # A folder of another name is accepted now (tests/integration/test_mme_artifacts.py); two models are not.
+        "two_models": ([*model_members("evil", "a/"), *model_members("evil", "b/")], {}, "one artifact is one model"),
     }
 
 
