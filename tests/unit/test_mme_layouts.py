@@ -11,10 +11,12 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
+from toolkit.mme.diskcache import DiskCache
 from toolkit.mme.layout import adopt_name, is_junk, model_root
 from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, extract_model_tarball
 from toolkit.mme.store_api import models_in
@@ -175,3 +177,29 @@ def test_local_store_nested_paths(tmp_path: Path) -> None:
     assert "linked..m" not in store.list_models()
     with pytest.raises(ArtifactNotFoundError, match=r"expected team-c/x\.tar\.gz, team-c/x\.tgz or team-c/x/"):
         store.fetch("team-c..x", tmp_path / "repo")
+
+
+# --- disk cache: versions ----------------------------------------------------------------------------------------
+
+
+def test_disk_cache_refetches_a_changed_artifact_and_remembers_versions(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    root.mkdir()
+    art = tar(root / "m.tar.gz", model_files("m"))
+    store = LocalStore(root)
+    cache = DiskCache(tmp_path / "cache", capacity_bytes=10**6)
+    first = cache.get_or_fetch("m", store)
+    assert cache.invalidations == 0 and cache.entries()[0].version == store.version("m")
+    assert cache.get_or_fetch("m", store) == first and cache.invalidations == 0  # unchanged: a hit
+    again = DiskCache(tmp_path / "cache", capacity_bytes=10**6)  # a restart keeps the version
+    assert again.entries()[0].version == store.version("m")
+    again.get_or_fetch("m", store)
+    assert again.invalidations == 0
+    time.sleep(0.01)
+    tar(art, {**model_files("m"), "1/weights.bin": b"\1" * 100})  # the artifact changes in the store
+    path = again.get_or_fetch("m", store)
+    assert again.invalidations == 1 and (path / "1" / "weights.bin").stat().st_size == 100
+    art.unlink()  # and then disappears: not served from the cache either
+    with pytest.raises(ArtifactNotFoundError):
+        again.get_or_fetch("m", store)
+    assert "m" not in again
