@@ -187,6 +187,11 @@ class S3Store:
     def _where(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
+    def _label(self, key: str) -> str:
+        """How a refusal names an artifact: its TargetModel path first (what the user wrote), then the store."""
+        base = self._key() + "/" if self.prefix else ""
+        return f"artifact {key[len(base) :]!r} in {self!r}"
+
     def _endpoint(self) -> str:
         return self.endpoint_url or "the default AWS endpoint"
 
@@ -296,7 +301,7 @@ class S3Store:
         local_tar = tmp / PurePosixPath(key).name
         meter = _Progress(total, progress)
         self._download([(key, local_tar, total, head.get("ETag"), head.get("VersionId"))], meter)
-        label = f"artifact {self._where(key)!r}"
+        label = self._label(key)
         extract_model_tarball(
             local_tar, dest_dir, name=name, max_bytes=self.max_bytes, max_files=self.max_files, label=label
         )
@@ -336,6 +341,6 @@ class S3Store:
             jobs.append((obj["Key"], out, int(obj.get("Size", 0)), obj.get("ETag"), None))
         meter = _Progress(total, progress)
         self._download(jobs, meter)
-        adopt_config_name(model_dir, name, f"artifact {self._where(base)!r}")
+        adopt_config_name(model_dir, name, self._label(base))
         install_dir(model_dir, dest_dir / name)
         return meter.done
