@@ -203,3 +203,14 @@ def test_disk_cache_refetches_a_changed_artifact_and_remembers_versions(tmp_path
     with pytest.raises(ArtifactNotFoundError):
         again.get_or_fetch("m", store)
     assert "m" not in again
+
+
+def test_names_no_target_model_maps_to_are_not_found(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    tar(tmp_path / "store" / "a..b.tar.gz", model_files("x"))  # a flat file named like a nested model: not one
+    store = LocalStore(tmp_path / "store")
+    assert store.list_models() == [] and not store.exists("a..b") and not store.exists("a...b")
+    with pytest.raises(ArtifactNotFoundError, match=r"expected a/b\.tar\.gz"):
+        store.fetch("a..b", tmp_path / "repo")
+    with pytest.raises(ArtifactNotFoundError, match="no artifact can stand for this name"):
+        store.fetch("a...b", tmp_path / "repo")

@@ -229,7 +229,10 @@ class S3Store:
         return None
 
     def exists(self, name: str) -> bool:
-        return self._locate(name) is not None
+        try:
+            return self._locate(name) is not None
+        except ArtifactNotFoundError:  # a name no TargetModel maps to
+            return False
 
     @staticmethod
     def _tar_version(head: dict[str, Any]) -> str:

@@ -55,12 +55,12 @@ def validate_model_name(name: str) -> str:
 
 
 def artifact_path(name: str) -> str:
-    """The store path (less ``.tar.gz``/``.tgz``/``/``) of a canonical model name (``toolkit.names.target_path``),
-    raised as ``ArtifactError``."""
+    """The store path (less ``.tar.gz``/``.tgz``/``/``) of a canonical model name (``toolkit.names.target_path``).
+    A name no TargetModel maps to (``a...b``) is ``ArtifactNotFoundError``: no store can hold such a model."""
     try:
         return target_path(name)
     except ModelNameError as exc:
-        raise ArtifactError(str(exc)) from None
+        raise ArtifactNotFoundError(f"no artifact can stand for this name: {exc}") from None
 
 
 def adopt_config_name(model_dir: Path, name: str, label: str) -> str | None:

@@ -82,7 +82,10 @@ class LocalStore:
         return models_in(files)
 
     def exists(self, name: str) -> bool:
-        return self._locate(name) is not None
+        try:
+            return self._locate(name) is not None
+        except ArtifactNotFoundError:  # a name no TargetModel maps to
+            return False
 
     def version(self, name: str) -> str:
         """A string that changes whenever the artifact changes (mtime + size based)."""
