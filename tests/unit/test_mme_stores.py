@@ -14,7 +14,7 @@ import pytest
 from model_tarballs import CONFIG, MODEL_PY, model_members, tar_member, write_tar
 
 from toolkit.errors import TritonctlError
-from toolkit.mme.diskcache import CacheFullError, DiskCache
+from toolkit.mme.diskcache import VERSIONS_DIR, CacheFullError, DiskCache
 from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, extract_model_tarball, validate_model_name
 from toolkit.mme.stores import FetchResult, LocalStore, S3Store, open_store
 from toolkit.server import free_port
@@ -64,7 +64,8 @@ def _malicious() -> dict[str, tuple[list[tuple[tarfile.TarInfo, bytes | None]], 
         "size_bomb": ([*ok, tar_member("1/w.bin", b"\0" * 5000)], {"max_bytes": 4096}, "size bomb"),
         "count_bomb": ([*ok, *(tar_member(f"1/f{i}", b"") for i in range(20))], {"max_files": 10}, "file-count bomb"),
         "no_config": ([tar_member("1/model.py", MODEL_PY)], {}, "no config.pbtxt"),
-        "wrong_folder": (model_members("evil", "other/"), {}, "does not match the model name"),
+        # A folder of another name is accepted now (tests/integration/test_mme_artifacts.py); two models are not.
+        "two_models": ([*model_members("evil", "a/"), *model_members("evil", "b/")], {}, "one artifact is one model"),
     }
 
 
@@ -220,7 +221,7 @@ def test_cache_lru_deletion_and_pins(tmp_path: Path, store: CountingStore) -> No
         cache.evict("a")
     cache.unpin("a")
     assert cache.evict("a") and not (cache.root / "a").exists()
-    assert sorted(p.name for p in cache.root.iterdir()) == ["b"]
+    assert sorted(p.name for p in cache.root.iterdir() if p.name != VERSIONS_DIR) == ["b"]
 
 
 def test_cache_survives_restart(tmp_path: Path, store: CountingStore) -> None:

@@ -21,6 +21,7 @@ from toolkit.mme.errors import ModelNotFoundError
 from toolkit.mme.manager import ModelManager
 from toolkit.mme.simulate import format_table, run_simulation
 from toolkit.mme.stores import ArtifactStore, open_store
+from toolkit.names import canonical_target, is_nested, target_path
 
 mme_app = typer.Typer(help="Multi-model endpoint: simulate eviction policies, list/load/unload models.")
 
@@ -70,14 +71,16 @@ def list_cmd(
     store: str | None = STORE_OPTION,
     endpoint_url: str | None = ENDPOINT_URL_OPTION,
 ) -> None:
-    """Models in the repository and the store, with their state in Triton."""
+    """Models in the repository and the store, with their state in Triton (and, for a nested TargetModel, the path
+    it was found at: ``team-a..x`` is ``team-a/x.tar.gz``)."""
 
     async def body(mgr: ModelManager) -> None:
         rows = mgr.states()
-        typer.echo(f"{'model':<32} {'state':<10} {'size':>10}")
+        typer.echo(f"{'model':<32} {'state':<10} {'size':>10}  target model")
         for s in rows:
             size = f"{s.size_bytes / 2**20:.1f}M" if s.size_bytes else "-"
-            typer.echo(f"{s.name:<32} {s.state:<10} {size:>10}")
+            path = target_path(s.name) if is_nested(s.name) else ""
+            typer.echo(f"{s.name:<32} {s.state:<10} {size:>10}  {path}".rstrip())
         typer.echo(f"{len(rows)} models, {sum(s.state == 'READY' for s in rows)} loaded")
 
     asyncio.run(_with_manager(url, repository, _store(store, endpoint_url), body))
@@ -86,7 +89,7 @@ def list_cmd(
 @mme_app.command("load")
 @friendly
 def load_cmd(
-    name: str = typer.Argument(..., help="model name"),
+    name: str = typer.Argument(..., help="model name, or a TargetModel (team-a/x.tar.gz)"),
     url: str | None = URL_OPTION,
     repository: Path = REPO_OPTION,
     store: str | None = STORE_OPTION,
@@ -94,6 +97,7 @@ def load_cmd(
     timeout: float = typer.Option(60.0, "--timeout", help="seconds to wait for the load"),
 ) -> None:
     """Fetch a model from the store (if not in the repository) and load it into Triton."""
+    name = canonical_target(name)  # the name Triton runs, whichever spelling was given
     st = _store(store, endpoint_url)
     if st is not None and not (repository / name / "config.pbtxt").is_file():
         if not st.exists(name):

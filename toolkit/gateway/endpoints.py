@@ -1,7 +1,9 @@
 """Endpoint modes from the manifest: which Triton model(s) one SageMaker ``invoke_endpoint`` call reaches.
 
 The rules follow SageMaker's: a multi-model endpoint needs ``TargetModel`` (canonicalised once by
-``toolkit.names.canonical_target``: the policy context carries that name, not the header's spelling); a direct
+``toolkit.names.canonical_target``: the route carries that name, and the policy context its one readable spelling,
+``target_path``: ``team-a/cities/Chicago_IL`` for the model ``team-a..cities..Chicago_IL``, the name itself for a flat
+one; never the header's spelling); a direct
 multi-container endpoint needs ``TargetContainerHostname`` naming one of its containers (missing or unknown = 400
 ValidationError); production variants are drawn by weight unless ``TargetVariant`` picks one; a serial endpoint
 feeds each step's outputs to the next step as inputs of the same names.
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from toolkit.gateway.errors import ValidationError
-from toolkit.names import canonical_target
+from toolkit.names import canonical_target, target_path
 from toolkit.spec.models import EndpointSpec, VariantSpec
 
 DEFAULT_VARIANT = "AllTraffic"
@@ -71,7 +73,7 @@ class EndpointRouter:
             allowed = model in spec.models if spec.models else self.knows(model)
             if not allowed:
                 raise ValidationError(f"Model {target_model} is not found in the model store of endpoint {endpoint}.")
-            ctx["sagemaker:TargetModel"] = model
+            ctx["sagemaker:TargetModel"] = target_path(model)  # what policies match (toolkit.names: why the path)
             return self._with_variant(spec, (model,), variant, ctx)
         if spec.mode == "multi-container":
             if not container:

@@ -7,11 +7,20 @@ has it loaded so its files are never removed under it.
 
 The last-use time is the entry directory's mtime (touched on every use), so the LRU order survives a restart
 without any index file; a restart re-scans ``root`` and removes temporary leftovers of an interrupted fetch.
+
+**Versions.** Each entry remembers the version its store reported (an S3 ETag and VersionId, a local file's mtime
+and size) in ``root/.tritonctl-versions/<name>``, so it survives a restart too. Before a cached entry is served
+again, a store that can say its current version cheaply (``VersionedStore``: one HEAD on S3) is asked: a changed
+artifact is fetched anew (``invalidations`` counts these), a deleted one is dropped and reported missing, and an
+unreachable store serves the cached copy (logged) rather than failing a model it holds. An entry whose version is
+unknown (a cache written by an older tritonctl) counts as changed. An entry pinned at that moment (being linked
+into Triton's repository for another load) is served as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -20,8 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.mme.safe_tar import TMP_PREFIX, ArtifactError, validate_model_name
-from toolkit.mme.stores import ArtifactStore
+from toolkit.mme.safe_tar import TMP_PREFIX, ArtifactError, ArtifactNotFoundError, validate_model_name
+from toolkit.mme.store_api import ArtifactStore, VersionedStore
+
+log = logging.getLogger(__name__)
+VERSIONS_DIR = ".tritonctl-versions"  # a name no model can have (models never start with '.')
 
 
 class CacheFullError(ArtifactError):
@@ -73,6 +85,8 @@ class DiskCache:
         self._pins: dict[str, int] = {}
         self._inflight: dict[str, _Flight] = {}
         self.evictions = 0
+        self.invalidations = 0  # cached entries fetched anew because the store's artifact changed
+        (self.root / VERSIONS_DIR).mkdir(exist_ok=True)
         self._scan()
 
     def _scan(self) -> None:
@@ -87,7 +101,22 @@ class DiskCache:
                     continue
                 self._sizes[p.name] = _dir_size(p)
                 self._last_used[p.name] = p.stat().st_mtime
-                self._versions[p.name] = None
+                self._versions[p.name] = self._read_version(p.name)
+
+    def _read_version(self, name: str) -> str | None:
+        try:
+            return (self.root / VERSIONS_DIR / name).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _write_version(self, name: str, version: str | None) -> None:
+        path = self.root / VERSIONS_DIR / name
+        if version is None:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_name(f"{TMP_PREFIX}{name}")
+        tmp.write_text(version)
+        os.replace(tmp, path)
 
     # --- queries -----------------------------------------------------------------------------------------------
     @property
@@ -145,9 +174,10 @@ class DiskCache:
         """Return ``root/<name>``, fetching it from ``store`` if absent and deleting LRU entries to make room.
 
         ``pin=True`` pins the entry before the lock is released, so it cannot be evicted between fetch and load.
-        Concurrent calls for the same name share one fetch.
+        Concurrent calls for the same name share one fetch. A cached entry is revalidated first (module docstring).
         """
         validate_model_name(name)
+        self._revalidate(name, store)
         while True:
             with self._lock:
                 if name in self._sizes:
@@ -168,6 +198,7 @@ class DiskCache:
             with self._lock:
                 self._sizes[name] = size
                 self._versions[name] = result.version
+                self._write_version(name, result.version)
                 self._touch(name)
                 if pin:
                     self._pins[name] = self._pins.get(name, 0) + 1
@@ -185,6 +216,30 @@ class DiskCache:
         finally:
             with self._lock:
                 self._inflight.pop(name).done.set()
+
+    def _revalidate(self, name: str, store: ArtifactStore) -> None:
+        """Drop a cached entry whose artifact changed (or vanished) in the store, so the fetch below gets the new one.
+        A store that cannot say its version, or cannot be reached, leaves the entry as it is."""
+        with self._lock:
+            if name not in self._sizes or self._pins.get(name, 0) > 0 or name in self._inflight:
+                return
+            cached = self._versions.get(name)
+        if not isinstance(store, VersionedStore):
+            return
+        try:
+            current: str | None = store.version(name)
+        except ArtifactNotFoundError:
+            current = None  # gone from the store: not served from the cache either
+        except ArtifactError as exc:
+            log.warning("serving cached %s without revalidating it: %s", name, exc)
+            return
+        if current is not None and current == cached:
+            return
+        with self._lock:
+            if name in self._sizes and self._pins.get(name, 0) == 0 and self._versions.get(name) == cached:
+                log.info("artifact %s changed in %r (%s -> %s): fetching it anew", name, store, cached, current)
+                self._delete(name)
+                self.invalidations += 1
 
     def _make_room(self, keep: str) -> None:
         used = sum(self._sizes.values())
@@ -213,6 +268,7 @@ class DiskCache:
         self._sizes.pop(name, None)
         self._last_used.pop(name, None)
         self._versions.pop(name, None)
+        self._write_version(name, None)
         if path.exists():
             aside = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{TMP_PREFIX}del-"))
             os.replace(path, aside / name)

@@ -1,9 +1,12 @@
-"""Safe extraction of model artifacts (``<name>.tar.gz`` holding a Triton model directory).
+"""Safe extraction of model artifacts (``<name>.tar.gz`` or ``.tgz`` holding one Triton model directory).
 
 Artifacts come from buckets that other people write to, so a tarball is untrusted input: every member is checked
 *before* anything touches the disk (absolute paths, ``..``, links, device files, size and file-count bombs), then
 tarfile's own ``filter="data"`` runs as a second line of defence. Extraction goes to a temporary directory beside the
 destination and is renamed into place, so an error never leaves a half-extracted model that Triton could try to load.
+
+What layouts are accepted, and how the extracted copy takes the name its TargetModel gives (the config's ``name``
+rewritten in the copy, never in the store), is ``toolkit.mme.layout``'s business.
 
 Link policy: **every** symbolic or hard link is rejected, escaping or not. A Triton model directory never needs one,
 and allowing "internal" links opens write-through tricks (a link followed by a file written through it) that are
@@ -21,13 +24,14 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from toolkit.errors import TritonctlError
-from toolkit.names import ModelNameError, check_model_name
+from toolkit.mme.layout import LayoutError, adopt_name, is_junk, model_root
+from toolkit.names import ModelNameError, check_model_name, target_path
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 DEFAULT_MAX_FILES = 10_000
 # Temporary names start with this so a cache scanning its root can recognise (and clean) leftovers of a crash.
 TMP_PREFIX = ".tritonctl-tmp-"
-ARTIFACT_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+ARTIFACT_SUFFIXES = (".tar.gz", ".tgz", ".tar")  # what a local file may end with; stores serve .tar.gz and .tgz
 
 
 class ArtifactError(TritonctlError):
@@ -47,6 +51,24 @@ def validate_model_name(name: str) -> str:
     try:
         return check_model_name(name)
     except ModelNameError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
+def artifact_path(name: str) -> str:
+    """The store path (less ``.tar.gz``/``.tgz``/``/``) of a canonical model name (``toolkit.names.target_path``).
+    A name no TargetModel maps to (``a...b``) is ``ArtifactNotFoundError``: no store can hold such a model."""
+    try:
+        return target_path(name)
+    except ModelNameError as exc:
+        raise ArtifactNotFoundError(f"no artifact can stand for this name: {exc}") from None
+
+
+def adopt_config_name(model_dir: Path, name: str, label: str) -> str | None:
+    """``toolkit.mme.layout.adopt_name`` (the local copy's config takes the TargetModel's name), raised as
+    ``ArtifactError``; returns the name the config had when it was rewritten."""
+    try:
+        return adopt_name(model_dir, name, label)
+    except LayoutError as exc:
         raise ArtifactError(str(exc)) from None
 
 
@@ -93,13 +115,13 @@ def _scan(tf: tarfile.TarFile, tar_label: str, max_bytes: int, max_files: int) -
     """Read the member list lazily (so a file-count bomb is stopped early) and check every member."""
     members: list[tarfile.TarInfo] = []
     total = 0
-    for member in tf:
-        if len(members) >= max_files:
+    for seen, member in enumerate(tf):
+        if seen >= max_files:  # litter counts too: a bomb of skipped members is still a bomb
             raise ArtifactError(f"{tar_label}: more than {max_files} members (file-count bomb?)")
         _check_member(member, tar_label)
         parts = _member_parts(member, tar_label)
-        if not parts:
-            continue  # the "./" entry itself
+        if not parts or is_junk(parts):
+            continue  # the "./" entry itself; macOS litter (never extracted)
         total += max(member.size, 0)
         if total > max_bytes:
             raise ArtifactError(
@@ -111,21 +133,13 @@ def _scan(tf: tarfile.TarFile, tar_label: str, max_bytes: int, max_files: int) -
     return members
 
 
-def _model_root(members: list[tarfile.TarInfo], name: str, tar_label: str) -> tuple[str, ...]:
-    """Where config.pbtxt lives: ``()`` for a flat layout, ``(name,)`` for a single top-level folder."""
-    paths = {_member_parts(m, tar_label): m for m in members}
-    config = paths.get(("config.pbtxt",))
-    if config is not None and config.isreg():
-        return ()
-    tops = {p[0] for p in paths}
-    if len(tops) == 1:
-        (top,) = tops
-        nested = paths.get((top, "config.pbtxt"))
-        if nested is not None and nested.isreg():
-            if top != name:
-                raise ArtifactError(f"{tar_label}: top-level folder {top!r} does not match the model name {name!r}")
-            return (top,)
-    raise ArtifactError(f"{tar_label}: no config.pbtxt at the top level or in a single top-level folder {name + '/'!r}")
+def _model_root(members: list[tarfile.TarInfo], tar_label: str) -> tuple[str, ...]:
+    """Where config.pbtxt lives: ``()`` for a flat layout, ``(top,)`` for a single top-level folder of any name."""
+    entries = {_member_parts(m, tar_label): m.isreg() for m in members}
+    try:
+        return model_root(entries, tar_label)
+    except LayoutError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def install_dir(src: Path, target: Path, scratch: Path | None = None) -> None:
@@ -154,17 +168,20 @@ def extract_model_tarball(
     name: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
+    label: str | None = None,
 ) -> Path:
     """Extract a model artifact to ``dest_dir/<name>/`` (holding ``config.pbtxt``) and return that path.
 
-    ``name`` defaults to the artifact's file name without ``.tar.gz``. Accepts ``config.pbtxt`` + version dirs at the
-    top, or a single top-level folder ``<name>/`` holding them. Raises ``ArtifactError`` on anything unsafe or
-    malformed; on error nothing is left in ``dest_dir``.
+    ``name`` (the canonical name of the TargetModel) defaults to the artifact's file name without ``.tar.gz``.
+    Accepts ``config.pbtxt`` + version dirs at the top, or a single top-level folder of any name holding them; the
+    extracted config names the model ``name`` (rewritten when it said otherwise). Raises ``ArtifactError`` on
+    anything unsafe or malformed, naming the artifact as ``label`` says (default: ``artifact '<file name>'``; a store
+    passes where the artifact lives); on error nothing is left in ``dest_dir``.
     """
     tar_path = Path(tar_path)
     dest_dir = Path(dest_dir)
     name = validate_model_name(name) if name is not None else artifact_model_name(tar_path)
-    label = f"artifact {tar_path.name!r}"
+    label = label or f"artifact {tar_path.name!r}"
     if not tar_path.is_file():
         raise ArtifactError(f"{label} not found at {tar_path}")
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +190,7 @@ def extract_model_tarball(
         try:
             with tarfile.open(tar_path, "r:*") as tf:
                 members = _scan(tf, label, max_bytes, max_files)
-                root = _model_root(members, name, label)
+                root = _model_root(members, label)
                 if hasattr(tarfile, "data_filter"):
                     tf.extractall(tmp, members=members, filter="data")
                 else:  # pragma: no cover - Python without PEP 706; our own checks above still ran
@@ -182,6 +199,7 @@ def extract_model_tarball(
             raise
         except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
             raise ArtifactError(f"{label} is not a readable tar.gz archive: {exc}") from exc
+        adopt_config_name(tmp.joinpath(*root), name, label)
         install_dir(tmp.joinpath(*root), dest_dir / name)
         return dest_dir / name
     finally:
