@@ -162,3 +162,35 @@ def test_router_routes_the_triton_name_and_shows_policies_the_path() -> None:
     assert route.context["sagemaker:TargetModel"] == "team-a/cities/Chicago_IL"
     flat = router.resolve("e", target_model="NY_0.tar.gz")
     assert flat.chain == ("NY_0",) and flat.context["sagemaker:TargetModel"] == "NY_0"
+
+
+def test_kserve_and_grpc_requests_for_a_nested_model_carry_its_path_to_the_policy() -> None:
+    """What admission puts in the policy context for a Triton name (KServe URL, gRPC model_name, a model reached
+    through a router): the same TargetModel path a SageMaker request carries, so `team-a/*` covers every route."""
+    from toolkit.gateway.admission import target_context
+    from toolkit.gateway.auth import INVOKE, AuthConfig
+
+    cfg = AuthConfig.from_dict(
+        {
+            "principals": [
+                {
+                    "name": "p",
+                    "api_keys": ["k"],
+                    "policy": [
+                        {"Effect": "Allow", "Action": "invoke"},
+                        {
+                            "Effect": "Deny",
+                            "Action": "invoke",
+                            "Condition": {"StringLike": {"sagemaker:TargetModel": "team-a/*"}},
+                        },
+                    ],
+                }
+            ]
+        }
+    )
+    p, arn = cfg.principal("p"), cfg.endpoint_arn("kserve")
+    assert target_context("team-a..cities..Chicago_IL") == {"sagemaker:TargetModel": "team-a/cities/Chicago_IL"}
+    assert not cfg.allowed(p, INVOKE, arn, target_context("team-a..cities..Chicago_IL"))
+    assert cfg.allowed(p, INVOKE, arn, target_context("team-b..Chicago_IL"))
+    assert cfg.allowed(p, INVOKE, arn, target_context("team-a_flat"))
+    assert target_context("") == {"sagemaker:TargetModel": ""}  # every model's statistics: no name

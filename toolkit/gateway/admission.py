@@ -15,6 +15,7 @@ pins exactly once, however the request ends (answer, error, timeout, client gone
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from toolkit.gateway.auth import ANONYMOUS, INVOKE, Principal
 from toolkit.gateway.errors import AuthError, NotFoundError, ServiceUnavailableError, ThrottlingError
+from toolkit.names import SEPARATOR, ModelNameError, target_path
 
 if TYPE_CHECKING:
     from toolkit.ensembles.reach import ReachMap
@@ -66,6 +68,11 @@ NO_TICKET = Ticket(None, [])
 
 
 def target_context(model: str) -> dict[str, str]:
+    """The policy context of a canonical model name: its TargetModel path (``team-a..x`` -> ``team-a/x``; a flat
+    name is its own path). Policies match paths, not Triton names: ``toolkit.names`` says why."""
+    if SEPARATOR in model:
+        with contextlib.suppress(ModelNameError):
+            model = target_path(model)
     return {"sagemaker:TargetModel": model}
 
 
@@ -123,7 +130,7 @@ class Admission:
         arn = self.auth.endpoint_arn(endpoint)
         for model in models:
             for m in self.reach.reached(model):
-                self.auth.authorize(principal, INVOKE, arn, {**context, "sagemaker:TargetModel": m}, via=model)
+                self.auth.authorize(principal, INVOKE, arn, {**context, **target_context(m)}, via=model)
 
     def _slot(self) -> None:
         if self.inflight >= self.options.max_concurrency:
