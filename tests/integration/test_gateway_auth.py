@@ -188,7 +188,7 @@ def test_a_denied_model_is_not_reached_through_a_router_or_ensemble(secured: Gat
     c.close()
 
 
-@pytest.mark.parametrize("target", ["housing_Houston_TX.tar.gz.tgz", "../housing_Houston_TX", "a/b", ".hidden"])
+@pytest.mark.parametrize("target", ["housing_Houston_TX.tar.gz.tgz", "../housing_Houston_TX", "a//b", ".hidden"])
 def test_target_models_that_name_no_model_are_refused(secured: GatewayAddresses, target: str) -> None:
     sm = _sm(secured)
     args = {"EndpointName": "housing", "TargetModel": target, "ContentType": "application/json"}

@@ -341,7 +341,10 @@ def test_hot_path_pins_in_flight_models_and_counts_cache_hits(tmp_path: Path) ->
         assert manager.metrics.cache_hit.get(model="slow") == hits + 1
         states = {s.name: str(s.state) for s in manager.states()}
         assert states.get("other") == "READY" and states.get("slow") != "READY"
-        # The hot path keeps the request timeout: a warm model slower than it gets 504 at the deadline.
+        # The hot path keeps the request timeout: a warm model slower than it gets 504 at the deadline. (A second
+        # gateway over the same Triton, without a manager: the first one's manager, which adopts and trims whatever
+        # Triton holds, is stopped first, so one controller decides what is loaded.)
+        runner.stop()
         impatient = GatewayThread(Gateway(GatewayOptions(http_port=0, timeout_s=0.5), server.endpoint))
         addr = impatient.start().http
         try:
