@@ -5,7 +5,13 @@ Identity-based policies as in IAM: each principal carries Allow/Deny statements 
 ``StringLike``-style conditions on ``sagemaker:TargetModel``, ``sagemaker:TargetContainerHostname``,
 ``sagemaker:TargetVariant``. ``sagemaker:TargetModel`` is compared in canonical form on both sides: a request's
 model name as it runs, and the policy's values with a leading ``/`` and a ``.tar.gz``/``.tgz`` suffix removed.
-An explicit Deny wins; once any policy exists, whatever no statement allows is denied.
+An explicit Deny wins; once any policy exists, whatever no statement allows is denied. Action names are
+case-insensitive, as in IAM (a Deny on ``SageMaker:invokeEndpoint`` denies); resources and condition values are not.
+
+A SigV4 signature must cover every header that decides what the request does: ``Content-Type`` (with SageMaker's
+``json-header-size``), ``Inference-Header-Content-Length`` and every ``X-Amzn-SageMaker-*`` header (the target
+model, variant, container, inference id, custom attributes). An unsigned one present in the request is refused, so a
+captured request cannot be re-targeted; the AWS SDKs sign every header but a few hop-by-hop ones, so they comply.
 Secrets come from the file or from the environment (``env:NAME``) and never appear in messages or logs.
 """
 
@@ -17,7 +23,8 @@ import hmac
 import json
 import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +43,10 @@ ADMIN = "tritonctl:Admin"
 _ACTION_ALIASES = {"invoke": INVOKE, "admin": ADMIN}
 _OPERATORS = ("StringLike", "StringNotLike", "StringEquals", "StringNotEquals")
 TARGET_MODEL_KEY = "sagemaker:targetmodel"
-MAX_CLOCK_SKEW_S = 300
+MAX_CLOCK_SKEW_S = 300  # as AWS: a signature dated more than 5 minutes from the gateway's clock is refused
+# Headers that change what a request does: present in a SigV4-signed request, they must be signed.
+MUST_SIGN = frozenset({"content-type", "inference-header-content-length"})
+MUST_SIGN_PREFIX = "x-amzn-sagemaker-"
 _AUTH_RE = re.compile(r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]+)$")
 
 
@@ -82,7 +92,7 @@ class Statement:
         effect = str(d.get("effect", ""))
         if effect not in ("Allow", "Deny"):
             raise GatewayConfigError(f"{where}: Effect must be Allow or Deny, got {effect!r}")
-        actions = tuple(_ACTION_ALIASES.get(a, a) for a in _as_list(d.get("action")))
+        actions = tuple(_ACTION_ALIASES.get(a.lower(), a).lower() for a in _as_list(d.get("action")))
         if not actions:
             raise GatewayConfigError(f"{where}: Action is required (invoke, admin, sagemaker:InvokeEndpoint, ...)")
         resources = tuple(
@@ -108,7 +118,7 @@ class Statement:
         return cls(effect, actions, resources, tuple(conds))
 
     def matches(self, action: str, resource: str, context: Mapping[str, str]) -> bool:
-        if not any(like(a, action) for a in self.actions):
+        if not any(like(a, action.lower()) for a in self.actions):  # IAM action names ignore case
             return False
         if not any(r == "*" or like(r, resource) for r in self.resources):
             return False
@@ -143,6 +153,7 @@ class AuthConfig:
     access_keys: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)  # id -> (principal, secret)
     region: str = "us-east-1"
     account: str = "000000000000"
+    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)  # what SigV4 dates are held to
 
     @property
     def enabled(self) -> bool:
@@ -245,8 +256,12 @@ class AuthConfig:
             when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
         except ValueError:
             raise AuthError("X-Amz-Date header missing or malformed", code="IncompleteSignatureException") from None
-        skew = abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds())
-        if skew > MAX_CLOCK_SKEW_S or date != amz_date[:8]:
+        if date != amz_date[:8]:
+            raise AuthError(
+                f"Credential scope date {date} does not match X-Amz-Date {amz_date}", code="InvalidSignatureException"
+            )
+        skew = abs(self.clock() - when.timestamp())  # past or future alike
+        if skew > MAX_CLOCK_SKEW_S:
             raise AuthError(
                 f"Signature expired: {amz_date} is more than {MAX_CLOCK_SKEW_S} s from now",
                 code="InvalidSignatureException",
@@ -254,15 +269,25 @@ class AuthConfig:
         names = signed.split(";")
         if "host" not in names:
             raise AuthError("SignedHeaders must include host", code="InvalidSignatureException")
+        unsigned = sorted(
+            {k.lower() for k in headers if k.lower() in MUST_SIGN or k.lower().startswith(MUST_SIGN_PREFIX)}
+            - set(names)
+        )
+        if unsigned:  # a captured request must not be re-targeted (or its body re-read) by an unsigned header
+            raise AuthError(
+                f"Headers that decide what the request does must be signed: {', '.join(unsigned)} not in SignedHeaders",
+                code="InvalidSignatureException",
+            )
         sent_hash = headers.get("X-Amz-Content-SHA256")
         if sent_hash is not None and sent_hash != hashlib.sha256(body).hexdigest():
             raise AuthError("X-Amz-Content-SHA256 does not match the body", code="InvalidSignatureException")
-        hdrs = {}
+        req = AWSRequest(method=method, url=f"http://{headers.get('Host', '')}{raw_path}", data=body)
+        getall = getattr(headers, "getall", None)
         for n in names:
             if n not in headers:
                 raise AuthError(f"signed header {n!r} is missing from the request", code="InvalidSignatureException")
-            hdrs[n] = headers[n]
-        req = AWSRequest(method=method, url=f"http://{headers.get('Host', '')}{raw_path}", headers=hdrs, data=body)
+            for v in getall(n) if getall is not None else (headers[n],):  # a repeated header: every value is signed
+                req.headers[n] = v  # (appends, as SigV4's canonical form lists them)
         req.context["timestamp"] = amz_date
         signer = SigV4Auth(Credentials(key_id, secret), service, region)
         expected = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
