@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint examples clean perf-analyzer
+.PHONY: venv demo test bench lint examples clean perf-analyzer mutation
 
 venv: $(STAMP)
 
@@ -23,6 +23,11 @@ demo: venv
 
 test: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q tests
+
+# Mutation testing of the front door's guards (auth, names, limits, bodies, protowire) against their unit tests; no
+# Triton, tens of minutes on two cores, not part of `make test`. Results and method: docs/mutation.md.
+mutation: venv
+	$(BIN)/python tests/mutation.py --min-score 95
 
 # NVIDIA's perf_analyzer, the yardstick for our load-test driver (installed next to the project, git-ignored).
 PA := tools/perf_analyzer/perf_analyzer

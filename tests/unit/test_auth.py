@@ -213,12 +213,14 @@ def test_a_signed_header_sent_twice_must_be_signed_twice() -> None:
 def test_a_signed_header_missing_from_the_request_is_refused() -> None:
     h = sign()
     del h["X-Amzn-SageMaker-Target-Model"]
-    assert "missing from the request" in refused(h).message
+    e = refused(h)
+    assert e.code == "InvalidSignatureException" and "missing from the request" in e.message
 
 
 def test_host_must_be_signed() -> None:
     h = with_authz(sign(), "content-type;host;", "content-type;")
-    assert "must include host" in refused(h).message
+    e = refused(h)
+    assert e.code == "InvalidSignatureException" and "must include host" in e.message
 
 
 @pytest.mark.parametrize(
@@ -411,8 +413,19 @@ def test_an_unknown_api_key_is_refused(headers: dict[str, str]) -> None:
     assert e.code == "UnrecognizedClientException" and "API key" in e.message and "guess" not in e.message
 
 
+def test_a_principal_without_api_keys_has_none() -> None:
+    c = AuthConfig.from_dict({"principals": [{"name": "p", "access_keys": [{"id": KEY, "secret": SECRET}]}]})
+    assert not c.api_keys
+    for key in ("None", "none", "[]", ""):
+        assert refused(CIMultiDict({"X-Api-Key": key}), config=c).code in (
+            "UnrecognizedClientException",
+            "MissingAuthenticationTokenException",
+        )
+
+
 def test_an_open_gateway_is_anonymous() -> None:
     open_cfg = AuthConfig()
+    assert ANONYMOUS.name == "anonymous" and not ANONYMOUS.statements
     assert not open_cfg.enabled and not open_cfg.has_policies
     assert open_cfg.authenticate("POST", PATH, CIMultiDict({"X-Api-Key": "whatever"}), b"") is ANONYMOUS
     assert open_cfg.authenticate("POST", PATH, CIMultiDict(), b"") is ANONYMOUS
@@ -593,6 +606,9 @@ def test_arns() -> None:
         ("sagemaker:*", INVOKE, True),
         ("sagemaker:*", ADMIN, False),
         ("*", ADMIN, True),
+        ("tritonctl:Admin", ADMIN, True),  # what the aliases stand for, written out
+        ("tritonctl:*", ADMIN, True),
+        ("tritonctl:*", INVOKE, False),
         ("sagemaker:invokeendpoint", INVOKE, True),  # IAM action names ignore case...
         ("SageMaker:InvokeEndpoint*", INVOKE, True),
         ("sagemaker:InvokeEndpointAsync", INVOKE, False),  # ...but are matched whole
@@ -657,6 +673,7 @@ def test_statement_parse_normalises() -> None:
         ({"Effect": "allow", "Action": "invoke"}, "Allow or Deny"),
         ({"Action": "invoke"}, "Allow or Deny"),
         ({"Effect": "Allow", "Action": []}, "Action is required"),
+        ({"Effect": "Allow"}, "Action is required"),
     ],
 )
 def test_bad_statements(raw: dict[str, Any], why: str) -> None:
@@ -709,7 +726,8 @@ def test_policy_documents_and_files(tmp_path: Path) -> None:
     assert not empty.has_policies
     raw = {"region": "eu-west-1", "account": "42", "principals": [{"name": "p", "api_keys": ["k"], "policy": doc}]}
     (tmp_path / "a.json").write_text(json.dumps(raw))
-    (tmp_path / "a.yaml").write_text(json.dumps(raw))  # JSON is YAML
+    (tmp_path / "a.json").write_text(json.dumps(raw, indent="\t"))  # valid JSON, not YAML (tab indentation)
+    (tmp_path / "a.yaml").write_text(json.dumps(raw))  # JSON on one line is YAML too
     for name in ("a.json", "a.yaml"):
         c = AuthConfig.load(tmp_path / name)
         assert (c.region, c.account, [p.name for p in c.principals]) == ("eu-west-1", "42", ["p"])
@@ -731,5 +749,6 @@ def test_policy_documents_and_files(tmp_path: Path) -> None:
 def test_secrets_stay_out_of_repr() -> None:
     c = cfg()
     assert SECRET not in repr(c) and "alice-key" not in repr(c)
+    assert hashlib.sha256(b"alice-key").hexdigest() not in repr(c)  # nor what a guess could be checked against offline
     assert c.principal("bob") == Principal("bob")
     assert c.enabled and not c.has_policies

@@ -153,7 +153,7 @@ class AuthConfig:
     access_keys: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)  # id -> (principal, secret)
     region: str = "us-east-1"
     account: str = "000000000000"
-    clock: Callable[[], float] = field(default=time.time, repr=False, compare=False)  # what SigV4 dates are held to
+    clock: Callable[[], float] = time.time  # what SigV4 dates are held to (tests hold it still)
 
     @property
     def enabled(self) -> bool:
