@@ -458,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     survivors: list[Mutant] = []
     t_all = time.monotonic()
+    for key, why in EQUIVALENT.items():
+        if not any(m.key == key for ms in mutants.values() for m in ms) and (not args.targets and not args.only):
+            print(f"stale EQUIVALENT entry (no such mutant): {key}: {why}", file=sys.stderr)
+            return 2
     for t in targets:
         verdict, base = run(t, None, 600, args.verbose)
         if verdict != "survived":
@@ -477,15 +481,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             verdict, took = run(t, code, limit, args.verbose)
             counts[verdict] += 1
-            if verdict == "survived":
+            if verdict in ("survived", "timeout"):  # a timeout counts as killed: shown, to be judged
                 survivors.append(m)
-                print(f"  SURVIVED {m.where}: {m.what}    | {m.source}", flush=True)
+                print(f"  {verdict.upper()} {m.where}: {m.what}    | {m.source}", flush=True)
             elif args.verbose or args.only:
                 print(f"  {verdict} ({took:.1f} s) {m.where}: {m.what}    | {m.source}", flush=True)
         rows.append((t, counts))
     print()
-    print("| target | mutants | equivalent | killed | survived | score |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| target | mutants | equivalent | killed: failed | killed: error | killed: timeout | survived | score |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     total = {"n": 0, "eq": 0, "k": 0, "s": 0}
     for t, c in rows:
         n = sum(c.values())
@@ -496,10 +500,13 @@ def main(argv: list[str] | None = None) -> int:
         total["k"] += killed
         total["s"] += c["survived"]
         score = f"{100 * killed / denom:.1f}%" if denom else "-"
-        print(f"| {t.path} | {n} | {c['equivalent']} | {killed} | {c['survived']} | {score} |")
+        print(
+            f"| {t.path} | {n} | {c['equivalent']} | {c['killed']} | {c['error']} | {c['timeout']} | {c['survived']} "
+            f"| {score} |"
+        )
     denom = total["n"] - total["eq"]
     score = 100 * total["k"] / denom if denom else 100.0
-    print(f"| **all** | {total['n']} | {total['eq']} | {total['k']} | {total['s']} | **{score:.1f}%** |")
+    print(f"| **all** | {total['n']} | {total['eq']} | {total['k']} killed | | | {total['s']} | **{score:.1f}%** |")
     print(f"\n{total['k']} of {denom} non-equivalent mutants killed ({score:.1f}%) in {time.monotonic() - t_all:.0f} s")
     return 1 if score < args.min_score else 0
 
