@@ -249,7 +249,7 @@ class _Context:
         self.skip: set[int] = set()  # nodes (and their subtrees) never mutated
         self.message: set[int] = set()  # string constants that are text for people
         for n in ast.walk(tree):  # annotations, wherever they are: types, not behaviour
-            if isinstance(n, ast.AnnAssign) or isinstance(n, ast.arg):
+            if isinstance(n, (ast.AnnAssign, ast.arg)):
                 self._skip_tree(n.annotation)
             elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self._skip_tree(n.returns)
