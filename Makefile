@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test unit integration graphviz bench lint examples clean perf-analyzer
+.PHONY: venv demo test unit integration graphviz bench lint examples clean perf-analyzer mutation
 
 venv: $(STAMP)
 
@@ -46,6 +46,11 @@ graphviz:
 	    apt-get install -y -qq --no-install-recommends graphviz >/dev/null 2>&1 || \
 	    { apt-get update -qq && apt-get install -y -qq --no-install-recommends graphviz >/dev/null; }; \
 	  else echo "graphviz's 'dot' is missing: install graphviz (Debian: sudo apt-get install graphviz)" >&2; exit 1; fi; }
+
+# Mutation testing of the front door's guards (auth, names, limits, bodies, protowire) against their unit tests; no
+# Triton, tens of minutes on two cores, not part of `make test`. Results and method: docs/mutation.md.
+mutation: venv
+	$(BIN)/python tests/mutation.py --min-score 95
 
 # NVIDIA's perf_analyzer, the yardstick for our load-test driver (installed next to the project, git-ignored).
 PA := tools/perf_analyzer/perf_analyzer

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolkit.gateway.bodies import MAX_DEPTH, check_infer_request, header_length, inflate
+from toolkit.gateway.bodies import MAX_DEPTH, UnsupportedEncodingError, check_infer_request, header_length, inflate
 from toolkit.gateway.errors import PayloadTooLargeError, ValidationError
 
 fuzz = settings(
@@ -128,3 +128,157 @@ def test_load_failures_tell_clients_no_paths_nor_tracebacks() -> None:
         err.message
         == "Model m failed to load: failed to load 'm', failed to poll from model repository: <path>: No such file"
     )
+
+
+def test_the_depth_limit_is_64() -> None:
+    """The value itself (a tensor of rank 32 nested needs 33; Triton's parser takes far more): 64 levels pass."""
+    assert MAX_DEPTH == 64
+    data: object = 1.0
+    for _ in range(64):
+        data = [data]
+    check_infer_request(body([1], data), None)
+    with pytest.raises(ValidationError, match="nested more than 64 deep"):
+        check_infer_request(body([1], [data]), None)
+
+
+def test_the_largest_dimension() -> None:
+    """A dimension may be 2**31 - 1, not 2**31 (Triton's int32 shapes): a zero-element tensor shows it without data."""
+    check_infer_request(body([0, 2**31 - 1], []), None)
+    with pytest.raises(ValidationError, match="integers from 0 to 2147483647"):
+        check_infer_request(body([0, 2**31], []), None)
+    with pytest.raises(ValidationError, match="integers from 0 to"):
+        check_infer_request(body([0, -1], []), None)
+    with pytest.raises(ValidationError, match="at most 32 dimensions"):
+        check_infer_request(body([1] * 33, [1.0]), None)
+    check_infer_request(body([1] * 32, [1.0]), None)
+
+
+def binary(dtype: str | None, shape: list[int], size: int, tail: int | None = None) -> tuple[bytes, int]:
+    t: dict[str, object] = {"name": "X", "shape": shape, "parameters": {"binary_data_size": size}}
+    if dtype is not None:
+        t["datatype"] = dtype
+    head = json.dumps({"inputs": [t]}).encode()
+    return head + bytes(size if tail is None else tail), len(head)
+
+
+ITEM = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8,
+        "FP16": 2, "BF16": 2, "FP32": 4, "FP64": 8}  # fmt: skip
+
+
+@pytest.mark.parametrize(("dtype", "item"), ITEM.items())
+def test_binary_sizes_are_exact_for_fixed_size_types(dtype: str, item: int) -> None:
+    for spelled in (dtype, dtype.lower()):
+        check_infer_request(*binary(spelled, [3], 3 * item))
+    for size in (3 * item - 1, 3 * item + 1, 2 * item, 0):
+        with pytest.raises(ValidationError, match="bytes of binary data for shape"):
+            check_infer_request(*binary(dtype, [3], size))
+
+
+@pytest.mark.parametrize("dtype", ["BYTES", "bytes", None, "NOT_A_TYPE"])
+def test_binary_sizes_of_variable_size_types_hold_a_length_per_element(dtype: str | None) -> None:
+    check_infer_request(*binary(dtype, [3], 12))  # three empty strings: a 4-byte length each
+    check_infer_request(*binary(dtype, [3], 40))
+    with pytest.raises(ValidationError, match="bytes of binary data for shape"):
+        check_infer_request(*binary(dtype, [3], 11))
+
+
+def test_binary_sizes_add_up_to_the_bytes_behind_the_header() -> None:
+    data, n = binary("FP32", [2], 8, tail=9)
+    with pytest.raises(ValidationError, match="declare 8 bytes of binary data; the body carries 9"):
+        check_infer_request(data, n)
+    data, n = binary("FP32", [2], 8, tail=7)
+    with pytest.raises(ValidationError, match="the body carries 7"):
+        check_infer_request(data, n)
+    data, _ = binary("FP32", [2], 8)
+    with pytest.raises(ValidationError):  # no header length: the whole body is JSON, and no bytes follow it
+        check_infer_request(data, None)
+    with pytest.raises(ValidationError, match="declare 8 bytes of binary data; the body carries 0"):
+        check_infer_request(json.dumps(json.loads(data[: len(data) - 8])).encode(), None)
+    two = {
+        "inputs": [
+            {"name": "A", "shape": [1], "datatype": "FP64", "parameters": {"binary_data_size": 8}},
+            {"name": "B", "shape": [2], "datatype": "INT16", "parameters": {"binary_data_size": 4}},
+        ]
+    }
+    head = json.dumps(two).encode()
+    check_infer_request(head + bytes(12), len(head))
+    for size in (-1, 1.5, "8", True):
+        head = json.dumps({"inputs": [{"shape": [2], "parameters": {"binary_data_size": size}}]}).encode()
+        with pytest.raises(ValidationError, match="must be a non-negative integer"):
+            check_infer_request(head + bytes(8), len(head))
+
+
+@pytest.mark.parametrize(
+    ("doc", "why"),
+    [
+        (b"[]", "must be a KServe v2 JSON object"),
+        (b"{}", '"inputs": a list'),
+        (b'{"inputs": {}}', '"inputs": a list'),
+        (b'{"inputs": [1]}', "inputs\\[0\\] must be an object"),
+        (b'{"inputs": [{"shape": [1], "data": [1], "parameters": [1]}]}', "parameters must be an object"),
+        (b'{"inputs": [{"shape": [2]}]}', 'carries no "data" nor binary data for 2 elements'),
+        (b'{"inputs": [{"shape": [1], "data": [{"a": 1}]}]}', "not objects"),
+        (b'{"inputs": [{"shape": [1], "data": {"a": 1}}]}', "not objects"),
+        (b'{"inputs": [{"shape": "1", "data": [1]}]}', "shape must be a list"),
+        (b"{", "not valid KServe v2 JSON"),
+    ],
+)
+def test_refusals_say_why(doc: bytes, why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        check_infer_request(doc, None)
+
+
+def test_what_is_accepted() -> None:
+    check_infer_request(b'{"inputs": []}', None)
+    check_infer_request(b'{"inputs": [{"shape": [0]}]}', None)  # no elements: nothing to carry
+    check_infer_request(b'{"inputs": [{"shape": [2], "data": [1, 2], "parameters": null}]}', None)
+    check_infer_request(b'{"inputs": [{"shape": [1], "data": 7}]}', None)  # a scalar is one element
+
+
+@pytest.mark.parametrize("encoding", ["", "identity", " Identity ", "IDENTITY"])
+def test_identity_is_the_body_as_sent(encoding: str) -> None:
+    data = b"\x1f\x8b not compressed at all"
+    assert inflate(data, encoding, 1) is data  # the connection layer bounded it already
+
+
+@pytest.mark.parametrize("encoding", ["br", "compress", "zstd", "gzip, deflate"])
+def test_other_encodings_are_415(encoding: str) -> None:
+    with pytest.raises(UnsupportedEncodingError) as e:
+        inflate(gzip.compress(b"x"), encoding, 100)
+    assert (e.value.status, e.value.code, e.value.grpc_code) == (415, "ValidationError", "UNIMPLEMENTED")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "GZIP", "deflate", " Deflate "])
+def test_each_spelling_of_gzip_and_deflate(encoding: str) -> None:
+    raw = b"hello " * 100
+    data = zlib.compress(raw) if "deflate" in encoding.lower() else gzip.compress(raw)
+    assert inflate(data, encoding, len(raw)) == raw
+    with pytest.raises(PayloadTooLargeError, match=f"inflates past the limit of {len(raw) - 1} bytes"):
+        inflate(data, encoding, len(raw) - 1)
+    with pytest.raises(ValidationError, match="malformed"):
+        inflate(b"not compressed" + data, encoding, len(raw))
+
+
+def test_header_length_values() -> None:
+    assert header_length(None, b"abc") is None
+    assert header_length(b" 3\t", b"abc") == 3
+    assert header_length("1", b"abc") == 1
+    for bad in ("0", "4", "-1", "+1", "1.0", "", "²", b"\xb2"):
+        with pytest.raises(ValidationError, match="does not fit a body of 3 bytes"):
+            header_length(bad, b"abc")
+
+
+def test_gzip_is_gzip_and_deflate_is_zlib() -> None:
+    raw = b"x" * 1000
+    with pytest.raises(ValidationError, match="malformed gzip"):
+        inflate(zlib.compress(raw), "gzip", 2000)  # a zlib stream is not a gzip one
+    with pytest.raises(ValidationError, match="malformed deflate"):
+        inflate(gzip.compress(raw), "deflate", 2000)
+
+
+def test_gzip_with_the_full_window() -> None:
+    """gzip's 32 KiB window: back-references 20,000 bytes back (a smaller window refuses them)."""
+    block = np.random.default_rng(0).bytes(20_000)
+    raw = block + block
+    assert inflate(gzip.compress(raw), "gzip", len(raw)) == raw
+    assert inflate(zlib.compress(raw), "deflate", len(raw)) == raw

@@ -75,3 +75,36 @@ def test_policy_values_are_canonical_too(model: str, allowed: bool) -> None:
     assert (
         cfg.allowed(p, "sagemaker:InvokeEndpoint", cfg.endpoint_arn("e"), {"sagemaker:TargetModel": model}) is allowed
     )
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("", "non-empty string"),
+        (None, "non-empty string"),
+        (b"abc", "non-empty string"),
+        ("x" * 129, "is 129 characters long"),
+        ("." + "x" * 127, "must not start with '.'"),
+        (".hidden", "must not start with '.'"),
+        ("..", "must not start with '.'"),
+        ("a b", "may only contain"),
+        ("-a", "may only contain"),
+    ],
+)
+def test_each_refusal_says_why(bad: object, why: str) -> None:
+    with pytest.raises(ModelNameError, match=why):
+        check_model_name(bad)  # type: ignore[arg-type]
+
+
+def test_the_longest_name() -> None:
+    assert check_model_name("x" * 128) == "x" * 128
+    assert check_model_name("_" + "." * 127) == "_" + "." * 127
+    assert canonical_target("/" + "x" * 128 + ".tgz") == "x" * 128
+
+
+@pytest.mark.parametrize(
+    ("target", "name"),
+    [("a", "a"), (" /a.tar.gz ", "a"), ("a.tgz", "a"), ("a.tar.gz.tgz", "a.tar.gz"), ("a.gz", "a.gz"), ("///", "")],
+)
+def test_strip_target(target: str, name: str) -> None:
+    assert strip_target(target) == name

@@ -158,3 +158,96 @@ def test_the_reported_bypass_is_refused() -> None:
 def test_refusals_say_why(data: bytes, why: str) -> None:
     with pytest.raises(ProtoError, match=why):
         model_of(data)
+
+
+NAME = b"\x0a\x01m"  # model_name "m"
+MAX_FIELD = (1 << 29) - 1  # protobuf's largest field number
+
+
+def key(field: int, wire: int) -> bytes:
+    return varint(field << 3 | wire)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        NAME,
+        key(15, 0) + varint(150) + NAME,  # an unknown varint field: skipped by value, not by length
+        key(15, 0) + b"\xff" * 9 + b"\x01" + NAME,  # the largest varint: 10 bytes, 2**64 - 1
+        key(15, 0) + b"\x80" * 9 + b"\x00" + NAME,  # 10 bytes, non-canonical zero
+        NAME + key(15, 0) + b"\xff" * 9 + b"\x01",
+        key(15, 1) + b"\x0a\x01x\x0a\x01x\x0a\x01" + NAME,  # fixed64: 8 bytes skipped (whatever they look like)
+        key(15, 5) + b"\x0a\x01x\x0a" + NAME,  # fixed32: 4 bytes
+        NAME + key(15, 1) + bytes(8),
+        NAME + key(15, 5) + bytes(4),
+        key(15, 2) + b"\x00" + NAME,  # an empty length-delimited field
+        NAME + key(15, 2) + b"\x00",  # ... as the message's last field
+        key(15, 2) + varint(300) + b"\x0a" * 300 + NAME,  # a 2-byte length
+        key(15, 2) + varint(1) + b"\x0a" + NAME,
+        key(MAX_FIELD, 0) + b"\x01" + NAME,  # the largest field number (a 5-byte key)
+        key(MAX_FIELD, 2) + b"\x01\x0a" + NAME,
+        key(MAX_FIELD, 1) + bytes(8) + NAME,
+        b"\x0a\x00",  # an empty name
+        b"\x0a\x00" + key(15, 0) + b"\x05",
+        b"",  # no name at all
+        key(2, 2) + b"\x01" + b"7" + NAME,  # model_version then model_name
+        b"\x0a" + varint(MAX_NAME_BYTES) + b"n" * MAX_NAME_BYTES,  # the longest name
+        b"\x0a" + varint(1024) + b"n" * 1024,
+    ],
+)
+def test_messages_protobuf_reads_are_read_the_same(data: bytes) -> None:
+    """Exact cases beside the fuzzing: each kind of field before and after the name, at its size limits. Protobuf
+    reads every one, so the scanner must too (not just never disagree): same name, whole or a byte at a time."""
+    ref = reference(data)
+    assert ref is not REFUSED
+    assert model_of(data) == ref
+    assert chunked(data, list(range(len(data)))) == ref
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (key(MAX_FIELD + 1, 0) + b"\x01" + NAME, "field key out of range"),  # key 2**32: past any field number
+        (b"\xff\xff\xff\xff\x0f\x01", "unsupported wire type 7"),  # key 2**32 - 1: the largest that fits
+        (b"\xff\xff\xff\xff\x1f", "field key out of range"),
+        (b"\xf8\x80\x80\x80\x80\x00\x01" + NAME, "varint too long"),  # a 6-byte key
+        (key(15, 0) + b"\xff" * 9 + b"\x02" + NAME, "varint too long"),  # past 2**64 - 1
+        (key(15, 0) + b"\x80" * 10 + b"\x00" + NAME, "varint too long"),  # 11 bytes
+        (b"\x0a" + varint(MAX_NAME_BYTES + 1) + b"n" * (MAX_NAME_BYTES + 1), "longer than 1024 bytes"),
+        (b"\x0a" + varint(1025) + b"n" * 1025, "longer than"),
+        (NAME + NAME, "more than once"),
+        (b"\x0a\x00" + NAME, "more than once"),  # an empty name is a name
+        (NAME + b"\x0a\x00", "more than once"),
+        (key(15, 3) + NAME, "unsupported wire type 3"),
+        (key(15, 4) + NAME, "unsupported wire type 4"),
+        (key(15, 6) + NAME, "unsupported wire type 6"),
+        (key(1, 1) + bytes(8), "must be a string"),
+        (key(1, 5) + bytes(4), "must be a string"),
+        (NAME + key(15, 0), "ends inside"),
+        (NAME + key(15, 0) + b"\x80", "ends inside"),
+        (NAME + key(15, 1) + bytes(7), "ends inside"),
+        (NAME + key(15, 5) + bytes(3), "ends inside"),
+        (NAME + key(15, 2) + b"\x02x", "ends inside"),
+        (b"\x0a\x02m", "ends inside"),
+        (b"\x0a", "ends inside"),
+        (b"\x8a", "ends inside"),  # a key cut short
+    ],
+)
+def test_exact_refusals(data: bytes, why: str) -> None:
+    with pytest.raises(ProtoError, match=why):
+        model_of(data)
+    assert chunked(data, list(range(len(data)))) is REFUSED
+
+
+def test_the_name_limit_is_1024_bytes() -> None:
+    assert MAX_NAME_BYTES == 1024
+
+
+def test_a_scanner_reports_the_name_as_soon_as_it_is_whole() -> None:
+    s = NameScanner()
+    s.feed(key(15, 0) + b"\x01" + b"\x0a\x03ab")
+    assert s.model is None
+    s.feed(b"c" + key(15, 2))
+    assert s.model == "abc"
+    with pytest.raises(ProtoError, match="ends inside"):
+        s.finish()

@@ -5,7 +5,13 @@ Identity-based policies as in IAM: each principal carries Allow/Deny statements 
 ``StringLike``-style conditions on ``sagemaker:TargetModel``, ``sagemaker:TargetContainerHostname``,
 ``sagemaker:TargetVariant``. ``sagemaker:TargetModel`` is compared in canonical form on both sides: a request's
 model name as it runs, and the policy's values with a leading ``/`` and a ``.tar.gz``/``.tgz`` suffix removed.
-An explicit Deny wins; once any policy exists, whatever no statement allows is denied.
+An explicit Deny wins; once any policy exists, whatever no statement allows is denied. Action names are
+case-insensitive, as in IAM (a Deny on ``SageMaker:invokeEndpoint`` denies); resources and condition values are not.
+
+A SigV4 signature must cover every header that decides what the request does: ``Content-Type`` (with SageMaker's
+``json-header-size``), ``Inference-Header-Content-Length`` and every ``X-Amzn-SageMaker-*`` header (the target
+model, variant, container, inference id, custom attributes). An unsigned one present in the request is refused, so a
+captured request cannot be re-targeted; the AWS SDKs sign every header but a few hop-by-hop ones, so they comply.
 Secrets come from the file or from the environment (``env:NAME``) and never appear in messages or logs.
 """
 
@@ -14,22 +20,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+import orjson
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from toolkit.gateway.errors import AccessDeniedError, AuthError, GatewayConfigError
 from toolkit.names import strip_target
+from toolkit.spec.safeyaml import YamlInputError, parse, read_text
 
 INVOKE = "sagemaker:InvokeEndpoint"
 ADMIN = "tritonctl:Admin"
@@ -37,7 +44,10 @@ METRICS = "tritonctl:GetMetrics"  # read /metrics and the admin port's /models (
 _ACTION_ALIASES = {"invoke": INVOKE, "admin": ADMIN, "metrics": METRICS}
 _OPERATORS = ("StringLike", "StringNotLike", "StringEquals", "StringNotEquals")
 TARGET_MODEL_KEY = "sagemaker:targetmodel"
-MAX_CLOCK_SKEW_S = 300
+MAX_CLOCK_SKEW_S = 300  # as AWS: a signature dated more than 5 minutes from the gateway's clock is refused
+# Headers that change what a request does: present in a SigV4-signed request, they must be signed.
+MUST_SIGN = frozenset({"content-type", "inference-header-content-length"})
+MUST_SIGN_PREFIX = "x-amzn-sagemaker-"
 _AUTH_RE = re.compile(r"^AWS4-HMAC-SHA256\s+Credential=([^,\s]+),\s*SignedHeaders=([^,\s]+),\s*Signature=([0-9a-f]+)$")
 
 
@@ -83,7 +93,7 @@ class Statement:
         effect = str(d.get("effect", ""))
         if effect not in ("Allow", "Deny"):
             raise GatewayConfigError(f"{where}: Effect must be Allow or Deny, got {effect!r}")
-        actions = tuple(_ACTION_ALIASES.get(a, a) for a in _as_list(d.get("action")))
+        actions = tuple(_ACTION_ALIASES.get(a.lower(), a).lower() for a in _as_list(d.get("action")))
         if not actions:
             raise GatewayConfigError(f"{where}: Action is required (invoke, admin, sagemaker:InvokeEndpoint, ...)")
         resources = tuple(
@@ -109,7 +119,7 @@ class Statement:
         return cls(effect, actions, resources, tuple(conds))
 
     def matches(self, action: str, resource: str, context: Mapping[str, str]) -> bool:
-        if not any(like(a, action) for a in self.actions):
+        if not any(like(a, action.lower()) for a in self.actions):  # IAM action names ignore case
             return False
         if not any(r == "*" or like(r, resource) for r in self.resources):
             return False
@@ -144,6 +154,7 @@ class AuthConfig:
     access_keys: dict[str, tuple[str, str]] = field(default_factory=dict, repr=False)  # id -> (principal, secret)
     region: str = "us-east-1"
     account: str = "000000000000"
+    clock: Callable[[], float] = time.time  # what SigV4 dates are held to (tests hold it still)
 
     @property
     def enabled(self) -> bool:
@@ -158,17 +169,18 @@ class AuthConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> AuthConfig:
+        """Read with the manifest's bounded reader (toolkit.spec.safeyaml): non-UTF-8, deep nesting and alias bombs are
+        one line each, and no error quotes the file (it holds secrets)."""
         p = Path(path)
         try:
-            text = p.read_text()
-        except OSError as exc:
-            raise GatewayConfigError(f"cannot read auth file {p}: {exc.strerror}") from None
-        try:
-            raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError) as exc:
-            raise GatewayConfigError(
-                f"auth file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}"
-            ) from None
+            if p.suffix == ".json":
+                raw = orjson.loads(read_text(p))
+            else:
+                raw, _ = parse(read_text(p))
+        except YamlInputError as exc:
+            raise GatewayConfigError(f"auth file {p}: {exc}") from None
+        except orjson.JSONDecodeError as exc:
+            raise GatewayConfigError(f"auth file {p} is not valid JSON: {exc.msg} at position {exc.pos}") from None
         return cls.from_dict(raw or {}, str(p))
 
     @classmethod
@@ -218,6 +230,39 @@ class AuthConfig:
             code="MissingAuthenticationTokenException",
         )
 
+    def _check_date(self, amz_date: str, scope_date: str) -> None:
+        """X-Amz-Date well formed, the credential scope's day, and within the clock skew, past or future alike."""
+        try:
+            when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            raise AuthError("X-Amz-Date header missing or malformed", code="IncompleteSignatureException") from None
+        if scope_date != amz_date[:8]:
+            raise AuthError(
+                f"Credential scope date {scope_date} does not match X-Amz-Date {amz_date}",
+                code="InvalidSignatureException",
+            )
+        skew = abs(self.clock() - when.timestamp())
+        if skew > MAX_CLOCK_SKEW_S:
+            raise AuthError(
+                f"Signature expired: {amz_date} is more than {MAX_CLOCK_SKEW_S} s from now",
+                code="InvalidSignatureException",
+            )
+
+    @staticmethod
+    def _check_signed(names: list[str], headers: Mapping[str, str]) -> None:
+        """host, and every header that decides what the request does, must be among the signed ones."""
+        if "host" not in names:
+            raise AuthError("SignedHeaders must include host", code="InvalidSignatureException")
+        unsigned = sorted(
+            {k.lower() for k in headers if k.lower() in MUST_SIGN or k.lower().startswith(MUST_SIGN_PREFIX)}
+            - set(names)
+        )
+        if unsigned:  # a captured request must not be re-targeted (or its body re-read) by an unsigned header
+            raise AuthError(
+                f"Headers that decide what the request does must be signed: {', '.join(unsigned)} not in SignedHeaders",
+                code="InvalidSignatureException",
+            )
+
     def _verify_sigv4(self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes, authz: str) -> str:
         m = _AUTH_RE.match(authz.strip())
         if not m:
@@ -242,28 +287,19 @@ class AuthConfig:
             raise AuthError("The security token included in the request is invalid.")
         principal, secret = entry
         amz_date = headers.get("X-Amz-Date", "")
-        try:
-            when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
-        except ValueError:
-            raise AuthError("X-Amz-Date header missing or malformed", code="IncompleteSignatureException") from None
-        skew = abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds())
-        if skew > MAX_CLOCK_SKEW_S or date != amz_date[:8]:
-            raise AuthError(
-                f"Signature expired: {amz_date} is more than {MAX_CLOCK_SKEW_S} s from now",
-                code="InvalidSignatureException",
-            )
+        self._check_date(amz_date, date)
         names = signed.split(";")
-        if "host" not in names:
-            raise AuthError("SignedHeaders must include host", code="InvalidSignatureException")
+        self._check_signed(names, headers)
         sent_hash = headers.get("X-Amz-Content-SHA256")
         if sent_hash is not None and sent_hash != hashlib.sha256(body).hexdigest():
             raise AuthError("X-Amz-Content-SHA256 does not match the body", code="InvalidSignatureException")
-        hdrs = {}
+        req = AWSRequest(method=method, url=f"http://{headers.get('Host', '')}{raw_path}", data=body)
+        getall = getattr(headers, "getall", None)
         for n in names:
             if n not in headers:
                 raise AuthError(f"signed header {n!r} is missing from the request", code="InvalidSignatureException")
-            hdrs[n] = headers[n]
-        req = AWSRequest(method=method, url=f"http://{headers.get('Host', '')}{raw_path}", headers=hdrs, data=body)
+            for v in getall(n) if getall is not None else (headers[n],):  # a repeated header: every value is signed
+                req.headers[n] = v  # (appends, as SigV4's canonical form lists them)
         req.context["timestamp"] = amz_date
         signer = SigV4Auth(Credentials(key_id, secret), service, region)
         expected = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
