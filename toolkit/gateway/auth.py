@@ -178,7 +178,8 @@ class AuthConfig:
             else:
                 raw, _ = parse(read_text(p))
         except YamlInputError as exc:
-            raise GatewayConfigError(f"auth file {p}: {exc}") from None
+            what = "is not valid YAML" if exc.where == "<yaml>" else "cannot be read as text"
+            raise GatewayConfigError(f"auth file {p} {what}: {exc}") from None
         except orjson.JSONDecodeError as exc:
             raise GatewayConfigError(f"auth file {p} is not valid JSON: {exc.msg} at position {exc.pos}") from None
         return cls.from_dict(raw or {}, str(p))
