@@ -95,7 +95,7 @@ EQUIVALENT: dict[tuple[str, str, str, int | None], str] = {
         "toolkit/gateway/auth.py",
         'key = headers.get("X-Api-Key") or (authz[7:].strip() if authz[:7].lower() == "bearer " else "")',
         "`7` -> `6`",
-        None,
+        41,  # authz[7:], not authz[:7]
     ): 'authz[:7] is "bearer " there, so authz[6:] is the key behind one more space, which strip() removes',
     (
         "toolkit/gateway/bodies.py",
@@ -149,6 +149,10 @@ EQUIVALENT: dict[tuple[str, str, str, int | None], str] = {
         "`70` -> `69`",
         None,
     ): _UNREACHABLE_SHIFT,
+    ("toolkit/gateway/protowire.py", "return _LENGTH", "return value -> `None`", None): (
+        "a state of None is read as _LENGTH everywhere: every check compares with another state (_KEY, _VARINT, "
+        "_SKIP, _NAME), and reading a length is what is left"
+    ),
 }
 
 

@@ -282,3 +282,15 @@ def test_gzip_with_the_full_window() -> None:
     raw = block + block
     assert inflate(gzip.compress(raw), "gzip", len(raw)) == raw
     assert inflate(zlib.compress(raw), "deflate", len(raw)) == raw
+
+
+@pytest.mark.parametrize(("compress", "trailer"), [(gzip.compress, 8), (zlib.compress, 4)])
+def test_past_the_limit_is_413_even_when_the_stream_is_also_cut_short(compress: object, trailer: int) -> None:
+    """The limit is judged on what the body would inflate to, one byte past it, before its end is looked for."""
+    raw = b"a" * 100_000
+    data = compress(raw)[:-trailer]  # type: ignore[operator]
+    enc = "gzip" if trailer == 8 else "deflate"
+    with pytest.raises(PayloadTooLargeError):
+        inflate(data, enc, len(raw) - 1)
+    with pytest.raises(ValidationError, match="truncated"):
+        inflate(data, enc, len(raw))
