@@ -752,3 +752,24 @@ def test_secrets_stay_out_of_repr() -> None:
     assert hashlib.sha256(b"alice-key").hexdigest() not in repr(c)  # nor what a guess could be checked against offline
     assert c.principal("bob") == Principal("bob")
     assert c.enabled and not c.has_policies
+
+
+def test_the_metrics_action_and_its_alias() -> None:
+    """Reading /metrics is its own IAM action (admin implies it in the gateway): written as `metrics` or in full."""
+    from toolkit.gateway.auth import METRICS
+
+    assert METRICS == "tritonctl:GetMetrics"
+    for action in ("metrics", "tritonctl:GetMetrics"):
+        cfg = AuthConfig.from_dict(
+            {"principals": [{"name": "s", "api_keys": ["k"], "policy": [{"Effect": "Allow", "Action": action}]}]}
+        )
+        s = cfg.principal("s")
+        assert cfg.allowed(s, METRICS, cfg.admin_arn(), {})
+        assert not cfg.allowed(s, "tritonctl:Admin", cfg.admin_arn(), {})
+
+
+def test_an_auth_file_that_is_not_text_says_so(tmp_path: Path) -> None:
+    f = tmp_path / "auth.yaml"
+    f.write_bytes(b"principals:\n  - name: caf\xe9\n")
+    with pytest.raises(GatewayConfigError, match=r"auth\.yaml cannot be read as text: .*not UTF-8"):
+        AuthConfig.load(f)
