@@ -60,7 +60,11 @@ class Target:
 
 TARGETS = [
     Target("auth", "toolkit/gateway/auth.py", ("tests/unit/test_auth.py", "tests/unit/test_names.py")),
-    Target("names", "toolkit/names.py", ("tests/unit/test_names.py", "tests/unit/test_auth.py")),
+    Target(
+        "names",
+        "toolkit/names.py",
+        ("tests/unit/test_names.py", "tests/unit/test_names_nested.py", "tests/unit/test_auth.py"),
+    ),
     # the slot and the limits; admission's other rules need a model provider with models (integration tests)
     Target("admission", "toolkit/gateway/admission.py", ("tests/unit/test_limits.py",), ("Ticket", "Admission._slot")),
     Target(
