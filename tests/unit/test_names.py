@@ -4,12 +4,14 @@ policy check (the request's value and the policy's). Nested TargetModels (``team
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toolkit.gateway.auth import AuthConfig
-from toolkit.names import ModelNameError, canonical_target, check_model_name, strip_target, target_path
+from toolkit.names import ModelNameError, canonical_target, check_model_name, is_nested, strip_target, target_path
 
 # Flat names: ".." is reserved for nested TargetModels (a flat "a..b" stands for the path "a/b"; see toolkit.names).
 valid_names = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,40}", fullmatch=True).filter(
@@ -108,3 +110,64 @@ def test_the_longest_name() -> None:
 )
 def test_strip_target(target: str, name: str) -> None:
     assert strip_target(target) == name
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("a\\b", "backslashes are not allowed"),
+        ("", "model name must be a non-empty string"),
+        ("///", "model name must be a non-empty string"),
+        (".tgz", "model name must be a non-empty string"),
+        ("a/./b", "'.' and '..' path segments are not allowed"),
+        ("a/../b", "'.' and '..' path segments are not allowed"),
+        ("./a", "'.' and '..' path segments are not allowed"),
+        ("a/b/..", "'.' and '..' path segments are not allowed"),
+        ("a//b", "empty path segment"),
+        ("a/", "empty path segment"),
+        ("a....b", "empty path segment"),
+        ("a...b", "must not start or end with '.'"),
+        ("a./b", "must not start or end with '.'"),
+        ("a/.b", "must not start or end with '.'"),
+        ("a/b c", "may only contain"),
+        ("a/-b", "may only contain"),
+        ("x" * 64 + "/" + "x" * 63, "is 129 characters as a Triton model name"),
+        ("x" * 129, "is 129 characters long"),  # a flat name: check_model_name's reason
+    ],
+)
+def test_each_target_refusal_says_why(target: str, why: str) -> None:
+    with pytest.raises(ModelNameError, match=re.escape(why)):
+        canonical_target(target)
+
+
+@pytest.mark.parametrize(
+    ("target", "name", "path"),
+    [
+        ("a/b.", "a..b.", "a/b."),  # the last segment may end with '.' (a file name), the others may not
+        ("a.b/c", "a.b..c", "a.b/c"),
+        ("x" * 63 + "/" + "x" * 63, "x" * 63 + ".." + "x" * 63, "x" * 63 + "/" + "x" * 63),  # 128 characters
+        ("a..b", "a..b", "a/b"),
+        ("a.b", "a.b", "a.b"),
+    ],
+)
+def test_nested_names_at_their_limits(target: str, name: str, path: str) -> None:
+    assert canonical_target(target) == name
+    assert target_path(name) == path
+    assert is_nested(name) is ("/" in path)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("a...", "'.' path segments are not allowed"),
+        ("a....b", "empty path segment"),
+        ("a...b", "must not start or end with '.'"),
+        ("a...b..c", "must not start or end with '.'"),
+        ("x" * 129, "is 129 characters long"),
+        ("", "non-empty string"),
+        (".a", "must not start with '.'"),
+    ],
+)
+def test_target_path_refuses_what_is_no_canonical_name(name: str, why: str) -> None:
+    with pytest.raises(ModelNameError, match=re.escape(why)):
+        target_path(name)
