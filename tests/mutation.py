@@ -81,6 +81,10 @@ _UNREACHABLE_FIELD = (
     "a key above 0xFFFFFFFF is refused first, and every field number above 2**29 - 1 makes one: the limit on the "
     "field number is reached only at 2**29 - 1 itself, which these mutants leave as it is"
 )
+_EMPTY_PATH = (
+    'an empty path becomes the name "", which check_model_name refuses at the end of canonical_target with the same '
+    "words under the same TargetModel prefix"
+)
 _UNREACHABLE_SHIFT = (
     "a value varint's 10th byte (shift 63) is refused if it is above 1, so with its continuation bit: "
     "the shift never reaches 70, nor 69"
@@ -153,6 +157,17 @@ EQUIVALENT: dict[tuple[str, str, str, int | None], str] = {
         "`70` -> `69`",
         None,
     ): _UNREACHABLE_SHIFT,
+    ("toolkit/names.py", "if not path:", "`if` condition -> `False`", None): _EMPTY_PATH,
+    ("toolkit/names.py", "if SEPARATOR not in name:", "`if` condition -> `False`", None): (
+        "a fast path: a flat name is one segment, which check_model_name has already passed and _check_segments "
+        "passes too (a last segment may end with '.'), and joining one segment gives the name back"
+    ),
+    (
+        "toolkit/names.py",
+        'raise ModelNameError(f"{what}: model name must be a non-empty string")',
+        "raise deleted",
+        None,
+    ): _EMPTY_PATH,
     ("toolkit/gateway/protowire.py", "return _LENGTH", "return value -> `None`", None): (
         "a state of None is read as _LENGTH everywhere: every check compares with another state (_KEY, _VARINT, "
         "_SKIP, _NAME), and reading a length is what is left"
