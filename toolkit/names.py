@@ -52,8 +52,14 @@ class ModelNameError(TritonctlError, ValueError):
     """Not a valid model name; the message says why and what is allowed (a ValueError, for pydantic validators)."""
 
 
+_VALID: set[str] = set()  # names that passed (bounded): every request's name is checked, most names recur
+_VALID_MAX = 4096
+
+
 def check_model_name(name: str) -> str:
     """``name`` if it is a valid model name, else ModelNameError saying why."""
+    if type(name) is str and name in _VALID:
+        return name
     if not isinstance(name, str) or not name:
         raise ModelNameError("model name must be a non-empty string")
     if len(name) > MAX_NAME_CHARS:
@@ -64,6 +70,9 @@ def check_model_name(name: str) -> str:
         raise ModelNameError(
             f"model name {name[:80]!r} may only contain letters, digits, '_', '-' and '.' (first: a letter, digit or _)"
         )
+    if len(_VALID) >= _VALID_MAX:
+        _VALID.clear()
+    _VALID.add(name)
     return name
 
 

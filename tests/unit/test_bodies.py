@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from toolkit.gateway import bodies
 from toolkit.gateway.bodies import MAX_DEPTH, UnsupportedEncodingError, check_infer_request, header_length, inflate
 from toolkit.gateway.errors import PayloadTooLargeError, ValidationError
 
@@ -294,3 +295,47 @@ def test_past_the_limit_is_413_even_when_the_stream_is_also_cut_short(compress: 
         inflate(data, enc, len(raw) - 1)
     with pytest.raises(ValidationError, match="truncated"):
         inflate(data, enc, len(raw))
+
+
+def _verdict(b: bytes, hl: int | None) -> str:
+    try:
+        check_infer_request(b, hl)
+    except ValidationError as exc:
+        return str(exc)
+    return "ok"
+
+
+heads = st.builds(
+    lambda shape, size, dtype: json.dumps(
+        {"inputs": [{"name": "X", "shape": shape, "datatype": dtype, "parameters": {"binary_data_size": size}}]}
+    ).encode(),
+    st.lists(st.integers(0, 5), max_size=3),
+    st.integers(0, 64),
+    st.sampled_from(["FP32", "INT8", "BYTES"]),
+)
+
+
+@fuzz
+@given(st.lists(st.tuples(heads, st.integers(0, 64)), min_size=1, max_size=6))
+def test_the_memo_of_heads_never_changes_a_verdict(requests: list[tuple[bytes, int]]) -> None:
+    """Each request (a head, a tail length) judged twice in a row, with the memo warm from earlier requests, gets
+    the verdict of the unmemoized check: a remembered head still has its tail checked, a refused head is not kept."""
+    for head, tail in requests:
+        b = head + b"\0" * tail
+        bodies._MEMO.clear()
+        cold = _verdict(b, len(head))
+        for h2, t2 in requests:  # warm the memo with the others
+            _verdict(h2 + b"\0" * t2, len(h2))
+        assert _verdict(b, len(head)) == cold
+        assert _verdict(b, len(head)) == cold
+
+
+def test_the_memo_is_bounded() -> None:
+    bodies._MEMO.clear()
+    for n in range(bodies.MEMO_ENTRIES + 10):
+        h = json.dumps({"inputs": [], "id": str(n)}).encode()
+        check_infer_request(h, None)
+        assert len(bodies._MEMO) <= bodies.MEMO_ENTRIES
+    big = json.dumps({"inputs": [], "id": "x" * bodies.MEMO_HEAD_BYTES}).encode()
+    check_infer_request(big, None)
+    assert big not in bodies._MEMO

