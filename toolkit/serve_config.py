@@ -93,7 +93,7 @@ class ServeConfig:
     max_models: int | None = None
     memory_budget: str | int | None = None  # "8GiB", "500MB", or bytes
     gpu_memory_fraction: float | None = None  # (0, 1]: share of the GPU memory Triton reports
-    policy: str = "lru"  # eviction: lru or gdsf
+    policy: str = "gdsf"  # eviction: gdsf (cost-aware, the default) or lru
     # Time limits, in seconds.
     drain_s: float = 10.0  # on stop, what the gateway gives requests in flight to be answered
     timeout_s: float = 60.0  # one request through the gateway to Triton
@@ -213,7 +213,7 @@ class ServeConfig:
             "--max-models": self.max_models,
             "--memory-budget": self.memory_budget,
             "--gpu-memory-fraction": self.gpu_memory_fraction,
-            "--policy": None if self.policy == "lru" else self.policy,
+            "--policy": None if self.policy == "gdsf" else self.policy,
         }
         given = [k for k, v in mme.items() if v is not None]
         if given and not self.gateway:

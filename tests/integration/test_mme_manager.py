@@ -207,7 +207,7 @@ def test_count_budget_lru_order_and_triton_never_above_budget(env: dict[str, Any
     thread = threading.Thread(target=watch)
     thread.start()
     try:
-        run(with_manager(env, body, max_models=3))
+        run(with_manager(env, body, max_models=3, policy="lru"))  # the order asserted is LRU's (not the default)
     finally:
         stop.set()
         thread.join()

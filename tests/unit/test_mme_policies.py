@@ -235,3 +235,22 @@ def test_all_pairs_small_budgets_never_exceed_budget() -> None:
                     assert res.hits + res.misses == length and res.hits <= opt
                     assert watched.peak == min(budget, distinct), (trace, budget, name, watched.peak)
                     assert res.evictions == res.misses - watched.peak == len(watched.victims), (trace, budget, name)
+
+
+def test_the_cost_aware_policy_is_the_default_everywhere(tmp_path: Path) -> None:
+    """GDSF is the default of the manager, ``ServeConfig`` and ``tritonctl serve`` (issue 13: it simulates ~6 points
+    better than LRU); ``lru`` is the one to ask for, and only where a manager runs."""
+    import inspect
+
+    from toolkit.cli.serve import serve_command
+    from toolkit.mme.manager import ModelManager
+    from toolkit.serve_config import ServeConfig, ServeError
+    from toolkit.server.endpoint import TritonEndpoint
+
+    mgr = ModelManager(TritonEndpoint("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"), repository=tmp_path)
+    assert isinstance(mgr.policy, GDSFPolicy) and mgr.policy.name == "gdsf"
+    assert ServeConfig(repository=tmp_path).policy == "gdsf"
+    assert inspect.signature(serve_command).parameters["policy"].default.default == "gdsf"
+    assert ServeConfig(repository=tmp_path, gateway=False).policy == "gdsf"  # the default configures nothing
+    with pytest.raises(ServeError, match=r"^--policy configure the MME manager"):
+        ServeConfig(repository=tmp_path, gateway=False, policy="lru")

@@ -30,7 +30,7 @@ def serve_command(
     gpu_memory_fraction: float | None = typer.Option(
         None, "--gpu-memory-fraction", help="MME: share of the GPU memory Triton reports for resident models (0-1]"
     ),
-    policy: str = typer.Option("lru", "--policy", help="MME eviction policy: lru or gdsf"),
+    policy: str = typer.Option("gdsf", "--policy", help="MME eviction policy: gdsf (cost-aware) or lru"),
     auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="address the gateway binds to (Triton's with --no-gateway; admin stays loopback)"

@@ -35,7 +35,7 @@ from toolkit.mme.errors import ArtifactFetchError, ManagerConfigError, ModelNotF
 from toolkit.mme.footprint import DEFAULT_GPU_MODEL_BYTES, DEFAULT_MODEL_BYTES
 from toolkit.mme.gpu import GpuMeter, GpuReader, check_fraction, gpu_budget_bytes, open_gpu_reader
 from toolkit.mme.metrics import MMEMetrics
-from toolkit.mme.policies import EvictionPolicy, PolicyError, make_policy
+from toolkit.mme.policies import DEFAULT_POLICY, EvictionPolicy, PolicyError, make_policy
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
 from toolkit.mme.stores import ArtifactStore
 from toolkit.server.client import names_in_state
@@ -59,7 +59,7 @@ class ModelManager:
         max_models: int | None = None,
         memory_budget_bytes: int | None = None,
         gpu_memory_fraction: float | None = None,
-        policy: str = "lru",
+        policy: str = DEFAULT_POLICY,
         load_timeout: float = DEFAULT_LOAD_TIMEOUT,
         disk_cache: DiskCache | None = None,
         declared_sizes: Mapping[str, int] | None = None,
