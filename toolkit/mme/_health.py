@@ -31,7 +31,7 @@ import psutil
 
 from toolkit.mme._eviction import Evictor
 from toolkit.mme._residency import Entry, Residency, State
-from toolkit.mme.footprint import stub_processes
+from toolkit.mme.footprint import started_on_boot_clock, stub_processes
 from toolkit.mme.metrics import MMEMetrics
 
 log = logging.getLogger("toolkit.mme.manager")  # the public module's logger: existing log filters keep working
@@ -132,6 +132,26 @@ class StubWatch:
         servers = await asyncio.to_thread(lambda: {n: _parents(procs) for n, procs in stubs.items()})
         self._stubs.update(stubs)
         self._servers.update(servers)
+        self._split_loads(stubs)
+
+    def _split_loads(self, stubs: dict[str, list[psutil.Process]]) -> None:
+        """Split each just-loaded model's Triton load call at its stub's start (the boot clock; /proc's 10 ms
+        steps): ``triton_prep`` is Triton reading the config and initialising the model until it starts the python
+        stub, ``stub`` the stub's start-up (interpreter, imports, ``initialize``) until READY. Found here because the
+        stubs are found here anyway, off the cold path."""
+        for name, procs in stubs.items():
+            e = self._res.get(name)
+            window = e.triton_window if e is not None else None
+            if e is None or window is None or not procs:
+                continue
+            e.triton_window = None
+            starts = [s for s in (started_on_boot_clock(p.pid) for p in procs) if s is not None]
+            began, ready = window
+            if not starts or not began - 0.011 <= min(starts) <= ready:  # a stub older than this load: no split
+                continue
+            stub_start = max(min(starts), began)
+            self._metrics.phases.observe(stub_start - began, phase="triton_prep")
+            self._metrics.phases.observe(ready - stub_start, phase="stub")
 
     def _forget(self, name: str) -> None:
         self._stubs.pop(name, None)

@@ -41,6 +41,7 @@ from toolkit.mme.errors import (
 from toolkit.mme.footprint import DEFAULT_GPU_MODEL_BYTES, declared_bytes, declared_gpu_bytes, stub_rss
 from toolkit.mme.gpu import GpuMeter, GpuWindow
 from toolkit.mme.metrics import MMEMetrics
+from toolkit.mme.phases import run_collecting
 from toolkit.mme.policies import EvictionPolicy
 from toolkit.mme.safe_tar import TMP_PREFIX, ArtifactError, ArtifactNotFoundError, install_dir
 from toolkit.mme.stores import ArtifactStore
@@ -162,10 +163,12 @@ class Loader:
     async def _load(self, e: Entry, fut: asyncio.Future[None]) -> None:
         name = e.name
         registered = False
+        began = time.perf_counter()
+        clock: dict[str, float] = {}  # the phases of this load, in seconds (tritonctl_ModelLoadPhase_seconds)
         try:
             model_dir = self.repository / name
             if not (model_dir / "config.pbtxt").is_file():
-                await self._fetch(e)
+                await self._fetch(e, clock)
             await self._refuse_hopeless(e, model_dir)
             e.composing = composing_models(model_dir)  # one small local file: cheaper than a thread hop
             for dep in e.composing:  # an ensemble pins its composing models while it is loaded
@@ -174,7 +177,9 @@ class Loader:
             # An ensemble holds no memory of its own: its composing models are counted (and pinned) separately.
             size = self.declared_sizes.get(name, 0) if e.composing else self.estimate(name)
             gpu_size = 0 if e.composing or self.gpu is None else self.estimate_gpu(name)
+            admitting = time.perf_counter()
             await self._evictor.make_room(e, size, gpu_size)
+            clock["admit"] = time.perf_counter() - admitting
             e.size_bytes = size
             registered = True
             # Only a measured load opens a window (an ensemble holds nothing of its own on the GPU).
@@ -184,6 +189,8 @@ class Loader:
             if window is not None:
                 self._spawn(self._measure_gpu(e, window))
             self._metrics.loading.observe(seconds)
+            clock["triton"], clock["total"] = seconds, time.perf_counter() - began
+            self._observe_phases(name, clock)
             e.state, e.reserved, e.loads, e.failures, e.error = State.READY, False, e.loads + 1, 0, None
             self._policy.on_load(name, self._res.now(), e.size_bytes, seconds)
             e.future = None
@@ -222,8 +229,10 @@ class Loader:
             raise LoadHungError(e.name, f"Triton is still loading it: a load has not finished after {waited:.0f} s")
 
     async def _triton_load(self, e: Entry, meter: GpuMeter | None) -> float:
-        """Triton's load of ``e``, in seconds; a load past the timeout marks ``e`` hung since it began."""
+        """Triton's load of ``e``, in seconds; a load past the timeout marks ``e`` hung since it began. The call's
+        window on the boot clock (``Entry.triton_window``) lets the stub watch split it at the stub's start."""
         t0 = time.monotonic()
+        boot0 = time.clock_gettime(time.CLOCK_BOOTTIME)
         try:
             await self._triton.load(e.name)
         except BaseException as exc:
@@ -233,7 +242,14 @@ class Loader:
                 e.hung_since = e.hung_since or t0
             raise
         e.hung_since = 0.0
+        e.triton_window = (boot0, time.clock_gettime(time.CLOCK_BOOTTIME))
         return time.monotonic() - t0
+
+    def _observe_phases(self, name: str, clock: dict[str, float]) -> None:
+        """Count a successful load's phases in the metrics, and say them in the log (debug: one line per load)."""
+        for phase, seconds in clock.items():
+            self._metrics.phases.observe(seconds, phase=phase)
+        log.debug("loaded %s: %s", name, ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in clock.items()))
 
     def _fail(self, e: Entry, err: ModelLoadError, fut: asyncio.Future[None]) -> None:
         e.failures += 1
@@ -253,28 +269,39 @@ class Loader:
         self._res.unpin_composing(e)
 
     # ---------------------------------------------------------------------------------------------- fetch ---
-    async def _fetch(self, e: Entry) -> None:
-        if self.store is None:
+    async def _fetch(self, e: Entry, clock: dict[str, float]) -> None:
+        """Store (or disk cache) -> staging -> the repository; the phases go to ``clock`` (fetch, rewrite, install)."""
+        store = self.store
+        if store is None:
             raise ModelNotFoundError(e.name, f"not in the repository {self.repository}")
         t0 = time.monotonic()
+        target = self.repository / e.name
         try:
             if self.disk_cache is not None:
                 # Pinned only while hard-linking into the repository: afterwards Triton's copy shares the inodes,
                 # so the cache may delete its own entry at any time without touching a loaded model.
-                path = await asyncio.to_thread(self.disk_cache.get_or_fetch, e.name, self.store, pin=True)
+                cache = self.disk_cache
+                path, found = await asyncio.to_thread(
+                    run_collecting, lambda: cache.get_or_fetch(e.name, store, pin=True)
+                )
+                t1 = time.monotonic()
                 try:
-                    await asyncio.to_thread(link_tree, path, self.repository / e.name, self.staging)
+                    await asyncio.to_thread(link_tree, path, target, self.staging)
                 finally:
-                    self.disk_cache.unpin(e.name)
+                    cache.unpin(e.name)
             else:
-                fetched = await asyncio.to_thread(self.store.fetch, e.name, self.staging)
-                await asyncio.to_thread(install_dir, fetched.path, self.repository / e.name, self.staging)
+                fetched, found = await asyncio.to_thread(run_collecting, lambda: store.fetch(e.name, self.staging))
+                t1 = time.monotonic()
+                await asyncio.to_thread(install_dir, fetched.path, target, self.staging)
         except ArtifactNotFoundError as exc:
             raise ModelNotFoundError(e.name, str(exc)) from None
         except ArtifactError as exc:
             raise ArtifactFetchError(e.name, str(exc)) from None
         e.fetched = True
-        self._metrics.downloading.observe(time.monotonic() - t0)
+        t2 = time.monotonic()
+        rewrite = found.get("rewrite", 0.0)
+        clock.update(fetch=t1 - t0 - rewrite, rewrite=rewrite, install=t2 - t1)
+        self._metrics.downloading.observe(t2 - t0)
 
     def release_files(self, e: Entry, failed: bool = False) -> None:
         """Drop the repository copy of a store model when a disk cache keeps the files (else the repository acts

@@ -61,6 +61,8 @@ class Entry:
     composing: list[str] = field(default_factory=list)
     fetched: bool = False  # files came from the store into the repository
     hung_since: float = 0.0  # monotonic time of a load that outlasted the load timeout (Triton may still be at it)
+    # The last Triton load call on the boot clock (start, READY), until the stub watch splits it at the stub's start.
+    triton_window: tuple[float, float] | None = None
 
     def snapshot(self) -> ModelState:
         return ModelState(

@@ -58,6 +58,18 @@ def stub_processes(repository: Path, names: Iterable[str] | None = None) -> dict
     return found
 
 
+def started_on_boot_clock(pid: int) -> float | None:
+    """When process ``pid`` started, in seconds on ``CLOCK_BOOTTIME`` (what /proc/<pid>/stat counts, in clock ticks:
+    10 ms steps), or None when it is gone. psutil's ``create_time`` adds the boot time, which /proc gives in whole
+    seconds, so it cannot be compared with a load's own timing; the boot clock can."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def stub_rss(repository: Path, names: Iterable[str] | None = None) -> dict[str, int]:
     """RSS in bytes of the python-backend stubs serving models of ``repository``, summed per model name."""
     sizes: dict[str, int] = {}

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from toolkit.errors import TritonctlError
 from toolkit.mme.layout import LayoutError, adopt_name, is_junk, model_root
+from toolkit.mme.phases import timed
 from toolkit.names import ModelNameError, check_model_name, target_path
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -67,7 +68,7 @@ def adopt_config_name(model_dir: Path, name: str, label: str) -> str | None:
     """``toolkit.mme.layout.adopt_name`` (the local copy's config takes the TargetModel's name), raised as
     ``ArtifactError``; returns the name the config had when it was rewritten."""
     try:
-        return adopt_name(model_dir, name, label)
+        return timed("rewrite", lambda: adopt_name(model_dir, name, label))
     except LayoutError as exc:
         raise ArtifactError(str(exc)) from None
 

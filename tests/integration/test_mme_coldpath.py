@@ -1,0 +1,99 @@
+"""The cold path of the MME manager on a real embedded Triton: where a cold load's time goes (the phase split in the
+metrics and the log), and how concurrent cold loads are admitted into Triton.
+
+Seed article 003's experiment loads renamed copies of one artifact (``NY_0.tar.gz`` holding a config that says
+``name: "orig"``), so every cold load here is such a copy: fetched, extracted, its config rewritten, loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http.aio as httpaio
+
+from toolkit.mme.manager import ModelManager
+from toolkit.mme.stores import LocalStore
+from toolkit.repository.samples import write_scale_model
+from toolkit.server import EmbeddedTriton, ServerOptions
+
+COPIES = 6
+
+
+def pack(src: Path, out: Path) -> Path:
+    with tarfile.open(out, "w:gz") as tf:
+        for p in sorted(src.rglob("*")):
+            tf.add(p, arcname=f"orig/{p.relative_to(src).as_posix()}", recursive=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    base = tmp_path_factory.mktemp("coldpath")
+    store, repo = base / "store", base / "repo"
+    store.mkdir()
+    repo.mkdir()
+    original = pack(write_scale_model(base / "src", "orig", factor=3.0), base / "orig.tar.gz")
+    for i in range(COPIES):  # seed 003: copies of one artifact saved under other names
+        (store / f"NY_{i}.tar.gz").write_bytes(original.read_bytes())
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=base, log_file=base / "triton.log"))
+    server.start(timeout=90)
+    yield {"store": store, "repo": repo, "server": server, "base": base}
+    server.stop()
+
+
+async def infer(client: httpaio.InferenceServerClient, name: str) -> np.ndarray:
+    inp = httpaio.InferInput("X", [2], "FP32")
+    inp.set_data_from_numpy(np.array([1.0, 2.0], dtype=np.float32))
+    return (await client.infer(name, [inp])).as_numpy("Y")
+
+
+def phases(mgr: ModelManager) -> dict[str, tuple[float, int]]:
+    p = mgr.metrics.phases
+    return {dict(k)["phase"]: (p.sums[k], p.counts[k]) for k in p.sums}
+
+
+def test_a_cold_load_is_split_into_its_phases_in_metrics_and_log(
+    env: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Fetch, config rewrite, install, admission and Triton's load call, which the stub watch splits at the python
+    stub's start: each phase once per load, the parts adding up to their whole."""
+
+    async def body() -> dict[str, tuple[float, int]]:
+        mgr = ModelManager(env["server"].endpoint, repository=env["repo"], store=LocalStore(env["store"]),
+                           stub_check_s=0.05, measure_footprint=False)  # fmt: skip
+        await mgr.start()
+        client = httpaio.InferenceServerClient(env["server"].endpoint.http)
+        try:
+            async with mgr.serving("NY_0"):
+                assert np.allclose(await infer(client, "NY_0"), [3.0, 6.0])
+            for _ in range(100):  # the stub watch finds the stub within a few of its 50 ms rounds
+                if phases(mgr).get("stub"):
+                    break
+                await asyncio.sleep(0.05)
+            text = mgr.metrics_text()
+            assert 'tritonctl_ModelLoadPhase_seconds_count{phase="stub"} 1' in text
+            assert 'tritonctl_ModelLoadPhase_seconds_sum{phase="rewrite"}' in text
+            await mgr.unload("NY_0")
+            return phases(mgr)
+        finally:
+            await client.close()
+            await mgr.close()
+
+    with caplog.at_level(logging.DEBUG, logger="toolkit.mme.manager"):
+        got = asyncio.run(body())
+    assert {k: n for k, (_, n) in got.items()} == dict.fromkeys(
+        ("fetch", "rewrite", "install", "admit", "triton", "total", "triton_prep", "stub"), 1
+    )
+    s = {k: v for k, (v, _) in got.items()}
+    assert s["rewrite"] > 0 and s["fetch"] > 0 and s["stub"] > 0.01  # the copy's config was rewritten; a stub started
+    assert abs(s["triton_prep"] + s["stub"] - s["triton"]) < 0.012  # /proc counts the stub's start in 10 ms steps
+    parts = s["fetch"] + s["rewrite"] + s["install"] + s["admit"] + s["triton"]
+    assert parts <= s["total"] < parts + 0.05
+    assert any(r.getMessage().startswith("loaded NY_0: fetch ") for r in caplog.records)
