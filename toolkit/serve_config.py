@@ -94,6 +94,7 @@ class ServeConfig:
     memory_budget: str | int | None = None  # "8GiB", "500MB", or bytes
     gpu_memory_fraction: float | None = None  # (0, 1]: share of the GPU memory Triton reports
     policy: str = "gdsf"  # eviction: gdsf (cost-aware, the default) or lru
+    max_concurrent_loads: int | None = None  # Triton loads at once, FIFO (None: the usable CPUs, at most 4)
     # Time limits, in seconds.
     drain_s: float = 10.0  # on stop, what the gateway gives requests in flight to be answered
     timeout_s: float = 60.0  # one request through the gateway to Triton
@@ -214,6 +215,7 @@ class ServeConfig:
             "--memory-budget": self.memory_budget,
             "--gpu-memory-fraction": self.gpu_memory_fraction,
             "--policy": None if self.policy == "gdsf" else self.policy,
+            "--max-concurrent-loads": self.max_concurrent_loads,
         }
         given = [k for k, v in mme.items() if v is not None]
         if given and not self.gateway:
@@ -221,14 +223,17 @@ class ServeConfig:
                 f"{', '.join(given)} configure the MME manager, which runs in the gateway: drop --no-gateway"
             )
         if given and self.url is not None and self.repository is None:
-            raise ServeError(
-                "--store/--max-models/--memory-budget/--gpu-memory-fraction/--policy need a model repository DIR that "
-                "Triton reads"
-            )
+            raise ServeError(f"{', '.join(given)} need a model repository DIR that Triton reads")
         if self.max_models is not None and (
             isinstance(self.max_models, bool) or not isinstance(self.max_models, int) or self.max_models < 1
         ):
             raise ServeError(f"--max-models must be a whole number >= 1, got {self.max_models!r}")
+        if self.max_concurrent_loads is not None and (
+            isinstance(self.max_concurrent_loads, bool)
+            or not isinstance(self.max_concurrent_loads, int)
+            or self.max_concurrent_loads < 1
+        ):
+            raise ServeError(f"--max-concurrent-loads must be a whole number >= 1, got {self.max_concurrent_loads!r}")
         if self.memory_budget is not None and (budget := _size(self.memory_budget)) <= 0:
             raise ServeError(f"--memory-budget must be positive, got {budget}")
         if self.gpu_memory_fraction is not None:

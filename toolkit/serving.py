@@ -91,6 +91,7 @@ def build_models(
         gpu_memory_fraction=config.gpu_memory_fraction,
         policy=config.policy,
         load_timeout=config.load_timeout_s,
+        max_concurrent_loads=config.max_concurrent_loads,
     )
 
 
@@ -170,6 +171,7 @@ class Serving:
                 load=c.triton_load,
                 workdir=self.work,
                 log_file=self.work / "tritonserver.log",
+                model_load_threads=c.max_concurrent_loads,
             )
             self.supervisor = Supervisor(EmbeddedTriton(options), reload="lazy")
             endpoint = self.supervisor.start(timeout=c.start_timeout_s)

@@ -8,6 +8,7 @@ Seed article 003's experiment loads renamed copies of one artifact (``NY_0.tar.g
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -89,11 +90,68 @@ def test_a_cold_load_is_split_into_its_phases_in_metrics_and_log(
     with caplog.at_level(logging.DEBUG, logger="toolkit.mme.manager"):
         got = asyncio.run(body())
     assert {k: n for k, (_, n) in got.items()} == dict.fromkeys(
-        ("fetch", "rewrite", "install", "admit", "triton", "total", "triton_prep", "stub"), 1
+        ("fetch", "rewrite", "install", "admit", "queue", "triton", "total", "triton_prep", "stub"), 1
     )
     s = {k: v for k, (v, _) in got.items()}
     assert s["rewrite"] > 0 and s["fetch"] > 0 and s["stub"] > 0.01  # the copy's config was rewritten; a stub started
     assert abs(s["triton_prep"] + s["stub"] - s["triton"]) < 0.012  # /proc counts the stub's start in 10 ms steps
-    parts = s["fetch"] + s["rewrite"] + s["install"] + s["admit"] + s["triton"]
+    parts = s["fetch"] + s["rewrite"] + s["install"] + s["admit"] + s["queue"] + s["triton"]
     assert parts <= s["total"] < parts + 0.05
     assert any(r.getMessage().startswith("loaded NY_0: fetch ") for r in caplog.records)
+
+
+def load_intervals(log: Path, names: list[str]) -> dict[str, tuple[str, str]]:
+    """Each model's (start, end) of its Triton load, from Triton's own log (timestamps sort as text within a day)."""
+    spans: dict[str, list[str]] = {}
+    for line in log.read_text().splitlines():
+        for n in names:
+            if f'"loading: {n}:1"' in line or f"\"successfully loaded '{n}'\"" in line:
+                spans.setdefault(n, []).append(line.split()[1])
+    return {n: (v[0], v[-1]) for n, v in spans.items()}
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_concurrent_cold_loads_are_bounded_and_started_in_arrival_order(
+    env: dict[str, Any], tmp_path: Path, limit: int
+) -> None:
+    """Three cold requests arriving 30 ms apart for models whose load takes ~0.3 s: with one load slot Triton loads
+    them one after another, in arrival order, and the later ones report their queueing; with three they overlap."""
+    names = [f"slow{limit}_{i}" for i in range(3)]
+    store = tmp_path / "store"
+    for n in names:
+        write_scale_model(store, n, init_sleep_ms=300)
+
+    async def body() -> tuple[list[str], float]:
+        mgr = ModelManager(env["server"].endpoint, repository=env["repo"], store=LocalStore(store),
+                           max_concurrent_loads=limit, measure_footprint=False, stub_check_s=0)  # fmt: skip
+        await mgr.start()
+        client = httpaio.InferenceServerClient(env["server"].endpoint.http)
+        done: list[str] = []
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(0.03 * i)
+            async with mgr.serving(names[i]):
+                done.append(names[i])
+                assert np.allclose(await infer(client, names[i]), [2.0, 4.0])
+
+        try:
+            await asyncio.gather(*(one(i) for i in range(3)))
+            assert mgr.load_gate.peak == limit and mgr.load_gate.active == 0
+            queued = mgr.metrics.phases.sum(phase="queue")
+            for n in names:
+                await mgr.unload(n)
+            return done, queued
+        finally:
+            await client.close()
+            await mgr.close()
+
+    done, queued = asyncio.run(body())
+    spans = load_intervals(env["server"].log_path, names)
+    starts = sorted(names, key=lambda n: spans[n][0])
+    overlapping = any(spans[a][1] > spans[b][0] for a, b in itertools.pairwise(starts))
+    if limit == 1:
+        assert starts == names and done == names  # first come, first loaded, first served
+        assert not overlapping  # Triton never had two of them loading at once
+        assert queued > 0.4  # the second waited ~one load, the third ~two
+    else:
+        assert overlapping and queued < 0.05

@@ -31,6 +31,9 @@ def serve_command(
         None, "--gpu-memory-fraction", help="MME: share of the GPU memory Triton reports for resident models (0-1]"
     ),
     policy: str = typer.Option("gdsf", "--policy", help="MME eviction policy: gdsf (cost-aware) or lru"),
+    max_concurrent_loads: int | None = typer.Option(
+        None, "--max-concurrent-loads", help="MME: Triton loads at once, first come first served (default: CPUs, <= 4)"
+    ),
     auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="address the gateway binds to (Triton's with --no-gateway; admin stays loopback)"
@@ -60,6 +63,7 @@ def serve_command(
         memory_budget=memory_budget,
         gpu_memory_fraction=gpu_memory_fraction,
         policy=policy,
+        max_concurrent_loads=max_concurrent_loads,
         auth=auth,
         host=host,
         drain_s=drain_s,

@@ -26,6 +26,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.mme._eviction import Evictor
+from toolkit.mme._gate import LoadGate
 from toolkit.mme._preflight import never_loads
 from toolkit.mme._residency import Entry, Residency, State
 from toolkit.mme._triton import TritonRepository
@@ -115,8 +116,10 @@ class Loader:
         spawn: Callable[[Coroutine[Any, Any, Any]], None],
         acquire: Callable[[str, float | None], Awaitable[Entry]],
         default_gpu_model_bytes: int = DEFAULT_GPU_MODEL_BYTES,
+        max_concurrent_loads: int | None = None,
     ) -> None:
         self._res = residency
+        self.gate = LoadGate(max_concurrent_loads)
         self._triton = triton
         self._evictor = evictor
         self._policy = policy
@@ -184,8 +187,11 @@ class Loader:
             registered = True
             # Only a measured load opens a window (an ensemble holds nothing of its own on the GPU).
             meter = self.gpu if self.measure_footprint and not e.composing else None
-            window = await meter.begin(name) if meter is not None else None
-            seconds = await self._triton_load(e, meter)
+            queued = time.perf_counter()
+            async with self.gate.slot():  # at most ``gate.limit`` Triton loads at once, started first come first served
+                clock["queue"] = time.perf_counter() - queued
+                window = await meter.begin(name) if meter is not None else None
+                seconds = await self._triton_load(e, meter)
             if window is not None:
                 self._spawn(self._measure_gpu(e, window))
             self._metrics.loading.observe(seconds)

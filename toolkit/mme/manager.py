@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.mme._eviction import Evictor
+from toolkit.mme._gate import LoadGate, default_limit
 from toolkit.mme._health import StubWatch
 from toolkit.mme._loading import Loader, composing_models
 from toolkit.mme._residency import Entry, ModelState, Residency, State
@@ -71,12 +72,17 @@ class ModelManager:
         default_gpu_model_bytes: int = DEFAULT_GPU_MODEL_BYTES,
         stub_check_s: float = 1.0,
         index_sync_s: float = 2.0,
+        max_concurrent_loads: int | None = None,
     ) -> None:
         """``gpu_reader``: where GPU readings come from (default: Triton's metrics endpoint, or NVML for the same
         GPUs when ``pynvml`` is importable; see ``toolkit.mme.gpu.open_gpu_reader``). ``stub_check_s``: how often
         the python stubs of READY models are checked for having died (``toolkit.mme._health``); 0 = never.
         ``index_sync_s``: how often Triton's index is read to adopt models loaded behind the manager's back (targets
-        a generated router loads itself, models loaded by hand) and count them against the budgets; 0 = never."""
+        a generated router loads itself, models loaded by hand) and count them against the budgets; 0 = never.
+        ``max_concurrent_loads``: Triton load calls at once, the others started first come, first served
+        (``toolkit.mme._gate``; default: the usable CPUs, at most Triton's 4 load threads)."""
+        if max_concurrent_loads is not None and (isinstance(max_concurrent_loads, bool) or max_concurrent_loads < 1):
+            raise ManagerConfigError(f"max_concurrent_loads must be >= 1, got {max_concurrent_loads}")
         self.index_sync_s = index_sync_s
         if max_models is not None and max_models < 1:
             raise ManagerConfigError(f"max_models must be >= 1, got {max_models}")
@@ -140,6 +146,7 @@ class ModelManager:
             spawn=self._spawn,
             acquire=self._acquire,
             default_gpu_model_bytes=default_gpu_model_bytes,
+            max_concurrent_loads=max_concurrent_loads or default_limit(),
         )
         self.stub_check_s = stub_check_s
         self.stubs = StubWatch(
@@ -160,6 +167,11 @@ class ModelManager:
     @property
     def memory_budget_bytes(self) -> int | None:
         return self._evictor.memory_budget_bytes
+
+    @property
+    def load_gate(self) -> LoadGate:
+        """The FIFO gate in front of Triton's load call (``limit``, ``active``, ``peak``)."""
+        return self._loader.gate
 
     @property
     def gpu(self) -> GpuMeter | None:

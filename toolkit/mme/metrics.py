@@ -116,7 +116,7 @@ class LabeledSummary:
         return out
 
 
-LOAD_PHASES = ("fetch", "rewrite", "install", "admit", "triton", "triton_prep", "stub", "total")
+LOAD_PHASES = ("fetch", "rewrite", "install", "admit", "queue", "triton", "triton_prep", "stub", "total")
 
 
 class MMEMetrics:
@@ -134,9 +134,9 @@ class MMEMetrics:
         self.unloading = Histogram(f"{p}ModelUnloadingTime_seconds", "Unload request until Triton released it")
         self.phases = LabeledSummary(
             f"{p}ModelLoadPhase_seconds",
-            "Where a cold load's time goes, by phase: fetch (store read + extraction), rewrite (config name), install "
-            "(into the repository), admit (room: evictions, waits), triton (the load call), of it triton_prep (until "
-            "the python stub process starts) and stub (stub start to READY), total",
+            "Where a cold load's time goes, by phase: fetch (store read + extraction), rewrite (config name), "
+            "install (into the repository), admit (room: evictions, waits), queue (for a load slot), triton (the load "
+            "call), of it triton_prep (until the python stub process starts) and stub (stub start to READY), total",
         )
         self.evictions = LabeledCounter(f"{p}ModelEvictions_total", "Models unloaded to make room")
         self.failures = LabeledCounter(f"{p}ModelLoadFailures_total", "Failed fetches or loads (per model)")

@@ -77,6 +77,9 @@ class ServerOptions:
     auto_complete_config: bool = False
     # Size of Triton's local response cache; models opt in with `response_cache: true` in the manifest.
     response_cache_bytes: int | None = None
+    # Triton's --model-load-thread-count (None: Triton's 4). Only raised, never lowered: the MME's load gate bounds
+    # concurrent loads itself, and other loads (a restart's reload, a router's) keep Triton's threads.
+    model_load_threads: int | None = None
 
 
 class EmbeddedTriton:
@@ -141,6 +144,8 @@ class EmbeddedTriton:
                 f"--cache-directory={self.install.cache_dir}",
                 f"--cache-config=local,size={o.response_cache_bytes}",
             ]
+        if o.model_load_threads is not None and o.model_load_threads > 4:
+            cmd.append(f"--model-load-thread-count={o.model_load_threads}")
         cmd += [f"--load-model={m}" for m in o.load]
         return cmd + list(o.extra_args)
 
