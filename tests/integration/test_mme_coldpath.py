@@ -155,3 +155,44 @@ def test_concurrent_cold_loads_are_bounded_and_started_in_arrival_order(
         assert queued > 0.4  # the second waited ~one load, the third ~two
     else:
         assert overlapping and queued < 0.05
+
+
+def test_the_adapter_imports_asyncio_before_the_first_request(env: dict[str, Any], tmp_path: Path) -> None:
+    """The stub imports asyncio on a model's first request; a generated adapter model has it imported in the
+    background once ``initialize`` ends, so a cold request does not wait for it. Seen from outside: the stub has
+    asyncio's C extension mapped before any request was sent, and the model answers as before."""
+    from toolkit.mme.footprint import stub_processes
+    from toolkit.repository.generate import render_model_dir
+    from toolkit.spec.models import ModelSpec, TensorSpec
+
+    artifact = tmp_path / "double.py"
+    artifact.write_text("def predict(inputs):\n    return {'Y': inputs['X'] * 2}\n")
+    spec = ModelSpec(name="adapted", framework="numpy", artifact=artifact,
+                     inputs=[TensorSpec(name="X", dtype="FP32", dims=[2])],
+                     outputs=[TensorSpec(name="Y", dtype="FP32", dims=[2])])  # fmt: skip
+    store = tmp_path / "store"
+    render_model_dir(spec, store)
+
+    async def body() -> None:
+        mgr = ModelManager(env["server"].endpoint, repository=env["repo"], store=LocalStore(store),
+                           measure_footprint=False, stub_check_s=0)  # fmt: skip
+        await mgr.start()
+        client = httpaio.InferenceServerClient(env["server"].endpoint.http)
+        try:
+            await mgr.ensure_loaded("adapted")
+            (stub,) = stub_processes(env["repo"], ["adapted"])["adapted"]
+            mapped = False
+            for _ in range(100):
+                mapped = "_asyncio" in Path(f"/proc/{stub.pid}/maps").read_text()
+                if mapped:
+                    break
+                await asyncio.sleep(0.05)
+            assert mapped, "the stub had not imported asyncio 5 s after the load"
+            async with mgr.serving("adapted"):
+                assert np.allclose(await infer(client, "adapted"), [2.0, 4.0])
+            await mgr.unload("adapted")
+        finally:
+            await client.close()
+            await mgr.close()
+
+    asyncio.run(body())

@@ -9,12 +9,24 @@ Security: sklearn artifacts are pickles (joblib) and numpy artifacts are Python 
 only serve artifacts you trust.
 """
 
+import contextlib
+import importlib
 import importlib.util
 import json
 import os
+import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+def _import_asyncio():
+    """Triton's python-backend stub imports asyncio on a model's first request (to ask whether ``execute`` returned
+    a coroutine): ~20 ms of one core on an idle machine, which that first request -- on a multi-model endpoint, the
+    cold one -- waited for. Started in a thread when ``initialize`` ends, it runs while Triton reports the model READY
+    and the request travels to it; the stub holds no lock on Python while it waits for requests."""
+    with contextlib.suppress(Exception):  # the stub imports it again on the first request and says what fails there
+        importlib.import_module("asyncio")
 
 
 def _param(config, key, default=None):
@@ -40,6 +52,7 @@ class TritonPythonModel:
         ]
         self.methods = json.loads(_param(self.config, "tritonctl.methods", "{}"))
         self.run = getattr(self, "_init_" + self.framework)()
+        threading.Thread(target=_import_asyncio, name="tritonctl-import-asyncio", daemon=True).start()
 
     # -- loaders: each returns run(inputs: dict[str, ndarray]) -> list of arrays, one per declared output ----------
     def _init_onnx(self):
