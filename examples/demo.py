@@ -164,7 +164,7 @@ def metrics_section(admin_url: str) -> None:
 
 def main(steps: Callable[..., None] | None = None) -> None:
     from examples.build import build_all
-    from examples.mme import run_mme_demo
+    from examples.mme import run_mme_demo, run_renamed_copy_demo
     from toolkit import ServeConfig, generate_repository, load_manifest, start, validate_repository
     from toolkit.repository.validate import format_findings, has_errors
 
@@ -199,6 +199,9 @@ def main(steps: Callable[..., None] | None = None) -> None:
 
     _say("Multi-model endpoint over 50 city models: local store, then S3 (moto server), budget of 4 resident")
     run_mme_demo(n=50, invoke=6, max_models=4, say=lambda s: print("  " + s, flush=True))
+
+    _say("Renamed copies (seed 003): NY_<i>.tar.gz = cp housing_NewYork_NY.tar.gz, invoked by TargetModel with boto3")
+    run_renamed_copy_demo(copies=3, say=lambda s: print("  " + s, flush=True))
 
     from examples.deploy_demo import run_deploy_demo
 

@@ -17,6 +17,7 @@ import gzip
 import io
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,60 @@ async def _serve(endpoint: Any, repo: Path, store: Any, picks: list[str], max_mo
         await client.close()
         await mgr.close()
     return report
+
+
+RENAMED_MANIFEST = """# a manifest declares a model; the repository is given, so nothing is generated from it
+models:
+  - {{name: unused, framework: python, inputs: [{{name: X, dtype: FP32, dims: [2]}}],
+     outputs: [{{name: Y, dtype: FP32, dims: [2]}}]}}
+endpoints:
+  - {{name: seed003, mode: multi-model, store: '{store}'}}
+"""
+
+
+def run_renamed_copy_demo(copies: int = 3, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Seed article 003's habit: ``cp housing_NewYork_NY.tar.gz NY_<i>.tar.gz`` (nothing edited: each config still
+    says ``name: "housing_NewYork_NY"``), then ``invoke_endpoint(TargetModel="NY_<i>.tar.gz")`` with boto3 through
+    ``tritonctl serve``'s gateway. Each copy is served under its TargetModel and predicts what the original predicts."""
+    import json
+    import shutil
+
+    import boto3
+
+    from toolkit import ServeConfig, start
+
+    x, _ = generate("NewYork_NY", 2, seed=11)
+    want = expected_prices("NewYork_NY", x)
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tritonctl-renamed-") as tmp:
+        work = Path(tmp)
+        original = build_city_store(work / "original", n=1)[model_name("NewYork_NY")]
+        store, repo = work / "store", work / "repo"
+        store.mkdir()
+        repo.mkdir()
+        for i in range(copies):
+            shutil.copyfile(original, store / f"NY_{i}.tar.gz")
+        (work / "tritonctl.yaml").write_text(RENAMED_MANIFEST.format(store=store))
+        say(f"store {store}: {copies} copies of {original.name} saved as NY_0.tar.gz ... NY_{copies - 1}.tar.gz")
+        ports = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "gateway_port": 0, "gateway_grpc_port": 0}
+        config = ServeConfig(repository=repo, manifest=work / "tritonctl.yaml", store=str(store), **ports)
+        with start(config) as serving:
+            sm = boto3.client("sagemaker-runtime", endpoint_url=serving.url, region_name="us-east-1",
+                              aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="demo-secret")  # fmt: skip
+            body = json.dumps({"inputs": [{"name": "raw", "shape": list(x.shape), "datatype": "FP32",
+                                           "data": x.ravel().tolist()}]})  # fmt: skip
+            for i in range(copies):
+                t0 = time.perf_counter()
+                r = sm.invoke_endpoint(EndpointName="seed003", TargetModel=f"NY_{i}.tar.gz",
+                                       ContentType="application/json", Body=body)  # fmt: skip
+                ms = (time.perf_counter() - t0) * 1000
+                out = json.loads(r["Body"].read())
+                got = np.asarray(next(o["data"] for o in out["outputs"] if o["name"] == "price"), dtype=np.float64)
+                ok = bool(np.allclose(got, want, rtol=1e-4))
+                result[f"NY_{i}"] = {"model": out.get("model_name"), "ok": ok, "ms": ms}
+                say(f"  TargetModel=NY_{i}.tar.gz -> served as {out.get('model_name')!r} in {ms:5.1f} ms (cold), "
+                    f"prices {np.round(got, 0)} = housing_NewYork_NY's: {ok}")  # fmt: skip
+    return result
 
 
 def run_mme_demo(

@@ -196,3 +196,14 @@ def test_the_adapter_imports_asyncio_before_the_first_request(env: dict[str, Any
             await mgr.close()
 
     asyncio.run(body())
+
+
+def test_the_demo_serves_renamed_copies_through_boto3() -> None:
+    """``make demo``'s seed-003 section: copies of housing_NewYork_NY.tar.gz saved as NY_<i>.tar.gz, invoked by
+    TargetModel through the gateway, each served under its own name with the original's predictions."""
+    from examples.mme import run_renamed_copy_demo
+
+    said: list[str] = []
+    got = run_renamed_copy_demo(copies=2, say=said.append)
+    assert {k: (v["model"], v["ok"]) for k, v in got.items()} == {"NY_0": ("NY_0", True), "NY_1": ("NY_1", True)}
+    assert any("TargetModel=NY_1.tar.gz -> served as 'NY_1'" in line for line in said)
