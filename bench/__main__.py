@@ -20,6 +20,13 @@ def _calibration(protocol: str, processes: str) -> list[str]:
             "--processes", processes, "--output", "docs/benchmarks/loadtest.md"]  # fmt: skip
 
 
+_MME_SEED003 = [PY, "-m", "bench.mme_seed003", "--output", "docs/benchmarks/mme_seed003.md",
+                "--json", "reports/bench/mme_seed003.json"]  # fmt: skip
+# The cold-burst load test with 4, 2 and 1 concurrent Triton loads, alternating (docs/benchmarks/mme_seed003.md).
+_MME_BURST = [PY, "-m", "bench.mme_burst", "--duration", "30", "--variant=--max-concurrent-loads 4",
+              "--variant=--max-concurrent-loads 2", "--variant=--max-concurrent-loads 1",
+              "--json", "reports/bench/mme_burst.json"]  # fmt: skip
+
 BENCHES: dict[str, list[str]] = {
     "foundation": [PY, "-m", "bench.server", "10"],
     "ensembles": [PY, "-m", "bench.ensembles", "--duration", "10", "--output", "docs/benchmarks/ensembles.md"],
@@ -61,6 +68,8 @@ BENCHES: dict[str, list[str]] = {
         "20000",
     ],
     "mme-cold-start": [PY, "-m", "bench.mme", "--json", "reports/bench/mme.json"],
+    "mme-seed003": _MME_SEED003,
+    "mme-burst": _MME_BURST,
     "gateway": [PY, "-m", "bench.gateway", "--seconds", "3", "--rounds", "3"],
     "gateway-perf-analyzer": [PY, "-m", "bench.gateway_pa", "--rounds", "2"],
     "gateway-profile": [PY, "-m", "bench.gateway_profile", "--callbacks"],
