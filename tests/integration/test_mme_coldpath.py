@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     original = pack(write_scale_model(base / "src", "orig", factor=3.0), base / "orig.tar.gz")
     for i in range(COPIES):  # seed 003: copies of one artifact saved under other names
         (store / f"NY_{i}.tar.gz").write_bytes(original.read_bytes())
-    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=base, log_file=base / "triton.log"))
+    # verbose: Triton logs each HTTP request, so a test can count the manager's index reads
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=base, log_file=base / "triton.log", log_verbose=1))
     server.start(timeout=90)
     yield {"store": store, "repo": repo, "server": server, "base": base}
     server.stop()
@@ -207,3 +209,56 @@ def test_the_demo_serves_renamed_copies_through_boto3() -> None:
     got = run_renamed_copy_demo(copies=2, say=said.append)
     assert {k: (v["model"], v["ok"]) for k, v in got.items()} == {"NY_0": ("NY_0", True), "NY_1": ("NY_1", True)}
     assert any("TargetModel=NY_1.tar.gz -> served as 'NY_1'" in line for line in said)
+
+
+def index_reads(log: Path, since: int) -> int:
+    return log.read_text()[since:].count("HTTP request: 2 /v2/repository/index")
+
+
+def test_unloads_are_polled_with_backoff_unless_someone_waits(env: dict[str, Any]) -> None:
+    """An eviction nobody waits for (the count budget does not) is watched with a doubling pause: a python model
+    lingers ~1 s in UNLOADING, which at a fixed 25 ms was ~40 index reads. A request for that very model waits for
+    the unload to end: then the index is read at the shortest pause again, and the model is loaded anew."""
+    log: Path = env["server"].log_path
+
+    async def body() -> tuple[float, float]:
+        mgr = ModelManager(env["server"].endpoint, repository=env["repo"], store=LocalStore(env["store"]),
+                           max_models=1, index_sync_s=0, stub_check_s=0, measure_footprint=False)  # fmt: skip
+        await mgr.start()
+        client = httpaio.InferenceServerClient(env["server"].endpoint.http)
+
+        def state(name: str) -> str:
+            return next(x.state for x in mgr.states() if x.name == name)
+
+        async def use(name: str) -> None:
+            async with mgr.serving(name):
+                await infer(client, name)
+
+        async def reads_while_unloading(victim: str, then: str | None) -> tuple[float, asyncio.Task[None] | None]:
+            """Index reads a second from ``victim``'s eviction until Triton has it gone; ``then`` is requested as
+            soon as the eviction starts (so it waits for it when it is the victim itself)."""
+            while state(victim) != "UNLOADING":
+                await asyncio.sleep(0.002)
+            since, t0 = len(log.read_text()), time.monotonic()
+            task = asyncio.create_task(use(then)) if then else None
+            while state(victim) == "UNLOADING":
+                await asyncio.sleep(0.005)
+            return index_reads(log, since) / max(time.monotonic() - t0, 0.2), task
+
+        try:
+            await use("NY_1")
+            evicting = asyncio.create_task(use("NY_2"))  # evicts NY_1; nobody waits for that unload
+            idle, _ = await reads_while_unloading("NY_1", None)
+            await evicting
+            evicting = asyncio.create_task(use("NY_1"))  # evicts NY_2 ...
+            waited, again = await reads_while_unloading("NY_2", "NY_2")  # ... wanted at once: a waiter
+            await asyncio.gather(evicting, *([again] if again else []))
+            await mgr.unload("NY_2")
+            return idle, waited
+        finally:
+            await client.close()
+            await mgr.close()
+
+    idle, waited = asyncio.run(body())
+    assert idle <= 10, f"{idle:.0f} index reads a second while an unload nobody waits for ran"
+    assert waited >= 1.5 * idle, f"{waited:.0f} index reads a second while a request waited ({idle:.0f} when none)"

@@ -157,6 +157,8 @@ class Loader:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LoadTimeoutError(e.name, time.monotonic() - start, f"state {e.state.value}")
+            if e.state is State.UNLOADING:
+                self._evictor.hurry(e.name)
             try:
                 await asyncio.wait_for(asyncio.shield(e.future), remaining)
             except TimeoutError:

@@ -454,6 +454,7 @@ class ModelManager:
             if e.state is State.READY:
                 await self._evictor.unload_entry(e)
         if e.state is State.UNLOADING and e.future is not None:
+            self._evictor.hurry(name)
             await asyncio.shield(e.future)
         if e.state is State.FAILED:
             e.state, e.error = State.UNLOADED, None
