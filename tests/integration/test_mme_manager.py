@@ -356,7 +356,8 @@ def test_byte_budget_uses_declared_and_measured_footprints(env: dict[str, Any]) 
         assert "tritonctl_MemoryBudgetBytes 250" in mgr.metrics_text()
 
     sizes = {f"m{i:02d}": 100 for i in range(4)}
-    run(with_manager(env, body, memory_budget_bytes=250, declared_sizes=sizes, measure_footprint=False))
+    # the survivors asserted are LRU's (the default, GDSF, weighs measured load times)
+    run(with_manager(env, body, memory_budget_bytes=250, declared_sizes=sizes, measure_footprint=False, policy="lru"))
 
     async def measured(mgr: ModelManager, client: httpaio.InferenceServerClient) -> None:
         mgr.measure_delay = 0.0
