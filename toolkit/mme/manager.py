@@ -7,8 +7,9 @@ model's hot path (``serving``) is a dict lookup and two counter updates, no roun
 
 This module is the public face (see notes/MME_CONTRACT.md); the work is split by concern into private modules:
 ``_residency`` (per-model records, in-flight counts, pins, the change signal), ``_loading`` (single flight, fetch,
-Triton load, backoff, footprints), ``_eviction`` (budgets, victims, asynchronous unloads) and ``_triton`` (the
-repository API with one error mapping).
+Triton load, backoff, footprints, the phases of each load), ``_gate`` (how many Triton loads at once, first come first
+served), ``_eviction`` (budgets, victims, asynchronous unloads) and ``_triton`` (the repository API with one error
+mapping).
 
 ``gpu_memory_fraction`` adds a GPU budget (``toolkit.mme.gpu``): fraction x the total memory of the GPUs that Triton
 reports, read once by ``start`` before anything else is touched, so a Triton without a GPU fails cleanly.
