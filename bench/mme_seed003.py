@@ -33,7 +33,7 @@ from toolkit.server.launcher import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = [1200.0, 3.0, 2.0, 15.0, 0.25, 2.0, 1.0, 0.0]  # one house: 8 raw features, as the city models take them
-PHASES = ("fetch", "rewrite", "install", "admit", "triton", "triton_prep", "stub", "total")
+PHASES = ("fetch", "rewrite", "install", "admit", "queue", "triton", "triton_prep", "stub", "total")
 
 
 def pct(values: list[float], q: float) -> float:
