@@ -20,7 +20,7 @@ def _calibration(protocol: str, processes: str) -> list[str]:
             "--processes", processes, "--output", "docs/benchmarks/loadtest.md"]  # fmt: skip
 
 
-_MME_SEED003 = [PY, "-m", "bench.mme_seed003", "--output", "docs/benchmarks/mme_seed003.md",
+_MME_SEED003 = [PY, "-m", "bench.mme_seed003", "--output", "reports/bench/mme_seed003.md",
                 "--json", "reports/bench/mme_seed003.json"]  # fmt: skip
 # The cold-burst load test with 4, 2 and 1 concurrent Triton loads, alternating (docs/benchmarks/mme_seed003.md).
 _MME_BURST = [PY, "-m", "bench.mme_burst", "--duration", "30", "--variant=--max-concurrent-loads 4",
