@@ -209,7 +209,7 @@ def experiment(checkout: Path, copies: int, first: int, max_models: int, policy:
 
 def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace) -> str:
     lines = [
-        "# Seed 003 through boto3: 200 renamed copies, a budget of 121",
+        f"# Seed 003 through boto3: {args.copies} renamed copies, a budget of {args.max_models}",
         "",
         f"Command: `{command}` (machine: {os.cpu_count()} CPUs; the 1-minute load average at the start and end of "
         "each run is in its row).",
