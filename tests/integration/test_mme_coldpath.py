@@ -262,3 +262,37 @@ def test_unloads_are_polled_with_backoff_unless_someone_waits(env: dict[str, Any
     idle, waited = asyncio.run(body())
     assert idle <= 10, f"{idle:.0f} index reads a second while an unload nobody waits for ran"
     assert waited >= 1.5 * idle, f"{waited:.0f} index reads a second while a request waited ({idle:.0f} when none)"
+
+
+def test_a_slow_load_gives_its_slot_up(env: dict[str, Any], tmp_path: Path) -> None:
+    """One slot, and a model whose ``initialize`` takes 6 s (as a hung one would, until the load timeout): after the
+    gate's ``hold_s`` its load goes on outside the gate, and a cold request that came after it is served first."""
+    store = tmp_path / "store"
+    write_scale_model(store, "stuck", init_sleep_ms=6000)
+    write_scale_model(store, "quick")
+
+    async def body() -> list[str]:
+        mgr = ModelManager(env["server"].endpoint, repository=env["repo"], store=LocalStore(store),
+                           max_concurrent_loads=1, measure_footprint=False, stub_check_s=0)  # fmt: skip
+        mgr.load_gate.hold_s = 0.5
+        await mgr.start()
+        client = httpaio.InferenceServerClient(env["server"].endpoint.http)
+        done: list[str] = []
+
+        async def use(name: str, delay: float) -> None:
+            await asyncio.sleep(delay)
+            async with mgr.serving(name):
+                await infer(client, name)
+            done.append(name)
+
+        try:
+            await asyncio.gather(use("stuck", 0.0), use("quick", 0.1))
+            assert mgr.load_gate.active == 0 and mgr.load_gate.peak == 1
+            for name in ("stuck", "quick"):
+                await mgr.unload(name)
+            return done
+        finally:
+            await client.close()
+            await mgr.close()
+
+    assert asyncio.run(body()) == ["quick", "stuck"]

@@ -8,8 +8,10 @@ request waits as long as the last (measured in docs/benchmarks/mme_seed003.md). 
 earliest cold request is served first and warm requests keep some CPU. Fetching, extracting and admitting a model
 happen before the gate: the next model is ready on disk while the current one loads.
 
-Only the Triton load call holds a slot: an ensemble waiting for its composing models holds none (no deadlock), and a
-load that outlasts the load timeout gives its slot back when it fails.
+Only the Triton load call holds a slot: an ensemble waiting for its composing models holds none (no deadlock). A load
+still running after ``hold_s`` (10 s: a python model loads in 0.1-1 s) gives its slot up and goes on outside the
+gate: a model whose ``initialize`` hangs (it is only failed after the load timeout) must not stop every other cold
+load behind it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 TRITON_LOAD_THREADS = 4  # Triton's default --model-load-thread-count
+HOLD_S = 10.0  # a load running longer than this gives its slot up
 
 
 def default_limit() -> int:
@@ -32,8 +35,9 @@ def default_limit() -> int:
 class LoadGate:
     """At most ``limit`` holders at once; the others get in first come, first served (None: no limit)."""
 
-    def __init__(self, limit: int | None) -> None:
+    def __init__(self, limit: int | None, hold_s: float = HOLD_S) -> None:
         self.limit = limit
+        self.hold_s = hold_s
         self.active = 0
         self.peak = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -42,9 +46,9 @@ class LoadGate:
     def waiting(self) -> int:
         return sum(1 for f in self._waiters if not f.done())
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one slot for the block; waits (FIFO) while ``limit`` are held."""
+    async def acquire(self) -> Callable[[], None]:
+        """Take one slot (waiting, first come first served, while ``limit`` are held); returns its release, which
+        may be called more than once (only the first call counts)."""
         if self.limit is not None and self.active >= self.limit:  # waiters exist only while all slots are held
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
@@ -59,10 +63,23 @@ class LoadGate:
         else:
             self.active += 1
         self.peak = max(self.peak, self.active)
+        held = [True]
+
+        def release() -> None:
+            if held[0]:
+                held[0] = False
+                self._release()
+
+        return release
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the block (``acquire`` and its release)."""
+        release = await self.acquire()
         try:
             yield
         finally:
-            self._release()
+            release()
 
     def _release(self) -> None:
         while self._waiters:

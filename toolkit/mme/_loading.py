@@ -189,11 +189,7 @@ class Loader:
             registered = True
             # Only a measured load opens a window (an ensemble holds nothing of its own on the GPU).
             meter = self.gpu if self.measure_footprint and not e.composing else None
-            queued = time.perf_counter()
-            async with self.gate.slot():  # at most ``gate.limit`` Triton loads at once, started first come first served
-                clock["queue"] = time.perf_counter() - queued
-                window = await meter.begin(name) if meter is not None else None
-                seconds = await self._triton_load(e, meter)
+            seconds, window = await self._gated_load(e, meter, clock)
             if window is not None:
                 self._spawn(self._measure_gpu(e, window))
             self._metrics.loading.observe(seconds)
@@ -235,6 +231,31 @@ class Loader:
         if e.hung_since and await self._triton.still_loading(e.name):
             waited = time.monotonic() - e.hung_since
             raise LoadHungError(e.name, f"Triton is still loading it: a load has not finished after {waited:.0f} s")
+
+    async def _gated_load(
+        self, e: Entry, meter: GpuMeter | None, clock: dict[str, float]
+    ) -> tuple[float, GpuWindow | None]:
+        """Triton's load of ``e`` through the gate: at most ``gate.limit`` at once, started first come first served;
+        a load still running after ``gate.hold_s`` gives its slot up and is awaited outside the gate."""
+        queued = time.perf_counter()
+        release = await self.gate.acquire()
+        try:
+            clock["queue"] = time.perf_counter() - queued
+            window = await meter.begin(e.name) if meter is not None else None
+            load = asyncio.ensure_future(self._triton_load(e, meter))
+            try:
+                seconds = await asyncio.wait_for(asyncio.shield(load), self.gate.hold_s)
+            except TimeoutError:
+                release()  # slow, maybe hung (it fails at the load timeout): the next loads need not wait for it
+                log.info("load of %s still running after %.0f s: it no longer holds a load slot", e.name,
+                         self.gate.hold_s)  # fmt: skip
+                seconds = await load
+            except BaseException:
+                load.cancel()
+                raise
+            return seconds, window
+        finally:
+            release()
 
     async def _triton_load(self, e: Entry, meter: GpuMeter | None) -> float:
         """Triton's load of ``e``, in seconds; a load past the timeout marks ``e`` hung since it began. The call's
