@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from toolkit.errors import TritonctlError
 from toolkit.mme.layout import LayoutError, adopt_name, is_junk, model_root
+from toolkit.mme.native import adapt_native
 from toolkit.names import ModelNameError, check_model_name, target_path
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -64,10 +65,14 @@ def artifact_path(name: str) -> str:
 
 
 def adopt_config_name(model_dir: Path, name: str, label: str) -> str | None:
-    """``toolkit.mme.layout.adopt_name`` (the local copy's config takes the TargetModel's name), raised as
-    ``ArtifactError``; returns the name the config had when it was rewritten."""
+    """Make the fresh local copy servable here: ``toolkit.mme.layout.adopt_name`` (its config takes the TargetModel's
+    name), then ``toolkit.mme.native.adapt_native`` (a native ONNX/TorchScript model runs on the python adapter; a
+    backend this Triton lacks is refused). Raised as ``ArtifactError``; returns the name the config had when it was
+    rewritten."""
     try:
-        return adopt_name(model_dir, name, label)
+        old = adopt_name(model_dir, name, label)
+        adapt_native(model_dir, label)
+        return old
     except LayoutError as exc:
         raise ArtifactError(str(exc)) from None
 
