@@ -13,7 +13,13 @@ import logging
 import re
 
 from toolkit.errors import TritonctlError, TritonUnavailableError
-from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
+from toolkit.mme.errors import (
+    InsufficientMemoryError,
+    LoadTimeoutError,
+    ModelLoadError,
+    ModelNotFoundError,
+    TritonDownError,
+)
 from toolkit.names import ModelNameError
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,16 @@ class ModelNotReadyError(GatewayError):
     status = 429
     code = "ModelNotReadyException"
     grpc_code = "UNAVAILABLE"
+
+
+class InsufficientStorageError(GatewayError):
+    """The model cannot fit even after eviction (larger than the whole budget, or every resident model pinned): HTTP
+    507, what SageMaker's Triton front end answers when a model cannot be loaded for want of memory, on every HTTP
+    route; gRPC RESOURCE_EXHAUSTED. Retrying does not help until the budget or the resident set changes."""
+
+    status = 507
+    code = "InsufficientStorage"
+    grpc_code = "RESOURCE_EXHAUSTED"
 
 
 class ThrottlingError(GatewayError):
@@ -156,6 +172,8 @@ def to_gateway_error(exc: BaseException, *, sagemaker: bool = False, timeout_s: 
         return ServiceUnavailableError("The gateway is stopping; retry.")
     if isinstance(exc, (TritonDownError, TritonUnavailableError)):
         return ServiceUnavailableError(str(exc))
+    if isinstance(exc, InsufficientMemoryError):
+        return InsufficientStorageError(f"Model {exc.model} cannot be loaded: {public_reason(exc.reason)}")
     if isinstance(exc, ModelLoadError):  # the whole reason (paths, tracebacks) is for the operator's log only
         log.warning("model %s failed to load: %s", exc.model, exc.reason)
         return ModelError(f"Model {exc.model} failed to load: {public_reason(exc.reason)}", original_status=500)
