@@ -95,7 +95,8 @@ def test_a_config_without_tensors_is_completed_from_the_onnx_graph(tmp_path: Pat
     assert [t.name for t in cfg.output] == [t.name for t in sess.get_outputs()]
     assert cfg.max_batch_size == 4 and cfg.HasField("dynamic_batching")
     assert list(cfg.input[0].dims) == [64] and cfg.input[0].data_type == mc.TYPE_FP32
-    assert cfg.output[0].data_type == mc.TYPE_INT64  # skl2onnx's label output
+    assert cfg.output[0].data_type == mc.TYPE_INT64  # skl2onnx's label output: [batch] in the graph ...
+    assert list(cfg.output[0].dims) == [1] and cfg.output[0].HasField("reshape")  # ... [batch, 1] with a reshape
 
 
 def test_the_backend_is_inferred_from_the_model_file_when_the_config_names_none(tmp_path: Path) -> None:

@@ -183,11 +183,14 @@ class Evictor:
 
     def _refuse_if_stuck(self, e: Entry) -> None:
         """InsufficientMemoryError when waiting cannot make room for ``e``: nothing evictable, and nothing busy,
-        loading or unloading whose end could free a place (every resident model pinned by a loaded ensemble, or by
-        ``e`` itself: an ensemble whose steps fill the budget). A busy model may go idle: then the load waits."""
+        loading or unloading whose end could free a place (every resident model pinned by a loaded ensemble, by ``e``
+        itself -- an ensemble whose steps fill the budget -- or by an ensemble loading ``e`` as a step). A busy model
+        may go idle, another load may end: then the load waits, up to the load timeout (429 then)."""
         entries = self._res.entries.values()
         for x in entries:
-            if x is not e and (x.state in (State.LOADING, State.UNLOADING) or (x.state is State.READY and x.in_flight)):
+            if x is e or (x.state is State.LOADING and e.name in x.composing):
+                continue  # an ensemble waiting for ``e`` frees nothing until ``e`` is in
+            if x.state in (State.LOADING, State.UNLOADING) or (x.state is State.READY and x.in_flight):
                 return
         pinned = sorted(x.name for x in entries if x.state is State.READY and x.pinned_by)
         limits = [f"--max-models {self.max_models}"] if self.max_models is not None else []
@@ -198,8 +201,8 @@ class Evictor:
         shown = ", ".join(pinned[:5]) + (" ..." if len(pinned) > 5 else "")
         raise InsufficientMemoryError(
             e.name,
-            f"cannot fit within {' and '.join(limits) or 'the budget'}: every resident model is pinned by a loaded "
-            f"ensemble ({shown}); raise the budget, or unload an ensemble",
+            f"cannot fit within {' and '.join(limits) or 'the budget'}: every resident model is pinned by an ensemble "
+            f"({shown}), loaded or loading; raise the budget, or unload an ensemble",
         )
 
     # ---------------------------------------------------------------------------------------------- unload ---

@@ -148,12 +148,14 @@ def complete_from_onnx(cfg: mc.ModelConfig, onnx_path: Path, has_max_batch_size:
         if not cfg.HasField("dynamic_batching") and not cfg.HasField("sequence_batching"):
             cfg.dynamic_batching.SetInParent()
     batched = cfg.max_batch_size > 0
-    if not cfg.input:
-        for t in sess.get_inputs():
-            cfg.input.add(name=t.name, data_type=ORT_TYPES.get(t.type, mc.TYPE_FP32), dims=_dims(t.shape, batched))
-    if not cfg.output:
-        for t in sess.get_outputs():
-            cfg.output.add(name=t.name, data_type=ORT_TYPES.get(t.type, mc.TYPE_FP32), dims=_dims(t.shape, batched))
+    for field, found in ((cfg.input, sess.get_inputs()), (cfg.output, sess.get_outputs())):
+        if len(field):
+            continue
+        for t in found:
+            dims = _dims(t.shape, batched)
+            added = field.add(name=t.name, data_type=ORT_TYPES.get(t.type, mc.TYPE_FP32), dims=dims or [1])
+            if not dims:  # a [batch] tensor: Triton shows it as [batch, 1] and reshapes, as its auto-complete does
+                added.reshape.SetInParent()
 
 
 def _index(name: str) -> int:
