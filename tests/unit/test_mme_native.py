@@ -191,3 +191,65 @@ def test_python_models_and_ensembles_are_left_alone(tmp_path: Path) -> None:
         (d / "config.pbtxt").write_text(text)
         assert adapt_native(d, "x") is None
         assert (d / "config.pbtxt").read_text() == text and not (d / "1" / "model.py").exists()
+
+
+def test_torchscript_with_torch_is_adapted(tmp_path: Path) -> None:
+    """Where torch is importable, a ``pytorch_libtorch`` artifact becomes the adapter's torchscript model (not run on
+    the machine this was written on: torch is not installed there, and this test is skipped)."""
+    torch = pytest.importorskip("torch")
+    net = torch.jit.script(torch.nn.Linear(2, 2))
+    net.save(str(tmp_path / "model.pt"))
+    config = 'platform: "pytorch_libtorch"\nmax_batch_size: 8\n'
+    config += 'input [{ name: "INPUT__0" data_type: TYPE_FP32 dims: [2] }]\n'
+    config += 'output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [2] }]\n'
+    art = tar(tmp_path / "pt.tar.gz", {"config.pbtxt": config, "1/model.pt": (tmp_path / "model.pt").read_bytes()})
+    cfg = parse_config((extract_model_tarball(art, tmp_path / "r") / "config.pbtxt").read_text())
+    assert cfg.backend == "python" and cfg.parameters["tritonctl.framework"].string_value == "torchscript"
+    assert cfg.parameters["tritonctl.artifact"].string_value == "model.pt" and cfg.max_batch_size == 8
+
+
+def test_a_deployed_ensemble_bundle_is_the_ensemble_with_its_steps_beside_it(tmp_path: Path) -> None:
+    """``deploy`` packs an ensemble with the models it calls in one archive, as SageMaker's Triton front end loads it
+    (the folder saying ``platform: "ensemble"`` is the TargetModel). The copy is the ensemble, renamed, with its
+    steps under ``STEPS_DIR`` (named after their folders, native ONNX steps adapted) for the manager to install."""
+    from toolkit.deploy.artifacts import build_repository
+    from toolkit.mme.layout import STEPS_DIR
+
+    full = load_manifest(ROOT / "tritonctl.yaml")
+    steps = ["housing_preprocess_onnx", "housing_Chicago_IL_onnx", "housing_postprocess"]
+    manifest = full.model_copy(
+        update={
+            "models": [m for m in full.models if m.name in steps],
+            "ensembles": [e for e in full.ensembles if e.name == "housing_pipeline_onnx_Chicago_IL"],
+            "endpoints": [],
+        }
+    )
+    built = build_repository(manifest, tmp_path / "work")
+    art = tmp_path / "pipe.tar.gz"
+    art.write_bytes(built.tarball("housing_pipeline_onnx_Chicago_IL").data)
+    out = extract_model_tarball(art, tmp_path / "repo", name="pipelines..chicago")
+    cfg = parse_config((out / "config.pbtxt").read_text())
+    assert cfg.name == "pipelines..chicago" and cfg.platform == "ensemble"
+    assert [s.model_name for s in cfg.ensemble_scheduling.step] == steps  # steps keep their folder names
+    assert sorted(p.name for p in (out / STEPS_DIR).iterdir()) == sorted(steps)
+    for step in steps:
+        step_cfg = parse_config((out / STEPS_DIR / step / "config.pbtxt").read_text())
+        assert step_cfg.name == step and step_cfg.backend == "python"
+    assert (
+        out / STEPS_DIR / "housing_Chicago_IL_onnx" / "1" / "model.py"
+    ).read_bytes() == ADAPTER_TEMPLATE.read_bytes()
+
+
+def test_archives_of_several_models_without_exactly_one_ensemble_are_refused(tmp_path: Path) -> None:
+    ens = 'platform: "ensemble"\nmax_batch_size: 0\n'
+    model = 'backend: "python"\nmax_batch_size: 0\n'
+    for files, why in (
+        ({"a/config.pbtxt": model, "b/config.pbtxt": model}, "holds 2 model folders (a/, b/); "),
+        ({"a/config.pbtxt": ens, "b/config.pbtxt": ens, "c/config.pbtxt": model}, "; 2 are: a, b)"),
+    ):
+        art = tar(tmp_path / "several.tar.gz", files)
+        with pytest.raises(ArtifactError) as err:
+            extract_model_tarball(art, tmp_path / "r")
+        assert str(err.value).startswith("artifact 'several.tar.gz' holds ") and why in str(err.value)
+        assert "one artifact is one model (or one ensemble with the models it calls; " in str(err.value)
+        assert not (tmp_path / "r" / "several").exists()
