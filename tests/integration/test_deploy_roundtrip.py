@@ -31,6 +31,7 @@ from toolkit import ServeConfig, start
 from toolkit.cli.main import app
 from toolkit.deploy import api
 from toolkit.repository.config import parse_config
+from toolkit.spec import load_manifest
 
 FREE = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "gateway_port": 0, "gateway_grpc_port": 0}
 
@@ -97,6 +98,9 @@ def test_deployed_prefix_serves_through_the_gateway(
 # --- the native prefix: what deploy uploads for ONNX models, served unchanged by `serve --store` --------------------
 
 
+PIPELINE = "housing_pipeline_onnx_Chicago_IL"
+
+
 def _predict(serving: Any, endpoint: str, x: np.ndarray, rows: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
     """Both models through boto3's ``invoke_endpoint`` (by TargetModel) and the digits model through tritonclient's
     KServe HTTP and gRPC (by Triton name): what a client of the endpoint sees."""
@@ -105,7 +109,12 @@ def _predict(serving: Any, endpoint: str, x: np.ndarray, rows: np.ndarray) -> di
         aws_secret_access_key="x",
     )  # fmt: skip
     out: dict[str, dict[str, np.ndarray]] = {}
-    for model, name, arr in (("digits_logreg", "X", x), ("housing_Chicago_IL", "features", rows)):
+    raw = np.array([[3, 2, 1500, 1, 0, 12, 4, 1], [4, 3, 2400, 0, 1, 3, 9, 2]], dtype=np.float32)
+    for model, name, arr in (
+        ("digits_logreg", "X", x),
+        ("housing_Chicago_IL", "features", rows),
+        (PIPELINE, "raw", raw),
+    ):
         body = {"inputs": [{"name": name, "shape": list(arr.shape), "datatype": "FP32", "data": arr.ravel().tolist()}]}
         r = sm.invoke_endpoint(EndpointName=endpoint, TargetModel=f"{model}.tar.gz", Body=json.dumps(body),
                                ContentType="application/json")  # fmt: skip
@@ -127,22 +136,31 @@ def _predict(serving: Any, endpoint: str, x: np.ndarray, rows: np.ndarray) -> di
 def test_the_deployed_native_onnx_prefix_serves_unchanged_as_the_manifest_does(
     tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``deploy`` builds native onnxruntime tarballs (digits_logreg as given, housing_Chicago_IL compiled from sklearn);
-    ``tritonctl serve --store DIR|s3://... --endpoint NAME`` serves them unchanged (no manifest), and boto3 and
-    tritonclient get the predictions the manifest itself gives when served locally."""
+    """``deploy`` builds native onnxruntime tarballs (digits_logreg as given, housing_Chicago_IL compiled from sklearn,
+    and an ensemble's tarball carrying its ONNX and python steps); ``tritonctl serve --store DIR|s3://... --endpoint
+    NAME`` serves them unchanged (no manifest), and boto3 and tritonclient get the predictions the manifest itself
+    gives when served locally."""
     bucket = f"tt-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     raw = manifest_dict(bucket)
-    raw["endpoints"].append({"name": "onnx", "mode": "multi-model", "models": ["digits_logreg", "housing_Chicago_IL"]})
+    for name in ("housing_preprocess_onnx", "housing_Chicago_IL_onnx"):  # an ensemble of ONNX steps (+ python)
+        spec = next(m for m in load_manifest(ROOT / "tritonctl.yaml").models if m.name == name)
+        raw["models"].append(spec.model_dump(mode="json", exclude_defaults=True))
+    steps = ["housing_preprocess_onnx", "housing_Chicago_IL_onnx", "housing_postprocess"]
+    raw["ensembles"] = [{"name": PIPELINE, "pattern": "pipeline", "models": steps}]
+    models = ["digits_logreg", "housing_Chicago_IL", PIPELINE]  # the pipeline's tarball carries its steps
+    raw["endpoints"].append({"name": "onnx", "mode": "multi-model", "models": models})
     manifest = tmp_path / "tritonctl.yaml"
     manifest.write_text(yaml.safe_dump(raw, sort_keys=False))
     built = CliRunner().invoke(
         app, ["deploy", "build", str(manifest), "--endpoint", "onnx", "-o", str(tmp_path / "dir")]
     )
     assert built.exit_code == 0, built.output
-    for tarball in sorted((tmp_path / "dir").glob("*.tar.gz")):  # native: nothing here runs them but the adapter
-        with tarfile.open(tarball) as tf:
-            member = tf.extractfile(f"{tarball.name.removesuffix('.tar.gz')}/config.pbtxt")
+    native = [("digits_logreg", "digits_logreg"), ("housing_Chicago_IL", "housing_Chicago_IL")]
+    native += [(PIPELINE, "housing_preprocess_onnx"), (PIPELINE, "housing_Chicago_IL_onnx")]  # steps in its tarball
+    for tarball, folder in native:  # native onnxruntime: nothing here runs them but the adapter
+        with tarfile.open(tmp_path / "dir" / f"{tarball}.tar.gz") as tf:
+            member = tf.extractfile(f"{folder}/config.pbtxt")
             assert member is not None and parse_config(member.read().decode()).backend == "onnxruntime"
     api.deploy(manifest, "onnx", lambda _: None, endpoint_url=s3_endpoint, poll_s=0.01)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
@@ -166,5 +184,6 @@ def test_the_deployed_native_onnx_prefix_serves_unchanged_as_the_manifest_does(
         for key in ("digits_logreg", "digits_logreg/http", "digits_logreg/grpc"):
             assert got[key]["label"].tolist() == want[key]["label"].tolist(), (store, key)
             np.testing.assert_array_equal(got[key]["probabilities"], want[key]["probabilities"], err_msg=store)
+        assert got[PIPELINE]["price_dollars"].tolist() == want[PIPELINE]["price_dollars"].tolist(), store
         # sklearn locally, its checked ONNX twin deployed: deploy's equality bound (rtol 1e-4)
         np.testing.assert_allclose(got["housing_Chicago_IL"]["price"], want["housing_Chicago_IL"]["price"], rtol=1e-4)

@@ -47,6 +47,12 @@ MAX_MODELS = 3
 STEP = '{{ model_name: "{m}" model_version: -1 input_map {{ key: "{i}" value: "{a}" }} output_map {{ key: "{o}" value: "{b}" }} }}'  # noqa: E501
 
 
+OOM_MODEL = b"""class TritonPythonModel:
+    def initialize(self, args):
+        raise MemoryError("failed to allocate memory for the weights (on purpose)")
+"""
+
+
 def ensemble(inp: str, out: str, dims: tuple[int, int], batch: int, steps: list[tuple[str, str, str]]) -> str:
     """An ensemble config chaining ``steps`` (model, its input, its output), tensors named after the first input."""
     lines, prev = [], inp
@@ -104,6 +110,9 @@ def build_store(store: Path, work: Path) -> None:
     pack(store / "huge.tar.gz", tree(work / "huge", "huge/"))
     pack(store / "slow.tar.gz", tree(write_scale_model(work, "slow", init_sleep_ms=6000)))
     pack(store / "plain.tar.gz", tree(write_scale_model(work, "plain", factor=3.0)))
+    oom = tree(write_scale_model(work, "oom"))
+    oom["1/model.py"] = OOM_MODEL
+    pack(store / "oom.tar.gz", oom)
     for k in range(MAX_MODELS):
         pack(store / "steps" / f"s{k}.tar.gz", tree(write_scale_model(work, f"s{k}")))
     steps = [(f"steps..s{k}", "X", "Y") for k in range(MAX_MODELS)]  # 3 steps + the ensemble: 4 > --max-models 3
@@ -283,3 +292,13 @@ def test_an_ensemble_whose_steps_fill_the_budget_is_507_at_once(serving: Any) ->
     assert (meta["HTTPStatusCode"], error["Code"]) == (507, "InsufficientStorage"), error
     assert "--max-models 3" in error["Message"] and "pinned by an ensemble" in error["Message"]
     assert time.monotonic() - t0 < 30  # the load timeout is 60 s
+
+
+def test_a_load_that_runs_out_of_memory_is_507_as_sagemakers_front_end_answers(serving: Any) -> None:
+    """Triton's own load failure whose message says out-of-memory (the strings SageMaker's Triton front end checks):
+    507 with Triton's message, instead of 424."""
+    with pytest.raises(ClientError) as err:
+        invoke(serving, "oom.tar.gz", "X", np.array([1.0, 2.0], dtype=np.float32))
+    error, meta = err.value.response["Error"], err.value.response["ResponseMetadata"]
+    assert (meta["HTTPStatusCode"], error["Code"]) == (507, "InsufficientStorage"), error
+    assert "Model oom cannot be loaded" in error["Message"] and "failed to allocate memory" in error["Message"]

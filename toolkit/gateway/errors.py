@@ -148,6 +148,13 @@ class StoppingError(UpstreamError):
         super().__init__("the gateway is stopping")
 
 
+# What SageMaker's Triton front end (sagemaker_server.cc, SageMakerMMECheckOOMError) reads as "out of memory" in a
+# failed load's message, answering 507 instead of 400: the same load failure means the same thing to a client here.
+_OOM = re.compile(
+    r"CUDA out of memory|CUDA_OUT_OF_MEMORY|[Oo]ut of memory|Out Of Memory|MemoryError|OutOfMemory|\bOOM\b"
+    r"|tensor is not initialized|CNMEM_STATUS_OUT_OF_MEMORY|CUDNN_STATUS_NOT_INITIALIZED|CUBLAS_STATUS_ALLOC_FAILED"
+    r"|CUBLAS_STATUS_NOT_INITIALIZED|[Ff]ailed to allocate memory|No space left on device"
+)
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s'\"/:,;)]+){2,}/?")
 
 
@@ -172,7 +179,8 @@ def to_gateway_error(exc: BaseException, *, sagemaker: bool = False, timeout_s: 
         return ServiceUnavailableError("The gateway is stopping; retry.")
     if isinstance(exc, (TritonDownError, TritonUnavailableError)):
         return ServiceUnavailableError(str(exc))
-    if isinstance(exc, InsufficientMemoryError):
+    if isinstance(exc, InsufficientMemoryError) or (isinstance(exc, ModelLoadError) and _OOM.search(exc.reason)):
+        log.warning("model %s cannot be loaded: %s", exc.model, exc.reason)
         return InsufficientStorageError(f"Model {exc.model} cannot be loaded: {public_reason(exc.reason)}")
     if isinstance(exc, ModelLoadError):  # the whole reason (paths, tracebacks) is for the operator's log only
         log.warning("model %s failed to load: %s", exc.model, exc.reason)
