@@ -213,8 +213,8 @@ def test_tritonclient_http_and_grpc_reach_the_adapted_models(serving: Any) -> No
 @pytest.mark.parametrize(
     ("target", "says"),
     [
-        ("engine.tar.gz", "backend tensorrt (platform tensorrt_plan) cannot run on this Triton"),
-        ("torch.tar.gz", "needs torch, and torch is not installed"),
+        ("engine.tar.gz", "backend tensorrt (platform tensorrt_plan) cannot run on this python-only Triton; export"),
+        ("torch.tar.gz", "needs torch, and torch is not installed: pip install torch, or export the model to ONNX"),
     ],
 )
 def test_backends_that_cannot_run_here_are_refused_in_one_line(serving: Any, target: str, says: str) -> None:
@@ -223,6 +223,7 @@ def test_backends_that_cannot_run_here_are_refused_in_one_line(serving: Any, tar
     error, meta = err.value.response["Error"], err.value.response["ResponseMetadata"]
     assert (meta["HTTPStatusCode"], error["Code"]) == (424, "ModelError")
     assert f"artifact '{target}'" in error["Message"] and says in error["Message"] and "\n" not in error["Message"]
+    assert error["Message"].endswith(("Triton container", "to ONNX"))  # what to change, not cut off
 
 
 def _resident(serving: Any, name: str) -> bool:

@@ -97,10 +97,9 @@ def _refuse_unless_runnable(cfg: mc.ModelConfig, backend: str, label: str) -> No
     """One line for a backend the embedded Triton cannot run, nor the adapter stand in for."""
     if backend not in ADAPTABLE:
         what = _shown(cfg, backend) if backend else "no backend, platform or known model file"
-        raise LayoutError(
-            f"{label}: {what} cannot run on this Triton (python backend only; ONNX and TorchScript models are "
-            'adapted); export the model to ONNX (platform: "onnxruntime_onnx", <version>/model.onnx) or serve '
-            "this artifact on the NGC/SageMaker Triton container"
+        raise LayoutError(  # short: the gateway shows a failed load's first 300 characters
+            f"{label}: {what} cannot run on this python-only Triton; export the model to ONNX (platform: "
+            '"onnxruntime_onnx", 1/model.onnx) or serve it on the NGC/SageMaker Triton container'
         )
     if backend == "pytorch" and importlib.util.find_spec("torch") is None:
         raise LayoutError(
