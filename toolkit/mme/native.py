@@ -192,33 +192,43 @@ def to_python(cfg: mc.ModelConfig, framework: str, artifact: str) -> None:
         params["tritonctl.threads"].string_value = threads
 
 
-def _parse(text: str, label: str) -> mc.ModelConfig:
-    cfg = mc.ModelConfig()
+def _parse(text: str, label: str) -> tuple[mc.ModelConfig | None, mc.ModelConfig]:
+    """The config's strict parse (None when this protobuf does not read all of it) and a parse to decide with (the
+    strict one when there is one: a single parse on the common path, since text_format costs ~5 ms a config)."""
+    strict = mc.ModelConfig()
     try:
-        text_format.Parse(text, cfg)
-    except text_format.ParseError as exc:
-        raise LayoutError(
-            f"{label}: {CONFIG} cannot be adapted to the python backend, because this Triton's protobuf does not read "
-            f"all of it ({exc}); remove what it does not know"
-        ) from None
-    return cfg
+        text_format.Parse(text, strict)
+        return strict, strict
+    except text_format.ParseError:
+        lenient = mc.ModelConfig()
+        try:
+            text_format.Parse(text, lenient, allow_unknown_field=True)
+        except text_format.ParseError as exc:
+            raise LayoutError(f"{label}: {CONFIG} is not a Triton model configuration ({exc}); fix it") from None
+        return None, lenient
 
 
-def adapt_native(model_dir: Path, label: str) -> str | None:
+def adapt_native(model_dir: Path, label: str, name: str | None = None) -> str | None:
     """Make the fresh local copy ``model_dir`` run on the embedded Triton: a native ONNX/TorchScript model is
-    rewritten to the python adapter (returns the backend it had); python models and ensembles are left alone
-    (None); any other backend is refused (``LayoutError``, one line naming ``label`` and the backend)."""
-    path = model_dir / CONFIG
-    text = path.read_text(encoding="utf-8")  # adopt_name has read (and checked) it just before
+    rewritten to the python adapter, named ``name`` when given (returns the backend it had); python models and
+    ensembles are left alone (None: ``layout.adopt_name`` renames them); any other backend is refused
+    (``LayoutError``, one line naming ``label`` and the backend)."""
+    try:
+        text = (model_dir / CONFIG).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LayoutError(f"{label}: cannot read {CONFIG} ({exc}); it must be UTF-8 text") from None
     if 'backend: "python"' in text or 'platform: "ensemble"' in text:  # the common case, without a parse
         return None
-    lenient = mc.ModelConfig()
-    text_format.Parse(text, lenient, allow_unknown_field=True)
-    backend = backend_of(lenient, model_dir)
+    cfg, seen = _parse(text, label)
+    backend = backend_of(seen, model_dir)
     if backend in AS_IS:
         return None
-    _refuse_unless_runnable(lenient, backend, label)
-    cfg = _parse(text, label)
+    _refuse_unless_runnable(seen, backend, label)
+    if cfg is None:
+        raise LayoutError(
+            f"{label}: {CONFIG} cannot be adapted to the python backend, because this Triton's protobuf does not read "
+            "all of it; remove what it does not know"
+        )
     framework, default = ADAPTABLE[backend]
     artifact = _model_file(cfg, model_dir, default, label)
     if not cfg.input or not cfg.output:
@@ -226,6 +236,8 @@ def adapt_native(model_dir: Path, label: str) -> str | None:
             raise LayoutError(f"{label}: {CONFIG} declares no inputs or outputs; declare them (name, data_type, dims)")
         complete_from_onnx(cfg, _first_model(model_dir, cfg, artifact), "max_batch_size" in text)
     to_python(cfg, framework, artifact)
+    if name is not None and cfg.name:  # a config that names nothing takes the folder's name in Triton
+        cfg.name = name
     for version in _versions(model_dir).values():
         if (version / ADAPTER_FILE).exists():
             raise LayoutError(f"{label}: {version.name}/{ADAPTER_FILE} exists beside a native model; remove it")

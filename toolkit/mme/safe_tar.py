@@ -74,14 +74,14 @@ def artifact_path(name: str) -> str:
 
 
 def adopt_config_name(model_dir: Path, name: str, label: str) -> str | None:
-    """Make the fresh local copy servable here: ``toolkit.mme.layout.adopt_name`` (its config takes the TargetModel's
-    name), then ``toolkit.mme.native.adapt_native`` (a native ONNX/TorchScript model runs on the python adapter; a
-    backend this Triton lacks is refused). Raised as ``ArtifactError``; returns the name the config had when it was
-    rewritten."""
+    """Make the fresh local copy servable here: ``toolkit.mme.native.adapt_native`` (a native ONNX/TorchScript model
+    runs on the python adapter, its config renamed in the same rewrite; a backend this Triton lacks is refused), else
+    ``toolkit.mme.layout.adopt_name`` (the config takes the TargetModel's name). Raised as ``ArtifactError``; returns
+    the name the config had when ``adopt_name`` rewrote it."""
     try:
-        old = adopt_name(model_dir, name, label)
-        adapt_native(model_dir, label)
-        return old
+        if adapt_native(model_dir, label, name) is not None:  # adapted and renamed in one rewrite
+            return None
+        return adopt_name(model_dir, name, label)
     except LayoutError as exc:
         raise ArtifactError(str(exc)) from None
 
