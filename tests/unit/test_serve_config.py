@@ -185,3 +185,22 @@ def test_flag_endpoints_join_the_manifest_and_disabled_cache_needs_the_manager(t
     with pytest.raises(ServeError, match="endpoint once: model_cache_setting Disabled needs the MME manager"):
         _flag_endpoints(external, [uncached])
     assert _flag_endpoints(ServeConfig(repository="r"), [uncached]) == []
+
+
+def test_model_cache_setting_is_validated_in_the_manifest_with_its_line(tmp_path: Path) -> None:
+    from toolkit.spec import load_manifest
+
+    head = "models:\n  - {name: m, framework: python, inputs: [{name: X, dtype: FP32, dims: [2]}],\n"
+    head += "     outputs: [{name: Y, dtype: FP32, dims: [2]}]}\nendpoints:\n"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(head + "  - {name: e, mode: multi-model, models: [m], model_cache_setting: Disabled}\n")
+    assert load_manifest(ok).endpoints[0].model_cache_setting == "Disabled"
+    for line, why in (
+        ("  - {name: e, mode: single, model: m, model_cache_setting: Disabled}\n", "a multi-model endpoint setting"),
+        ("  - {name: e, mode: multi-model, models: [m], model_cache_setting: disabled}\n", "'Enabled' or 'Disabled'"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(head + line)
+        with pytest.raises(ManifestError) as err:
+            load_manifest(bad)
+        assert "bad.yaml:5: endpoints[0]" in str(err.value) and why in str(err.value), str(err.value)
