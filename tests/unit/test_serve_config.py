@@ -204,3 +204,24 @@ def test_model_cache_setting_is_validated_in_the_manifest_with_its_line(tmp_path
         with pytest.raises(ManifestError) as err:
             load_manifest(bad)
         assert "bad.yaml:5: endpoints[0]" in str(err.value) and why in str(err.value), str(err.value)
+
+
+def test_serve_flags_reach_the_config_and_refusals_are_one_line() -> None:
+    """``tritonctl serve --endpoint/--model-cache-setting/--load-wait``: wired to ``ServeConfig`` (a bad combination is
+    the config's one-line refusal, exit 1, before anything starts)."""
+    from typer.testing import CliRunner
+
+    from toolkit.cli.main import app
+
+    for args, why in (
+        (
+            ["repo", "--model-cache-setting", "Disabled"],
+            "--model-cache-setting applies to the endpoint --endpoint NAME",
+        ),
+        (["repo", "--endpoint", "mme"], "--endpoint NAME serves a multi-model endpoint over --store"),
+        (["repo", "--load-wait", "0"], "--load-wait must be a positive number of seconds"),
+    ):
+        result = CliRunner().invoke(app, ["serve", *args])
+        assert result.exit_code == 1 and why in result.output and len(result.output.strip().splitlines()) == 1, (
+            result.output
+        )
