@@ -2,10 +2,10 @@
 mode creates objects of the right shape, plan only reads, unchanged tarballs are not uploaded again, a changed
 manifest makes a new config, delete leaves nothing.
 
-moto's limits, and what is therefore not tested here: moto has no UpdateEndpoint (HTTP 500 "not implemented"), so a
-re-deploy is followed up to the new endpoint config and the failing update; the clean-up after a successful update is
-tested on the planner (tests/unit/test_deploy_plan.py). moto's CreateModel drops ``InferenceExecutionConfig``, so the
-Direct mode is checked on the request we send. moto reports every endpoint InService at once and accepts any role.
+moto's limits: moto has no UpdateEndpoint (HTTP 500 "not implemented"); the tests add it to moto's server
+(conftest's ``_moto_update_endpoint``: the endpoint moves to the new config), so a re-deploy runs end to end.
+moto's CreateModel drops ``InferenceExecutionConfig``, so the Direct mode is checked on the request we send. moto
+reports every endpoint InService at once and accepts any role.
 """
 
 from __future__ import annotations
@@ -160,15 +160,20 @@ def test_redeploy_unchanged_then_changed(tmp_path: Path, manifest: Path, bucket:
         assert ops[:3] == ["create_endpoint_config", "deregister_scalable_target", "update_endpoint"]
         assert ops[-1] == "delete_endpoint_config"  # the old config, once the endpoint moved
         old = first.prepared.desired.config_name
-        with pytest.raises(DeployError, match=r"update_endpoint mce: 500") as info:
-            _deploy(changed, "mce", s3_endpoint)  # moto: UpdateEndpoint is not implemented
-        assert "\n" not in str(info.value)
+        _deploy(changed, "mce", s3_endpoint)  # UpdateEndpoint (added to moto's server: conftest), then clean-up
         sm = _sm(s3_endpoint)
-        assert sm.describe_endpoint(EndpointName="mce")["EndpointConfigName"] == old  # still on the old config
         new = planned.prepared.desired.config_name
+        assert new != old
+        assert sm.describe_endpoint(EndpointName="mce")["EndpointConfigName"] == new  # the endpoint moved
         assert sm.describe_endpoint_config(EndpointConfigName=new)["ProductionVariants"][0]["InstanceType"] == (
             "ml.c5.xlarge"
         )
+        configs = [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]]
+        assert old not in configs and new in configs  # the old config is cleaned up once the endpoint moved
+        scaling = boto3.client("application-autoscaling", endpoint_url=s3_endpoint, region_name="us-east-1")
+        targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+        assert [t["ResourceId"] for t in targets if t["ResourceId"].startswith("endpoint/mce/")]  # registered again
+        assert api.plan(changed, "mce", endpoint_url=s3_endpoint).calls == []  # and now nothing is left to do
     finally:
         _cleanup("mce", s3_endpoint)
 

@@ -34,6 +34,15 @@ def serve_command(
     max_concurrent_loads: int | None = typer.Option(
         None, "--max-concurrent-loads", help="MME: Triton loads at once, first come first served (default: CPUs, <= 4)"
     ),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="a SageMaker multi-model endpoint NAME over --store (no manifest needed)"
+    ),
+    model_cache_setting: str = typer.Option(
+        "Enabled", "--model-cache-setting", help="--endpoint's ModelCacheSetting: Disabled unloads after each call"
+    ),
+    load_wait_s: float = typer.Option(
+        30.0, "--load-wait", help="seconds a request waits for its cold model, then 429 ModelNotReadyException"
+    ),
     auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="address the gateway binds to (Triton's with --no-gateway; admin stays loopback)"
@@ -64,6 +73,9 @@ def serve_command(
         gpu_memory_fraction=gpu_memory_fraction,
         policy=policy,
         max_concurrent_loads=max_concurrent_loads,
+        endpoint=endpoint,
+        model_cache_setting=model_cache_setting,
+        load_wait_s=load_wait_s,
         auth=auth,
         host=host,
         drain_s=drain_s,

@@ -41,6 +41,7 @@ from toolkit.mme.errors import (
 )
 from toolkit.mme.footprint import DEFAULT_GPU_MODEL_BYTES, declared_bytes, declared_gpu_bytes, stub_rss
 from toolkit.mme.gpu import GpuMeter, GpuWindow
+from toolkit.mme.layout import STEPS_DIR
 from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.phases import run_collecting
 from toolkit.mme.policies import EvictionPolicy
@@ -175,6 +176,7 @@ class Loader:
             if not (model_dir / "config.pbtxt").is_file():
                 await self._fetch(e, clock)
             await self._refuse_hopeless(e, model_dir)
+            await self._install_steps(model_dir)
             e.composing = composing_models(model_dir)  # one small local file: cheaper than a thread hop
             for dep in e.composing:  # an ensemble pins its composing models while it is loaded
                 d = await self._acquire(dep, self._load_timeout)
@@ -256,6 +258,18 @@ class Loader:
             return seconds, window
         finally:
             release()
+
+    async def _install_steps(self, model_dir: Path) -> None:
+        """An ensemble bundle's models (``layout.STEPS_DIR``, what ``deploy`` packs with an ensemble) go into the
+        repository under their folder names, as SageMaker's front end registers them, so the ensemble's steps load
+        (and are pinned) like any model; a model of that name already loaded, or on its way, is left as it is."""
+        steps = model_dir / STEPS_DIR
+        if not steps.is_dir():
+            return
+        for step in sorted(p for p in steps.iterdir() if p.is_dir()):
+            d = self._res.get(step.name)
+            if d is None or d.state not in (State.READY, State.LOADING, State.UNLOADING):
+                await asyncio.to_thread(link_tree, step, self.repository / step.name, self.staging)
 
     async def _triton_load(self, e: Entry, meter: GpuMeter | None) -> float:
         """Triton's load of ``e``, in seconds; a load past the timeout marks ``e`` hung since it began. The call's

@@ -290,7 +290,7 @@ class AsyncTritonClient:
         try:
             status, body = await asyncio.wait_for(self._exchange(self._session, call), limit)
         except asyncio.TimeoutError:  # before OSError: on Python >= 3.11 it is the builtin TimeoutError, an OSError
-            raise TritonTimeoutError(f"Triton {call.what} took longer than {limit:.0f} s") from None
+            raise TritonTimeoutError(f"Triton {call.what} took longer than {limit:g} s") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _unreachable(self.endpoint, exc) from None
         return _answer(self.endpoint, call, status, body)
@@ -309,7 +309,7 @@ class AsyncTritonClient:
         except InferenceServerException as exc:
             status, message = str(exc.status() or ""), exc.message() or str(exc)
         if status == "StatusCode.DEADLINE_EXCEEDED":
-            raise TritonTimeoutError(f"Triton {call.what} took longer than {limit:.0f} s") from None
+            raise TritonTimeoutError(f"Triton {call.what} took longer than {limit:g} s") from None
         if status != "StatusCode.UNAVAILABLE":
             raise _rejected(self.endpoint, message)
         if not self._warned:  # the gRPC port is not there (or Triton is down: then HTTP fails too, as it should)
