@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
-
 from toolkit.mme._eviction import Evictor
+from toolkit.mme._files import composing_models, link_tree, staging_dir
 from toolkit.mme._gate import LoadGate
 from toolkit.mme._preflight import never_loads
 from toolkit.mme._residency import Entry, Residency, State
@@ -45,51 +41,10 @@ from toolkit.mme.layout import STEPS_DIR
 from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.phases import run_collecting
 from toolkit.mme.policies import EvictionPolicy
-from toolkit.mme.safe_tar import TMP_PREFIX, ArtifactError, ArtifactNotFoundError, install_dir
+from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, install_dir
 from toolkit.mme.stores import ArtifactStore
 
 log = logging.getLogger("toolkit.mme.manager")  # the public module's logger: existing log filters keep working
-
-
-def staging_dir(repository: Path) -> Path:
-    """Where fetched models are assembled before an atomic rename into the repository: beside it (same filesystem),
-    never inside it, since Triton's repository index fails when it lists a temporary entry that then vanishes."""
-    return repository.parent / f".{repository.name}.tritonctl-staging"
-
-
-def link_tree(src: Path, dst: Path, scratch: Path) -> None:
-    """Put a copy of ``src`` at ``dst`` using hard links (cheap; the cache may delete its copy independently)."""
-    tmp = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{TMP_PREFIX}{dst.name}-"))
-    try:
-        for dirpath, _dirs, files in os.walk(src):
-            rel = Path(dirpath).relative_to(src)
-            (tmp / rel).mkdir(parents=True, exist_ok=True)
-            for f in files:
-                try:
-                    os.link(Path(dirpath) / f, tmp / rel / f)
-                except OSError:
-                    shutil.copy2(Path(dirpath) / f, tmp / rel / f)
-        install_dir(tmp, dst, scratch=scratch)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def composing_models(model_dir: Path) -> list[str]:
-    """Models an ensemble's steps use (empty for a non-ensemble); read from config.pbtxt."""
-    try:
-        text = (model_dir / "config.pbtxt").read_text()
-    except OSError:
-        return []
-    if "ensemble" not in text:
-        return []
-    cfg = mc.ModelConfig()
-    try:
-        text_format.Parse(text, cfg, allow_unknown_field=True)
-    except text_format.ParseError:
-        return []
-    if cfg.platform != "ensemble":
-        return []
-    return list(dict.fromkeys(step.model_name for step in cfg.ensemble_scheduling.step))
 
 
 class Loader:
