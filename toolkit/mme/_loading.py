@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.mme._eviction import Evictor
 from toolkit.mme._preflight import never_loads
@@ -45,6 +44,7 @@ from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.policies import EvictionPolicy
 from toolkit.mme.safe_tar import TMP_PREFIX, ArtifactError, ArtifactNotFoundError, install_dir
 from toolkit.mme.stores import ArtifactStore
+from toolkit.repository.protos import model_config_pb2 as mc
 
 log = logging.getLogger("toolkit.mme.manager")  # the public module's logger: existing log filters keep working
 
