@@ -37,7 +37,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -171,9 +171,14 @@ class TritonAdmin:
     share between threads.
     """
 
-    def __init__(self, endpoint: TritonEndpoint, timeout: float = 60.0) -> None:
+    def __init__(
+        self, endpoint: TritonEndpoint, timeout: float = 60.0, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        # sent with every call: the credentials of a tritonctl gateway with principals (``X-Api-Key``), which answers
+        # the same API as Triton, so the CLI can point here at either
+        self.headers = dict(headers or {})
 
     def close(self) -> None:
         """Nothing stays open between calls; kept so that callers can release a client without knowing that."""
@@ -182,7 +187,8 @@ class TritonAdmin:
         try:
             conn = http.client.HTTPConnection(self.endpoint.http, timeout=self.timeout)
             try:
-                conn.request(call.method, call.path, body=call.body if call.method == "POST" else None)
+                body = call.body if call.method == "POST" else None
+                conn.request(call.method, call.path, body=body, headers=self.headers)
                 response = conn.getresponse()
                 return response.status, response.read()
             finally:
