@@ -189,3 +189,17 @@ def test_models_load_and_mme_load_say_how_they_differ() -> None:
     mme = runner.invoke(app, ["mme", "load", "--help"]).output
     assert "tritonctl mme load" in " ".join(models.split())
     assert "tritonctl models load" in " ".join(mme.split())
+
+
+def test_metrics_json_is_strict_json_even_for_nan() -> None:
+    """Prometheus has NaN and +Inf, JSON has not: they come out as Prometheus spells them, and strict parsers agree."""
+    from toolkit.cli.main import _samples
+
+    text = '# HELP up x\n# TYPE up gauge\nup{job="a b"} 1\nratio NaN\nlat_bucket{le="+Inf"} +Inf\n'
+    got = _samples(text)
+    assert got == [
+        {"name": "up", "labels": {"job": "a b"}, "value": 1.0},
+        {"name": "ratio", "labels": {}, "value": "NaN"},
+        {"name": "lat_bucket", "labels": {"le": "+Inf"}, "value": "+Inf"},
+    ]
+    json.dumps(got, allow_nan=False)

@@ -218,11 +218,15 @@ def metrics(
 
 
 def _samples(text: str) -> list[dict[str, object]]:
-    """Prometheus text as data, read by prometheus_client's own parser (not a regex of ours)."""
+    """Prometheus text as data, read by prometheus_client's own parser (not a regex of ours). NaN and infinities,
+    which JSON has no numbers for, are written as Prometheus spells them ("NaN", "+Inf", "-Inf")."""
+    import math
+
     from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.utils import floatToGoString
 
     return [
-        {"name": s.name, "labels": s.labels, "value": s.value}
+        {"name": s.name, "labels": s.labels, "value": s.value if math.isfinite(s.value) else floatToGoString(s.value)}
         for family in text_string_to_metric_families(text)
         for s in family.samples
     ]
