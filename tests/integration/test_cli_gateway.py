@@ -108,8 +108,13 @@ def test_without_credentials_a_secured_gateway_says_so(
     gateways: tuple[GatewayAddresses, GatewayAddresses], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TRITONCTL_API_KEY", raising=False)
-    code, _, err = run("models", "list", "--url", gateways[1].http_url)
-    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and "API key" in err, err
+    for args in (("models", "list"), ("status",), ("models", "ready", "digits_mlp")):
+        code, out, err = run(*args, "--url", gateways[1].http_url)
+        assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, (args, err)
+        assert "Missing Authentication Token" in err and "--api-key or $TRITONCTL_API_KEY" in err, (args, err)
+        assert "NOT READY" not in out  # a refusal is not an answer about the model
+    code, _, err = run("models", "list", "--url", gateways[1].http_url, "--api-key", "wrong")
+    assert code == 1 and "API key" in err and "--api-key" in err, err
     monkeypatch.setenv("TRITONCTL_API_KEY", "team-key")  # the variable works as the flag does
     code, out, err = run("models", "list", "--url", gateways[1].http_url)
     assert code == 0 and "digits_mlp" in out, err

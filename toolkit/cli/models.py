@@ -12,7 +12,8 @@ is evicted. ``tritonctl mme load`` is the multi-model endpoint's: it fetches the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import typer
@@ -45,6 +46,9 @@ ADMIN_NEEDED = (
 )
 
 
+KEY_NEEDED = "a gateway with principals: pass a key with --api-key or $TRITONCTL_API_KEY"
+
+
 def _admin(url: str | None, api_key: str | None, timeout: float = 60.0) -> TritonAdmin:
     from toolkit.server import TritonAdmin
 
@@ -56,9 +60,10 @@ def status(url: str | None = URL_OPTION, api_key: str | None = API_KEY_OPTION, a
     admin = _admin(url, api_key, timeout=5)
     if not admin.live():
         fail(f"Triton at {admin.endpoint.http} is not reachable ({UNREACHABLE_HINT})")
-    meta = admin.server_metadata()
-    ready = admin.ready()
-    loaded = admin.loaded()
+    with _gateway_hints():
+        meta = admin.server_metadata()
+        ready = admin.ready()
+        loaded = admin.loaded()
     if as_json:
         doc = {"url": admin.endpoint.http_url, "server": meta.get("name"), "version": meta.get("version")}
         echo_json({**doc, "live": True, "ready": ready, "loaded": loaded})
@@ -74,7 +79,8 @@ def models_list(
     url: str | None = URL_OPTION, api_key: str | None = API_KEY_OPTION, as_json: bool = JSON_OPTION
 ) -> None:
     """Every model in the repository with its state (through a gateway: those the caller may invoke)."""
-    index = _admin(url, api_key, timeout=10).index()
+    with _gateway_hints():
+        index = _admin(url, api_key, timeout=10).index()
     if as_json:
         echo_json(index)
         return
@@ -83,13 +89,18 @@ def models_list(
         typer.echo(f"{m['name']:<32} {m.get('version', '') or '-':<4} {m.get('state', 'UNAVAILABLE')}{reason}")
 
 
-def _admin_call(call: Callable[[str], None], name: str) -> None:
-    """Run one load/unload; a gateway's admin refusal becomes what to do about it."""
+@contextmanager
+def _gateway_hints() -> Iterator[None]:
+    """A gateway's refusals, with what to do about them: its own messages are SageMaker's and IAM's, which name
+    neither the flag that carries a key nor the admin port."""
     try:
-        call(name)
+        yield
     except InferenceError as exc:
-        if "tritonctl:Admin" in str(exc):
-            fail(f"{exc}: {ADMIN_NEEDED}")
+        msg = str(exc)
+        if "tritonctl:Admin" in msg:
+            fail(f"{msg}: {ADMIN_NEEDED}")
+        if "Authentication Token" in msg or "API key" in msg:
+            fail(f"{msg} ({KEY_NEEDED})")
         raise
 
 
@@ -104,7 +115,8 @@ def models_load(
     first (a multi-model endpoint), use `tritonctl mme load`."""
     admin = _admin(url, api_key)
     for name in names:
-        _admin_call(admin.load, name)
+        with _gateway_hints():
+            admin.load(name)
         typer.echo(f"{name}: READY")
 
 
@@ -118,7 +130,8 @@ def models_unload(
     """Unload models (Triton's repository API; returns once Triton has accepted the unload)."""
     admin = _admin(url, api_key)
     for name in names:
-        _admin_call(admin.unload, name)
+        with _gateway_hints():
+            admin.unload(name)
         typer.echo(f"{name}: unloaded")
 
 
@@ -128,7 +141,8 @@ def models_ready(
     name: str, url: str | None = URL_OPTION, api_key: str | None = API_KEY_OPTION, as_json: bool = JSON_OPTION
 ) -> None:
     """Exit 0 when the model is ready, 1 otherwise."""
-    ready = _admin(url, api_key, timeout=10).model_ready(name)
+    with _gateway_hints():
+        ready = _admin(url, api_key, timeout=10).model_ready(name)
     if as_json:
         echo_json({"model": name, "ready": ready})
     else:

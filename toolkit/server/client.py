@@ -230,7 +230,13 @@ class TritonAdmin:
         self._json(unload_call(name, unload_dependents))
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        return self._status_ok(_model_path(name, version) + "/ready")
+        """Whether Triton serves the model now. A refusal (401/403, which only a gateway in front of Triton
+        answers) raises with its message: it says nothing about the model, and is not a "no"."""
+        call = Call("model ready", "GET", _model_path(name, version) + "/ready")
+        status, body = self._send(call)
+        if status in (401, 403):
+            raise _rejected(self.endpoint, error_text(body))
+        return status == 200
 
     def metadata(self, name: str) -> dict[str, Any]:
         return self._get(_model_path(name))
