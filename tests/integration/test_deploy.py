@@ -268,6 +268,10 @@ def test_cli_plan_status_delete(manifest: Path, s3_endpoint: str) -> None:
     assert [v["name"] for v in doc["variants"]] == ["AllTraffic"] and doc["config"].startswith("mce-")
     result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", "--dry-run", *url])
     assert "delete_endpoint(EndpointName='mce')" in result.output
+    result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", "--dry-run", "--json", *url])
+    dry = json.loads(result.stdout)
+    deletes = [c["params"] for c in dry["calls"] if c["operation"] == "delete_endpoint"]
+    assert dry["dry_run"] is True and deletes == [{"EndpointName": "mce"}]
     result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", *url])
     assert result.exit_code == 0
     assert "nothing to delete" in runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", *url]).output

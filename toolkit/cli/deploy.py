@@ -132,20 +132,26 @@ def delete_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the calls, make none"),
     region: str | None = REGION_OPT,
     endpoint_url: str | None = ENDPOINT_URL_OPT,
+    as_json: bool = typer.Option(False, "--json", help="the calls as JSON on stdout (progress on stderr)"),
 ) -> None:
     """Delete the endpoint, its endpoint configs, models and scaling (S3 kept unless --purge-s3)."""
     from toolkit.deploy.api import delete
 
+    def progress(line: str) -> None:
+        typer.echo(line, err=as_json)  # with --json, stdout carries the document only
+
     calls = delete(
         endpoint,
-        typer.echo,
+        progress,
         manifest=manifest,
         purge_s3=purge_s3,
         region=region,
         endpoint_url=endpoint_url,
         dry_run=dry_run,
     )
-    if dry_run:
+    if as_json:
+        echo_json({"endpoint": endpoint, "dry_run": dry_run, "calls": [_call_doc(c) for c in calls]})
+    elif dry_run:
         for i, call in enumerate(calls, 1):
             typer.echo(f"  {i}. {call}")
 
