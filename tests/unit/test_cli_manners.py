@@ -203,3 +203,28 @@ def test_metrics_json_is_strict_json_even_for_nan() -> None:
         {"name": "lat_bucket", "labels": {"le": "+Inf"}, "value": "+Inf"},
     ]
     json.dumps(got, allow_nan=False)
+
+
+# Commands without --json, and why: they print no data a script would parse.
+NO_JSON = {
+    "schema": "its output is a JSON document already",
+    "serve": "runs until stopped; prints addresses and progress",
+    "graph": "prints a drawing (Mermaid text) or writes a file",
+    "loadtest": "writes its report files (report.json among them)",
+    "models load": "an action: prints what it did",
+    "models unload": "an action",
+    "mme load": "an action, with a progress bar",
+    "mme unload": "an action",
+    "deploy sagemaker": "an action: prints AWS progress",
+}
+
+
+def test_every_command_that_prints_data_has_json() -> None:
+    leaves = {" ".join(p): cmd for p, cmd in COMMANDS if p and not hasattr(cmd, "commands")}
+    assert set(NO_JSON) <= set(leaves), set(NO_JSON) - set(leaves)  # the list names real commands
+    missing = [name for name, cmd in leaves.items() if name not in NO_JSON and not _has_flag(cmd, "--json")]
+    assert missing == []
+
+
+def _has_flag(cmd: Any, flag: str) -> bool:
+    return any(flag in getattr(p, "opts", ()) for p in cmd.params)
