@@ -228,3 +228,11 @@ def test_every_command_that_prints_data_has_json() -> None:
 
 def _has_flag(cmd: Any, flag: str) -> bool:
     return any(flag in getattr(p, "opts", ()) for p in cmd.params)
+
+
+def test_metrics_with_no_gateway_listening_names_the_flag() -> None:
+    r = runner.invoke(app, ["metrics", "--gateway", "127.0.0.1:9", "--url", "http://127.0.0.1:9"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: gateway metrics at http://127.0.0.1:9 unreachable") and "--gateway" in r.stderr
+    r = runner.invoke(app, ["metrics", "--url", "http://127.0.0.1:9"])  # Triton's own metrics: the usual hint
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "127.0.0.1:11" in r.stderr, r.stderr

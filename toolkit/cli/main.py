@@ -194,7 +194,7 @@ def metrics(
             with urllib.request.urlopen(req, timeout=10) as r:
                 text = r.read().decode()
         except OSError as exc:
-            fail(f"gateway metrics at {gw} unreachable: {exc}")
+            fail(f"gateway metrics at {gw} unreachable: {exc} (is tritonctl serve running there? set --gateway)")
     text += TritonAdmin(endpoint_from(url, metrics_url=metrics_url), timeout=10).metrics_text()
     keep = (
         "tritonctl_",
