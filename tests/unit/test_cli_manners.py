@@ -105,6 +105,9 @@ def test_help_at_80_columns_shows_every_flag_whole(path: tuple[str, ...], monkey
         if param.param_type_name == "option" and not param.hidden:
             for flag in (*param.opts, *param.secondary_opts):
                 assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", r.output), (flag, r.output)
+    # each subcommand's one-line description is whole (click cuts a long first sentence with "...")
+    listed = r.output.partition("\nCommands:\n")[2]
+    assert not [ln for ln in listed.splitlines() if ln.endswith("...")], listed
     # help text is wrapped in a column at least 40 characters wide (rich's table once left ~19 at 80 columns)
     indents = [len(ln) - len(ln.lstrip()) for ln in lines if ln.strip()]
     assert max(indents) <= 40, r.output

@@ -57,7 +57,7 @@ def _print_plan(planned: object, as_json: bool = False) -> None:
         typer.echo(f"  {i}. {call}")
 
 
-@deploy_app.command("plan")
+@deploy_app.command("plan", short_help="Print the AWS calls `deploy sagemaker` would make.")
 @friendly
 def plan_cmd(
     manifest: Path = MANIFEST_ARG,
@@ -75,7 +75,7 @@ def plan_cmd(
     _print_plan(planned, as_json)
 
 
-@deploy_app.command("sagemaker")
+@deploy_app.command("sagemaker", short_help="Deploy one manifest endpoint to SageMaker.")
 @friendly
 def sagemaker_cmd(
     manifest: Path = MANIFEST_ARG,
@@ -102,7 +102,7 @@ def sagemaker_cmd(
     typer.echo(f"{endpoint}: deployed")
 
 
-@deploy_app.command("status")
+@deploy_app.command("status", short_help="The endpoint's status, variants and scaling.")
 @friendly
 def status_cmd(
     endpoint: str = ENDPOINT_OPT,
@@ -123,7 +123,7 @@ def status_cmd(
         typer.echo(line)
 
 
-@deploy_app.command("delete")
+@deploy_app.command("delete", short_help="Delete the endpoint and what deploy made for it.")
 @friendly
 def delete_cmd(
     endpoint: str = ENDPOINT_OPT,
@@ -156,7 +156,7 @@ def delete_cmd(
             typer.echo(f"  {i}. {call}")
 
 
-@deploy_app.command("build")
+@deploy_app.command("build", short_help="Write the endpoint's tarballs; upload nothing.")
 @friendly
 def build_cmd(
     manifest: Path = MANIFEST_ARG,

@@ -35,7 +35,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.add_typer(models_app, name="models")
+app.add_typer(models_app, name="models", short_help="Triton's repository API: list, load, unload, ready.")
 
 
 def _print_version(value: bool) -> None:
@@ -73,7 +73,7 @@ def schema() -> None:
     typer.echo(manifest_json_schema())
 
 
-@app.command()
+@app.command(short_help="Write a Triton model repository from the manifest.")
 @friendly
 def generate(
     manifest: Path = typer.Argument(Path("tritonctl.yaml"), help="the manifest"),
@@ -100,7 +100,7 @@ def generate(
     typer.echo(f"{output}: {report.summary()}")
 
 
-@app.command()
+@app.command(short_help="Check a repository offline for what Triton would reject.")
 @friendly
 def validate(
     repository: Path = typer.Argument(Path("model_repository"), help="model repository directory"),
@@ -126,7 +126,7 @@ def validate(
     typer.echo(f"{repository}: ok ({len(findings)} warnings)")
 
 
-@app.command()
+@app.command(short_help="Run one inference (KServe v2, or SageMaker with --sagemaker).")
 @friendly
 def invoke(
     model: str,
@@ -169,7 +169,7 @@ def invoke(
     typer.echo(format_outputs(out, as_json))
 
 
-@app.command()
+@app.command(short_help="Prometheus metrics of Triton (and the gateway with --gateway).")
 @friendly
 def metrics(
     url: str | None = URL_OPTION,
@@ -240,16 +240,25 @@ def _register_subcommands() -> None:
     from toolkit.cli.mme import mme_app
     from toolkit.cli.serve import serve_command
 
-    app.command("status")(friendly(status))
-    app.command("serve", help="Serve a repository: embedded (or external) Triton behind the gateway.")(
-        friendly(serve_command)
+    app.command("status", short_help="Server health, version and loaded models.")(friendly(status))
+    app.command(
+        "serve",
+        short_help="Serve models: Triton behind the gateway, until Ctrl-C.",
+        help="Serve a repository: embedded (or external) Triton behind the gateway.",
+    )(friendly(serve_command))
+    app.add_typer(
+        mme_app,
+        name="mme",
+        short_help="Multi-model endpoint: simulate, list, load, unload.",
+        help="Multi-model endpoint: simulate eviction policies, list/load/unload.",
     )
-    app.add_typer(mme_app, name="mme", help="Multi-model endpoint: simulate eviction policies, list/load/unload.")
     app.add_typer(deploy_app, name="deploy", help="SageMaker: plan, deploy, status, delete endpoints.")
     app.command("graph", help="Draw an ensemble's DAG (Mermaid always; SVG/PNG with graphviz).")(friendly(graph_cmd))
-    app.command("loadtest", help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).")(
-        friendly(loadtest_cmd)
-    )
+    app.command(
+        "loadtest",
+        short_help="Load-test with Locust; write a report (HTML, JSON, CSV).",
+        help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).",
+    )(friendly(loadtest_cmd))
 
 
 _register_subcommands()

@@ -62,7 +62,7 @@ async def _managed(url: str | None, repository: Path, store: ArtifactStore | Non
         await mgr.close()
 
 
-@mme_app.command("simulate")
+@mme_app.command("simulate", short_help="Hit ratios of LRU, GDSF and Belady's optimum on a trace.")
 @friendly
 def simulate_cmd(
     models: int = typer.Option(200, "--models", help="distinct models in the synthetic trace"),
@@ -80,7 +80,7 @@ def simulate_cmd(
     typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
-@mme_app.command("list")
+@mme_app.command("list", short_help="Models in the repository and the store, with their state.")
 @friendly
 def list_cmd(
     url: str | None = URL_OPTION,
@@ -108,7 +108,7 @@ def list_cmd(
     _with_manager(url, repository, _store(store, endpoint_url), body)
 
 
-@mme_app.command("load")
+@mme_app.command("load", short_help="Fetch a model from --store if needed, then load it.")
 @friendly
 def load_cmd(
     name: str = typer.Argument(..., help="model name, or a TargetModel (team-a/x.tar.gz)"),

@@ -73,7 +73,7 @@ def status(url: str | None = URL_OPTION, api_key: str | None = API_KEY_OPTION, a
     typer.echo(f"loaded   {len(loaded)}: {', '.join(loaded) if loaded else '-'}")
 
 
-@models_app.command("list")
+@models_app.command("list", short_help="Every model in the repository, with its state.")
 @friendly
 def models_list(
     url: str | None = URL_OPTION, api_key: str | None = API_KEY_OPTION, as_json: bool = JSON_OPTION
@@ -104,7 +104,7 @@ def _gateway_hints() -> Iterator[None]:
         raise
 
 
-@models_app.command("load")
+@models_app.command("load", short_help="Load models already in Triton's repository (no store).")
 @friendly
 def models_load(
     names: list[str] = typer.Argument(..., help="model names in the repository Triton serves"),
@@ -120,7 +120,7 @@ def models_load(
         typer.echo(f"{name}: READY")
 
 
-@models_app.command("unload")
+@models_app.command("unload", short_help="Unload models (Triton's repository API).")
 @friendly
 def models_unload(
     names: list[str] = typer.Argument(..., help="model names"),
