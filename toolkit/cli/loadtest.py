@@ -16,7 +16,7 @@ import typer
 from toolkit.errors import TritonctlError
 
 # Locust, gevent, matplotlib and the Triton clients are imported by the functions that run a test, not here: the CLI
-# registers this command at start-up and `tritonctl --help` must not pay for them (tests/unit/test_cli_startup.py).
+# registers this command at start-up and `tritonctl --help` must not pay for them (tests/unit/test_cli_manners.py).
 # The scenario names for the help text are read from the directory (toolkit.loadtest.scenario.SCENARIO_DIR) without
 # importing the scenario model (pydantic).
 _SCENARIO_NAMES = ", ".join(

@@ -2,7 +2,7 @@
 
 Start-up is part of the interface: ``tritonctl --help`` and ``tritonctl generate`` run in scripts, CI and shell
 completion (which runs the program on every Tab). So the modules imported here import only Typer and cheap parts of the
-toolkit, and each command imports what it uses in its body (``tests/unit/test_cli_startup.py`` counts the modules).
+toolkit, and each command imports what it uses in its body (``tests/unit/test_cli_manners.py`` counts the modules).
 Help is click's plain formatter (``rich_markup_mode=None``), not rich's: rich's renderer costs ~0.1 s to import, and
 the plain one never cuts a flag name at 80 columns (it moves the help to the next line instead).
 """
@@ -39,8 +39,8 @@ app.add_typer(models_app, name="models", short_help="Triton's repository API: li
 
 
 def _print_version(value: bool) -> None:
-    """``tritonctl --version``: this package's version, then Triton's (from the nvidia-pytriton wheel's metadata:
-    cheap, no server started)."""
+    """``tritonctl --version``: this package's version and that of nvidia-pytriton, the wheel whose tritonserver
+    ``serve`` runs (read from installed metadata: no server is started to ask)."""
     if not value:
         return
     from importlib.metadata import PackageNotFoundError, version

@@ -21,7 +21,7 @@ from toolkit.mme.errors import ModelNotFoundError
 from toolkit.names import canonical_target, is_nested, target_path
 
 if TYPE_CHECKING:  # the manager (aiohttp), the stores (boto3) and the simulator are imported by the command using them:
-    # `tritonctl --help` and `tritonctl generate` must not pay for them (tests/unit/test_cli_startup.py)
+    # `tritonctl --help` and `tritonctl generate` must not pay for them (tests/unit/test_cli_manners.py)
     from toolkit.mme.manager import ModelManager
     from toolkit.mme.stores import ArtifactStore
 
