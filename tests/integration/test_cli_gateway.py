@@ -130,3 +130,14 @@ def test_load_through_the_gateway_needs_admin_and_says_how(
     assert code == 1 and "tritonctl:Admin" in err and "--admin-port" in err, err
     code, out, err = run("models", "load", "digits_logreg", "--url", gateways[1].http_url, "--api-key", "ops-key")
     assert code == 0 and "digits_logreg: READY" in out, err
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_invoke_with_an_api_key(gateways: tuple[GatewayAddresses, GatewayAddresses], protocol: str) -> None:
+    secured = gateways[1]
+    args = ["invoke", "digits_mlp", "-i", "X=" + json.dumps([0.0] * 64), "--json", "--protocol", protocol]
+    args += ["--url", secured.http_url, "--grpc-url", secured.grpc or ""]
+    code, out, err = run(*args, "--api-key", "team-key")
+    assert code == 0 and sorted(json.loads(out)) == ["label", "probabilities"], err
+    code, _, err = run(*args, "--api-key", "wrong")
+    assert code == 1 and err.startswith("error: ") and "API key" in err, err
