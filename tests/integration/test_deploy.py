@@ -10,6 +10,7 @@ reports every endpoint InService at once and accepts any role.
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -242,8 +243,14 @@ def test_cli_plan_status_delete(manifest: Path, s3_endpoint: str) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["deploy", "plan", str(manifest), "--endpoint", "mce", "--offline"])
     assert result.exit_code == 0, result.output
+    text = result.output
     assert "TargetContainerHostname on SageMaker: digits_logreg -> digits-logreg" in result.output
     assert "sagemaker.create_endpoint(EndpointName='mce'" in result.output
+    result = runner.invoke(app, ["deploy", "plan", str(manifest), "--endpoint", "mce", "--offline", "--json"])
+    plan = json.loads(result.stdout)
+    assert plan["endpoint"] == "mce" and plan["offline"] is True
+    assert f"{len(plan['calls'])} call(s) against" in text  # the same plan as the text form printed
+    assert any(c["operation"] == "create_endpoint" and c["params"]["EndpointName"] == "mce" for c in plan["calls"])
     url = ["--endpoint-url", s3_endpoint, "--region", "us-east-1"]
     result = runner.invoke(app, ["deploy", "status", "--endpoint", "mce", *url])
     assert result.exit_code == 1 and result.output.strip() == "error: endpoint mce does not exist in us-east-1"
@@ -253,8 +260,18 @@ def test_cli_plan_status_delete(manifest: Path, s3_endpoint: str) -> None:
     assert (
         "endpoint mce: InService" in result.output and "scaling endpoint/mce/variant/AllTraffic: 1..3" in result.output
     )
+    # --json: the same facts as data (the text above is printed from this document)
+    result = runner.invoke(app, ["deploy", "status", "--endpoint", "mce", "--json", *url])
+    doc = json.loads(result.stdout)
+    assert (doc["endpoint"], doc["status"], doc["region"]) == ("mce", "InService", "us-east-1")
+    assert doc["scaling"] == [{"resource": "endpoint/mce/variant/AllTraffic", "min": 1, "max": 3}]
+    assert [v["name"] for v in doc["variants"]] == ["AllTraffic"] and doc["config"].startswith("mce-")
     result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", "--dry-run", *url])
     assert "delete_endpoint(EndpointName='mce')" in result.output
+    result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", "--dry-run", "--json", *url])
+    dry = json.loads(result.stdout)
+    deletes = [c["params"] for c in dry["calls"] if c["operation"] == "delete_endpoint"]
+    assert dry["dry_run"] is True and deletes == [{"EndpointName": "mce"}]
     result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", *url])
     assert result.exit_code == 0
     assert "nothing to delete" in runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", *url]).output

@@ -237,14 +237,32 @@ class HttpFront:
         return orjson.dumps(doc)
 
     async def repository(self, request: Request) -> Response:
-        """The repository API on the invoke port: only for principals with an explicit admin Allow."""
+        """The repository API on the invoke port. The index only reads, so every caller gets it, listing the models
+        it may invoke (``tritonctl status``/``models list`` through the gateway); an admin gets every model, and
+        load and unload need an explicit admin Allow."""
         try:
             sent = await self._sent(request)
-            self.core.check_admin(self.identify(request, sent))
+            principal = self.identify(request, sent)
             body = await self._inflated(request, sent)
+            if request.match_info.get("model") is None and not self.core.may_admin(principal):
+                return await self._visible_index(principal, request, body)
+            self.core.check_admin(principal)
             return await self._admin_repository(request, body)
         except Exception as exc:
             return kserve_error(to_gateway_error(exc))
+
+    async def _visible_index(self, principal: Principal, request: Request, body: bytes) -> Response:
+        """Triton's repository index less the models this principal may not invoke (their names are not told)."""
+        core = self.core
+        core.require_up()
+        f = await core.forward("POST", "/v2/repository/index", body or b"{}", request.headers)
+        if f.status == 200 and core.auth.enabled:
+            arn = core.auth.endpoint_arn(KSERVE_ENDPOINT)
+            allowed = core.auth.allowed
+            index = orjson.loads(f.body)
+            visible = [m for m in index if allowed(principal, INVOKE, arn, target_context(str(m.get("name", ""))))]
+            f.body = orjson.dumps(visible)
+        return _reply(f)
 
     # -- SageMaker runtime ---------------------------------------------------------------------------------------------
     async def ping(self, request: Request) -> Response:

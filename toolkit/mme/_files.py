@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.mme.safe_tar import TMP_PREFIX, install_dir
+from toolkit.repository.protos import model_config_pb2 as mc
 
 
 def staging_dir(repository: Path) -> Path:

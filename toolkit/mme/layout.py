@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.errors import TritonctlError
 from toolkit.repository.config import render_config
+from toolkit.repository.protos import model_config_pb2 as mc
 
 CONFIG = "config.pbtxt"
 STEPS_DIR = ".tritonctl-steps"  # inside an ensemble's model folder: the models its archive carries (see bundle_steps)

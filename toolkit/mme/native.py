@@ -25,12 +25,12 @@ import tempfile
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.mme._preflight import _versions_loaded
 from toolkit.mme.layout import CONFIG, LayoutError
 from toolkit.repository.config import render_config
 from toolkit.repository.generate import ADAPTER_TEMPLATE
+from toolkit.repository.protos import model_config_pb2 as mc
 
 ADAPTER_FILE = "model.py"
 # Native backends the python adapter can stand in for: backend -> (adapter framework, Triton's default model file).
