@@ -32,7 +32,7 @@ PACKAGE = "toolkit"
 # module and, for a package, everything in it (except the root ``toolkit``, which is only its own __init__); the
 # longest entry matching a module gives its layer. Every module must match an entry.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation: typed errors, model names", ("toolkit.errors", "toolkit.names")),
+    ("foundation: typed errors, model names, optional extras", ("toolkit.errors", "toolkit.names", "toolkit.extras")),
     ("spec: the manifest", ("toolkit.spec",)),
     # config.pbtxt from Triton's protobuf, and the types the repository writer/checker share with the ensemble builders
     ("model configs", ("toolkit.repository.config", "toolkit.repository.types")),

@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from toolkit.errors import TritonctlError
+from toolkit.extras import require
 from toolkit.loadtest.report import write_report, write_sweep_report
 from toolkit.loadtest.runner import RunOptions, embedded_triton, run_loadtest, run_sweep
 from toolkit.loadtest.scenario import LoadTestError, list_scenarios, load_scenario, parse_duration
@@ -53,6 +54,7 @@ def loadtest(
     progress: Callable[[str], None] | None = print,
 ) -> Path:
     """Run a scenario (or a concurrency sweep of it) and write the report; returns the path of report.html."""
+    require("loadtest", "tritonctl loadtest")  # before an embedded Triton is started for nothing
     sc = load_scenario(scenario)
     proto = protocol or sc.protocol
     if proto not in ("http", "grpc", "sagemaker"):
