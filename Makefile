@@ -52,10 +52,11 @@ graphviz:
 mutation: venv
 	$(BIN)/python tests/mutation.py --min-score 95
 
-# NVIDIA's perf_analyzer, the yardstick for our load-test driver (installed next to the project, git-ignored).
+# NVIDIA's perf_analyzer, the yardstick for our load-test driver: the binary of the tritonclient 2.41.0 wheel with the
+# libraries of nvidia-pytriton, installed into tools/perf_analyzer (git-ignored) by tools/get-perf-analyzer.sh.
 PA := tools/perf_analyzer/perf_analyzer
-$(PA): | venv
-	PYTHON=$(CURDIR)/$(BIN)/python bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer
+$(PA): tools/get-perf-analyzer.sh | venv
+	PYTHON=$(CURDIR)/$(BIN)/python bash tools/get-perf-analyzer.sh tools/perf_analyzer
 perf-analyzer: $(PA)
 
 bench: venv $(PA)
