@@ -220,3 +220,27 @@ def test_license_is_an_spdx_expression() -> None:
         assert list(ROOT.glob(pattern)), pattern
     setuptools = next(Requirement(r) for r in PYPROJECT["build-system"]["requires"] if r.startswith("setuptools"))
     assert not setuptools.specifier.contains("76.9")  # >= 77 reads the SPDX string
+
+
+def test_the_demo_builds_into_an_ignored_directory() -> None:
+    """`make demo` writes under build/demo, which git ignores, so it can never rewrite a tracked file."""
+    from examples.demo import BUILD
+
+    rel = BUILD.relative_to(ROOT)
+    r = subprocess.run(["git", "check-ignore", "-q", str(rel / "model_repository")], cwd=ROOT, check=False)
+    if r.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert r.returncode == 0, f"{rel} is not git-ignored"
+
+
+def test_the_demo_checks_quality_not_bytes() -> None:
+    from examples.demo import compare_quality
+
+    committed = {"digits_accuracy": {"a": 0.96}, "housing_r2": {"b": 0.9}}
+    assert compare_quality(committed, {"digits_accuracy": {"a": 0.955}, "housing_r2": {"b": 0.91}}) == []
+    assert compare_quality(committed, {"digits_accuracy": {"a": 0.90}, "housing_r2": {"b": 0.9}}) == [
+        "digits_accuracy.a: 0.96 committed, 0.9 rebuilt (tolerance 0.02)"
+    ]
+    assert compare_quality(committed, {"digits_accuracy": {}, "housing_r2": {"b": 0.9}}) == [
+        "digits_accuracy.a: 0.96 committed, None rebuilt"
+    ]
