@@ -38,6 +38,6 @@ cat > "$dir/perf_analyzer.tmp" <<EOS
 LD_LIBRARY_PATH="$dir/lib:$libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$dir/lib/perf_analyzer.bin" "\$@"
 EOS
 chmod +x "$dir/perf_analyzer.tmp"
-"$dir/perf_analyzer.tmp" --version >/dev/null || { echo "perf_analyzer does not run (missing libraries?)" >&2; exit 1; }
+"$dir/perf_analyzer.tmp" --version >/dev/null 2>&1 || { echo "perf_analyzer does not run (missing libraries?)" >&2; exit 1; }
 mv "$dir/perf_analyzer.tmp" "$dir/perf_analyzer"  # last: make's target exists only once it runs
 echo "perf_analyzer $version ready: $dir/perf_analyzer"
