@@ -21,16 +21,19 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 # Refresh constraints.txt: the newest versions pyproject.toml allows, resolved in a throwaway venv (build/, ignored)
-# and frozen. Run `make test` on the result before committing it.
+# and frozen. Each pin holds for the Python minor version it was resolved on (CI's), since some releases need a newer
+# Python; on another version pip resolves freely. Run `make test` on the result before committing it.
 LOCK_VENV := build/lock-venv
 lock:
 	rm -rf $(LOCK_VENV)
 	$(PY) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install -q --upgrade pip
 	$(LOCK_VENV)/bin/python -m pip install -q -e ".[$(EXTRAS)]"
-	{ echo "# The versions \`make\` installs (pip install -c $(CONSTRAINTS)): \`make lock\` wrote this on Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())')."; \
-	  echo "# Core, extras $(EXTRAS) and their dependencies; refresh with \`make lock\`, then \`make test\`."; \
-	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v -i '^tritonctl[= @]'; } > $(CONSTRAINTS).tmp
+	pyv=$$($(LOCK_VENV)/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	{ echo "# The versions make installs (pip install -c $(CONSTRAINTS)), written by make lock on Python $$pyv: the core,"; \
+	  echo "# the extras $(EXTRAS) and their dependencies. Refresh with make lock, then make test."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable | grep -v -i '^tritonctl[= @]' | \
+	  sed "s/\$$/ ; python_version == \"$$pyv\"/"; } > $(CONSTRAINTS).tmp
 	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
 	rm -rf $(LOCK_VENV)
 
