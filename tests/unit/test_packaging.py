@@ -244,3 +244,19 @@ def test_the_demo_checks_quality_not_bytes() -> None:
     assert compare_quality(committed, {"digits_accuracy": {}, "housing_r2": {"b": 0.9}}) == [
         "digits_accuracy.a: 0.96 committed, None rebuilt"
     ]
+
+
+def test_constraints_pin_every_declared_requirement() -> None:
+    """constraints.txt (what make installs with) pins each distribution pyproject.toml names, for CI's Python."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            assert len(req.specifier) == 1 and next(iter(req.specifier)).operator == "==", line
+            assert req.marker is not None and "python_version" in str(req.marker), line
+            pins[canonicalize_name(req.name)] = req
+    makefile = (ROOT / "Makefile").read_text()
+    extras = next(line.split(":=")[1].strip() for line in makefile.splitlines() if line.startswith("EXTRAS :="))
+    declared = set(CORE).union(*(OPTIONAL[e] for e in extras.split(",")))
+    unpinned = sorted(declared - set(pins))
+    assert not unpinned, f"not in constraints.txt: {unpinned} (make lock, or add name==version as the others)"
