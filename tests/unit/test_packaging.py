@@ -1,6 +1,7 @@
 """pyproject.toml against the code: every third-party import of toolkit/ is declared, in the core or in the extra of
 the module that imports it; a core-only install imports, runs the CLI and says which extra to install; the
-nvidia-pytriton range is the one locate.py knows; the license is an SPDX string.
+nvidia-pytriton range is the one locate.py knows; the license is an SPDX string; constraints.txt pins what make
+installs; the demo builds into a git-ignored directory.
 
 Read statically (ast) where possible; module -> distribution comes from the installed metadata (the dev venv has
 every extra installed), with a fallback for the optional modules that are not installed here.
@@ -9,6 +10,7 @@ every extra installed), with a fallback for the optional modules that are not in
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from functools import cache
@@ -179,8 +181,6 @@ print(json.dumps({"failed": failed, "help": help.exit_code, "generate": [gen.exi
 """
     r = _blocked_python(code)
     assert r.returncode == 0, r.stderr[-2000:]
-    import json
-
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["failed"] == {"toolkit.loadtest.users": "locust"}  # imported only by the load workers
     assert out["help"] == 0
