@@ -228,6 +228,7 @@ def _register_subcommands() -> None:
     from toolkit.cli.loadtest import loadtest_cmd
     from toolkit.cli.mme import mme_app
     from toolkit.cli.serve import serve_command
+    from toolkit.cli.tune import tune_cmd
 
     app.command("serve", help="Serve a repository: embedded (or external) Triton behind the gateway.")(
         friendly(serve_command)
@@ -237,6 +238,9 @@ def _register_subcommands() -> None:
     app.command("graph", help="Draw an ensemble's DAG (Mermaid always; SVG/PNG with graphviz).")(friendly(graph_cmd))
     app.command("loadtest", help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).")(
         friendly(loadtest_cmd)
+    )
+    app.command("tune", help="Find the serving config that meets a p99 bound at the best throughput or cost.")(
+        friendly(tune_cmd)
     )
 
 
