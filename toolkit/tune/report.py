@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from toolkit.tune.run import TuneResult
+    from toolkit.tune.result import TuneResult
 
 VERDICT_COLOURS = {
     "start": "tab:blue",
