@@ -14,6 +14,7 @@ def tune_cmd(
     url: str | None = typer.Option(
         None, "--url", help="tune on a running Triton (HTTP URL) instead of an embedded one"
     ),
+    grpc_url: str | None = typer.Option(None, "--grpc-url", help="with --url: its gRPC host:port (default: +1)"),
     objective: str = typer.Option("throughput", help="throughput, or cost (needs a price; ties go to lighter configs)"),
     strategy: str = typer.Option("climb", help="climb (coordinate ascent, fast) or brute (every config: reference)"),
     budget_time: str = typer.Option("3m", "--budget-time", help="search time budget, e.g. 90s, 3m"),
@@ -47,7 +48,8 @@ def tune_cmd(
         concurrency=tuple(parse_range(concurrency, "--concurrency")),
     )
     options = TuneOptions(
-        model=model, p99_ms=parse_time(p99, "ms") * 1000.0, manifest=manifest, url=url, objective=objective,
+        model=model, p99_ms=parse_time(p99, "ms") * 1000.0, manifest=manifest, url=url, grpc_url=grpc_url,
+        objective=objective,
         strategy=strategy, budget_s=parse_time(budget_time, "s"), space=space, price_per_hour=price_per_hour,
         instance_type=instance_type, perf_analyzer=perf_analyzer, protocol=protocol,
         window_ms=round(parse_time(window, "ms") * 1000.0), repeats=repeats, report_dir=report, apply=apply,

@@ -25,6 +25,7 @@ class TuneOptions:
     p99_ms: float
     manifest: Path | None = Path("tritonctl.yaml")
     url: str | None = None
+    grpc_url: str | None = None  # with url: Triton's gRPC host:port when it is not the HTTP port + 1
     objective: str = "throughput"
     strategy: str = "climb"
     budget_s: float = 180.0
@@ -98,7 +99,9 @@ class TuneResult:
         o, p99 = self.outcome, self.options.p99_ms
         b = self.best.best(p99) if self.best else None
         if self.best is None or b is None:
-            return f"{self.options.model}: no config meets p99 <= {p99:g} ms ({o.measurements} measurements)"
+            errors = [e.error for e in o.evaluations if e.error]
+            why = f"; first error: {errors[0]}" if errors else ""
+            return f"{self.options.model}: no config meets p99 <= {p99:g} ms ({o.measurements} measurements){why}"
         cost = self.cost(self.best)
         priced = self.price.instance_type if self.price and self.price.instance_type else "given price"
         lines = [

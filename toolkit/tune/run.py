@@ -36,7 +36,8 @@ def tune(options: TuneOptions, progress: Callable[[str], None] | None = None) ->
     if options.objective == "cost" and price is None:
         raise TuneError("--objective cost needs a price: --price-per-hour, or deploy.prices in the manifest")
     binary = find_perf_analyzer(options.perf_analyzer)
-    with triton_for(options.url, options.manifest if options.url is None else None, options.model) as ep:
+    manifest_path = options.manifest if options.url is None else None
+    with triton_for(options.url, manifest_path, options.model, options.grpc_url) as ep:
         target = Target.open(TritonAdmin(ep, timeout=120.0), options.model)
         analyzer = PerfAnalyzer(binary, ep.grpc if options.protocol == "grpc" else ep.http, options.protocol,
                                 options.window_ms)  # fmt: skip

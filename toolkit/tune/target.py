@@ -103,11 +103,13 @@ class Target:
 
 
 @contextlib.contextmanager
-def triton_for(url: str | None, manifest: Path | None, model: str) -> Iterator[TritonEndpoint]:
-    """An external Triton (``url``) as it is, or an embedded one, started once, over a repository generated from the
-    manifest into a temporary directory (removed at the end)."""
+def triton_for(
+    url: str | None, manifest: Path | None, model: str, grpc_url: str | None = None
+) -> Iterator[TritonEndpoint]:
+    """An external Triton (``url``, its gRPC port ``grpc_url`` or HTTP + 1) as it is, or an embedded one, started
+    once, over a repository generated from the manifest into a temporary directory (removed at the end)."""
     if url:
-        yield TritonEndpoint.from_url(url)
+        yield TritonEndpoint.from_url(url, grpc=grpc_url.split("://", 1)[-1] if grpc_url else None)
         return
     if manifest is None:
         raise TuneError("give --manifest (an embedded Triton is started over it) or --url (a running Triton)")
