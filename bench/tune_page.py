@@ -1,0 +1,107 @@
+"""docs/benchmarks/tune.md from ``python -m bench.tune``'s results (reports/bench/tune.json)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _comparison(res: dict[str, Any]) -> list[str]:
+    ma, tune = res.get("model_analyzer"), res["tune"]
+    rep = tune["report"]
+    best = rep["best"] or {}
+    b = best.get("best") or {}
+    lines = ["## tritonctl tune vs Model Analyzer (digits_logreg)", ""]
+    lines += ["| | Model Analyzer 1.58 (brute) | tritonctl tune (climb) |", "|---|---|---|"]
+    if ma:
+        lines += [
+            f"| wall time | {ma['wall_s']:.0f} s | {tune['wall_s']:.0f} s ({tune['wall_s'] / ma['wall_s']:.2f}x) |",
+            f"| configs / measurements | {ma['configs']} / {ma['measurements']} | {len(rep['evaluations'])} / "
+            f"{rep['measurements']} |",
+            f"| chosen | {ma['best_config']} at c={ma['best_concurrency']} | {best.get('label')} at "
+            f"c={b.get('concurrency')} |",
+            f"| its own measurement | {ma['best_throughput']:.0f} infer/s, p99 {ma['best_p99_ms']:.2f} ms | "
+            f"{b.get('throughput', 0):.0f} infer/s, p99 {b.get('p99_ms', 0):.2f} ms |",
+        ]
+    else:
+        lines.append(f"| wall time | (not run) | {tune['wall_s']:.0f} s |")
+    p = res.get("paired")
+    if p:
+        t, m = p["tune"], p["model_analyzer"]
+        lines.append(
+            f"| both winners re-measured, {len(t['rounds'])} alternating rounds (median) | {m['throughput']:.0f} "
+            f"infer/s, p99 {m['p99_ms']:.2f} ms | {t['throughput']:.0f} infer/s, p99 {t['p99_ms']:.2f} ms "
+            f"({1 / m['ratio']:.2f}x of Model Analyzer's) |"
+        )
+        tp_ok = 1 / m["ratio"] >= 0.97 and t["p99_ms"] <= res["p99_ms"]
+        time_ok = ma is not None and tune["wall_s"] <= ma["wall_s"] / 3
+        lines += [
+            "",
+            f"Goal: tune's config >= 0.97x of Model Analyzer's best throughput under p99 <= {res['p99_ms']:g} ms: "
+            f"{_verdict(tp_ok)} ({1 / m['ratio']:.2f}x, tune's p99 {t['p99_ms']:.2f} ms re-measured); in <= 1/3 of "
+            f"its wall time: {_verdict(time_ok)} ({tune['wall_s']:.0f} s vs {ma['wall_s'] if ma else 0:.0f} s).",
+        ]
+    close = rep.get("close_to_best") or []
+    within = "; ".join(close) if close else "none"
+    command = f"tritonctl {tune['command'].split(' ', 2)[-1]}"
+    lines += ["", f"tune's noise estimate: {rep['noise']:.1%}; within it of the chosen config (cannot be told apart): "
+              f"{within}.", "", "```", command, "```", ""]  # fmt: skip
+    return lines
+
+
+def _batching(res: dict[str, Any]) -> list[str]:
+    b = res.get("batching")
+    if not b:
+        return []
+    off, on = b["no dynamic batching"], b["dynamic batching"]
+    ratio = on["ratio"]
+    return [
+        "## Dynamic batching vs none, concurrency 32, digits_forest (1 instance, max batch 64)",
+        "",
+        "| config | throughput (infer/s) | p99 (ms) |",
+        "|---|---:|---:|",
+        f"| no dynamic batching | {off['throughput']:.0f} | {off['p99_ms']:.1f} |",
+        f"| dynamic batching, 200 us | {on['throughput']:.0f} | {on['p99_ms']:.1f} |",
+        "",
+        f"Ratio (median of {len(on['rounds'])} paired rounds): {ratio:.2f}x; goal >= 2x: {_verdict(ratio >= 2)}.",
+        "",
+    ]
+
+
+def _ensemble(res: dict[str, Any]) -> list[str]:
+    e = res.get("ensemble")
+    if not e:
+        return []
+    rep = e["report"]
+    start = next((x for x in rep["evaluations"] if x["label"] == rep["start"]), None)
+    sb, bb = (start or {}).get("best") or {}, (rep["best"] or {}).get("best") or {}
+    return [
+        "## One ensemble tuned end to end (housing_pipeline_onnx_Chicago_IL, p99 <= 25 ms)",
+        "",
+        f"Its three step models searched jointly while the pipeline was measured: {len(rep['evaluations'])} configs, "
+        f"{rep['measurements']} measurements, {e['wall_s']:.0f} s. Original: {sb.get('throughput', 0):.0f} infer/s "
+        f"(p99 {sb.get('p99_ms', 0):.1f} ms, c={sb.get('concurrency')}); chosen: {(rep['best'] or {}).get('label')}: "
+        f"{bb.get('throughput', 0):.0f} infer/s (p99 {bb.get('p99_ms', 0):.1f} ms, c={bb.get('concurrency')}).",
+        "",
+    ]
+
+
+def write_page(res: dict[str, Any], path: Path) -> None:
+    head = [
+        "# Benchmark: tritonctl tune",
+        "",
+        f"`python -m bench.tune` on {res['cpus']} CPUs shared with other sessions (load average "
+        f"{res['load_before'][0]:.1f} before, {res['load_after'][0]:.1f} after). Raw results: reports/bench/tune.json.",
+        "",
+    ]
+    path.write_text("\n".join(head + _comparison(res) + _batching(res) + _ensemble(res)))
+
+
+if __name__ == "__main__":
+    write_page(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
