@@ -105,7 +105,7 @@ class SearchOptions:
     objective: str = "throughput"  # or "cost": ties go to the lighter config
     repeats: int = 1
     noise_floor: float = 0.03
-    plateau: float = 0.03  # stop the sweep when doubling concurrency gains less than this
+    plateau: float = 0.0  # stop the sweep when doubling concurrency gains less than this (0: once it falls)
     refine: int = 2  # bisections of the winner's concurrency between its best level and the first one over the bound
 
 
