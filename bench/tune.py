@@ -241,6 +241,12 @@ def main() -> None:
             print("batching:", res["batching"], flush=True)
     if "ensemble" not in skip:
         res["ensemble"] = run_ensemble(25.0, "90s", out / "tune-ensemble")
+    previous = out / "tune.json"
+    if previous.exists():  # a part skipped now keeps its last result (the page says which run each part is from)
+        old = json.loads(previous.read_text())
+        for part in ("batching", "ensemble"):
+            if part in skip and part in old:
+                res[part] = {**old[part], "from_previous_run": True} if isinstance(old[part], dict) else old[part]
     res["load_after"] = os.getloadavg()
     (out / "tune.json").write_text(json.dumps(res, indent=2, default=str))
     from bench.tune_page import write_page

@@ -59,17 +59,28 @@ class PerfAnalyzer:
     windows: int = 3
     timeout_s: float = 60.0
 
-    def command(self, model: str, concurrency: int, csv_path: str) -> list[str]:
+    def command(self, model: str, concurrency: int, csv_path: str, window_ms: int | None = None) -> list[str]:
         return [str(self.binary), "-m", model, "-u", self.url, "-i", self.protocol,
-                "--concurrency-range", str(concurrency), "--measurement-interval", str(self.window_ms),
+                "--concurrency-range", str(concurrency), "--measurement-interval", str(window_ms or self.window_ms),
                 "-r", str(self.windows), "-s", "999", "-f", csv_path]  # fmt: skip
 
     def measure(self, model: str, concurrency: int) -> Measurement:
+        """One measurement; a failed one is tried once more with windows twice as long (on a loaded machine a
+        window can end with no request completed: "No valid requests recorded within time interval")."""
+        try:
+            return self._run(model, concurrency, self.window_ms)
+        except TuneError:
+            return self._run(model, concurrency, self.window_ms * 2)
+
+    def _run(self, model: str, concurrency: int, window_ms: int) -> Measurement:
         with tempfile.TemporaryDirectory(prefix="tritonctl-pa-") as tmp:
             out = str(Path(tmp) / "pa.csv")
             try:
                 r = subprocess.run(
-                    self.command(model, concurrency, out), capture_output=True, text=True, timeout=self.timeout_s
+                    self.command(model, concurrency, out, window_ms),
+                    capture_output=True,
+                    text=True,
+                    timeout=self.timeout_s,
                 )
             except subprocess.TimeoutExpired:
                 raise TuneError(

@@ -21,6 +21,7 @@ VERDICT_COLOURS = {
     "tie-lighter": "tab:olive",
     "infeasible": "tab:red",
     "failed": "black",
+    "settle": "tab:brown",
     "refine": "tab:purple",
 }
 
@@ -67,7 +68,7 @@ def write_png(result: TuneResult, path: Path) -> None:
     steps = result.outcome.path
     incumbent, running = [], 0.0
     for s in steps:
-        if s.verdict in ("start", "better", "tie-lighter", "closer", "refine") and s.throughput:
+        if s.verdict in ("start", "better", "tie-lighter", "closer", "settle", "refine") and s.throughput:
             running = s.throughput
         incumbent.append(running)
     path_ax.step([s.t_s for s in steps], incumbent, where="post", color="tab:green", label="best so far")

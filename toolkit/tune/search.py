@@ -82,7 +82,7 @@ class PathStep:
 
     t_s: float
     label: str
-    verdict: str  # start, better, closer, worse, tie, tie-lighter, infeasible, failed, refine
+    verdict: str  # start, better, closer, worse, tie, tie-lighter, infeasible, failed, settle, refine
     throughput: float | None
     p99_ms: float | None
     concurrency: int | None
@@ -107,6 +107,8 @@ class SearchOptions:
     noise_floor: float = 0.03
     plateau: float = 0.0  # stop the sweep when doubling concurrency gains less than this (0: once it falls)
     refine: int = 2  # bisections of the winner's concurrency between its best level and the first one over the bound
+    settle_top: int = 3  # with time left: the best configs measured again in turn ...
+    settle_rounds: int = 2  # ... this many times each, the winner then chosen on medians
 
 
 @dataclass
@@ -269,6 +271,7 @@ class Search:
                 self._brute()
             else:
                 self._climb()
+            self._settle()
             self._refine()
         except _OutOfTime:
             out_of_time = True
@@ -283,8 +286,9 @@ class Search:
         self.best = ev
         self._record(ev, "start")
         b = ev.best(self.options.p99_ms)
-        if b is not None:  # a first noise sample: the start config again at its best concurrency
-            self._repeat(ev, b.concurrency)
+        again = b.concurrency if b else (ev.measurements[0].concurrency if ev.measurements else None)
+        if again is not None:  # a first noise sample: the start config again (at its best concurrency)
+            self._repeat(ev, again)
         return ev
 
     def _climb(self) -> None:
@@ -342,6 +346,32 @@ class Search:
             self._record(ev, verdict)
             if verdict in MOVES:
                 self.best = ev
+
+    def _settle(self) -> None:
+        """With time left, measure the best few configs again, in turn, at their best concurrency, and keep the best
+        on medians: a single lucky measurement must not decide the answer on a noisy machine. Those still within the
+        noise of the winner afterwards are recorded as ties."""
+        p99 = self.options.p99_ms
+        ranked = sorted(
+            (e for e in self.evals.values() if e.best(p99) is not None),
+            key=lambda e: -(e.best(p99) or Measurement(0, 0.0, 0.0, 0.0)).throughput,
+        )
+        top = ranked[: self.options.settle_top]
+        if len(top) < 2:
+            return
+        for _ in range(self.options.settle_rounds):
+            for ev in top:
+                b = ev.best(p99)
+                if b is not None:
+                    self._repeat(ev, b.concurrency)
+        value = {id(e): (e.best(p99) or Measurement(0, 0.0, 0.0, 0.0)).throughput for e in top}
+        winner = max(top, key=lambda e: value[id(e)])
+        for ev in top:
+            diff = value[id(ev)] / value[id(winner)] - 1 if value[id(winner)] else 0.0
+            if ev is not winner and abs(diff) < self.noise:
+                self.ties.append(Tie(ev.label, winner.label, diff))
+        self.best = winner
+        self._record(winner, "settle")
 
     def _refine(self) -> None:
         """Bisect the winner's concurrency between its best level and the first level over the bound."""
