@@ -93,7 +93,7 @@ def run_model_analyzer(ma: Path, work: Path, repo: Path, p99_ms: float, pa: Path
     if reuse:
         saved = json.loads((work / "ma_run.json").read_text())
         rows = list(csv.DictReader((export / "results" / "metrics-model-inference.csv").open()))
-        return {**saved, "rows": rows, "out": work / "ma_out", **_ma_best(rows, p99_ms)}
+        return {**saved, "reused": True, "rows": rows, "out": work / "ma_out", **_ma_best(rows, p99_ms)}
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     cfg = {
