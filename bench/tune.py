@@ -180,6 +180,35 @@ def paired(repo: Path, model: str, contenders: dict[str, tuple[Point, int]], rou
     }  # fmt: skip
 
 
+def paired_sweeps(repo: Path, model: str, points: dict[str, Point], p99_ms: float, rounds: int) -> dict[str, Any]:
+    """The configs compared as configs: in each round, each one swept over concurrency 1, 2, 4, 8, 16 (until p99
+    passes the bound) and valued at its best throughput within the bound; medians over the rounds. This does not
+    depend on the concurrency either tuner picked from its own, noisier, measurements."""
+    pa_bin = find_perf_analyzer()
+    got: dict[str, list[float]] = {k: [] for k in points}
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedTriton(ServerOptions(repository=repo, workdir=Path(tmp))) as t:
+        admin = TritonAdmin(t.endpoint, timeout=120)
+        admin.load(model)
+        settings = ModelSettings(model, admin.config(model))
+        pa = PerfAnalyzer(pa_bin, t.endpoint.grpc, window_ms=500)
+        for _ in range(rounds):
+            for name, point in points.items():
+                admin.load(model, json.dumps(settings.config_for(point)))
+                best = 0.0
+                for c in (1, 2, 4, 8, 16):
+                    m = pa.measure(model, c)
+                    if m.p99_ms > p99_ms:
+                        break
+                    best = max(best, m.throughput)
+                got[name].append(best)
+    first = next(iter(points))
+    return {
+        name: {"point": points[name].label(), "throughput": statistics.median(xs), "rounds": xs,
+               "ratio": statistics.median(x / y if y else float("inf") for x, y in zip(xs, got[first], strict=True))}
+        for name, xs in got.items()
+    }  # fmt: skip
+
+
 def run_ensemble(p99_ms: float, budget: str, report: Path) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "toolkit", "tune", "housing_pipeline_onnx_Chicago_IL", "--manifest",
            str(ROOT / "tritonctl.yaml"), "--p99", f"{p99_ms:g}ms", "--instances", "1-2", "--max-batch", "32",
@@ -232,6 +261,9 @@ def main() -> None:
             contenders["model_analyzer"] = (ma_point(ma["out"], ma["best_config"]), ma["best_concurrency"])
             res["paired"] = paired(repo, "digits_logreg", contenders, a.rounds)
             print("paired:", res["paired"], flush=True)
+            points = {name: point for name, (point, _) in contenders.items()}
+            res["sweeps"] = paired_sweeps(repo, "digits_logreg", points, a.p99, a.rounds)
+            print("sweeps:", res["sweeps"], flush=True)
         if "batching" not in skip:
             pair = {
                 "no dynamic batching": (Point(1, 64, False, 0), 32),

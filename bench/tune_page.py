@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,21 @@ def _comparison(res: dict[str, Any]) -> list[str]:
             f"({1 / m['ratio']:.2f}x, median of the per-round ratios; re-measured p99 {t['p99_ms']:.1f} ms (tune) vs "
             f"{m['p99_ms']:.1f} ms (Model Analyzer)); in <= 1/3 of its wall time: {_verdict(time_ok)} "
             f"({tune['wall_s']:.0f} s vs {ma['wall_s'] if ma else 0:.0f} s).",
+        ]
+    sw = res.get("sweeps")
+    if sw:
+        t, m = sw["tune"], sw["model_analyzer"]
+        per_round = [x / y if y else float("inf") for x, y in zip(t["rounds"], m["rounds"], strict=True) if x or y]
+        ratio = statistics.median(per_round) if per_round else 1.0
+        ok = ratio >= 0.97
+        lines += [
+            "",
+            f"The two configs compared as configs ({len(t['rounds'])} alternating rounds; in each, each config swept "
+            f"over concurrency 1-16 and valued at its best throughput with p99 <= {res['p99_ms']:g} ms): tune's "
+            f"{t['point']} {t['throughput']:.0f} infer/s (rounds: {', '.join(f'{x:.0f}' for x in t['rounds'])}), "
+            f"Model Analyzer's {m['point']} {m['throughput']:.0f} infer/s (rounds: "
+            f"{', '.join(f'{x:.0f}' for x in m['rounds'])}): tune's config at {ratio:.2f}x "
+            f"(median of the per-round ratios): {_verdict(ok)}.",
         ]
     close = rep.get("close_to_best") or []
     within = "; ".join(close) if close else "none"

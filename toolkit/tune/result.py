@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.tune.cost import Price
-from toolkit.tune.search import Evaluation, Outcome
+from toolkit.tune.records import Evaluation, Outcome
 from toolkit.tune.space import Point, Space, TuneError
 
 OBJECTIVES = ("throughput", "cost")

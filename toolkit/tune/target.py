@@ -23,9 +23,8 @@ from pathlib import Path
 
 from toolkit.errors import TritonctlError
 from toolkit.server import EmbeddedTriton, ServerOptions, TritonAdmin, TritonEndpoint
+from toolkit.tune.records import Assignment
 from toolkit.tune.space import ModelSettings, Point, Space, TuneError
-
-Assignment = tuple[Point, ...]  # one point per tuned model, in ``Target.models`` order
 
 
 @dataclass
