@@ -306,7 +306,8 @@ class Search:
         self._record(winner, "settle")
 
     def _refine(self) -> None:
-        """Bisect the winner's concurrency between its best level and the first level over the bound."""
+        """Bisect the winner's concurrency between its best level and the first level over the bound; a bisected
+        level that wins is measured a second time (the answer is its median)."""
         ev = self.best
         b = ev.best(self.options.p99_ms) if ev else None
         if ev is None or b is None:
@@ -322,6 +323,9 @@ class Search:
             mid = (lo + hi) // 2
             m = self._measure(ev, mid)
             lo, hi = (mid, hi) if self._feasible(m) else (lo, mid)
+        now = ev.best(self.options.p99_ms)
+        if now is not None and now.concurrency != b.concurrency:  # a bisected level won: once more, not on one run
+            self._repeat(ev, now.concurrency)
         self._record(ev, "refine")
 
 
