@@ -96,6 +96,7 @@ def plan_cmd(
     instance_memory: str | None = typer.Option(None, "--instance-memory", help="memory of one instance, e.g. 16GiB"),
     headroom: float = typer.Option(0.8, "--headroom", help="share of an instance's memory models may use"),
     seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Recommend the resident model count / memory budget and the instance count for a target hit ratio, from a
     replay of the trace through the eviction policy and a measured (or given) footprint and load time."""
@@ -109,13 +110,18 @@ def plan_cmd(
     if size is None or seconds is None:
         raise typer.BadParameter("give --footprint and --load-time, or --measure MODEL to measure them")
     if measure:
-        typer.echo(f"measured {measure}: {size / 2**20:.0f} MiB, load {seconds * 1000:.0f} ms (median of 3)")
+        typer.echo(
+            f"measured {measure}: {size / 2**20:.0f} MiB, load {seconds * 1000:.0f} ms (median of 3)", err=as_json
+        )
     plan = plan_mme(
         target_hit_ratio=hit_ratio, footprint_bytes=size, load_s=seconds, models=models, alpha=zipf,
         requests=requests, trace=load_trace(trace) if trace else None, policy=policy, headroom=headroom,
         instance_memory_bytes=parse_size(instance_memory) if instance_memory else None, seed=seed,
     )  # fmt: skip
-    typer.echo(plan.summary())
+    if as_json:
+        echo_json({**asdict(plan), "measured": measure})
+    else:
+        typer.echo(plan.summary())
 
 
 @mme_app.command("list", short_help="Models in the repository and the store, with their state.")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from toolkit.cli.common import JSON_OPTION, echo_json
+
 
 def tune_cmd(
     model: str = typer.Argument(..., help="the model (or ensemble: its step models are tuned) to tune"),
@@ -31,6 +33,7 @@ def tune_cmd(
     protocol: str = typer.Option("grpc", help="grpc or http (perf_analyzer's)"),
     window: str = typer.Option("500ms", help="perf_analyzer measurement window (3 per measurement)"),
     repeats: int = typer.Option(1, help="extra measurements of each of two configs within the noise"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Find the config (instances, max batch, dynamic batching, concurrency) with the best throughput (or cost) under
     a p99 bound; configs are loaded through Triton's config override (no restart), originals restored at the end."""
@@ -54,11 +57,14 @@ def tune_cmd(
         instance_type=instance_type, perf_analyzer=perf_analyzer, protocol=protocol,
         window_ms=round(parse_time(window, "ms") * 1000.0), repeats=repeats, report_dir=report, apply=apply,
     )  # fmt: skip
-    result = tune(options, progress=typer.echo)
-    typer.echo(result.summary())
-    if report is not None:
-        typer.echo(f"report: {report / 'report.html'}")
-    if result.applied:
-        typer.echo(f"{manifest}: tuned settings written (tritonctl generate {manifest} reproduces them)")
+    result = tune(options, progress=lambda line: typer.echo(line, err=as_json))
+    if as_json:  # the search's progress went to stderr: stdout is the one document
+        echo_json(result.to_dict())
+    else:
+        typer.echo(result.summary())
+        if report is not None:
+            typer.echo(f"report: {report / 'report.html'}")
+        if result.applied:
+            typer.echo(f"{manifest}: tuned settings written (tritonctl generate {manifest} reproduces them)")
     if result.best is None:
         raise typer.Exit(1)
