@@ -93,7 +93,7 @@ def test_climb_finds_the_feasible_config_and_apply_round_trips(manifest: Path, t
     assert best is not None and best.p99_ms <= 40.0 and best.throughput > 0
     assert [s.verdict for s in o.path][:2] == ["start", "better"]
     assert result.cost(result.best) == pytest.approx(0.5 / (best.throughput * 3600) * 1e6)
-    assert result.restore_problems == [] and result.applied
+    assert result.restore_problems == [] and result.applied and result.found
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["best"]["label"] == "1 inst, max batch 32, no dyn" and report["strategy"] == "climb"
     assert (tmp_path / "report" / "tune.png").stat().st_size > 10_000
@@ -142,3 +142,14 @@ def test_cli_refuses_cost_without_a_price(manifest: Path) -> None:
     assert r.exit_code == 1 and "needs a price" in r.output
     r = CliRunner().invoke(app, ["tune", "post", "--p99", "soon", "--manifest", str(manifest)])
     assert r.exit_code == 1 and "bad duration 'soon'" in r.output
+
+
+def test_no_config_meets_the_bound_apply_writes_nothing(manifest: Path) -> None:
+    """The slow batcher alone against a 40 ms bound: nothing is found, the manifest is left as it was."""
+    before = manifest.read_text()
+    space = Space(instances=(1,), max_batch=(32,), dynamic=(True,), delays_us=(100_000,), concurrency=(1,))
+    result = tune(TuneOptions(model="post", p99_ms=40.0, manifest=manifest, space=space, budget_s=30.0, apply=True))
+    assert not result.found and not result.applied
+    assert [e.label for e in result.outcome.evaluations] == ["1 inst, max batch 32, dyn 100000us"]
+    assert "no config meets p99 <= 40 ms" in result.summary()
+    assert manifest.read_text() == before

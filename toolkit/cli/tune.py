@@ -66,5 +66,5 @@ def tune_cmd(
             typer.echo(f"report: {report / 'report.html'}")
         if result.applied:
             typer.echo(f"{manifest}: tuned settings written (tritonctl generate {manifest} reproduces them)")
-    if result.best is None:
+    if not result.found:
         raise typer.Exit(1)

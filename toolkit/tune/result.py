@@ -70,6 +70,11 @@ class TuneResult:
     def best(self) -> Evaluation | None:
         return self.outcome.best
 
+    @property
+    def found(self) -> bool:
+        """A config met the bound (without one, --apply writes nothing and the CLI exits 1)."""
+        return self.best is not None and self.best.best(self.options.p99_ms) is not None
+
     def settings(self) -> dict[str, Point]:
         """The winning point per tuned model (what --apply writes)."""
         return dict(zip(self.models, self.best.assignment, strict=True)) if self.best else {}

@@ -54,7 +54,7 @@ def tune(options: TuneOptions, progress: Callable[[str], None] | None = None) ->
     wall = time.monotonic() - t0
     result = TuneResult(options, target.models, target.is_ensemble, outcome, start_label, target.start(), price,
                         problems, wall)  # fmt: skip
-    if options.apply and result.best is not None and options.manifest is not None:
+    if options.apply and result.found and options.manifest is not None:
         from toolkit.tune.apply import apply_settings
 
         apply_settings(options.manifest, result.changed_settings())
