@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Development and CI install the core and every extra (pyproject.toml); users pick theirs (README: Install).
-EXTRAS := dev,examples,loadtest,deploy
+EXTRAS := dev,examples,loadtest,deploy,tune
 # The versions CI passed with: every install here is constrained to them, so two machines get the same libraries
 # (onnxruntime, scikit-learn, numpy ... decide the example models' bytes). `make lock` refreshes the file.
 CONSTRAINTS := constraints.txt

@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "loadtest": ("locust", "gevent", "geventhttpclient", "matplotlib"),
     "deploy": ("sklearn", "joblib", "skl2onnx", "onnx", "onnxruntime"),
     "gpu": ("pynvml",),
+    "tune": ("matplotlib",),
 }
 
 

@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("deploy: SageMaker endpoints from the manifest (tarballs from the repository, boto3)", ("toolkit.deploy",)),
     ("loadtest", ("toolkit.loadtest",)),
+    ("tune: search serving configs on Triton, report, write back to the manifest", ("toolkit.tune",)),
     ("cli", ("toolkit.cli", "toolkit.__main__")),
     # the package's own __init__: the curated public API, re-exporting from every layer on first use
     ("public API facade", ("toolkit",)),
