@@ -9,6 +9,7 @@ almost nothing. No locust import here: the orchestrator uses the same class to m
 from __future__ import annotations
 
 import math
+import time
 from array import array
 from collections import Counter, defaultdict
 from typing import Any
@@ -34,6 +35,7 @@ class Recorder:
         self.last_ok: float | None = None
         self.closed = False  # set once the results are handed off: later completions are ignored
         self._raw: dict[str, tuple[array[float], array[float]]] = {}  # target -> (start times, ms), successes
+        self.cpu: list[float | None] = []  # per load-generating process: CPU seconds / wall seconds after warm-up
 
     def add(self, name: str, ms: float, start: float, error: str | None) -> None:
         """Hot path: successes are appended raw (folded into histograms by ``flush``)."""
@@ -117,6 +119,7 @@ class Recorder:
             "users": {str(k): v for k, v in self.users.items()},
             "first_ok": self.first_ok,
             "last_ok": self.last_ok,
+            "cpu": self.cpu,
         }
 
     def merge_dict(self, d: dict[str, Any]) -> None:
@@ -137,11 +140,35 @@ class Recorder:
             self.users[int(s) + shift] = self.users.get(int(s) + shift, 0) + int(n)
         for k, n in d.get("cold", {}).items():
             self.cold[k] += int(n)
+        self.cpu.extend(d.get("cpu", []))
         for attr, pick in (("first_ok", min), ("last_ok", max)):
             v = d.get(attr)
             if v is not None:
                 cur = getattr(self, attr)
                 setattr(self, attr, v if cur is None else pick(cur, v))
+
+
+class CpuMeter:
+    """This process's CPU time (all its threads: grpcio's included) over the measured window, as a share of one core.
+
+    Why: a closed-loop client that is itself saturated measures its own limits, not the server's. A share near 1.0
+    for a one-thread Python process means the client is the bottleneck (the report says so).
+    """
+
+    def __init__(self) -> None:
+        self._start: tuple[float, float] | None = None
+
+    def open(self) -> None:
+        """Start of the window (after the warm-up); later calls are no-ops."""
+        if self._start is None:
+            self._start = (time.process_time(), time.perf_counter())
+
+    def close(self) -> float | None:
+        """CPU seconds per wall second since ``open``; None when the window never opened or is too short."""
+        if self._start is None:
+            return None
+        cpu, wall = time.process_time() - self._start[0], time.perf_counter() - self._start[1]
+        return cpu / wall if wall > 0.2 else None
 
 
 def describe_error(exc: BaseException) -> str:

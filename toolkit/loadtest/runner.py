@@ -46,12 +46,19 @@ class RunOptions:
     warmup: float | None = None
     rps: float | None = None
     processes: int = 1
+    grpc_client: str = "h2"  # h2: the raw HTTP/2 driver (constant/rate shapes); grpcio: the Locust gRPC user
     progress: Callable[[str], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def proto(self) -> str:
         return self.protocol or self.scenario.protocol
+
+    @property
+    def driver(self) -> str:
+        """``h2`` (toolkit.loadtest.h2driver) for gRPC at a constant user count, else ``locust``."""
+        h2 = self.proto == "grpc" and self.grpc_client == "h2" and self.scenario.shape.kind in ("constant", "rate")
+        return "h2" if h2 else "locust"
 
     def stats_url(self) -> str | None:
         if self.triton_url:
@@ -147,6 +154,7 @@ def run_loadtest(opts: RunOptions) -> dict[str, Any]:
             rec.merge_dict(json.loads(res.read_text()))
 
     report = build_report(opts, rec, targets, users, k, duration, warmup, rps, start_at)
+    report["client"]["cpu"] = rec.cpu
     report["server"] = diff_stats(snaps.get("stats"), after_stats)
     report["server_stats_source"] = f"{stats_url}/v2/models/stats" if stats_url and after_stats is not None else None
     mme = mme_metrics(snaps.get("mme"), after_mme)
@@ -178,6 +186,7 @@ def _launch(
     procs = []
     for i, n in enumerate(_split(users, k)):
         cfg = {
+            "driver": opts.driver,
             "protocol": opts.proto,
             "host": opts.target if opts.proto == "grpc" else _http(opts.target),
             "targets": [t.model_dump() for t in targets],
