@@ -9,7 +9,6 @@ almost nothing. No locust import here: the orchestrator uses the same class to m
 from __future__ import annotations
 
 import math
-import time
 from array import array
 from collections import Counter, defaultdict
 from typing import Any
@@ -23,6 +22,7 @@ class Recorder:
     def __init__(self, t0: float = 0.0, warmup: float = 0.0) -> None:
         self.t0 = t0  # epoch seconds of the run's start; time-series buckets are whole seconds since t0
         self.warmup = warmup
+        self.duration = math.inf  # seconds from t0: calls started later are outside the run (a late-waking loop)
         self.per_target: dict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
         self.errors: Counter[tuple[str, str]] = Counter()  # (target, error type) -> count
         self.series: dict[int, LatencyHistogram] = defaultdict(LatencyHistogram)  # successes, all targets
@@ -60,6 +60,8 @@ class Recorder:
             if not len(ms_a):
                 continue
             starts, ms = np.frombuffer(starts_a, dtype=np.float64), np.frombuffer(ms_a, dtype=np.float64)
+            keep = starts < self.t0 + self.duration
+            starts, ms = starts[keep], ms[keep]
             secs = np.maximum(0, np.floor(starts - self.t0)).astype(np.int64)
             buckets = LatencyHistogram.buckets_of(ms)
             inwin = starts >= self.t0 + self.warmup
@@ -78,7 +80,7 @@ class Recorder:
         self._raw.clear()
 
     def record(self, name: str, ms: float, start: float, error: str | None) -> None:
-        if self.closed:
+        if self.closed or start >= self.t0 + self.duration:
             return
         sec = max(0, math.floor(start - self.t0))
         in_window = start >= self.t0 + self.warmup
@@ -146,29 +148,6 @@ class Recorder:
             if v is not None:
                 cur = getattr(self, attr)
                 setattr(self, attr, v if cur is None else pick(cur, v))
-
-
-class CpuMeter:
-    """This process's CPU time (all its threads: grpcio's included) over the measured window, as a share of one core.
-
-    Why: a closed-loop client that is itself saturated measures its own limits, not the server's. A share near 1.0
-    for a one-thread Python process means the client is the bottleneck (the report says so).
-    """
-
-    def __init__(self) -> None:
-        self._start: tuple[float, float] | None = None
-
-    def open(self) -> None:
-        """Start of the window (after the warm-up); later calls are no-ops."""
-        if self._start is None:
-            self._start = (time.process_time(), time.perf_counter())
-
-    def close(self) -> float | None:
-        """CPU seconds per wall second since ``open``; None when the window never opened or is too short."""
-        if self._start is None:
-            return None
-        cpu, wall = time.process_time() - self._start[0], time.perf_counter() - self._start[1]
-        return cpu / wall if wall > 0.2 else None
 
 
 def describe_error(exc: BaseException) -> str:

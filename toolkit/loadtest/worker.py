@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolkit.loadtest.recorder import CpuMeter, Recorder
+from toolkit.loadtest.cpu import CpuMeter
+from toolkit.loadtest.recorder import Recorder
 
 
 def _wait_for_go() -> float | None:
@@ -51,7 +52,7 @@ def run_h2_worker(cfg: dict[str, Any], result_path: Path) -> None:
     start_at = _wait_for_go()
     if start_at is None:
         return
-    rec.t0 = start_at
+    rec.t0, rec.duration = start_at, float(cfg["duration"])
     delay = start_at - time.time()
     if delay > 0:
         time.sleep(delay)
@@ -102,7 +103,7 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
     start_at = _wait_for_go()
     if start_at is None:
         return
-    rec.t0 = start_at
+    rec.t0, rec.duration = start_at, float(cfg["duration"])
     delay = start_at - time.time()
     if delay > 0:
         gevent.sleep(delay)
