@@ -117,6 +117,23 @@ def test_feed_answers_ok_errors_and_keeps_the_hpack_table_in_step(conn: Connecti
     assert conn.consumed == 7 + 5
 
 
+def test_a_cached_header_block_is_not_reused_once_the_table_changed(conn: Connection) -> None:
+    """b"\\xbe" (dynamic index 62, the newest entry) means another field after the server inserts one."""
+    srv, ok = _Server(), [(":status", "200"), ("content-type", "application/grpc")]
+    sids = _start(conn, 3)
+    answers = []
+    for sid, status in zip(sids, ("0", "0", "13"), strict=True):
+        answers.append(srv.headers(sid, ok, False) + frame(DATA, 0, sid, b"\x00" * 5))
+        answers.append(srv.headers(sid, [("grpc-status", status)], True))
+    assert answers[3][9:] == b"\xbe"  # the second "grpc-status: 0" is indexed: decoded once, then cached
+    done = conn.feed(b"".join(answers))
+    assert [err for _, err in done] == [None, None, "gRPC INTERNAL: "]
+    (sid,) = _start(conn, 1)[-1:]
+    last = frame(HEADERS, END_HEADERS | END_STREAM, sid, b"\xbe")
+    done = conn.feed(srv.headers(sid, ok, False) + frame(DATA, 0, sid, b"\x00" * 5) + last)
+    assert [err for _, err in done] == ["gRPC INTERNAL: "]  # 62 is now "grpc-status: 13", not the cached "0"
+
+
 def test_feed_control_frames_and_stream_resets(conn: Connection) -> None:
     s1, s3 = _start(conn, 2)
     window = conn.send_window
@@ -135,7 +152,10 @@ def test_feed_control_frames_and_stream_resets(conn: Connection) -> None:
     srv = _Server()
     done = conn.feed(srv.headers(s3, [(":status", "200")], False) + frame(DATA, END_STREAM, s3, b"\x00" * 5))
     assert [err for _, err in done] == ["gRPC: the stream ended without a grpc-status"]
-    with pytest.raises(H2Error, match="GOAWAY .error code 11. calm down"):
+    (s5,) = _start(conn, 1)[-1:]
+    done = conn.feed(srv.headers(s5, [(":status", "200"), ("grpc-status", "0")], True))  # OK, but no message
+    assert [err for _, err in done] == ["gRPC OK without a response message"]
+    with pytest.raises(H2Error, match=r"GOAWAY \(error code 11\) calm down"):
         conn.feed(frame(GOAWAY, 0, 0, struct.pack(">II", 1, 11) + b"calm down"))
 
 
@@ -149,8 +169,8 @@ def test_no_call_starts_without_the_server_connection_window(conn: Connection) -
 
 @pytest.mark.parametrize(
     ("text", "integer", "levels"),
-    [("4", True, [4]), ("1:4", True, [1, 2, 3, 4]), ("1:16:4", True, [1, 5, 9, 13]), ("50:200:75", False, [50, 125, 200]),
-     ("0.5:1.5:0.5", False, [0.5, 1.0, 1.5])],
+    [("4", True, [4]), ("1:4", True, [1, 2, 3, 4]), ("1:16:4", True, [1, 5, 9, 13]),
+     ("50:200:75", False, [50, 125, 200]), ("0.5:1.5:0.5", False, [0.5, 1.0, 1.5])],
 )  # fmt: skip
 def test_perf_analyzer_ranges(text: str, integer: bool, levels: list[float]) -> None:
     assert parse_range(text, "--x", integer=integer) == levels
