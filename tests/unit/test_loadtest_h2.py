@@ -144,7 +144,7 @@ def test_feed_control_frames_and_stream_resets(conn: Connection) -> None:
         + frame(RST_STREAM, 0, s1, struct.pack(">I", 7))
     )
     assert [(s.user, err) for s, err in done] == [(0, "gRPC RST_STREAM: error code 7")]
-    assert conn.send_window == window + 1000
+    assert conn.send_window == window + 1000 and conn.max_streams == 100
     owed = frames(conn.control())
     assert owed == [(SETTINGS, 1, 0, b""), (PING, 1, 0, b"12345678")]  # acks; nothing owed twice
     assert conn.control() == b""
@@ -165,6 +165,12 @@ def test_no_call_starts_without_the_server_connection_window(conn: Connection) -
     assert conn.start(call, 1, 0, 0.0) is None and len(conn.streams) == 1
     conn.feed(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 40005)))
     assert conn.start(call, 1, 0, 0.0) is not None
+
+
+def test_no_call_starts_beyond_the_servers_concurrent_streams(conn: Connection) -> None:
+    conn.feed(frame(SETTINGS, 0, 0, struct.pack(">HIHI", 0x4, 1 << 20, 0x3, 2)))  # window setting, then the limit
+    call = prepare_call("h:1", b"x")
+    assert [conn.start(call, i, 0, 0.0) is not None for i in range(3)] == [True, True, False]
 
 
 @pytest.mark.parametrize(

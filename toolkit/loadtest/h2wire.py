@@ -114,6 +114,7 @@ class Connection:
     streams: dict[int, Stream] = field(default_factory=dict)
     next_sid: int = 1
     send_window: int = 65535  # the server's connection-level window for our DATA
+    max_streams: int = MAX_STREAM_ID  # the server's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until it says)
     consumed: int = 0  # DATA bytes received since our last connection WINDOW_UPDATE
     buf: bytearray = field(default_factory=bytearray)
     out: list[bytes] = field(default_factory=list)  # control frames to send with the next write
@@ -134,8 +135,9 @@ class Connection:
         return cls(sock)
 
     def start(self, call: Call, user: int, target: int, t0: float) -> bytes | None:
-        """The bytes of a new call (the caller batches them into one send), or None while the window is short."""
-        if call.data_len > self.send_window:
+        """The bytes of a new call (the caller batches them into one send), or None while the server's window is
+        short or its limit of concurrent streams is reached (the user waits for an answer or a WINDOW_UPDATE)."""
+        if call.data_len > self.send_window or len(self.streams) >= self.max_streams:
             return None
         sid = self.next_sid
         if sid > MAX_STREAM_ID:
@@ -236,6 +238,9 @@ class Connection:
 
     def _other(self, ftype: int, sid: int, flags: int, payload: bytes, done: list[tuple[Stream, str | None]]) -> None:
         if ftype == SETTINGS and not flags & ACK:
+            for i in range(0, len(payload) - 5, 6):
+                if int.from_bytes(payload[i : i + 2], "big") == 0x3:  # SETTINGS_MAX_CONCURRENT_STREAMS
+                    self.max_streams = int.from_bytes(payload[i + 2 : i + 6], "big")
             self.out.append(frame(SETTINGS, ACK, 0))
         elif ftype == PING and not flags & ACK:
             self.out.append(frame(PING, ACK, 0, payload))
