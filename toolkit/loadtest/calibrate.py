@@ -85,6 +85,7 @@ def calibrate(
     repository: Path,
     rounds: int = 3,
     grpc_clients: tuple[str, ...] = ("h2",),
+    pa_stability: int | None = None,
 ) -> dict[str, Any]:
     """``rounds`` x (perf_analyzer, then ours for each client and process count); medians of the paired ratios."""
     if not PA.exists():
@@ -100,7 +101,8 @@ def calibrate(
         target = ep.http_url if protocol == "http" else ep.grpc
         window = int(duration * 1000 / 3)
         for rnd in range(rounds):
-            pa = run_perf_analyzer(PA, model, url, protocol, concurrency, window)
+            extra = ["--stability-percentage", str(pa_stability)] if pa_stability else None
+            pa = run_perf_analyzer(PA, model, url, protocol, concurrency, window, extra)
             raw.append({"round": rnd, "driver": "perf_analyzer", **pa})
             for client in clients:
                 for k in processes:
@@ -206,12 +208,13 @@ def main() -> None:
     ap.add_argument("--protocol", default="http", choices=["http", "grpc"])
     ap.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--pa-stability", type=int, help="perf_analyzer's --stability-percentage (busy machine: 50)")
     ap.add_argument("--grpc-clients", default="h2", help="gRPC drivers to compare: h2, grpcio or h2,grpcio")
     ap.add_argument("--output", type=Path, help="append the markdown table to this file")
     a = ap.parse_args()
     res = calibrate(
         a.model, a.concurrency, [int(x) for x in a.processes.split(",")], a.duration, a.protocol, a.repository,
-        a.rounds, tuple(a.grpc_clients.split(",")),
+        a.rounds, tuple(a.grpc_clients.split(",")), a.pa_stability,
     )  # fmt: skip
     md = to_markdown(res)
     print(md)

@@ -67,11 +67,10 @@ class H2Users:
                 next_tick += 1.0
             self._send_due(now, offset)
             wait = min(next_tick, p_stop, self.due[0][0] if self.due else p_stop) - time.perf_counter()
-            if self.conn is None or not self.conn.streams:
-                if wait > 0:
-                    time.sleep(min(wait, 0.05))
+            if self.conn is None:  # between connection attempts
+                time.sleep(min(max(wait, 0.0), 0.05))
                 continue
-            self._receive(max(wait, 0.0005), offset)
+            self._receive(max(wait, 0.0005), offset)  # also with nothing in flight: WINDOW_UPDATE, PING, GOAWAY
         if self.conn is not None:
             self.conn.close()
 
