@@ -245,3 +245,13 @@ def test_recorder_leaves_out_calls_started_after_the_run() -> None:
     d = rec.to_dict()
     assert sum(h["count"] for h in d["series"].values()) == 3 and d["per_target"]["m"]["count"] == 2
     assert d["errors"] == [] and d["last_ok"] == pytest.approx(102.901)
+
+
+def test_help_shows_perf_analyzers_range_syntax_as_typed() -> None:
+    """Rich renders ``:end:`` as an emoji: the help must show the syntax users type."""
+    from typer.testing import CliRunner
+
+    from toolkit.cli.main import app
+
+    out = CliRunner().invoke(app, ["loadtest", "--help"], env={"COLUMNS": "120"}).stdout
+    assert out.count("START[:END[:STEP]]") == 2 and "\N{END WITH LEFTWARDS ARROW ABOVE}" not in out

@@ -229,10 +229,10 @@ def loadtest_cmd(
     processes: int = typer.Option(1, "--processes", "-p", help="load-generating processes (one core each)"),
     sweep: str | None = typer.Option(None, "--sweep", help="concurrency levels, e.g. 1,2,4,8,16"),
     concurrency_range: str | None = typer.Option(
-        None, "--concurrency-range", help="perf_analyzer's START:END:STEP, e.g. 1:16:2"
+        None, "--concurrency-range", help="perf_analyzer's START[:END[:STEP]], e.g. 1:16:2"
     ),
     request_rate_range: str | None = typer.Option(
-        None, "--request-rate-range", help="perf_analyzer's START:END:STEP in req/s (paced --users)"
+        None, "--request-rate-range", help="perf_analyzer's START[:END[:STEP]] in req/s (paced --users)"
     ),
     csv_path: Path | None = typer.Option(None, "-f", "--csv", help="also write perf_analyzer's CSV here"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON (progress goes to stderr)"),
