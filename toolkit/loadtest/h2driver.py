@@ -10,6 +10,7 @@ Locust gRPC user.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import time
@@ -93,6 +94,12 @@ class H2Users:
             batch.append(data)
         if batch:
             self._write(batch, offset)
+
+    def connect(self) -> None:
+        """Open the connection before the start (as perf_analyzer does); a failure is retried, and counted, in
+        ``run``."""
+        with contextlib.suppress(OSError):
+            self._connection()
 
     def _connection(self) -> Connection:
         if self.conn is None:

@@ -53,6 +53,7 @@ def run_h2_worker(cfg: dict[str, Any], result_path: Path) -> None:
     if start_at is None:
         return
     rec.t0, rec.duration = start_at, float(cfg["duration"])
+    users.connect()
     delay = start_at - time.time()
     if delay > 0:
         time.sleep(delay)
