@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,18 +26,21 @@ from toolkit.loadtest.recorder import Recorder
 from toolkit.loadtest.scenario import Target, TargetMix
 
 RETRY_S = 0.1  # after a failed connection, before the users try again
+MAX_LANES = 16  # threads (and connections) per worker process
 
 
 class H2Users:
-    """The users of one worker process and their connection; ``run`` drives them until ``stop_at``."""
+    """One lane: some of the process's users (``user_ids``) on one connection, driven by one thread until
+    ``stop_at``."""
 
-    def __init__(self, cfg: dict[str, Any], rec: Recorder) -> None:
+    def __init__(self, cfg: dict[str, Any], rec: Recorder, user_ids: list[int]) -> None:
         self.targets = [Target.model_validate(t) for t in cfg["targets"]]
         self.mix = TargetMix([t.weight for t in self.targets])
-        self.users = int(cfg["users"])
+        self.user_ids = user_ids
+        users = int(cfg["users"])
         self.spawn_rate = float(cfg["spawn_rate"])
         rps = cfg.get("rps")
-        self.interval = self.users / float(rps) if rps and self.users else 0.0  # per user, between call starts
+        self.interval = users / float(rps) if rps and users else 0.0  # per user, between call starts
         self.timeout = float(cfg.get("timeout", 60.0))
         host, _, port = str(cfg["host"]).split("://", 1)[-1].rstrip("/").rpartition(":")
         self.addr = (host.strip("[]") or "127.0.0.1", int(port))
@@ -48,13 +52,12 @@ class H2Users:
         self.rec = rec
         self.conn: Connection | None = None
         self.due: list[tuple[float, int]] = []  # (perf_counter time, user) of calls to start
-        self.started = 0  # users started so far (the spawn ramp)
 
-    def run(self, start_at: float, stop_at: float, tick: Callable[[int], None]) -> None:
-        """Drive the users from epoch ``start_at`` to ``stop_at``; ``tick(users)`` once a second (progress)."""
+    def run(self, start_at: float, stop_at: float) -> None:
+        """Drive the users from epoch ``start_at`` to ``stop_at`` (user i starts at ``i / spawn_rate``)."""
         offset = time.time() - time.perf_counter()  # epoch = perf + offset, for the recorder's start times
         p_start, p_stop = start_at - offset, stop_at - offset
-        self.due = [(p_start + i / self.spawn_rate, i) for i in range(self.users)]
+        self.due = [(p_start + i / self.spawn_rate, i) for i in self.user_ids]
         heapq.heapify(self.due)
         next_tick = p_start
         while True:
@@ -62,8 +65,6 @@ class H2Users:
             if now >= p_stop:
                 break
             if now >= next_tick:
-                self.started = sum(1 for i in range(self.users) if p_start + i / self.spawn_rate <= now)
-                tick(self.started)
                 self._expire(now, offset)
                 next_tick += 1.0
             self._send_due(now, offset)
@@ -167,6 +168,53 @@ class H2Users:
         for s in conn.streams.values():
             self.rec.add(self.targets[s.target].label, (now - s.t0) * 1000.0, s.t0 + offset, _describe(exc))
             heapq.heappush(self.due, (now + RETRY_S, s.user))
+
+
+class H2Process:
+    """All lanes of one worker process: one thread and one connection per lane (up to ``MAX_LANES``), the users
+    dealt round-robin.
+
+    Why several lanes and not one loop for all users: on a machine whose CPUs are all busy (Triton beside the client
+    on 2 cores), one thread holding every call in flight stalls them all whenever it is not scheduled, which showed
+    as a heavy latency tail and 0.75x perf_analyzer's throughput at equal p50; perf_analyzer runs one thread per
+    concurrent request, and so do the lanes (the calls of a lane still share its writes).
+    """
+
+    def __init__(self, cfg: dict[str, Any], warmup: float) -> None:
+        self.users = int(cfg["users"])
+        self.spawn_rate = float(cfg["spawn_rate"])
+        k = max(1, min(self.users, MAX_LANES))
+        self.recs = [Recorder(warmup=warmup) for _ in range(k)]
+        self.lanes = [H2Users(cfg, self.recs[j], list(range(j, self.users, k))) for j in range(k)]
+
+    def connect(self) -> None:
+        for lane in self.lanes:
+            lane.connect()
+
+    def run(self, start_at: float, stop_at: float, on_second: Callable[[int, int, int], None]) -> list[Recorder]:
+        """Run the lanes; ``on_second(ok, errors, users started)`` once a second; returns the lanes' recorders."""
+        for rec in self.recs:
+            rec.t0, rec.duration = start_at, stop_at - start_at
+        threads = [threading.Thread(target=lane.run, args=(start_at, stop_at), daemon=True) for lane in self.lanes]
+        for t in threads:
+            t.start()
+        next_tick = start_at
+        while any(t.is_alive() for t in threads):
+            now = time.time()
+            if now >= next_tick:
+                started = sum(1 for i in range(self.users) if start_at + i / self.spawn_rate <= now)
+                on_second(*self._counts(), started)
+                next_tick += 1.0
+            threads[0].join(timeout=max(0.0, min(next_tick - time.time(), 0.1)))
+        return self.recs
+
+    def _counts(self) -> tuple[int, int]:
+        """Successes and errors so far, read while the lanes append (a lane's first sample of a target may resize
+        its dict under us: then this second's count is skipped)."""
+        try:
+            return sum(r.ok_count() for r in self.recs), sum(sum(r.series_errors.values()) for r in self.recs)
+        except RuntimeError:
+            return -1, -1
 
 
 def _describe(exc: BaseException) -> str:

@@ -43,22 +43,36 @@ def _finish(rec: Recorder, cpu: CpuMeter, result_path: Path) -> None:
 
 
 def run_h2_worker(cfg: dict[str, Any], result_path: Path) -> None:
-    """gRPC closed loop on a raw HTTP/2 connection (no Locust, no gevent): see ``toolkit.loadtest.h2driver``."""
-    from toolkit.loadtest.h2driver import H2Users
+    """gRPC closed loop on raw HTTP/2 connections (no Locust, no gevent): see ``toolkit.loadtest.h2driver``."""
+    from toolkit.loadtest.h2driver import H2Process
 
-    rec = Recorder(t0=0.0, warmup=float(cfg.get("warmup", 0.0)))
-    users = H2Users(cfg, rec)
+    warmup = float(cfg.get("warmup", 0.0))
+    proc = H2Process(cfg, warmup)
     cpu = CpuMeter()
     start_at = _wait_for_go()
     if start_at is None:
         return
-    rec.t0, rec.duration = start_at, float(cfg["duration"])
-    users.connect()
+    proc.connect()
     delay = start_at - time.time()
     if delay > 0:
         time.sleep(delay)
-    users.run(start_at, start_at + float(cfg["duration"]), lambda n: _progress(rec, cpu, start_at, n))
-    _finish(rec, cpu, result_path)
+    rec = Recorder(t0=start_at, warmup=warmup)
+    rec.duration = float(cfg["duration"])
+
+    def second(ok: int, errors: int, users: int) -> None:
+        now = time.time()
+        rec.users[max(0, int(now - start_at))] = users
+        if now >= start_at + warmup:
+            cpu.open()
+        if ok >= 0:
+            print(json.dumps({"t": now, "ok": ok, "errors": errors, "users": users}), flush=True)
+
+    lanes = proc.run(start_at, start_at + rec.duration, second)
+    share = cpu.close()
+    for lane in lanes:
+        rec.merge_dict(lane.to_dict())
+    rec.cpu = [share]
+    result_path.write_text(json.dumps(rec.to_dict()))
     sys.stdout.flush()
 
 
