@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from toolkit.loadtest.perfcsv import HEADER
+from toolkit.loadtest.perfcsv import row as perf_row
 from toolkit.loadtest.runner import RunOptions, embedded_triton, run_loadtest
 from toolkit.loadtest.scenario import LoadTestError, parse_scenario
 
@@ -63,6 +65,7 @@ def run_perf_analyzer(
         "p99_ms": float(row["p99 latency"]) / 1000.0,
         "command": " ".join(cmd[:-2]),
         "client_cpu": cpu_share,
+        "outside_server_us": sum(float(row[k]) for k in ("Client Send", "Network+Server Send/Recv", "Client Recv")),
     }
 
 
@@ -116,7 +119,7 @@ def calibrate(
                 row[key] = statistics.median(r[key] for r in rs)
         if "tp_ratio" in row:
             row["meets_goal"] = row["tp_ratio"] >= GOAL_THROUGHPUT and abs(row["p50_diff"]) <= GOAL_P50
-        for key in ("client_cpu", "host_busy"):
+        for key in ("client_cpu", "host_busy", "outside_server_us"):
             vals = [r[key] for r in rs if r.get(key) is not None]
             row[key] = statistics.median(vals) if vals else None
         rows.append(row)
@@ -145,6 +148,7 @@ def _ours(
                    duration=duration, warmup=2.0, processes=k, grpc_client=client or "h2")
     )  # fmt: skip
     t, cpu = rep["client"]["total"], rep["client"]["cpu"]
+    outside = float(perf_row(rep)[HEADER.index("Network+Server Send/Recv")])  # avg latency - server queue/compute
     name = f"tritonctl loadtest{f' ({client})' if client else ''}, {k} process{'es' if k > 1 else ''}"
     flag = f" --grpc-client {client}" if client else ""
     return {
@@ -156,6 +160,7 @@ def _ours(
         "p50_diff": t["p50_ms"] / pa["p50_ms"] - 1.0,
         "client_cpu": cpu["max"],
         "host_busy": cpu["host_busy"],
+        "outside_server_us": outside,
         "command": f"tritonctl loadtest single_model --target {target} --protocol {protocol}{flag} "
         f"--users {concurrency} --processes {k} --duration {duration:g}s --warmup 2s",
     }
@@ -168,17 +173,20 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"{res['load'][0]:.1f} at the end)",
         "",
         "Medians over the rounds; ratios are paired with the perf_analyzer run of the same round. Client CPU: the "
-        "load generator's busiest process, share of one core; machine: all CPUs' busy share during our run.",
+        "load generator's busiest process, share of one core; machine: all CPUs' busy share during our run; outside "
+        "server: average latency minus Triton's queue and compute times (perf_analyzer's Client Send + "
+        "Network+Server Send/Recv + Client Recv), i.e. what the client and the transport add.",
         "",
         "| driver | throughput (req/s) | vs perf_analyzer | p50 (ms) | p50 vs perf_analyzer | p90 (ms) | p99 (ms) "
-        "| client CPU | machine busy | goal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| client CPU | machine busy | outside server (µs) | goal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in res["rows"]:
         if "tp_ratio" not in r:
             lines.append(
                 f"| {r['driver']} | {r['throughput_rps']:.0f} | 1.00x | {r['p50_ms']:.3f} | 0% | "
-                f"{r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['client_cpu']:.0%} (whole run) | | |"
+                f"{r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {r['client_cpu']:.0%} (whole run) | | "
+                f"{r['outside_server_us']:.0f} | |"
             )
             continue
         goal = "met" if r["meets_goal"] else "**missed**"
@@ -186,7 +194,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         busy = f"{r['host_busy']:.0%}" if r.get("host_busy") is not None else "?"
         lines.append(
             f"| {r['driver']} | {r['throughput_rps']:.0f} | {r['tp_ratio']:.2f}x | {r['p50_ms']:.3f} | "
-            f"{r['p50_diff']:+.0%} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {cpu} | {busy} | {goal} |"
+            f"{r['p50_diff']:+.0%} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | {cpu} | {busy} | "
+            f"{r['outside_server_us']:.0f} | {goal} |"
         )
     lines += ["", "Per round (throughput req/s / p50 ms):", ""]
     for rnd in range(res["rounds"]):
