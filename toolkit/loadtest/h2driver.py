@@ -205,7 +205,7 @@ class H2Process:
                 started = sum(1 for i in range(self.users) if start_at + i / self.spawn_rate <= now)
                 on_second(*self._counts(), started)
                 next_tick += 1.0
-            threads[0].join(timeout=max(0.0, min(next_tick - time.time(), 0.1)))
+            time.sleep(max(0.0, min(next_tick - time.time(), 0.05)))
         return self.recs
 
     def _counts(self) -> tuple[int, int]:
