@@ -45,11 +45,13 @@ def test_raw_grpc_driver_calls_reach_triton_and_the_report_has_the_cpu_verdict(l
     total = report["client"]["total"]
     assert total["count"] > 50 and total["errors"] == 0, report["client"]["errors"]
     assert 0 < total["p50_ms"] <= total["p99_ms"]
-    # Triton counted what we sent over the measured window (edges: the calls in flight at each end)
-    assert abs(report["server"][MODEL]["requests"] - total["count"]) <= 2 * 3 + 2
+    # Triton counted what we sent over the measured window (edges: the calls in flight at each end, and the
+    # statistics snapshots are HTTP calls of their own, late by a few ms on a busy machine: ~3% at ~3k calls/s)
+    served = report["server"][MODEL]["requests"]
+    assert abs(served - total["count"]) <= max(2 * 3 + 2, 0.03 * total["count"]), (served, total["count"])
     cpu = report["client"]["cpu"]
-    assert len(cpu["per_process"]) == 1 and 0 < cpu["per_process"][0] < 2
-    assert 0 < cpu["host_busy"] <= 1 and cpu["bottleneck"] in (None, "client", "machine")
+    assert len(cpu["per_process"]) == 1 and 0 < cpu["per_process"][0] < 2, cpu
+    assert 0 < cpu["host_busy"] <= 1 and cpu["bottleneck"] in (None, "client", "machine"), cpu
     assert "load generator CPU" in summary_line(report)
 
 
