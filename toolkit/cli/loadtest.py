@@ -8,24 +8,30 @@ registers as ``app.command("loadtest")(loadtest_cmd)``. Without ``--target`` it 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from toolkit.errors import TritonctlError
-from toolkit.loadtest.perfcsv import write_perf_csv
-from toolkit.loadtest.report import write_report, write_sweep_report
-from toolkit.loadtest.runner import RunOptions, embedded_triton, run_loadtest
-from toolkit.loadtest.scenario import LoadTestError, list_scenarios, load_scenario, parse_duration
-from toolkit.loadtest.sweep import parse_range, run_sweep
+
+if TYPE_CHECKING:
+    from toolkit.loadtest.runner import RunOptions
+
+# Locust, gevent, matplotlib and the Triton clients are imported by the functions that run a test, not here: the CLI
+# registers this command at start-up and `tritonctl --help` must not pay for them (tests/unit/test_cli_manners.py).
+# The scenario names for the help text are read from the directory (toolkit.loadtest.scenario.SCENARIO_DIR) without
+# importing the scenario model (pydantic).
+_SCENARIO_NAMES = ", ".join(
+    sorted(x.stem for x in (Path(__file__).resolve().parents[2] / "load" / "scenarios").glob("*.yaml"))
+)
 
 
 def parse_sweep(text: str | None) -> list[int] | None:
+    from toolkit.loadtest.scenario import LoadTestError
+
     if not text:
         return None
     try:
@@ -41,6 +47,9 @@ def plan_levels(
     sweep: str | None, concurrency_range: str | None, request_rate_range: str | None
 ) -> tuple[str, list[float]] | None:
     """The sweep asked for, as (mode, levels); None for a single run. The three flags exclude each other."""
+    from toolkit.loadtest.scenario import LoadTestError
+    from toolkit.loadtest.sweep import parse_range
+
     given = [f for f, v in (("--sweep", sweep), ("--concurrency-range", concurrency_range),
                             ("--request-rate-range", request_rate_range)) if v]  # fmt: skip
     if len(given) > 1:
@@ -66,6 +75,8 @@ def check_args(
     request_rate_range: str | None,
 ) -> tuple[str, list[float]] | None:
     """Every refusal before anything starts (a server, workers); returns the sweep plan."""
+    from toolkit.loadtest.scenario import LoadTestError
+
     if proto not in ("http", "grpc", "sagemaker"):
         raise LoadTestError(f"unknown protocol {proto!r}: http, grpc or sagemaker")
     if encoding not in (None, "json", "binary"):
@@ -112,6 +123,13 @@ def loadtest(
 
     Beside report.html: summary.json (what ``--json`` prints) and, with ``csv_path``, perf_analyzer's CSV.
     """
+    import tempfile
+
+    from toolkit.extras import require
+    from toolkit.loadtest.runner import RunOptions, embedded_triton
+    from toolkit.loadtest.scenario import LoadTestError, load_scenario, parse_duration
+
+    require("loadtest", "tritonctl loadtest")  # before an embedded Triton is started for nothing
     sc = load_scenario(scenario)
     proto = protocol or sc.protocol
     ranges = (sweep, concurrency_range, request_rate_range)
@@ -160,6 +178,13 @@ def _run_and_write(
     progress: Callable[[str], None] | None,
 ) -> Path:
     """One run or a sweep; the report, summary.json and the perf_analyzer CSV. A sweep of one level is one run."""
+    import json
+
+    from toolkit.loadtest.perfcsv import write_perf_csv
+    from toolkit.loadtest.report import write_report, write_sweep_report
+    from toolkit.loadtest.runner import run_loadtest
+    from toolkit.loadtest.sweep import run_sweep
+
     if plan and len(plan[1]) == 1:
         mode, (level,) = plan
         opts.users, opts.rps = (int(level), opts.rps) if mode == "concurrency" else (opts.users, level)
@@ -212,9 +237,7 @@ def summary_line(report: dict[str, Any]) -> str:
 
 
 def loadtest_cmd(
-    scenario: str = typer.Argument(
-        ..., help=f"scenario name in load/scenarios ({', '.join(list_scenarios())}) or YAML"
-    ),
+    scenario: str = typer.Argument(..., help=f"scenario name in load/scenarios ({_SCENARIO_NAMES}) or YAML"),
     users: int | None = typer.Option(None, "--users", "-u", help="concurrent users (default: the scenario's)"),
     spawn_rate: float | None = typer.Option(None, "--spawn-rate", "-r", help="users started per second"),
     duration: str | None = typer.Option(None, "--duration", "-t", help="e.g. 60s, 2m (default: the scenario's)"),

@@ -43,6 +43,8 @@ class ModelProvider(Protocol):
 
     async def unload(self, name: str) -> None: ...
 
+    def unload_when_idle(self, name: str) -> None: ...
+
     def metrics_text(self) -> str: ...
 
     def on_triton_restart(self) -> None: ...
@@ -150,6 +152,10 @@ class RepositoryModels:
         except TritonctlError as exc:
             raise model_error(name, exc) from None
         self._resident.discard(name)
+
+    def unload_when_idle(self, name: str) -> None:
+        """Nothing: this mode does not count requests in flight, so it cannot unload after a call without cutting
+        another one off; ``serving`` refuses ``model_cache_setting: Disabled`` without the MME manager."""
 
     def metrics_text(self) -> str:
         return f"# TYPE tritonctl_LoadedModelCount gauge\ntritonctl_LoadedModelCount {len(self._resident)}\n"
