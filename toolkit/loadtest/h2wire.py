@@ -10,8 +10,8 @@ HPACK-decoded (``hpack``) in order, with a cache for blocks of indexed fields on
 
 Scope: what a unary load test needs. Flow control is honoured both ways (we announce the largest windows and top up
 the connection window; our DATA waits for the server's connection window), SETTINGS/PING are acknowledged, GOAWAY
-and RST_STREAM end the calls they concern. No TLS, no compression, messages up to 64 KiB (the runner falls back to
-the grpcio user beyond that, and for shapes other than constant/rate).
+and RST_STREAM end the calls they concern. No TLS, no compression, request messages up to 64 KiB (larger ones are
+refused with a message: use ``--grpc-client grpcio``, which the runner also uses for the step/ramp shapes).
 """
 
 from __future__ import annotations
