@@ -14,10 +14,10 @@ from pathlib import Path
 PY = sys.executable
 
 
-def _calibration(protocol: str, processes: str) -> list[str]:
+def _calibration(protocol: str, processes: str, *extra: str) -> list[str]:
     """The load-test driver against perf_analyzer, paired rounds, appended to docs/benchmarks/loadtest.md."""
     return [PY, "-m", "toolkit.loadtest.calibrate", "--duration", "8", "--rounds", "3", "--protocol", protocol,
-            "--processes", processes, "--output", "docs/benchmarks/loadtest.md"]  # fmt: skip
+            "--processes", processes, *extra, "--output", "docs/benchmarks/loadtest.md"]  # fmt: skip
 
 
 _MME_SEED003 = [PY, "-m", "bench.mme_seed003", "--output", "reports/bench/mme_seed003.md",
@@ -76,8 +76,9 @@ BENCHES: dict[str, list[str]] = {
     "gateway-profile": [PY, "-m", "bench.gateway_profile", "--callbacks"],
     # #11's goal (<= 5 µs more CPU per request than before the hardening) as a count of instructions (valgrind)
     "gateway-instructions": [PY, "-m", "bench.gateway_instructions", "--against", "7c7a51b"],
+    "tune": [PY, "-m", "bench.tune"],
     "loadtest-calibration-http": _calibration("http", "1,2"),
-    "loadtest-calibration-grpc": _calibration("grpc", "1"),
+    "loadtest-calibration-grpc": _calibration("grpc", "1", "--grpc-clients", "h2,grpcio", "--rounds", "5"),
 }
 
 

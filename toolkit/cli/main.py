@@ -239,6 +239,7 @@ def _register_subcommands() -> None:
     from toolkit.cli.loadtest import loadtest_cmd
     from toolkit.cli.mme import mme_app
     from toolkit.cli.serve import serve_command
+    from toolkit.cli.tune import tune_cmd
 
     app.command("status", short_help="Server health, version and loaded models.")(friendly(status))
     app.command(
@@ -259,6 +260,12 @@ def _register_subcommands() -> None:
         short_help="Load-test with Locust; write a report (HTML, JSON, CSV).",
         help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).",
     )(friendly(loadtest_cmd))
+    app.command(
+        "tune",
+        short_help="Find the config that meets a p99 bound at the best throughput or cost.",
+        help="Find the serving config (instances, max batch, dynamic batching, concurrency) that meets a p99 bound "
+        "at the best throughput or cost; configs swapped through Triton's config override.",
+    )(friendly(tune_cmd))
 
 
 _register_subcommands()

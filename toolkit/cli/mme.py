@@ -80,6 +80,50 @@ def simulate_cmd(
     typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
+@mme_app.command("plan", short_help="Resident models, memory budget and instances for a target hit ratio.")
+@friendly
+def plan_cmd(
+    hit_ratio: float = typer.Option(..., "--hit-ratio", help="target hit ratio (share of requests to a loaded model)"),
+    models: int = typer.Option(200, "--models", help="distinct models in the synthetic trace"),
+    zipf: float = typer.Option(1.0, "--zipf", help="Zipf exponent of model popularity"),
+    requests: int = typer.Option(20_000, "--requests", help="requests in the synthetic trace"),
+    trace: Path | None = typer.Option(None, "--trace", help="recorded trace instead: one model per line, or CSV"),
+    policy: str = typer.Option("lru", "--policy", help="eviction policy: lru or gdsf"),
+    footprint: str | None = typer.Option(None, "--footprint", help="memory per model, e.g. 120MiB"),
+    load_time: float | None = typer.Option(None, "--load-time", help="seconds per cold load"),
+    measure: str | None = typer.Option(None, "--measure", help="measure footprint and load time of this model"),
+    manifest: Path = typer.Option(Path("tritonctl.yaml"), "--manifest", help="with --measure"),
+    instance_memory: str | None = typer.Option(None, "--instance-memory", help="memory of one instance, e.g. 16GiB"),
+    headroom: float = typer.Option(0.8, "--headroom", help="share of an instance's memory models may use"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Recommend the resident model count / memory budget and the instance count for a target hit ratio, from a
+    replay of the trace through the eviction policy and a measured (or given) footprint and load time."""
+    from toolkit.mme.footprint import parse_size
+    from toolkit.mme.simulate import load_trace
+    from toolkit.tune.mme_plan import measure_model, plan_mme
+
+    measured_bytes, measured_s = measure_model(manifest, measure) if measure else (None, None)
+    size = parse_size(footprint) if footprint else measured_bytes
+    seconds = load_time if load_time is not None else measured_s
+    if size is None or seconds is None:
+        raise typer.BadParameter("give --footprint and --load-time, or --measure MODEL to measure them")
+    if measure:
+        typer.echo(
+            f"measured {measure}: {size / 2**20:.0f} MiB, load {seconds * 1000:.0f} ms (median of 3)", err=as_json
+        )
+    plan = plan_mme(
+        target_hit_ratio=hit_ratio, footprint_bytes=size, load_s=seconds, models=models, alpha=zipf,
+        requests=requests, trace=load_trace(trace) if trace else None, policy=policy, headroom=headroom,
+        instance_memory_bytes=parse_size(instance_memory) if instance_memory else None, seed=seed,
+    )  # fmt: skip
+    if as_json:
+        echo_json({**asdict(plan), "measured": measure})
+    else:
+        typer.echo(plan.summary())
+
+
 @mme_app.command("list", short_help="Models in the repository and the store, with their state.")
 @friendly
 def list_cmd(

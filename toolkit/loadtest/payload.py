@@ -127,3 +127,31 @@ def sagemaker_request(
         headers["X-Amzn-SageMaker-Target-Model"] = target.target_model
     endpoint = target.endpoint or default_endpoint or target.model
     return f"/endpoints/{endpoint}/invocations", body, headers
+
+
+def grpc_request(target: Target, arrays: dict[str, np.ndarray]) -> Any:
+    """A ``ModelInferRequest`` with ``raw_input_contents``, as tritonclient.grpc sends it; built once, replayed.
+
+    Shared by the grpcio user and the raw HTTP/2 driver, so both send the same bytes.
+    """
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import serialize_byte_tensor
+
+    req = service_pb2.ModelInferRequest(model_name=target.model)
+    for name, arr in arrays.items():
+        dtype = target.inputs[name].dtype if target.inputs else "FP32"
+        inp = req.inputs.add()
+        inp.name, inp.datatype = name, dtype
+        inp.shape.extend(arr.shape)
+        data = serialize_byte_tensor(arr) if dtype == "BYTES" else arr
+        req.raw_input_contents.append(np.ascontiguousarray(data).tobytes())
+    for o in target.outputs or []:
+        req.outputs.add().name = o
+    for k, v in (target.parameters or {}).items():
+        if isinstance(v, bool):
+            req.parameters[k].bool_param = v
+        elif isinstance(v, int):
+            req.parameters[k].int64_param = v
+        else:
+            req.parameters[k].string_param = str(v)
+    return req

@@ -22,6 +22,7 @@ class Recorder:
     def __init__(self, t0: float = 0.0, warmup: float = 0.0) -> None:
         self.t0 = t0  # epoch seconds of the run's start; time-series buckets are whole seconds since t0
         self.warmup = warmup
+        self.duration = math.inf  # seconds from t0: calls started later are outside the run (a late-waking loop)
         self.per_target: dict[str, LatencyHistogram] = defaultdict(LatencyHistogram)
         self.errors: Counter[tuple[str, str]] = Counter()  # (target, error type) -> count
         self.series: dict[int, LatencyHistogram] = defaultdict(LatencyHistogram)  # successes, all targets
@@ -34,6 +35,7 @@ class Recorder:
         self.last_ok: float | None = None
         self.closed = False  # set once the results are handed off: later completions are ignored
         self._raw: dict[str, tuple[array[float], array[float]]] = {}  # target -> (start times, ms), successes
+        self.cpu: list[float | None] = []  # per load-generating process: CPU seconds / wall seconds after warm-up
 
     def add(self, name: str, ms: float, start: float, error: str | None) -> None:
         """Hot path: successes are appended raw (folded into histograms by ``flush``)."""
@@ -58,6 +60,8 @@ class Recorder:
             if not len(ms_a):
                 continue
             starts, ms = np.frombuffer(starts_a, dtype=np.float64), np.frombuffer(ms_a, dtype=np.float64)
+            keep = starts < self.t0 + self.duration
+            starts, ms = starts[keep], ms[keep]
             secs = np.maximum(0, np.floor(starts - self.t0)).astype(np.int64)
             buckets = LatencyHistogram.buckets_of(ms)
             inwin = starts >= self.t0 + self.warmup
@@ -76,7 +80,7 @@ class Recorder:
         self._raw.clear()
 
     def record(self, name: str, ms: float, start: float, error: str | None) -> None:
-        if self.closed:
+        if self.closed or start >= self.t0 + self.duration:
             return
         sec = max(0, math.floor(start - self.t0))
         in_window = start >= self.t0 + self.warmup
@@ -117,6 +121,7 @@ class Recorder:
             "users": {str(k): v for k, v in self.users.items()},
             "first_ok": self.first_ok,
             "last_ok": self.last_ok,
+            "cpu": self.cpu,
         }
 
     def merge_dict(self, d: dict[str, Any]) -> None:
@@ -137,6 +142,7 @@ class Recorder:
             self.users[int(s) + shift] = self.users.get(int(s) + shift, 0) + int(n)
         for k, n in d.get("cold", {}).items():
             self.cold[k] += int(n)
+        self.cpu.extend(d.get("cpu", []))
         for attr, pick in (("first_ok", min), ("last_ok", max)):
             v = d.get(attr)
             if v is not None:

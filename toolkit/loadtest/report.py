@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from toolkit.extras import require
+
 CLIENT_COLS = ("count", "throughput_rps", "avg_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "errors")
 SERVER_COLS = (
     "requests",
@@ -25,6 +27,7 @@ SERVER_COLS = (
 
 
 def _plt() -> Any:
+    require("loadtest", "the load-test report's plots")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,7 +147,7 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> None:
         ax.plot(x, [p[key] for p in pts], marker="o", color=color, label=key.removesuffix("_ms"))
     for p in pts:
         ax.annotate(
-            f"c={p['users']}",
+            p.get("label", f"c{p['users']}"),
             (p["throughput_rps"], p["p50_ms"]),
             textcoords="offset points",
             xytext=(4, -11),
@@ -263,18 +266,18 @@ def write_report(report: dict[str, Any], out: Path) -> Path:
 def write_sweep_report(sweep: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for run, p in zip(sweep["runs"], sweep["sweep"], strict=True):
-        write_report(run, out / f"c{p['users']}")
+        write_report(run, out / p["label"])
     slim = {k: v for k, v in sweep.items() if k != "runs"}
     (out / "report.json").write_text(json.dumps(slim, indent=1, default=str))
-    cols = ["users", "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "avg_ms", "errors"]
+    mode = sweep.get("mode", "concurrency")
+    cols = ["users" if mode == "concurrency" else "rate", "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms",
+            "avg_ms", "errors"]  # fmt: skip
     _csv(out / "sweep.csv", cols, [[p[k] for k in cols] for p in sweep["sweep"]])
     plot_sweep(sweep, out / "sweep.png")
-    links = "".join(
-        f"<li><a href='c{p['users']}/report.html'>concurrency {p['users']}</a></li>" for p in sweep["sweep"]
-    )
+    links = "".join(f"<li><a href='{p['label']}/report.html'>{mode} {p['level']:g}</a></li>" for p in sweep["sweep"])
     page = (
         f"<html><head><meta charset='utf-8'><title>sweep — {html.escape(sweep['scenario'])}</title>"
-        f"<style>{_CSS}</style></head><body><h1>Concurrency sweep: {html.escape(sweep['scenario'])}</h1>"
+        f"<style>{_CSS}</style></head><body><h1>{mode.capitalize()} sweep: {html.escape(sweep['scenario'])}</h1>"
         + _table([[p[k] for k in cols] for p in sweep["sweep"]], cols)
         + f"<img src='sweep.png'><h2>Runs</h2><ul>{links}</ul></body></html>"
     )

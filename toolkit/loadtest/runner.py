@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from toolkit.extras import require
+from toolkit.loadtest.cpu import host_times, verdict
 from toolkit.loadtest.hist import LatencyHistogram
 from toolkit.loadtest.payload import resolve_target
 from toolkit.loadtest.recorder import Recorder
@@ -46,12 +48,19 @@ class RunOptions:
     warmup: float | None = None
     rps: float | None = None
     processes: int = 1
+    grpc_client: str = "h2"  # h2: the raw HTTP/2 driver (constant/rate shapes); grpcio: the Locust gRPC user
     progress: Callable[[str], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def proto(self) -> str:
         return self.protocol or self.scenario.protocol
+
+    @property
+    def driver(self) -> str:
+        """``h2`` (toolkit.loadtest.h2driver) for gRPC at a constant user count, else ``locust``."""
+        h2 = self.proto == "grpc" and self.grpc_client == "h2" and self.scenario.shape.kind in ("constant", "rate")
+        return "h2" if h2 else "locust"
 
     def stats_url(self) -> str | None:
         if self.triton_url:
@@ -97,6 +106,7 @@ def _split(total: int, k: int) -> list[int]:
 
 def run_loadtest(opts: RunOptions) -> dict[str, Any]:
     """Run one load test and return the report dict (see docs/loadtest.md for its fields)."""
+    require("loadtest", "tritonctl loadtest")  # here, not in the workers: one line instead of a worker's traceback
     sc = opts.scenario
     users = opts.users or sc.users
     duration = opts.duration if opts.duration is not None else sc.duration
@@ -115,8 +125,12 @@ def run_loadtest(opts: RunOptions) -> dict[str, Any]:
     snaps: dict[str, Any] = {}
 
     def take_before() -> None:
+        snaps["host"] = host_times()
         snaps["stats"] = snapshot_stats(stats_url)
         snaps["mme"] = scrape(metrics_url)
+
+    def take_host_after() -> None:
+        snaps["host_after"] = host_times()
 
     with tempfile.TemporaryDirectory(prefix="tritonctl-loadtest-") as tmp:
         procs = _launch(opts, targets, binary, users, spawn_rate, rps, duration, warmup, k, Path(tmp))
@@ -126,12 +140,15 @@ def run_loadtest(opts: RunOptions) -> dict[str, Any]:
             start_at = time.time() + START_DELAY_S
             timer = threading.Timer(max(0.0, start_at + warmup - time.time()), take_before)
             timer.start()
+            end_timer = threading.Timer(max(0.0, start_at + duration - time.time()), take_host_after)
+            end_timer.start()
             for p, _, _ in procs:
                 assert p.stdin is not None
                 p.stdin.write(f"{start_at!r}\n")
                 p.stdin.flush()
             watcher.watch(start_at, duration, say)
             timer.join()
+            end_timer.join()
         finally:
             for p, _, _ in procs:
                 if p.poll() is None:
@@ -147,6 +164,7 @@ def run_loadtest(opts: RunOptions) -> dict[str, Any]:
             rec.merge_dict(json.loads(res.read_text()))
 
     report = build_report(opts, rec, targets, users, k, duration, warmup, rps, start_at)
+    report["client"]["cpu"] = verdict(rec.cpu, snaps.get("host"), snaps.get("host_after"))
     report["server"] = diff_stats(snaps.get("stats"), after_stats)
     report["server_stats_source"] = f"{stats_url}/v2/models/stats" if stats_url and after_stats is not None else None
     mme = mme_metrics(snaps.get("mme"), after_mme)
@@ -178,6 +196,7 @@ def _launch(
     procs = []
     for i, n in enumerate(_split(users, k)):
         cfg = {
+            "driver": opts.driver,
             "protocol": opts.proto,
             "host": opts.target if opts.proto == "grpc" else _http(opts.target),
             "targets": [t.model_dump() for t in targets],
@@ -305,6 +324,7 @@ def build_report(
         "scenario": opts.scenario.name,
         "description": opts.scenario.description,
         "protocol": opts.proto,
+        "driver": opts.driver,
         "encoding": opts.encoding or opts.scenario.encoding,
         "target": opts.target,
         "shape": opts.scenario.shape.kind,
@@ -331,32 +351,6 @@ def build_report(
             for t in targets
         ],
     }
-
-
-def run_sweep(opts: RunOptions, levels: list[int]) -> dict[str, Any]:
-    """One constant-concurrency run per level; the curve is throughput vs latency."""
-    if not levels or any(n < 1 for n in levels):
-        raise LoadTestError(f"bad sweep {levels}: give positive concurrency levels, e.g. 1,2,4,8")
-    runs = []
-    for n in levels:
-        if opts.progress:
-            opts.progress(f"--- concurrency {n} ---")
-        o = RunOptions(**{**opts.__dict__, "users": n, "spawn_rate": max(float(n), opts.spawn_rate or 0.0)})
-        o.scenario = opts.scenario.model_copy(
-            update={"shape": opts.scenario.shape.model_copy(update={"kind": "constant"})}
-        )
-        runs.append(run_loadtest(o))
-    points = [
-        {
-            "users": n,
-            **{
-                k: r["client"]["total"][k]
-                for k in ("throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "avg_ms", "errors")
-            },
-        }
-        for n, r in zip(levels, runs, strict=True)
-    ]
-    return {"scenario": opts.scenario.name, "protocol": opts.proto, "sweep": points, "runs": runs}
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from locust import FastHttpUser, LoadTestShape, User, constant, constant_through
 from locust.env import Environment
 from locust.exception import StopTest
 
-from toolkit.loadtest.payload import http_request, make_arrays, sagemaker_request
+from toolkit.loadtest.payload import grpc_request, http_request, make_arrays, sagemaker_request
 from toolkit.loadtest.recorder import Recorder, describe_error
 from toolkit.loadtest.scenario import Shape, Target, TargetMix
 
@@ -175,33 +175,13 @@ class TritonGrpcUser(_Traffic, User):
 
     def on_start(self) -> None:
         import grpc
-        from tritonclient.grpc import service_pb2, service_pb2_grpc
-        from tritonclient.utils import serialize_byte_tensor
+        from tritonclient.grpc import service_pb2_grpc
 
         opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self._channel = grpc.insecure_channel(self._address, options=opts)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         rng = np.random.default_rng(os.getpid() ^ id(self))
-        self._requests: list[Any] = []
-        for t in self.targets:
-            req = service_pb2.ModelInferRequest(model_name=t.model)
-            for name, arr in make_arrays(t, rng).items():
-                dtype = t.inputs[name].dtype if t.inputs else "FP32"
-                inp = req.inputs.add()
-                inp.name, inp.datatype = name, dtype
-                inp.shape.extend(arr.shape)
-                data = serialize_byte_tensor(arr) if dtype == "BYTES" else arr
-                req.raw_input_contents.append(np.ascontiguousarray(data).tobytes())
-            for o in t.outputs or []:
-                req.outputs.add().name = o
-            for k, v in (t.parameters or {}).items():
-                if isinstance(v, bool):
-                    req.parameters[k].bool_param = v
-                elif isinstance(v, int):
-                    req.parameters[k].int64_param = v
-                else:
-                    req.parameters[k].string_param = str(v)
-            self._requests.append(req)
+        self._requests = [grpc_request(t, make_arrays(t, rng)) for t in self.targets]
 
     def on_stop(self) -> None:
         self._channel.close()

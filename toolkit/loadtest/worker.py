@@ -14,8 +14,72 @@ import time
 from pathlib import Path
 from typing import Any
 
+from toolkit.loadtest.cpu import CpuMeter
+from toolkit.loadtest.recorder import Recorder
+
+
+def _wait_for_go() -> float | None:
+    """Say we are ready (imports done), then wait for the common start time (epoch seconds) on stdin."""
+    print(json.dumps({"ready": True}), flush=True)
+    line = sys.stdin.readline()
+    return float(line) if line.strip() else None  # empty: the orchestrator gave up
+
+
+def _progress(rec: Recorder, cpu: CpuMeter, start_at: float, users: int) -> None:
+    """One JSON progress line (the orchestrator's live display); also where the CPU window opens after warm-up."""
+    now = time.time()
+    rec.users[max(0, int(now - start_at))] = users
+    if now >= start_at + rec.warmup:
+        cpu.open()
+    errs = sum(rec.series_errors.values())
+    print(json.dumps({"t": now, "ok": rec.ok_count(), "errors": errs, "users": users}), flush=True)
+
+
+def _finish(rec: Recorder, cpu: CpuMeter, result_path: Path) -> None:
+    """Results first: what finished inside the window is final (later completions are ignored)."""
+    rec.cpu = [cpu.close()]
+    result_path.write_text(json.dumps(rec.to_dict()))
+    rec.closed = True
+
+
+def run_h2_worker(cfg: dict[str, Any], result_path: Path) -> None:
+    """gRPC closed loop on raw HTTP/2 connections (no Locust, no gevent): see ``toolkit.loadtest.h2driver``."""
+    from toolkit.loadtest.h2driver import H2Process
+
+    warmup = float(cfg.get("warmup", 0.0))
+    proc = H2Process(cfg, warmup)
+    cpu = CpuMeter()
+    start_at = _wait_for_go()
+    if start_at is None:
+        return
+    proc.connect()
+    delay = start_at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+    rec = Recorder(t0=start_at, warmup=warmup)
+    rec.duration = float(cfg["duration"])
+
+    def second(ok: int, errors: int, users: int) -> None:
+        now = time.time()
+        rec.users[max(0, int(now - start_at))] = users
+        if now >= start_at + warmup:
+            cpu.open()
+        if ok >= 0:
+            print(json.dumps({"t": now, "ok": ok, "errors": errors, "users": users}), flush=True)
+
+    lanes = proc.run(start_at, start_at + rec.duration, second)
+    share = cpu.close()
+    for lane in lanes:
+        rec.merge_dict(lane.to_dict())
+    rec.cpu = [share]
+    result_path.write_text(json.dumps(rec.to_dict()))
+    sys.stdout.flush()
+
 
 def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
+    if cfg.get("driver") == "h2":
+        run_h2_worker(cfg, result_path)
+        return
     import grpc.experimental.gevent as grpc_gevent
 
     grpc_gevent.init_gevent()  # before any channel exists, or gRPC blocks the gevent hub
@@ -23,7 +87,6 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
     import gevent
     from locust.env import Environment
 
-    from toolkit.loadtest.recorder import Recorder
     from toolkit.loadtest.scenario import Shape, Target
     from toolkit.loadtest.users import configure, make_shape
 
@@ -51,13 +114,11 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
     user_cls.recorder = rec  # type: ignore[attr-defined]  # users report straight to it (no event dispatch)
     runner = env.create_local_runner()
 
-    # handshake: say we are ready (imports done), then wait for the common start time on stdin
-    print(json.dumps({"ready": True}), flush=True)
-    line = sys.stdin.readline()
-    if not line.strip():
-        return  # the orchestrator gave up
-    start_at = float(line)
-    rec.t0 = start_at
+    cpu = CpuMeter()
+    start_at = _wait_for_go()
+    if start_at is None:
+        return
+    rec.t0, rec.duration = start_at, float(cfg["duration"])
     delay = start_at - time.time()
     if delay > 0:
         gevent.sleep(delay)
@@ -69,19 +130,15 @@ def run_worker(cfg: dict[str, Any], result_path: Path) -> None:
 
     def progress() -> None:
         while True:
-            done = rec.ok_count()
-            rec.users[max(0, int(time.time() - start_at))] = runner.user_count
-            errs = sum(rec.series_errors.values())
-            print(json.dumps({"t": time.time(), "ok": done, "errors": errs, "users": runner.user_count}), flush=True)
+            _progress(rec, cpu, start_at, runner.user_count)
             gevent.sleep(1.0)
 
     ticker = gevent.spawn(progress)
     while time.time() < stop_at and (shape is None or runner.state not in ("stopped", "quitting")):
         gevent.sleep(min(0.1, max(0.0, stop_at - time.time())))
-    # Results first: what finished inside the window is final. Then stop the users; a gRPC call killed mid-flight
-    # under gevent can make channel teardown hang, so the stop is bounded and the process exits hard.
-    result_path.write_text(json.dumps(rec.to_dict()))
-    rec.closed = True
+    # Results first, then stop the users; a gRPC call killed mid-flight under gevent can make channel teardown
+    # hang, so the stop is bounded and the process exits hard.
+    _finish(rec, cpu, result_path)
     ticker.kill()
     with gevent.Timeout(3.0, False):  # type: ignore[arg-type]  # False: gevent's silent timeout (not in the stub)
         runner.quit()
