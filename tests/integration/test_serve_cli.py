@@ -17,6 +17,7 @@ import psutil
 import pytest
 import tritonclient.http as httpclient
 
+from toolkit.loadtest.serverstats import parse_prometheus
 from toolkit.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +73,7 @@ def test_serve_through_the_gateway_then_ctrl_c(tmp_path: Path) -> None:
         assert int(client.infer("digits_mlp", [x]).as_numpy("label")[0, 0]) == 0  # loaded on first request
         client.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/metrics", timeout=5) as r:
-            assert "tritonctl_LoadedModelCount 1" in r.read().decode()
+            assert parse_prometheus(r.read().decode())[("tritonctl_mme_loaded_models", "")] == 1
     finally:
         _stop(proc, signal.SIGINT)
     assert not Path(seen["work"]).exists()  # its own temporary work directory is removed after a clean stop

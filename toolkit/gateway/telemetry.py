@@ -1,0 +1,217 @@
+"""What the gateway counts per request, the collector that exposes it, and the optional JSON-lines access log.
+
+Why this shape: the warm KServe infer is answered from callbacks (``http_dispatch``) and its cost is measured in
+instructions, so a request's bookkeeping is one call of ``RequestStats.record``: a dict lookup of its series
+(api, endpoint, model, status code) and one ``bisect`` per histogram (``toolkit.mme.metrics.Histogram``), no locks
+and no metric objects (``prometheus_client``'s ``Histogram.labels(...).observe`` costs several times more, measured
+in docs/metrics.md). ``GatewayCollector`` turns the state into Prometheus families at scrape time.
+
+Label values are bounded: a model label is a name the manager knows (an unknown name in a refused request is
+counted under ``model=""``), an endpoint label is ``kserve``, ``grpc`` or a configured SageMaker endpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from time import perf_counter
+from typing import IO
+
+import orjson
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from toolkit.mme.metrics import Histogram, histogram_family
+
+# Upper bounds in seconds: from a warm small model through the gateway (~0.3 ms) to a cold load of a big one.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+PREFIX = "tritonctl_gateway_"
+_LABELS = ["api", "endpoint", "model", "code"]
+
+
+class Series:
+    """One (api, endpoint, model, code): a count and three latency histograms (the cold one made on first use)."""
+
+    __slots__ = ("cold", "latency", "n", "upstream")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.latency = Histogram(LATENCY_BUCKETS)
+        self.upstream = Histogram(LATENCY_BUCKETS)
+        self.cold: Histogram | None = None
+
+
+@dataclass
+class Timing:
+    """One request's timings on the HTTP slow path (``http_front``) (``RequestStats.record`` takes them)."""
+
+    timed: bool = False  # an invocation (timed) or a metadata read (only counted)
+    upstream: float | None = None
+    cold: float | None = None
+    principal: str = ""
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.start = perf_counter()
+
+
+class AccessLog:
+    """JSON lines, one per answered request, to a file (``-`` = stderr), flushed per line so ``tail -f`` shows it.
+
+    Fields: ``time`` (UTC, ISO 8601), ``principal``, ``api``, ``endpoint``, ``model``, ``status``, ``latency_ms``,
+    ``upstream_ms``, ``cold`` (the request waited for a load), ``cold_wait_ms`` (when cold) and ``traceparent`` (when
+    the client sent one). Costs only when on: the writer is None otherwise."""
+
+    def __init__(self, target: str) -> None:
+        self.path = target
+        self._own = target != "-"
+        self._file: IO[bytes] = open(target, "ab") if self._own else sys.stderr.buffer  # noqa: SIM115
+
+    def write(self, entry: dict[str, object]) -> None:
+        entry["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+        self._file.write(orjson.dumps(entry) + b"\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._own:
+            self._file.close()
+
+
+class RequestStats:
+    """Requests answered by the gateway, by (api, endpoint, model, code); see the module's docstring."""
+
+    __slots__ = ("access", "series")
+
+    def __init__(self, access: AccessLog | None = None) -> None:
+        self.series: dict[tuple[str, str, str, int], Series] = {}
+        self.access = access
+
+    def record(
+        self,
+        api: str,
+        endpoint: str,
+        model: str,
+        status: int,
+        seconds: float | None = None,
+        upstream_s: float | None = None,
+        cold_wait_s: float | None = None,
+        principal: str = "",
+        trace: str | bytes | None = None,
+    ) -> None:
+        """One answered request. ``seconds`` None: refused before a handler ran (counted, not timed)."""
+        key = (api, endpoint, model, status)
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = Series()
+        s.n += 1
+        if seconds is not None:
+            s.latency.observe(seconds)
+        if upstream_s is not None:
+            s.upstream.observe(upstream_s)
+        if cold_wait_s is not None:
+            if s.cold is None:
+                s.cold = Histogram(LATENCY_BUCKETS)
+            s.cold.observe(cold_wait_s)
+        if self.access is not None:
+            self._log(key, seconds, upstream_s, cold_wait_s, principal, trace)
+
+    def _log(
+        self,
+        key: tuple[str, str, str, int],
+        seconds: float | None,
+        upstream_s: float | None,
+        cold_wait_s: float | None,
+        principal: str,
+        trace: str | bytes | None,
+    ) -> None:
+        assert self.access is not None
+        api, endpoint, model, status = key
+        entry: dict[str, object] = {
+            "principal": principal,
+            "api": api,
+            "endpoint": endpoint,
+            "model": model,
+            "status": status,
+            "latency_ms": None if seconds is None else round(seconds * 1000, 3),
+            "upstream_ms": None if upstream_s is None else round(upstream_s * 1000, 3),
+            "cold": cold_wait_s is not None,
+        }
+        if cold_wait_s is not None:
+            entry["cold_wait_ms"] = round(cold_wait_s * 1000, 3)
+        if trace:
+            entry["traceparent"] = trace.decode("latin-1") if isinstance(trace, bytes) else trace
+        self.access.write(entry)
+
+    def count(self, api: str) -> dict[int, int]:
+        """Requests by status code for one API (tests, the CLI)."""
+        out: dict[int, int] = {}
+        for (a, _, _, code), s in self.series.items():
+            if a == api:
+                out[code] = out.get(code, 0) + s.n
+        return out
+
+
+class GatewayCollector:
+    """The gateway's metric families, read at scrape time from ``RequestStats`` and three readers of the core."""
+
+    def __init__(
+        self, stats: RequestStats, hot_path: Callable[[], int], inflight: Callable[[], int], up: Callable[[], bool]
+    ) -> None:
+        self.stats = stats
+        self.hot_path = hot_path
+        self.inflight = inflight
+        self.up = up
+
+    def collect(self) -> Iterator[Metric]:
+        items = sorted(self.stats.series.items())
+        req = CounterMetricFamily(f"{PREFIX}requests", "Requests answered by the gateway", labels=_LABELS)
+        for (api, ep, model, code), s in items:
+            req.add_metric([api, ep, model, str(code)], s.n)
+        yield req
+        timed = [([a, e, m, str(c)], s) for (a, e, m, c), s in items]
+        yield histogram_family(
+            f"{PREFIX}request_duration_seconds",
+            "From the complete request to Triton's answer (or the gateway's refusal)",
+            _LABELS,
+            [(labels, s.latency) for labels, s in timed if s.latency.n],
+        )
+        yield histogram_family(
+            f"{PREFIX}upstream_duration_seconds",
+            "Time waiting for Triton's answers to the request (a serial endpoint: every step)",
+            _LABELS,
+            [(labels, s.upstream) for labels, s in timed if s.upstream.n],
+        )
+        yield histogram_family(
+            f"{PREFIX}cold_load_wait_seconds",
+            "Time a request waited for a cold model to be loaded",
+            _LABELS,
+            [(labels, s.cold) for labels, s in timed if s.cold is not None],
+        )
+        hot = CounterMetricFamily(f"{PREFIX}hot_path", "KServe infers of warm models forwarded without a task")
+        hot.add_metric([], self.hot_path())
+        yield hot
+        inflight = GaugeMetricFamily(f"{PREFIX}inflight", "Requests holding a concurrency slot now")
+        inflight.add_metric([], self.inflight())
+        yield inflight
+        up = GaugeMetricFamily(f"{PREFIX}triton_up", "1 when Triton is up (the supervisor's view)")
+        up.add_metric([], int(self.up()))
+        yield up
