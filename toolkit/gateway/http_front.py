@@ -33,6 +33,7 @@ from toolkit.gateway.telemetry import Timing
 from toolkit.names import check_model_name
 
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
+TRACE_HEADERS = ("traceparent", "tracestate")  # W3C trace context, forwarded to Triton on every route
 Handler = Callable[[Request], Awaitable[Response]]
 
 log = logging.getLogger(__name__)
@@ -316,9 +317,10 @@ class HttpFront:
             extra = {param: h[header] for header, param in FORWARDED_HEADERS.items() if header in h}
             step = with_request_parameters(body, fwd, extra)  # a malformed body is refused before any load
             ticket = await self._admit_timed(t, principal, name, route.chain, use=Use.INVOKE, context=route.context)
+            trace = {k: v for k in TRACE_HEADERS if (v := h.get(k)) is not None}  # every step joins the trace
             try:
                 for i, step_model in enumerate(route.chain):
-                    f = await self._forward_timed(t, step_model, *step)
+                    f = await self._forward_timed(t, step_model, step[0], {**step[1], **trace})
                     if f.status != 200:
                         msg = triton_message(f.body)
                         kind = "client" if f.status < 500 else "server"
