@@ -176,8 +176,11 @@ def metrics(
         None, "--gateway", help="the tritonctl gateway (http://127.0.0.1:8080): adds the MME's SageMaker-named metrics"
     ),
     all_: bool = typer.Option(False, "--all", help="every metric line, not only tritonctl_/nv_inference_ ones"),
+    emf: bool = typer.Option(
+        False, "--emf", help="with --gateway: CloudWatch Embedded Metric Format lines, SageMaker's metric names"
+    ),
 ) -> None:
-    """Prometheus metrics of the server (Triton's, plus the MME's SageMaker-named ones when served by tritonctl)."""
+    """Prometheus metrics of the server (Triton's, plus the gateway's and the MME's when served by tritonctl)."""
     import urllib.request
 
     from toolkit.server import TritonAdmin
@@ -190,6 +193,17 @@ def metrics(
                 text = r.read().decode()
         except OSError as exc:
             fail(f"gateway metrics at {gw} unreachable: {exc}")
+    if emf:
+        import json
+
+        from toolkit.gateway.emf import emf_documents
+        from toolkit.loadtest.serverstats import parse_prometheus
+
+        if not gateway:
+            fail("--emf reads the gateway's metrics: give --gateway URL")
+        for doc in emf_documents(parse_prometheus(text)):
+            typer.echo(json.dumps(doc))
+        return
     text += TritonAdmin(endpoint_from(url, metrics_url=metrics_url), timeout=10).metrics_text()
     keep = (
         "tritonctl_",
