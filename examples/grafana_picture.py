@@ -57,16 +57,23 @@ def _label(labels: str, key: str) -> str:
 
 
 class Scrapes:
-    def __init__(self, snaps: list[tuple[float, Samples]]) -> None:
-        self.t = [t for t, _ in snaps]
-        self.s = [s for _, s in snaps]
+    """Scrapes in time order; a rate at scrape i covers the ``window`` scrapes before it (Grafana's
+    ``$__rate_interval`` is likewise several scrape intervals), so the series start ``window`` scrapes in."""
+
+    def __init__(self, snaps: list[tuple[float, Samples]], window: int = 5) -> None:
+        self.w = window
+        self.t = [t for t, _ in snaps][window - 1 :]
+        self._all = [s for _, s in snaps]
+        self._times = [t for t, _ in snaps]
+        self.s = self._all[window - 1 :]
 
     def rate(self, name: str, by: str | None = None, **match: str) -> Series:
         """``sum [by (by)] (rate(name{match}[w]))`` between consecutive scrapes."""
         out: Series = {}
         for i in range(1, len(self.s)):
-            dt = self.t[i] - self.t[i - 1]
-            now, before = _sel(self.s[i], name, **match), _sel(self.s[i - 1], name, **match)
+            j = i + self.w - 1  # this scrape in the full list; the window starts w scrapes earlier
+            dt = self._times[j] - self._times[j - self.w]
+            now, before = _sel(self._all[j], name, **match), _sel(self._all[j - self.w], name, **match)
             sums: dict[str, float] = {}
             for labels, v in now.items():
                 key = _label(labels, by) if by else ""
@@ -82,7 +89,8 @@ class Scrapes:
         """``histogram_quantile(q, sum by (le[, by]) (rate(name_bucket[w])))``; NaN where nothing was observed."""
         out: Series = {}
         for i in range(1, len(self.s)):
-            now, before = _sel(self.s[i], name + "_bucket"), _sel(self.s[i - 1], name + "_bucket")
+            j = i + self.w - 1
+            now, before = _sel(self._all[j], name + "_bucket"), _sel(self._all[j - self.w], name + "_bucket")
             groups: dict[str, dict[float, float]] = {}
             for labels, v in now.items():
                 le = _label(labels, "le")
@@ -204,22 +212,22 @@ PANEL_FUNCS: dict[str, Callable[[Scrapes], Series]] = {
 }
 
 
-def _traffic(url: str, stop: threading.Event) -> None:
+def _traffic(url: str, stop: threading.Event, seed: int) -> None:
     """KServe infers of the digits models, housing invocations (cities load and evict), some unknown models."""
     x = np.load(ROOT / "examples" / "digit0.npy").astype(np.float32).tolist()
     digits = json.dumps({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": x}]}).encode()
-    house = [1500.0, 3.0, 2.0, 20.0, 0.5, 1.0]
-    housing = json.dumps({"inputs": [{"name": "X", "shape": [1, 6], "datatype": "FP32", "data": house}]}).encode()
+    house = [0.5] * 10  # the city models take 10 preprocessed features
+    housing = json.dumps({"inputs": [{"name": "features", "shape": [1, 10], "datatype": "FP32", "data": house}]})
     cities = ["housing_NewYork_NY", "housing_LosAngeles_CA", "housing_Chicago_IL", "housing_Houston_TX"]
-    rng = random.Random(7)
+    rng = random.Random(seed)
     while not stop.is_set():
         r = rng.random()
         if r < 0.75:
             req = urllib.request.Request(
                 f"{url}/v2/models/{rng.choice(['digits_logreg', 'digits_mlp'])}/infer", digits, method="POST"
             )
-        elif r < 0.97:
-            req = urllib.request.Request(f"{url}/endpoints/housing/invocations", housing, method="POST")
+        elif r < 0.95:
+            req = urllib.request.Request(f"{url}/endpoints/housing/invocations", housing.encode(), method="POST")
             req.add_header("Content-Type", "application/json")
             req.add_header("X-Amzn-SageMaker-Target-Model", f"{rng.choice(cities)}.tar.gz")
         else:
@@ -228,7 +236,7 @@ def _traffic(url: str, stop: threading.Event) -> None:
             urllib.request.urlopen(req, timeout=30).read()
 
 
-def collect(seconds: float = 60.0, every: float = 2.0) -> list[tuple[float, Samples]]:
+def collect(seconds: float = 90.0, every: float = 1.0) -> list[tuple[float, Samples]]:
     from toolkit import ServeConfig, start
 
     config = ServeConfig(
@@ -238,7 +246,7 @@ def collect(seconds: float = 60.0, every: float = 2.0) -> list[tuple[float, Samp
     snaps: list[tuple[float, Samples]] = []
     with start(config) as serving:
         stop = threading.Event()
-        workers = [threading.Thread(target=_traffic, args=(serving.url, stop)) for _ in range(2)]
+        workers = [threading.Thread(target=_traffic, args=(serving.url, stop, seed)) for seed in range(4)]
         for w in workers:
             w.start()
         t0 = time.monotonic()
@@ -266,7 +274,7 @@ def draw(path: Path, snaps: list[tuple[float, Samples]] | None = None) -> None:
     for ax, (title, _, _) in zip(axes.flat, PANELS, strict=False):
         for legend, values in sorted(PANEL_FUNCS[title](sc).items()):
             if values:
-                ax.plot(sc.t[1 : 1 + len(values)], values, label=legend or title, linewidth=1.2)
+                ax.plot(sc.t[1 : 1 + len(values)], values, ".-", label=legend or title, linewidth=1.2, markersize=3)
         ax.set_title(title if len(title) < 70 else title[: title.index("(")].strip(), fontsize=9, loc="left")
         ax.set_ylabel(units[title], fontsize=8)
         ax.tick_params(labelsize=7)

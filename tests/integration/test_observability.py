@@ -22,9 +22,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from botocore.config import Config
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 from examples.grafana_dashboard import DASHBOARD, dashboard, metric_names
 from toolkit import ServeConfig, Serving, start
+from toolkit.cli.main import app
 from toolkit.loadtest.serverstats import parse_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +61,7 @@ class OtlpReceiver(http.server.ThreadingHTTPServer):
             for span in ss.get("spans", [])
         ]
 
-    def wait_for(self, trace_id: str, timeout: float = 15.0) -> list[dict]:
+    def wait_for(self, trace_id: str, timeout: float = 30.0) -> list[dict]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = [s for s in self.spans() if s.get("traceId") == trace_id]
@@ -226,6 +228,12 @@ def test_gateway_histograms_per_endpoint_model_and_code(stack: Stack) -> None:
     # upstream time is part of the request's time
     total = samples[("tritonctl_gateway_request_duration_seconds_sum", kserve)]
     assert 0 < samples[("tritonctl_gateway_upstream_duration_seconds_sum", kserve)] <= total
+    # the same window as CloudWatch EMF lines with SageMaker's names (tritonctl metrics --emf)
+    result = CliRunner().invoke(app, ["metrics", "--gateway", stack.serving.url, "--emf"])
+    assert result.exit_code == 0, result.output
+    docs = {d["EndpointName"]: d for d in map(json.loads, result.stdout.splitlines())}
+    assert docs["digits-mce"]["Invocations"] >= 2 and docs["digits-mce"]["ModelLatency"] > 0
+    assert docs["tritonctl"]["LoadedModelCount"] >= 1 and 0 < docs["tritonctl"]["ModelCacheHit"] < 1
     # OpenMetrics for a scraper that asks for it
     req = urllib.request.Request(f"{stack.serving.url}/metrics", headers={"Accept": "application/openmetrics-text"})
     with urllib.request.urlopen(req, timeout=10) as r:
