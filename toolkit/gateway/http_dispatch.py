@@ -211,7 +211,9 @@ class HttpDispatcher:
             status = core.answered(model, status, body)
             conn.send_raw(status, b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() in _FWD_RESPONSE), body)
             ticket.release()  # bookkeeping after the answer is on its way: it is off the client's critical path
-            stats.record("kserve", KSERVE_ENDPOINT, model, status, t1 - t0, t1 - t_up, None, principal.name, trace)
+            stats.hot(("kserve", KSERVE_ENDPOINT, model, status), t1 - t0, t1 - t_up)
+            if stats.access is not None:
+                stats.log(("kserve", KSERVE_ENDPOINT, model, status), t1 - t0, t1 - t_up, None, principal.name, trace)
 
         def failed(exc: BaseException) -> None:
             ticket.release()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import sys
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from time import perf_counter
@@ -48,16 +49,32 @@ PREFIX = "tritonctl_gateway_"
 _LABELS = ["api", "endpoint", "model", "code"]
 
 
-class Series:
-    """One (api, endpoint, model, code): a count and three latency histograms (the cold one made on first use)."""
+_NB = len(LATENCY_BUCKETS) + 1  # buckets per histogram, +Inf included
+_UP, _LAT_SUM, _UP_SUM, _LAT_N, _UP_N = _NB, 2 * _NB, 2 * _NB + 1, 2 * _NB + 2, 2 * _NB + 3  # offsets in ``v``
 
-    __slots__ = ("cold", "latency", "n", "upstream")
+
+class Series:
+    """One (api, endpoint, model, code): a count and three latency histograms (the cold one made on first use).
+
+    The request and upstream histograms share one flat list ``v`` (request buckets, upstream buckets, their sums
+    and counts), so ``RequestStats.hot`` updates them with a few subscripts and no attribute or method lookups:
+    every bytecode there is paid by every warm request (docs/metrics.md has the instruction counts)."""
+
+    __slots__ = ("cold", "n", "v")
 
     def __init__(self) -> None:
         self.n = 0
-        self.latency = Histogram(LATENCY_BUCKETS)
-        self.upstream = Histogram(LATENCY_BUCKETS)
+        self.v: list[float] = [0] * (2 * _NB + 4)
         self.cold: Histogram | None = None
+
+    def histogram(self, which: str) -> Histogram | None:
+        """``latency`` or ``upstream`` as a ``Histogram`` (for the collector); None when nothing was timed."""
+        v, h = self.v, Histogram(LATENCY_BUCKETS)
+        start, total, n = (0, _LAT_SUM, _LAT_N) if which == "latency" else (_UP, _UP_SUM, _UP_N)
+        if not v[n]:
+            return None
+        h.counts, h.total, h.n = [int(c) for c in v[start : start + _NB]], float(v[total]), int(v[n])
+        return h
 
 
 @dataclass
@@ -123,18 +140,38 @@ class RequestStats:
         if s is None:
             s = self.series[key] = Series()
         s.n += 1
+        v = s.v
         if seconds is not None:
-            s.latency.observe(seconds)
+            v[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            v[_LAT_SUM] += seconds
+            v[_LAT_N] += 1
         if upstream_s is not None:
-            s.upstream.observe(upstream_s)
+            v[_UP + bisect_left(LATENCY_BUCKETS, upstream_s)] += 1
+            v[_UP_SUM] += upstream_s
+            v[_UP_N] += 1
         if cold_wait_s is not None:
             if s.cold is None:
                 s.cold = Histogram(LATENCY_BUCKETS)
             s.cold.observe(cold_wait_s)
         if self.access is not None:
-            self._log(key, seconds, upstream_s, cold_wait_s, principal, trace)
+            self.log(key, seconds, upstream_s, cold_wait_s, principal, trace)
 
-    def _log(
+    def hot(self, key: tuple[str, str, str, int], seconds: float, upstream_s: float) -> None:
+        """``record`` for the warm HTTP path (timed, never cold): positional, constant offsets, no branch but the
+        first use of a series (callgrind counts in docs/metrics.md)."""
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = Series()
+        s.n += 1
+        v = s.v
+        v[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        v[18 + bisect_left(LATENCY_BUCKETS, upstream_s)] += 1  # _UP (asserted below the class)
+        v[36] += seconds  # _LAT_SUM
+        v[37] += upstream_s  # _UP_SUM
+        v[38] += 1  # _LAT_N
+        v[39] += 1  # _UP_N
+
+    def log(
         self,
         key: tuple[str, str, str, int],
         seconds: float | None,
@@ -170,6 +207,9 @@ class RequestStats:
         return out
 
 
+assert (_UP, _LAT_SUM, _UP_SUM, _LAT_N, _UP_N) == (18, 36, 37, 38, 39), "RequestStats.hot's constant offsets"
+
+
 class GatewayCollector:
     """The gateway's metric families, read at scrape time from ``RequestStats`` and three readers of the core."""
 
@@ -192,13 +232,13 @@ class GatewayCollector:
             f"{PREFIX}request_duration_seconds",
             "From the complete request to Triton's answer (or the gateway's refusal)",
             _LABELS,
-            [(labels, s.latency) for labels, s in timed if s.latency.n],
+            [(labels, h) for labels, s in timed if (h := s.histogram("latency")) is not None],
         )
         yield histogram_family(
             f"{PREFIX}upstream_duration_seconds",
             "Time waiting for Triton's answers to the request (a serial endpoint: every step)",
             _LABELS,
-            [(labels, s.upstream) for labels, s in timed if s.upstream.n],
+            [(labels, h) for labels, s in timed if (h := s.histogram("upstream")) is not None],
         )
         yield histogram_family(
             f"{PREFIX}cold_load_wait_seconds",
