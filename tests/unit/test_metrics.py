@@ -5,6 +5,9 @@ documents built from a scrape. The live ``/metrics`` of a gateway is tests/integ
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +16,8 @@ from toolkit.gateway.emf import emf_documents
 from toolkit.gateway.telemetry import GatewayCollector, RequestStats
 from toolkit.loadtest.serverstats import parse_prometheus
 from toolkit.mme.metrics import SAGEMAKER_NAMES, Histogram, MMEMetrics, exposition
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _gateway_and_mme() -> tuple[RequestStats, MMEMetrics, str]:
@@ -100,3 +105,15 @@ def test_emf_documents_carry_sagemaker_names_and_units() -> None:
     before = parse_prometheus(text)
     assert "ModelLoadingTime" not in emf_documents(before, before, endpoint="mme")[-1]
     assert emf_documents(before, before)[0]["Invocations"] == 0
+
+
+def test_prometheus_client_is_imported_on_use_only() -> None:
+    """Importing the manager, the gateway or the load-test stats does not import prometheus_client (its package
+    import pulls in http.server, wsgiref and more): the CLI's start-up stays its own."""
+    code = (
+        "import sys, toolkit.mme.manager, toolkit.gateway.server, toolkit.gateway.emf, toolkit.loadtest.serverstats; "
+        "print('prometheus_client' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

@@ -16,8 +16,6 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from prometheus_client.exposition import choose_encoder
-
 from toolkit.ensembles.reach import ReachMap
 from toolkit.gateway.admission import KSERVE_ENDPOINT, Admission
 from toolkit.gateway.auth import ADMIN, Principal
@@ -147,5 +145,7 @@ class GatewayCore(Admission):
     def metrics_text(self, accept: str = "") -> tuple[bytes, str]:
         """The gateway's and the model manager's metrics, rendered by ``prometheus_client`` for the scraper's
         ``Accept`` header (Prometheus text or OpenMetrics): ``(body, content type)``."""
+        from prometheus_client.exposition import choose_encoder
+
         encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type

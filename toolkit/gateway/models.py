@@ -14,9 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
-
-from prometheus_client.core import GaugeMetricFamily, Metric
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from toolkit.errors import InferenceError, TritonctlError
 from toolkit.mme.errors import LoadTimeoutError, ModelNotFoundError, model_error
@@ -24,6 +22,9 @@ from toolkit.mme.metrics import PREFIX, exposition
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
 from toolkit.server.client import AsyncTritonClient, names_in_state
 from toolkit.server.endpoint import TritonEndpoint
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 
 @runtime_checkable
@@ -158,6 +159,8 @@ class RepositoryModels:
 
     def collect(self) -> Iterator[Metric]:
         """The collector protocol: the MME manager's ``loaded_models`` gauge, so dashboards work in both modes."""
+        from prometheus_client.core import GaugeMetricFamily
+
         fam = GaugeMetricFamily(f"{PREFIX}loaded_models", "Models loaded in Triton by the gateway")
         fam.add_metric([], float(len(self._resident)))
         yield fam

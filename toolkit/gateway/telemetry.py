@@ -18,12 +18,14 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from time import perf_counter
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from toolkit.mme.metrics import Histogram, histogram_family
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 # Upper bounds in seconds: from a warm small model through the gateway (~0.3 ms) to a cold load of a big one.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -222,6 +224,8 @@ class GatewayCollector:
         self.up = up
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         items = sorted(self.stats.series.items())
         req = CounterMetricFamily(f"{PREFIX}requests", "Requests answered by the gateway", labels=_LABELS)
         for (api, ep, model, code), s in items:

@@ -13,8 +13,6 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
@@ -92,6 +90,8 @@ def parse_prometheus(text: str) -> dict[tuple[str, str], float]:
     """``{(sample name, labels): value}`` for every sample, read by ``prometheus_client``'s parser (labels as one
     canonical string, e.g. ``{model="a"}``). Text the parser rejects ends the reading there: what came before it
     is kept."""
+    from prometheus_client.parser import text_string_to_metric_families  # on use: the package is heavy to import
+
     out: dict[tuple[str, str], float] = {}
     try:
         for family in text_string_to_metric_families(text):

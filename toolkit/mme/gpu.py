@@ -21,8 +21,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from toolkit.errors import TritonctlError
 from toolkit.mme.errors import ManagerConfigError
 
@@ -60,6 +58,8 @@ class GpuReader(Protocol):
 def parse_gpu_memory(text: str) -> dict[str, GpuReading]:
     """Per-GPU (used, total) bytes from Prometheus exposition text (read by ``prometheus_client``'s parser); GPUs
     lacking either sample are left out. Text the parser rejects counts as no reading from there on."""
+    from prometheus_client.parser import text_string_to_metric_families  # on use: the package is heavy to import
+
     used: dict[str, int] = {}
     total: dict[str, int] = {}
     try:

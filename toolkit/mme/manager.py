@@ -23,9 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
-
-from prometheus_client.core import Metric
+from typing import TYPE_CHECKING, Any
 
 from toolkit.mme._eviction import Evictor
 from toolkit.mme._health import StubWatch
@@ -42,6 +40,9 @@ from toolkit.mme.safe_tar import ArtifactError, validate_model_name
 from toolkit.mme.stores import ArtifactStore
 from toolkit.server.client import names_in_state
 from toolkit.server.endpoint import TritonEndpoint
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = ["DEFAULT_LOAD_TIMEOUT", "ModelManager", "ModelState", "State", "composing_models"]
 

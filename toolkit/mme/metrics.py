@@ -17,16 +17,10 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import (
-    CollectorRegistry,
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import generate_latest
-from prometheus_client.utils import floatToGoString
+if TYPE_CHECKING:  # prometheus_client is imported where it is used: importing it costs more than the CLI's start-up
+    from prometheus_client.core import CollectorRegistry, Metric
 
 DEFAULT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PREFIX = "tritonctl_mme_"
@@ -63,6 +57,8 @@ class Histogram:
 
     def cumulative(self) -> list[tuple[str, float]]:
         """``[(le, cumulative count), ..., ("+Inf", n)]`` as ``HistogramMetricFamily`` takes them."""
+        from prometheus_client.utils import floatToGoString
+
         out, acc = [], 0
         for bound, c in zip((*self.bounds, float("inf")), self.counts, strict=True):
             acc += c
@@ -72,6 +68,8 @@ class Histogram:
 
 def histogram_family(name: str, doc: str, labels: list[str], series: Iterable[tuple[list[str], Histogram]]) -> Metric:
     """A ``HistogramMetricFamily`` of many labelled ``Histogram`` series."""
+    from prometheus_client.core import HistogramMetricFamily
+
     fam = HistogramMetricFamily(name, doc, labels=labels)
     for values, h in series:
         fam.add_metric(values, h.cumulative(), sum_value=h.total)
@@ -98,6 +96,8 @@ class LabeledValue:
         return self.values.get(model, 0.0)
 
     def family(self) -> Metric:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         labels = [self.label] if self.label else []
         fam: Metric = (
             CounterMetricFamily(self.name, self.help, labels=labels)
@@ -191,6 +191,8 @@ class _Collector:
 
 def registry_of(*sources: object) -> CollectorRegistry:
     """A registry (no default process/platform collectors) whose scrape asks each source's ``collect()``."""
+    from prometheus_client.core import CollectorRegistry
+
     reg = CollectorRegistry(auto_describe=False)
     for s in sources:
         reg.register(_Collector(s))
@@ -198,4 +200,6 @@ def registry_of(*sources: object) -> CollectorRegistry:
 
 
 def exposition(*sources: object) -> str:
+    from prometheus_client.exposition import generate_latest
+
     return generate_latest(registry_of(*sources)).decode()
