@@ -1,6 +1,6 @@
 """Gateway overhead measured by perf_analyzer (NVIDIA's C++ client, the yardstick), over HTTP and gRPC.
 
-    bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer      # once (make perf-analyzer)
+    make perf-analyzer      # once: tools/get-perf-analyzer.sh installs it into tools/perf_analyzer
     python -m bench.gateway_pa [--model digits_mlp] [--protocol http grpc] [--concurrency 1 8]
                                [--window-ms 3000] [--rounds 2]
 

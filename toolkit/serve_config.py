@@ -94,10 +94,15 @@ class ServeConfig:
     memory_budget: str | int | None = None  # "8GiB", "500MB", or bytes
     gpu_memory_fraction: float | None = None  # (0, 1]: share of the GPU memory Triton reports
     policy: str = "lru"  # eviction: lru or gdsf
+    # A multi-model endpoint over ``store`` given by flags (no manifest needed): ``--endpoint NAME``, and SageMaker's
+    # ``ModelCacheSetting`` for it (``Disabled``: each model is unloaded after each call).
+    endpoint: str | None = None
+    model_cache_setting: str = "Enabled"
     # Time limits, in seconds.
     drain_s: float = 10.0  # on stop, what the gateway gives requests in flight to be answered
     timeout_s: float = 60.0  # one request through the gateway to Triton
     load_timeout_s: float = 60.0  # one cold model load (and every manager call to Triton)
+    load_wait_s: float = 30.0  # a request waiting longer for its cold model: 429 ModelNotReadyException (load goes on)
     start_timeout_s: float = 120.0  # the embedded Triton becoming ready
     workdir: Path | None = None  # generated repository and Triton's log; None = a temporary one, removed on stop
     # Observability: Triton's own tracing and log, the gateway's access log.
@@ -120,7 +125,9 @@ class ServeConfig:
         self._check_ports()
         self._check_manager()
         self._check_observability()
+        self._check_endpoint()
         _positive("--drain", self.drain_s, zero_ok=True)
+        _positive("--load-wait", self.load_wait_s)
         _positive("timeout_s", self.timeout_s)
         _positive("load_timeout_s", self.load_timeout_s)
         _positive("start_timeout_s", self.start_timeout_s)
@@ -237,6 +244,28 @@ class ServeConfig:
     def triton_args(self) -> list[str]:
         """Extra tritonserver arguments from the observability settings."""
         return [f"--trace-config={v}" for v in self.triton_trace_config]
+
+    def _check_endpoint(self) -> None:
+        """``--endpoint`` names a multi-model endpoint over ``--store``; ``--model-cache-setting`` configures it."""
+        if self.model_cache_setting not in ("Enabled", "Disabled"):
+            raise ServeError(f"--model-cache-setting must be Enabled or Disabled, got {self.model_cache_setting!r}")
+        if self.endpoint is None:
+            if self.model_cache_setting != "Enabled":
+                raise ServeError(
+                    "--model-cache-setting applies to the endpoint --endpoint NAME names; with a manifest, set "
+                    "model_cache_setting: Disabled on its multi-model endpoint"
+                )
+            return
+        from toolkit.names import ModelNameError, check_model_name
+
+        try:
+            check_model_name(self.endpoint)  # SageMaker endpoint names are a subset; this keeps URLs plain
+        except ModelNameError as exc:
+            raise ServeError(f"--endpoint: {exc}") from None
+        if not self.store:
+            raise ServeError("--endpoint NAME serves a multi-model endpoint over --store: give --store DIR|s3://...")
+        if not self.gateway:
+            raise ServeError("--endpoint is served by the gateway: drop --no-gateway")
 
     def _check_manager(self) -> None:
         """The MME manager's settings: they need the gateway (it runs there) and a repository directory Triton reads."""

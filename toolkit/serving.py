@@ -193,6 +193,7 @@ class Serving:
             admin_port=c.admin_port,
             timeout_s=c.timeout_s,
             drain_s=c.drain_s,
+            load_wait_s=c.load_wait_s,
             endpoints=self.endpoints,
             auth=self._auth,
             repository=self.repository,
@@ -242,6 +243,33 @@ class Serving:
         return f"Serving({state}, url={self.url if self.triton else None!r}, work={str(self.work)!r})"
 
 
+def _flag_endpoints(config: ServeConfig, declared: list[EndpointSpec]) -> list[EndpointSpec]:
+    """The endpoint ``--endpoint NAME`` describes (a multi-model endpoint over ``--store``), checked against the
+    manifest's; and no endpoint whose model cache is disabled without the MME manager, which alone counts requests in
+    flight (unloading after a call must not cut another call off)."""
+    from toolkit.spec.models import EndpointSpec
+
+    extra: list[EndpointSpec] = []
+    if config.endpoint is not None:
+        if any(e.name == config.endpoint for e in declared):
+            raise ServeError(f"--endpoint {config.endpoint}: the manifest already has an endpoint of that name")
+        extra.append(
+            EndpointSpec(
+                name=config.endpoint,
+                mode="multi-model",
+                store=config.store,
+                model_cache_setting=config.model_cache_setting,  # checked by ServeConfig: Enabled or Disabled
+            )
+        )
+    uncached = [e.name for e in [*declared, *extra] if e.model_cache_setting == "Disabled"]
+    if uncached and config.url is not None and config.repository is None:
+        raise ServeError(
+            f"endpoint {uncached[0]}: model_cache_setting Disabled needs the MME manager, which needs a model "
+            "repository DIR that Triton reads"
+        )
+    return extra
+
+
 def _prepare(config: ServeConfig, echo: Echo) -> Serving:
     """Everything before a process starts: read what the config names, probe the ports, make the work directory and
     generate the repository into it when only a manifest was given. On failure, nothing is left behind."""
@@ -254,6 +282,7 @@ def _prepare(config: ServeConfig, echo: Echo) -> Serving:
 
         spec = load_manifest(config.manifest)
         endpoints = list(spec.endpoints)
+    endpoints += _flag_endpoints(config, endpoints)
     auth = config.auth if isinstance(config.auth, AuthConfig) else AuthConfig.load(config.auth) if config.auth else None
     repository = config.repository
     if repository is not None and not repository.is_dir():

@@ -105,3 +105,33 @@ def test_status_and_metrics(url: str, triton: EmbeddedTriton) -> None:
     code, after, _ = run(*metrics)
     assert code == 0
     assert _inference_count(after, "digits_mlp") - _inference_count(before, "digits_mlp") == 1  # that invoke
+
+
+def test_json_of_status_models_mme_and_metrics(url: str, triton: EmbeddedTriton, example_repo: Path) -> None:
+    """Every data-printing command's --json is one document that parses, with the facts the text form shows."""
+    code, out, err = run("status", "--url", url, "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["live"] is True and doc["ready"] is True and "digits_mlp" in doc["loaded"], err
+    assert doc["server"] == "triton" and doc["url"] == url
+    code, out, _ = run("models", "ready", "digits_forest", "--url", url, "--json")
+    assert code == 1 and json.loads(out) == {"model": "digits_forest", "ready": False}
+    code, out, err = run("mme", "list", "--url", url, "-r", str(example_repo), "--json")
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["digits_mlp"]["state"] == "READY" and rows["digits_forest"]["state"] == "UNLOADED"
+    assert rows["digits_mlp"]["target_model"] == "digits_mlp"
+    assert run("invoke", "digits_mlp", "-i", "X=" + json.dumps([0.0] * 64), "--url", url)[0] == 0
+    code, out, err = run("metrics", "--url", url, "--metrics-url", triton.endpoint.metrics, "--json")
+    assert code == 0, err
+    samples = json.loads(out)
+    counts = [s for s in samples if s["name"] == "nv_inference_count" and s["labels"].get("model") == "digits_mlp"]
+    assert len(counts) == 1 and counts[0]["value"] >= 1
+
+
+def test_invoke_model_version_and_its_old_spelling(url: str) -> None:
+    x = "X=" + json.dumps([0.0] * 64)
+    for flag in ("--model-version", "--version"):
+        code, out, err = run("invoke", "digits_mlp", "-i", x, "--url", url, flag, "1", "--json")
+        assert code == 0 and sorted(json.loads(out)) == ["label", "probabilities"], err
+    code, _, err = run("invoke", "digits_mlp", "-i", x, "--url", url, "--model-version", "7")
+    assert code == 1 and err.startswith("error: ") and "7" in err, err

@@ -2,14 +2,15 @@
 mode creates objects of the right shape, plan only reads, unchanged tarballs are not uploaded again, a changed
 manifest makes a new config, delete leaves nothing.
 
-moto's limits, and what is therefore not tested here: moto has no UpdateEndpoint (HTTP 500 "not implemented"), so a
-re-deploy is followed up to the new endpoint config and the failing update; the clean-up after a successful update is
-tested on the planner (tests/unit/test_deploy_plan.py). moto's CreateModel drops ``InferenceExecutionConfig``, so the
-Direct mode is checked on the request we send. moto reports every endpoint InService at once and accepts any role.
+moto's limits: moto has no UpdateEndpoint (HTTP 500 "not implemented"); the tests add it to moto's server
+(conftest's ``_moto_update_endpoint``: the endpoint moves to the new config), so a re-deploy runs end to end.
+moto's CreateModel drops ``InferenceExecutionConfig``, so the Direct mode is checked on the request we send. moto
+reports every endpoint InService at once and accepts any role.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -160,15 +161,20 @@ def test_redeploy_unchanged_then_changed(tmp_path: Path, manifest: Path, bucket:
         assert ops[:3] == ["create_endpoint_config", "deregister_scalable_target", "update_endpoint"]
         assert ops[-1] == "delete_endpoint_config"  # the old config, once the endpoint moved
         old = first.prepared.desired.config_name
-        with pytest.raises(DeployError, match=r"update_endpoint mce: 500") as info:
-            _deploy(changed, "mce", s3_endpoint)  # moto: UpdateEndpoint is not implemented
-        assert "\n" not in str(info.value)
+        _deploy(changed, "mce", s3_endpoint)  # UpdateEndpoint (added to moto's server: conftest), then clean-up
         sm = _sm(s3_endpoint)
-        assert sm.describe_endpoint(EndpointName="mce")["EndpointConfigName"] == old  # still on the old config
         new = planned.prepared.desired.config_name
+        assert new != old
+        assert sm.describe_endpoint(EndpointName="mce")["EndpointConfigName"] == new  # the endpoint moved
         assert sm.describe_endpoint_config(EndpointConfigName=new)["ProductionVariants"][0]["InstanceType"] == (
             "ml.c5.xlarge"
         )
+        configs = [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]]
+        assert old not in configs and new in configs  # the old config is cleaned up once the endpoint moved
+        scaling = boto3.client("application-autoscaling", endpoint_url=s3_endpoint, region_name="us-east-1")
+        targets = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+        assert [t["ResourceId"] for t in targets if t["ResourceId"].startswith("endpoint/mce/")]  # registered again
+        assert api.plan(changed, "mce", endpoint_url=s3_endpoint).calls == []  # and now nothing is left to do
     finally:
         _cleanup("mce", s3_endpoint)
 
@@ -237,8 +243,14 @@ def test_cli_plan_status_delete(manifest: Path, s3_endpoint: str) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["deploy", "plan", str(manifest), "--endpoint", "mce", "--offline"])
     assert result.exit_code == 0, result.output
+    text = result.output
     assert "TargetContainerHostname on SageMaker: digits_logreg -> digits-logreg" in result.output
     assert "sagemaker.create_endpoint(EndpointName='mce'" in result.output
+    result = runner.invoke(app, ["deploy", "plan", str(manifest), "--endpoint", "mce", "--offline", "--json"])
+    plan = json.loads(result.stdout)
+    assert plan["endpoint"] == "mce" and plan["offline"] is True
+    assert f"{len(plan['calls'])} call(s) against" in text  # the same plan as the text form printed
+    assert any(c["operation"] == "create_endpoint" and c["params"]["EndpointName"] == "mce" for c in plan["calls"])
     url = ["--endpoint-url", s3_endpoint, "--region", "us-east-1"]
     result = runner.invoke(app, ["deploy", "status", "--endpoint", "mce", *url])
     assert result.exit_code == 1 and result.output.strip() == "error: endpoint mce does not exist in us-east-1"
@@ -248,8 +260,18 @@ def test_cli_plan_status_delete(manifest: Path, s3_endpoint: str) -> None:
     assert (
         "endpoint mce: InService" in result.output and "scaling endpoint/mce/variant/AllTraffic: 1..3" in result.output
     )
+    # --json: the same facts as data (the text above is printed from this document)
+    result = runner.invoke(app, ["deploy", "status", "--endpoint", "mce", "--json", *url])
+    doc = json.loads(result.stdout)
+    assert (doc["endpoint"], doc["status"], doc["region"]) == ("mce", "InService", "us-east-1")
+    assert doc["scaling"] == [{"resource": "endpoint/mce/variant/AllTraffic", "min": 1, "max": 3}]
+    assert [v["name"] for v in doc["variants"]] == ["AllTraffic"] and doc["config"].startswith("mce-")
     result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", "--dry-run", *url])
     assert "delete_endpoint(EndpointName='mce')" in result.output
+    result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", "--dry-run", "--json", *url])
+    dry = json.loads(result.stdout)
+    deletes = [c["params"] for c in dry["calls"] if c["operation"] == "delete_endpoint"]
+    assert dry["dry_run"] is True and deletes == [{"EndpointName": "mce"}]
     result = runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", *url])
     assert result.exit_code == 0
     assert "nothing to delete" in runner.invoke(app, ["deploy", "delete", "--endpoint", "mce", *url]).output

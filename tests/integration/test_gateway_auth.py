@@ -4,6 +4,7 @@ IAM-like Allow/Deny with StringLike conditions, explicit deny wins, default deny
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 import logging
@@ -244,11 +245,12 @@ def _signed(
     when: dt.datetime,
     tamper: bytes | None = None,
     scope: tuple[str, str] = ("sagemaker", "us-east-1"),
+    extra: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     url = f"{addr.http_url}/endpoints/housing/invocations"
     req = AWSRequest("POST", url, data=body, headers={
         "Content-Type": "application/json", "X-Amzn-SageMaker-Target-Model": "housing_Chicago_IL",
-        "X-Amz-Date": when.strftime("%Y%m%dT%H%M%SZ"), "Host": addr.http})  # fmt: skip
+        "X-Amz-Date": when.strftime("%Y%m%dT%H%M%SZ"), "Host": addr.http, **(extra or {})})  # fmt: skip
     req.context["timestamp"] = when.strftime("%Y%m%dT%H%M%SZ")
     s = SigV4Auth(Credentials("AKIDALICE", ALICE_SECRET), *scope)
     sig = s.signature(s.string_to_sign(req, s.canonical_request(req)), req)
@@ -272,6 +274,20 @@ def test_stale_and_tampered_signatures(secured: GatewayAddresses) -> None:
     # a valid signature made for another service or region (same key) is not accepted, as AWS would not
     assert _signed(secured, body, now, scope=("s3", "us-east-1")) == (403, "InvalidSignatureException")
     assert _signed(secured, body, now, scope=("sagemaker", "eu-west-1")) == (403, "InvalidSignatureException")
+
+
+def test_a_compressed_body_is_verified_as_sent(secured: GatewayAddresses) -> None:
+    """A client signs the bytes it sends: a gzip body's signature covers the compressed bytes, and the gateway checks
+    it before inflating anything (an unauthenticated caller makes the gateway inflate nothing)."""
+    body = _v2("features", np.ones((1, 10), np.float32))
+    packed = gzip.compress(body)
+    now = dt.datetime.now(dt.timezone.utc)
+    assert _signed(secured, packed, now, extra={"Content-Encoding": "gzip"})[0] == 200
+    # a signature over the inflated body does not cover what was sent
+    assert _signed(secured, body, now, tamper=packed, extra={"Content-Encoding": "gzip"}) == (
+        403,
+        "InvalidSignatureException",
+    )
 
 
 def test_api_keys_for_tritonclient_and_admin_scope(secured: GatewayAddresses) -> None:

@@ -280,6 +280,48 @@ def test_a_dead_stub_takes_its_model_out_of_ready_and_reloads_it(tmp_path: Path)
         server.stop()
 
 
+def test_a_stub_replaced_by_a_triton_reload_is_not_a_death(tmp_path: Path) -> None:
+    """Measured under load: Triton loads a model a second time right after the first (a router and an ensemble asking
+    for the same step), a scan in between records the old stub and the new one, then the old one exits. That is a
+    reload, not a death: the new stub serves the same model instance. The manager used to unload the model (and an
+    ensemble loaded over it became unavailable); now it re-records the stubs and leaves the model alone."""
+    repo = tmp_path / "repo"
+    write_scale_model(repo, "m", factor=3.0)
+    server = EmbeddedTriton(ServerOptions(repository=repo, workdir=tmp_path, exit_timeout_s=1))
+    server.start(timeout=90)
+
+    async def main() -> None:
+        mgr = ModelManager(server.endpoint, repository=repo, stub_check_s=0, measure_footprint=False)
+        await mgr.start()
+        try:
+            async with mgr.serving("m", timeout=30):
+                pass
+            assert await mgr.stubs.check() == []  # records m's stub
+            old = stub_of(server, repo, "m")
+            admin = TritonAdmin(server.endpoint)
+            config = admin.config("m")
+            config["parameters"] = {**config.get("parameters", {}), "reload": {"string_value": "1"}}
+            admin.load("m", config=json.dumps(config))  # a changed config: Triton starts a new stub for m_0_0
+            wait_until(lambda: gone(old.pid), 10, "the old stub replaced")
+            new = stub_of(server, repo, "m")
+            assert new.pid != old.pid
+            await mgr.stubs._record({"m": [old, new]})  # what a scan during the reload records (the race, by hand)
+            assert await mgr.stubs.check() == []  # the old stub is gone, its instance lives on: not a death
+            assert mgr.is_resident("m") and admin.model_ready("m")
+            assert mgr.metrics.stub_failures.get(model="m") == 0
+            assert mgr.stubs.watched("m") == [new.pid]
+            new.kill()  # a real death afterwards is still found
+            wait_until(lambda: gone(new.pid), 5, "the stub killed")
+            assert await mgr.stubs.check() == ["m"]
+        finally:
+            await mgr.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+
+
 def test_through_the_gateway_a_dead_stub_heals_in_seconds(tmp_path: Path) -> None:
     """The whole system with its defaults (``tritonctl serve``: stubs checked every second): after kill -9 of a warm
     model's stub, requests through the gateway succeed again within a few seconds (before: 500 for as long as one

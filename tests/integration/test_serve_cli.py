@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,3 +124,26 @@ def test_host_publishes_the_gateway_only(tmp_path: Path) -> None:
             urllib.request.urlopen(f"http://127.0.0.2:{triton_port}/v2/health/live", timeout=2)
     finally:
         _stop(proc, signal.SIGINT)
+
+
+@pytest.mark.parametrize("flag", ["--gateway-port", "--gateway-grpc-port", "--http-port", "--metrics-port"])
+def test_a_busy_port_fails_first_and_leaves_nothing(flag: str, tmp_path: Path) -> None:
+    """Checked before anything starts: one line naming the flag, no "work directory kept"/"stopped", no
+    tritonctl-serve-* directory in $TMPDIR, and no process left (nothing was started)."""
+    ports = {"--http-port": "0", "--grpc-port": "0", "--metrics-port": "0", "--gateway-port": "0",
+             "--gateway-grpc-port": "0"}  # fmt: skip
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports[flag] = str(busy.getsockname()[1])
+        r = subprocess.run(
+            [sys.executable, "-m", "toolkit", "serve", str(ROOT / "model_repository"),
+             *(x for kv in ports.items() for x in kv)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, env={**os.environ, "TMPDIR": str(tmp)},
+        )  # fmt: skip
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr == f"error: {flag} {ports[flag]}: 127.0.0.1:{ports[flag]} is already in use\n", r.stderr
+    assert "kept" not in r.stdout and "stopped" not in r.stdout and "triton" not in r.stdout, r.stdout
+    assert list(tmp.iterdir()) == []

@@ -32,10 +32,10 @@ PACKAGE = "toolkit"
 # module and, for a package, everything in it (except the root ``toolkit``, which is only its own __init__); the
 # longest entry matching a module gives its layer. Every module must match an entry.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation: typed errors, model names", ("toolkit.errors", "toolkit.names")),
+    ("foundation: typed errors, model names, optional extras", ("toolkit.errors", "toolkit.names", "toolkit.extras")),
     ("spec: the manifest", ("toolkit.spec",)),
     # config.pbtxt from Triton's protobuf, and the types the repository writer/checker share with the ensemble builders
-    ("model configs", ("toolkit.repository.config", "toolkit.repository.types")),
+    ("model configs", ("toolkit.repository.config", "toolkit.repository.protos", "toolkit.repository.types")),
     ("ensembles: pattern builders, DAG rules", ("toolkit.ensembles",)),
     ("repository: generate and validate (they call the ensemble builders and rules)", ("toolkit.repository",)),
     ("server: endpoint, launcher, supervisor, the control-plane client", ("toolkit.server",)),
@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("deploy: SageMaker endpoints from the manifest (tarballs from the repository, boto3)", ("toolkit.deploy",)),
     ("loadtest", ("toolkit.loadtest",)),
+    ("tune: search serving configs on Triton, report, write back to the manifest", ("toolkit.tune",)),
     ("cli", ("toolkit.cli", "toolkit.__main__")),
     # the package's own __init__: the curated public API, re-exporting from every layer on first use
     ("public API facade", ("toolkit",)),

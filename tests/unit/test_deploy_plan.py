@@ -212,3 +212,20 @@ def test_endpoint_override_can_turn_autoscaling_off(tmp_path: Path) -> None:
     off = _prepared("mme", tmp_path, endpoints={"mme": {"autoscaling": None, "instance_type": "ml.c5.xlarge"}}).desired
     assert set(on.scaling) == {"AllTraffic"} and off.scaling == {}
     assert off.config["ProductionVariants"][0]["InstanceType"] == "ml.c5.xlarge"
+
+
+def test_model_cache_disabled_reaches_the_multi_model_container(tmp_path: Path) -> None:
+    """SageMaker's MultiModelConfig.ModelCacheSetting, only when the manifest says Disabled (an unchanged manifest
+    keeps its model names: the body is content-hashed)."""
+    plain = _prepared("mme", tmp_path).desired.models[0]["PrimaryContainer"]
+    assert "MultiModelConfig" not in plain
+    raw = manifest_dict("tt-bucket")
+    for ep in raw["endpoints"]:
+        if ep["name"] == "mme":
+            ep["model_cache_setting"] = "Disabled"
+    manifest = Manifest.model_validate(raw)
+    body = prepare(manifest, "mme", base_dir=ROOT, work=tmp_path / "off").desired.models[0]["PrimaryContainer"]
+    assert body["MultiModelConfig"] == {"ModelCacheSetting": "Disabled"}
+    raw["endpoints"][1]["model_cache_setting"] = "Disabled"  # "ab": a single endpoint
+    with pytest.raises(ValueError, match="model_cache_setting: Disabled is a multi-model endpoint setting"):
+        Manifest.model_validate(raw)

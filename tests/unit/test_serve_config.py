@@ -108,6 +108,12 @@ def test_listeners_are_the_fixed_ports_in_use() -> None:
         ({"triton_log_verbose": -1}, r"Triton's log verbosity must be a whole number >= 0"),
         ({"gateway": False, "access_log": "a.jsonl"}, r"--access-log is the gateway's"),
         ({"access_log": ""}, r"--access-log takes a file path or -"),
+        ({"load_wait_s": 0}, r"--load-wait must be a positive number of seconds"),
+        ({"model_cache_setting": "off"}, r"--model-cache-setting must be Enabled or Disabled, got 'off'"),
+        ({"model_cache_setting": "Disabled"}, r"--model-cache-setting applies to the endpoint --endpoint NAME"),
+        ({"endpoint": "mme"}, r"--endpoint NAME serves a multi-model endpoint over --store"),
+        ({"endpoint": "a/../b", "store": "s3://b"}, r"--endpoint: "),
+        ({"endpoint": "mme", "store": "s3://b", "gateway": False}, r"--store configure the MME manager"),
     ],
 )
 def test_bad_values_are_one_line_errors(kwargs: dict[str, object], message: str) -> None:
@@ -176,3 +182,61 @@ def test_public_api_is_lazy_and_complete() -> None:
     code = "import sys, toolkit; print(sorted(m for m in sys.modules if m.startswith(('toolkit.', 'pydantic'))))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_flag_endpoints_join_the_manifest_and_disabled_cache_needs_the_manager(tmp_path: Path) -> None:
+    """``--endpoint`` adds a multi-model endpoint over ``--store`` (its ModelCacheSetting from the flag); a name the
+    manifest has is refused; ``Disabled`` without the MME manager (an external Triton, no DIR) is refused."""
+    from toolkit.serving import _flag_endpoints
+    from toolkit.spec.models import EndpointSpec
+
+    config = ServeConfig(repository="r", store="s3://b/p", endpoint="laptop", model_cache_setting="Disabled")
+    (ep,) = _flag_endpoints(config, [EndpointSpec(name="mme", mode="multi-model", store="s3://b/q")])
+    assert (ep.name, ep.mode, ep.store, ep.model_cache_setting) == ("laptop", "multi-model", "s3://b/p", "Disabled")
+    with pytest.raises(ServeError, match="the manifest already has an endpoint of that name"):
+        _flag_endpoints(config, [EndpointSpec(name="laptop", mode="multi-model", store="s3://b/q")])
+    external = ServeConfig(url="http://127.0.0.1:9")  # a manifest's endpoint, served by an external Triton
+    uncached = EndpointSpec(name="once", mode="multi-model", models=["m"], model_cache_setting="Disabled")
+    with pytest.raises(ServeError, match="endpoint once: model_cache_setting Disabled needs the MME manager"):
+        _flag_endpoints(external, [uncached])
+    assert _flag_endpoints(ServeConfig(repository="r"), [uncached]) == []
+
+
+def test_model_cache_setting_is_validated_in_the_manifest_with_its_line(tmp_path: Path) -> None:
+    from toolkit.spec import load_manifest
+
+    head = "models:\n  - {name: m, framework: python, inputs: [{name: X, dtype: FP32, dims: [2]}],\n"
+    head += "     outputs: [{name: Y, dtype: FP32, dims: [2]}]}\nendpoints:\n"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(head + "  - {name: e, mode: multi-model, models: [m], model_cache_setting: Disabled}\n")
+    assert load_manifest(ok).endpoints[0].model_cache_setting == "Disabled"
+    for line, why in (
+        ("  - {name: e, mode: single, model: m, model_cache_setting: Disabled}\n", "a multi-model endpoint setting"),
+        ("  - {name: e, mode: multi-model, models: [m], model_cache_setting: disabled}\n", "'Enabled' or 'Disabled'"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(head + line)
+        with pytest.raises(ManifestError) as err:
+            load_manifest(bad)
+        assert "bad.yaml:5: endpoints[0]" in str(err.value) and why in str(err.value), str(err.value)
+
+
+def test_serve_flags_reach_the_config_and_refusals_are_one_line() -> None:
+    """``tritonctl serve --endpoint/--model-cache-setting/--load-wait``: wired to ``ServeConfig`` (a bad combination is
+    the config's one-line refusal, exit 1, before anything starts)."""
+    from typer.testing import CliRunner
+
+    from toolkit.cli.main import app
+
+    for args, why in (
+        (
+            ["repo", "--model-cache-setting", "Disabled"],
+            "--model-cache-setting applies to the endpoint --endpoint NAME",
+        ),
+        (["repo", "--endpoint", "mme"], "--endpoint NAME serves a multi-model endpoint over --store"),
+        (["repo", "--load-wait", "0"], "--load-wait must be a positive number of seconds"),
+    ):
+        result = CliRunner().invoke(app, ["serve", *args])
+        assert result.exit_code == 1 and why in result.output and len(result.output.strip().splitlines()) == 1, (
+            result.output
+        )

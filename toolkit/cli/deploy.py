@@ -10,9 +10,13 @@ from pathlib import Path
 
 import typer
 
-from toolkit.cli.common import friendly
+from toolkit.cli.common import JSON_OPTION, echo_json, friendly
 
-deploy_app = typer.Typer(help="SageMaker: plan, deploy, status, delete the manifest's endpoints.", no_args_is_help=True)
+deploy_app = typer.Typer(
+    help="SageMaker: plan, deploy, status, delete the manifest's endpoints.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 MANIFEST_ARG = typer.Argument(Path("tritonctl.yaml"), help="the manifest (with a deploy: section)")
 ENDPOINT_OPT = typer.Option(..., "--endpoint", "-e", help="the manifest endpoint to deploy")
@@ -21,12 +25,27 @@ REGION_OPT = typer.Option(None, "--region", help="AWS region (default: deploy.re
 IMAGE_OPT = typer.Option(None, "--image", help="container image URI (default: sagemaker-tritonserver for the region)")
 
 
-def _print_plan(planned: object) -> None:
+def _call_doc(call: object) -> dict[str, object]:
+    """One AWS call as data: service, operation, parameters (tags left out, as in the text), why."""
+    from toolkit.deploy.plan import Call
+
+    assert isinstance(call, Call)
+    params = {k: v for k, v in call.params.items() if k != "Tags"}
+    return {"service": call.service, "operation": call.operation, "params": params, "why": call.why}
+
+
+def _print_plan(planned: object, as_json: bool = False) -> None:
     from toolkit.deploy.api import Planned
 
     assert isinstance(planned, Planned)
     p = planned.prepared
     d = p.desired
+    if as_json:
+        head = {"endpoint": d.endpoint, "region": p.region, "instance_type": p.instance_type, "image": p.image}
+        s3 = f"s3://{d.bucket}/{d.prefix}/"
+        calls = [_call_doc(c) for c in planned.calls]
+        echo_json({**head, "s3": s3, "notes": d.notes, "offline": planned.offline, "calls": calls})
+        return
     typer.echo(f"endpoint {d.endpoint}  region {p.region}  instance {p.instance_type}")
     typer.echo(f"image    {p.image}")
     typer.echo(f"s3       s3://{d.bucket}/{d.prefix}/")
@@ -38,7 +57,7 @@ def _print_plan(planned: object) -> None:
         typer.echo(f"  {i}. {call}")
 
 
-@deploy_app.command("plan")
+@deploy_app.command("plan", short_help="Print the AWS calls `deploy sagemaker` would make.")
 @friendly
 def plan_cmd(
     manifest: Path = MANIFEST_ARG,
@@ -47,14 +66,16 @@ def plan_cmd(
     image: str | None = IMAGE_OPT,
     region: str | None = REGION_OPT,
     endpoint_url: str | None = ENDPOINT_URL_OPT,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Print the AWS calls `deploy sagemaker` would make (reads what exists; creates, changes nothing)."""
     from toolkit.deploy.api import plan
 
-    _print_plan(plan(manifest, endpoint, offline=offline, image=image, region=region, endpoint_url=endpoint_url))
+    planned = plan(manifest, endpoint, offline=offline, image=image, region=region, endpoint_url=endpoint_url)
+    _print_plan(planned, as_json)
 
 
-@deploy_app.command("sagemaker")
+@deploy_app.command("sagemaker", short_help="Deploy one manifest endpoint to SageMaker.")
 @friendly
 def sagemaker_cmd(
     manifest: Path = MANIFEST_ARG,
@@ -81,22 +102,28 @@ def sagemaker_cmd(
     typer.echo(f"{endpoint}: deployed")
 
 
-@deploy_app.command("status")
+@deploy_app.command("status", short_help="The endpoint's status, variants and scaling.")
 @friendly
 def status_cmd(
     endpoint: str = ENDPOINT_OPT,
     manifest: Path | None = typer.Option(None, "--manifest", help="read the region from its deploy: section"),
     region: str | None = REGION_OPT,
     endpoint_url: str | None = ENDPOINT_URL_OPT,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """The endpoint's status, config, variants, scaling (and SageMaker's FailureReason)."""
-    from toolkit.deploy.api import endpoint_status
+    from toolkit.deploy.api import endpoint_status_doc
+    from toolkit.deploy.lifecycle import status_lines
 
-    for line in endpoint_status(endpoint, manifest=manifest, region=region, endpoint_url=endpoint_url):
+    doc = endpoint_status_doc(endpoint, manifest=manifest, region=region, endpoint_url=endpoint_url)
+    if as_json:
+        echo_json(doc)
+        return
+    for line in status_lines(doc):
         typer.echo(line)
 
 
-@deploy_app.command("delete")
+@deploy_app.command("delete", short_help="Delete the endpoint and what deploy made for it.")
 @friendly
 def delete_cmd(
     endpoint: str = ENDPOINT_OPT,
@@ -105,33 +132,44 @@ def delete_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the calls, make none"),
     region: str | None = REGION_OPT,
     endpoint_url: str | None = ENDPOINT_URL_OPT,
+    as_json: bool = typer.Option(False, "--json", help="the calls as JSON on stdout (progress on stderr)"),
 ) -> None:
     """Delete the endpoint, its endpoint configs, models and scaling (S3 kept unless --purge-s3)."""
     from toolkit.deploy.api import delete
 
+    def progress(line: str) -> None:
+        typer.echo(line, err=as_json)  # with --json, stdout carries the document only
+
     calls = delete(
         endpoint,
-        typer.echo,
+        progress,
         manifest=manifest,
         purge_s3=purge_s3,
         region=region,
         endpoint_url=endpoint_url,
         dry_run=dry_run,
     )
-    if dry_run:
+    if as_json:
+        echo_json({"endpoint": endpoint, "dry_run": dry_run, "calls": [_call_doc(c) for c in calls]})
+    elif dry_run:
         for i, call in enumerate(calls, 1):
             typer.echo(f"  {i}. {call}")
 
 
-@deploy_app.command("build")
+@deploy_app.command("build", short_help="Write the endpoint's tarballs; upload nothing.")
 @friendly
 def build_cmd(
     manifest: Path = MANIFEST_ARG,
     endpoint: str = ENDPOINT_OPT,
     output: Path = typer.Option(Path("build/sagemaker"), "-o", "--output", help="folder for the tarballs"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Write the endpoint's tarballs (SageMaker's Triton layout) without uploading anything."""
     from toolkit.deploy.api import build
 
-    for path in build(manifest, endpoint, output):
+    paths = build(manifest, endpoint, output)
+    if as_json:
+        echo_json([str(p) for p in paths])
+        return
+    for path in paths:
         typer.echo(str(path))

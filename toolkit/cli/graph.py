@@ -11,14 +11,17 @@ from pathlib import Path
 
 import typer
 
-from toolkit.ensembles.draw import build_graph, render, to_mermaid
-from toolkit.repository.generate import generated_models
-from toolkit.spec import load_manifest
-
 
 def graph(ensemble: str, manifest: Path, output: Path | None, allow_outside: bool = False) -> str:
     """Mermaid text when ``output`` is None, else write the file and return a line saying what was written
-    (SVG/PNG need graphviz ``dot``; without it the Mermaid text is written next to the path, and the line says so)."""
+    (SVG/PNG need graphviz ``dot``; without it the Mermaid text is written next to the path, and the line says so).
+
+    The builders and drawing code are imported here, not at module level: the CLI registers this command at start-up
+    and ``tritonctl --help`` must not pay for them."""
+    from toolkit.ensembles.draw import build_graph, render, to_mermaid
+    from toolkit.repository.generate import generated_models
+    from toolkit.spec import load_manifest
+
     m = load_manifest(manifest, allow_outside=allow_outside)
     configs = {gm.name: gm.config for gm in generated_models(m)}
     g = build_graph(ensemble, configs)

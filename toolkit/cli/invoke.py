@@ -34,18 +34,26 @@ def _as_array(name: str, value: Any, datatype: str, shape: list[int], batching: 
 
 
 def invoke(
-    endpoint: TritonEndpoint, model: str, inputs: dict[str, Any], protocol: str = "http", version: str = ""
+    endpoint: TritonEndpoint,
+    model: str,
+    inputs: dict[str, Any],
+    protocol: str = "http",
+    version: str = "",
+    headers: dict[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run one inference; returns output name -> array. Raises InferenceError with Triton's message."""
+    """Run one inference; returns output name -> array. Raises InferenceError with Triton's message. ``headers`` go
+    with every call (gRPC: as metadata): a gateway's credentials."""
     if protocol not in ("http", "grpc"):
         raise TritonctlError(f"unknown protocol {protocol!r}: use http or grpc")
     mod: Any = httpclient if protocol == "http" else grpcclient
+    if headers and protocol == "grpc":  # gRPC metadata keys must be lowercase
+        headers = {k.lower(): v for k, v in headers.items()}
     url = endpoint.http if protocol == "http" else endpoint.grpc
     client = mod.InferenceServerClient(url)
     try:
         with triton_errors(endpoint):
-            meta = client.get_model_metadata(model, version)
-            cfg = client.get_model_config(model, version)
+            meta = client.get_model_metadata(model, version, headers=headers)
+            cfg = client.get_model_config(model, version, headers=headers)
         if protocol == "grpc":
             meta = {
                 "inputs": [{"name": i.name, "datatype": i.datatype, "shape": list(i.shape)} for i in meta.inputs],
@@ -70,7 +78,7 @@ def invoke(
             infer_inputs.append(inp)
         outputs = [mod.InferRequestedOutput(o["name"]) for o in meta["outputs"]]
         try:
-            result = client.infer(model, infer_inputs, model_version=version, outputs=outputs)
+            result = client.infer(model, infer_inputs, model_version=version, outputs=outputs, headers=headers)
         except InferenceServerException as exc:
             raise InferenceError(exc.message() or str(exc)) from None
         return {o["name"]: result.as_numpy(o["name"]) for o in meta["outputs"]}

@@ -8,19 +8,25 @@ registers as ``app.command("loadtest")(loadtest_cmd)``. Without ``--target`` it 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
 from toolkit.errors import TritonctlError
-from toolkit.loadtest.report import write_report, write_sweep_report
-from toolkit.loadtest.runner import RunOptions, embedded_triton, run_loadtest, run_sweep
-from toolkit.loadtest.scenario import LoadTestError, list_scenarios, load_scenario, parse_duration
+
+# Locust, gevent, matplotlib and the Triton clients are imported by the functions that run a test, not here: the CLI
+# registers this command at start-up and `tritonctl --help` must not pay for them (tests/unit/test_cli_manners.py).
+# The scenario names for the help text are read from the directory (toolkit.loadtest.scenario.SCENARIO_DIR) without
+# importing the scenario model (pydantic).
+_SCENARIO_NAMES = ", ".join(
+    sorted(x.stem for x in (Path(__file__).resolve().parents[2] / "load" / "scenarios").glob("*.yaml"))
+)
 
 
 def parse_sweep(text: str | None) -> list[int] | None:
+    from toolkit.loadtest.scenario import LoadTestError
+
     if not text:
         return None
     try:
@@ -53,6 +59,14 @@ def loadtest(
     progress: Callable[[str], None] | None = print,
 ) -> Path:
     """Run a scenario (or a concurrency sweep of it) and write the report; returns the path of report.html."""
+    import tempfile
+
+    from toolkit.extras import require
+    from toolkit.loadtest.report import write_report, write_sweep_report
+    from toolkit.loadtest.runner import RunOptions, embedded_triton, run_loadtest, run_sweep
+    from toolkit.loadtest.scenario import LoadTestError, load_scenario, parse_duration
+
+    require("loadtest", "tritonctl loadtest")  # before an embedded Triton is started for nothing
     sc = load_scenario(scenario)
     proto = protocol or sc.protocol
     if proto not in ("http", "grpc", "sagemaker"):
@@ -114,9 +128,7 @@ def summary_line(report: dict) -> str:
 
 
 def loadtest_cmd(
-    scenario: str = typer.Argument(
-        ..., help=f"scenario name in load/scenarios ({', '.join(list_scenarios())}) or YAML"
-    ),
+    scenario: str = typer.Argument(..., help=f"scenario name in load/scenarios ({_SCENARIO_NAMES}) or YAML"),
     users: int | None = typer.Option(None, "--users", "-u", help="concurrent users (default: the scenario's)"),
     spawn_rate: float | None = typer.Option(None, "--spawn-rate", "-r", help="users started per second"),
     duration: str | None = typer.Option(None, "--duration", "-t", help="e.g. 60s, 2m (default: the scenario's)"),

@@ -1,31 +1,67 @@
-"""``tritonctl``: the command line. Thin Typer commands over the library; see ``tritonctl --help``."""
+"""``tritonctl``: the command line. Thin Typer commands over the library; see ``tritonctl --help``.
+
+Start-up is part of the interface: ``tritonctl --help`` and ``tritonctl generate`` run in scripts, CI and shell
+completion (which runs the program on every Tab). So the modules imported here import only Typer and cheap parts of the
+toolkit, and each command imports what it uses in its body (``tests/unit/test_cli_manners.py`` counts the modules).
+Help is click's plain formatter (``rich_markup_mode=None``), not rich's: rich's renderer costs ~0.1 s to import, and
+the plain one never cuts a flag name at 80 columns (it moves the help to the next line instead).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from toolkit.cli.common import (
+    API_KEY_OPTION,
     GRPC_URL_OPTION,
+    JSON_OPTION,
     METRICS_URL_OPTION,
     URL_OPTION,
+    api_key_headers,
+    echo_json,
     endpoint_from,
     fail,
     friendly,
     parse_tensor_arg,
 )
+from toolkit.cli.models import models_app, status
 
 app = typer.Typer(
     name="tritonctl",
     help="SageMaker hosting patterns on NVIDIA Triton: manifest, repository, server, MME, gateway, load tests.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    rich_markup_mode=None,
 )
-models_app = typer.Typer(help="Triton's repository API: list, load, unload, readiness.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
+app.add_typer(models_app, name="models", short_help="Triton's repository API: list, load, unload, ready.")
+
+
+def _print_version(value: bool) -> None:
+    """``tritonctl --version``: this package's version and that of nvidia-pytriton, the wheel whose tritonserver
+    ``serve`` runs (read from installed metadata: no server is started to ask)."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    typer.echo(f"tritonctl {of('tritonctl')} (nvidia-pytriton {of('nvidia-pytriton')})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """SageMaker hosting patterns on NVIDIA Triton: manifest, repository, server, MME, gateway, load tests."""
 
 
 @app.command()
@@ -37,7 +73,7 @@ def schema() -> None:
     typer.echo(manifest_json_schema())
 
 
-@app.command()
+@app.command(short_help="Write a Triton model repository from the manifest.")
 @friendly
 def generate(
     manifest: Path = typer.Argument(Path("tritonctl.yaml"), help="the manifest"),
@@ -47,6 +83,7 @@ def generate(
     allow_outside: bool = typer.Option(
         False, "--allow-outside", help="let ensemble_files name files outside the manifest's directory"
     ),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a Triton model repository from the manifest (deterministic; unchanged files are not rewritten; on
     failure an existing output directory is left as it was and a new one is not created)."""
@@ -55,22 +92,33 @@ def generate(
 
     spec = load_manifest(manifest, allow_outside=allow_outside)
     report = generate_repository(spec, output, target=target, prune=prune)
+    if as_json:
+        echo_json(
+            {"output": output, "written": report.written, "unchanged": report.unchanged, "removed": report.removed}
+        )
+        return
     typer.echo(f"{output}: {report.summary()}")
 
 
-@app.command()
+@app.command(short_help="Check a repository offline for what Triton would reject.")
 @friendly
 def validate(
     repository: Path = typer.Argument(Path("model_repository"), help="model repository directory"),
     gpus: bool = typer.Option(False, "--gpus", help="the target server has GPUs (accept KIND_GPU instance groups)"),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Check a repository offline for what Triton would reject at load; non-zero exit on any error."""
+    from dataclasses import asdict
+
     from toolkit.repository.validate import format_findings, validate_repository
 
     if not repository.is_dir():
         fail(f"{repository} is not a directory")
     findings = validate_repository(repository, gpus=gpus)
     errors = [f for f in findings if f.severity == "error"]
+    if as_json:  # the findings on stdout whatever they say; the exit code says whether any is an error
+        echo_json({"repository": repository, "ok": not errors, "findings": [asdict(f) for f in findings]})
+        raise typer.Exit(1 if errors else 0)
     if findings:
         typer.echo(format_findings(findings), err=bool(errors))
     if errors:
@@ -78,58 +126,7 @@ def validate(
     typer.echo(f"{repository}: ok ({len(findings)} warnings)")
 
 
-@models_app.command("list")
-@friendly
-def models_list(url: str | None = URL_OPTION, as_json: bool = typer.Option(False, "--json")) -> None:
-    """Every model in the repository with its state."""
-    from toolkit.server import TritonAdmin
-
-    index = TritonAdmin(endpoint_from(url), timeout=10).index()
-    if as_json:
-        typer.echo(json.dumps(index))
-        return
-    for m in sorted(index, key=lambda m: m["name"]):
-        reason = f"  ({m['reason']})" if m.get("reason") else ""
-        typer.echo(f"{m['name']:<32} {m.get('version', '') or '-':<4} {m.get('state', 'UNAVAILABLE')}{reason}")
-
-
-@models_app.command("load")
-@friendly
-def models_load(names: list[str] = typer.Argument(...), url: str | None = URL_OPTION) -> None:
-    """Load (or reload) models."""
-    from toolkit.server import TritonAdmin
-
-    admin = TritonAdmin(endpoint_from(url))
-    for name in names:
-        admin.load(name)
-        typer.echo(f"{name}: READY")
-
-
-@models_app.command("unload")
-@friendly
-def models_unload(names: list[str] = typer.Argument(...), url: str | None = URL_OPTION) -> None:
-    """Unload models."""
-    from toolkit.server import TritonAdmin
-
-    admin = TritonAdmin(endpoint_from(url))
-    for name in names:
-        admin.unload(name)
-        typer.echo(f"{name}: unloaded")
-
-
-@models_app.command("ready")
-@friendly
-def models_ready(name: str, url: str | None = URL_OPTION) -> None:
-    """Exit 0 when the model is ready, 1 otherwise."""
-    from toolkit.server import TritonAdmin
-
-    ready = TritonAdmin(endpoint_from(url), timeout=10).model_ready(name)
-    typer.echo(f"{name}: {'READY' if ready else 'NOT READY'}")
-    if not ready:
-        raise typer.Exit(1)
-
-
-@app.command()
+@app.command(short_help="Run one inference (KServe v2, or SageMaker with --sagemaker).")
 @friendly
 def invoke(
     model: str,
@@ -137,8 +134,11 @@ def invoke(
     protocol: str = typer.Option("http", help="http or grpc"),
     url: str | None = URL_OPTION,
     grpc_url: str | None = GRPC_URL_OPTION,
-    version: str = typer.Option("", help="model version (default: Triton's policy)"),
+    version: str = typer.Option(
+        "", "--model-version", "--version", help="model version (default: Triton's policy); --version: old spelling"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print outputs as JSON"),
+    api_key: str | None = API_KEY_OPTION,
     sagemaker: str | None = typer.Option(
         None,
         "--sagemaker",
@@ -164,10 +164,12 @@ def invoke(
         out = invoke_endpoint(sagemaker, inputs, endpoint_url=endpoint_url, region=region, **picked)
         typer.echo(format_outputs(out, as_json))
         return
-    typer.echo(format_outputs(run_invoke(endpoint_from(url, grpc_url), model, inputs, protocol, version), as_json))
+    headers = api_key_headers(api_key) or None
+    out = run_invoke(endpoint_from(url, grpc_url), model, inputs, protocol, version, headers)
+    typer.echo(format_outputs(out, as_json))
 
 
-@app.command()
+@app.command(short_help="Prometheus metrics of Triton (and the gateway with --gateway).")
 @friendly
 def metrics(
     url: str | None = URL_OPTION,
@@ -176,9 +178,9 @@ def metrics(
         None, "--gateway", help="the tritonctl gateway (http://127.0.0.1:8080): adds the MME's SageMaker-named metrics"
     ),
     all_: bool = typer.Option(False, "--all", help="every metric line, not only tritonctl_/nv_inference_ ones"),
-    emf: bool = typer.Option(
-        False, "--emf", help="with --gateway: CloudWatch Embedded Metric Format lines, SageMaker's metric names"
-    ),
+    api_key: str | None = API_KEY_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="samples as JSON: name, labels, value"),
+    emf: bool = typer.Option(False, "--emf", help="CloudWatch EMF lines, SageMaker's names (needs --gateway)"),
 ) -> None:
     """Prometheus metrics of the server (Triton's, plus the gateway's and the MME's when served by tritonctl)."""
     import urllib.request
@@ -189,10 +191,11 @@ def metrics(
     if gateway:
         gw = gateway if "://" in gateway else f"http://{gateway}"
         try:
-            with urllib.request.urlopen(gw.rstrip("/") + "/metrics", timeout=10) as r:
+            req = urllib.request.Request(gw.rstrip("/") + "/metrics", headers=api_key_headers(api_key))
+            with urllib.request.urlopen(req, timeout=10) as r:
                 text = r.read().decode()
         except OSError as exc:
-            fail(f"gateway metrics at {gw} unreachable: {exc}")
+            fail(f"gateway metrics at {gw} unreachable: {exc} (is tritonctl serve running there? set --gateway)")
     if emf:
         import json
 
@@ -214,25 +217,31 @@ def metrics(
         "nv_inference_queue_duration_us",
         "nv_cpu_memory",
     )
-    for line in text.splitlines():
-        if all_ or line.startswith(keep) or (line.startswith("# HELP") and any(k in line for k in keep)):
-            typer.echo(line)
+    lines = [
+        ln
+        for ln in text.splitlines()
+        if all_ or ln.startswith(keep) or (ln[:6] == "# HELP" and ln[7:].startswith(keep))
+    ]
+    if as_json:
+        echo_json(_samples("\n".join(lines) + "\n"))
+        return
+    for line in lines:
+        typer.echo(line)
 
 
-@app.command()
-@friendly
-def status(url: str | None = URL_OPTION) -> None:
-    """Server health, version, and loaded models."""
-    from toolkit.server import TritonAdmin
+def _samples(text: str) -> list[dict[str, object]]:
+    """Prometheus text as data, read by prometheus_client's own parser (not a regex of ours). NaN and infinities,
+    which JSON has no numbers for, are written as Prometheus spells them ("NaN", "+Inf", "-Inf")."""
+    import math
 
-    admin = TritonAdmin(endpoint_from(url), timeout=5)
-    if not admin.live():
-        fail(f"Triton at {admin.endpoint.http} is not reachable")
-    meta = admin.server_metadata()
-    typer.echo(f"server   {meta.get('name')} {meta.get('version')} at {admin.endpoint.http_url}")
-    typer.echo(f"ready    {admin.ready()}")
-    loaded = admin.loaded()
-    typer.echo(f"loaded   {len(loaded)}: {', '.join(loaded) if loaded else '-'}")
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.utils import floatToGoString
+
+    return [
+        {"name": s.name, "labels": s.labels, "value": s.value if math.isfinite(s.value) else floatToGoString(s.value)}
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
 
 
 def _register_subcommands() -> None:
@@ -242,16 +251,33 @@ def _register_subcommands() -> None:
     from toolkit.cli.loadtest import loadtest_cmd
     from toolkit.cli.mme import mme_app
     from toolkit.cli.serve import serve_command
+    from toolkit.cli.tune import tune_cmd
 
-    app.command("serve", help="Serve a repository: embedded (or external) Triton behind the gateway.")(
-        friendly(serve_command)
+    app.command("status", short_help="Server health, version and loaded models.")(friendly(status))
+    app.command(
+        "serve",
+        short_help="Serve models: Triton behind the gateway, until Ctrl-C.",
+        help="Serve a repository: embedded (or external) Triton behind the gateway.",
+    )(friendly(serve_command))
+    app.add_typer(
+        mme_app,
+        name="mme",
+        short_help="Multi-model endpoint: simulate, list, load, unload.",
+        help="Multi-model endpoint: simulate eviction policies, list/load/unload.",
     )
-    app.add_typer(mme_app, name="mme", help="Multi-model endpoint: simulate eviction policies, list/load/unload.")
     app.add_typer(deploy_app, name="deploy", help="SageMaker: plan, deploy, status, delete endpoints.")
     app.command("graph", help="Draw an ensemble's DAG (Mermaid always; SVG/PNG with graphviz).")(friendly(graph_cmd))
-    app.command("loadtest", help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).")(
-        friendly(loadtest_cmd)
-    )
+    app.command(
+        "loadtest",
+        short_help="Load-test with Locust; write a report (HTML, JSON, CSV).",
+        help="Run a Locust scenario headless and write a report (JSON, CSV, HTML + plots).",
+    )(friendly(loadtest_cmd))
+    app.command(
+        "tune",
+        short_help="Find the config that meets a p99 bound at the best throughput or cost.",
+        help="Find the serving config (instances, max batch, dynamic batching, concurrency) that meets a p99 bound "
+        "at the best throughput or cost; configs swapped through Triton's config override.",
+    )(friendly(tune_cmd))
 
 
 _register_subcommands()

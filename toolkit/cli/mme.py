@@ -8,22 +8,26 @@ these commands are for operators and scripts, and the serving manager re-syncs f
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from toolkit.cli.common import URL_OPTION, endpoint_from, friendly
+from toolkit.cli.common import JSON_OPTION, URL_OPTION, echo_json, endpoint_from, friendly
 from toolkit.mme.errors import ModelNotFoundError
-from toolkit.mme.manager import ModelManager
-from toolkit.mme.simulate import format_table, run_simulation
-from toolkit.mme.stores import ArtifactStore, open_store
 from toolkit.names import canonical_target, is_nested, target_path
 
-mme_app = typer.Typer(help="Multi-model endpoint: simulate eviction policies, list/load/unload models.")
+if TYPE_CHECKING:  # the manager (aiohttp), the stores (boto3) and the simulator are imported by the command using them:
+    # `tritonctl --help` and `tritonctl generate` must not pay for them (tests/unit/test_cli_manners.py)
+    from toolkit.mme.manager import ModelManager
+    from toolkit.mme.stores import ArtifactStore
+
+mme_app = typer.Typer(
+    help="Multi-model endpoint: simulate eviction policies, list/load/unload models.", rich_markup_mode=None
+)
 
 REPO_OPTION = typer.Option(
     Path("model_repository"), "--repository", "-r", help="Triton's model repository directory (--model-repository)"
@@ -35,10 +39,21 @@ ENDPOINT_URL_OPTION = typer.Option(None, "--endpoint-url", help="S3-compatible e
 def _store(uri: str | None, endpoint_url: str | None) -> ArtifactStore | None:
     if uri is None:
         return None
+    from toolkit.mme.stores import open_store
+
     return open_store(uri, endpoint_url=endpoint_url) if endpoint_url else open_store(uri)
 
 
-async def _with_manager(url: str | None, repository: Path, store: ArtifactStore | None, body: Any) -> Any:
+def _with_manager(url: str | None, repository: Path, store: ArtifactStore | None, body: Any) -> Any:
+    """Run ``body(manager)`` on a started manager over Triton at ``url``, and close it whatever happens."""
+    import asyncio
+
+    return asyncio.run(_managed(url, repository, store, body))
+
+
+async def _managed(url: str | None, repository: Path, store: ArtifactStore | None, body: Any) -> Any:
+    from toolkit.mme.manager import ModelManager
+
     mgr = ModelManager(endpoint_from(url), repository=repository, store=store)
     await mgr.start()
     try:
@@ -47,7 +62,7 @@ async def _with_manager(url: str | None, repository: Path, store: ArtifactStore 
         await mgr.close()
 
 
-@mme_app.command("simulate")
+@mme_app.command("simulate", short_help="Hit ratios of LRU, GDSF and Belady's optimum on a trace.")
 @friendly
 def simulate_cmd(
     models: int = typer.Option(200, "--models", help="distinct models in the synthetic trace"),
@@ -59,23 +74,74 @@ def simulate_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the raw result as JSON"),
 ) -> None:
     """Hit ratio of LRU, the cost-aware policy (GDSF) and Belady's offline optimum on one trace."""
+    from toolkit.mme.simulate import format_table, run_simulation
+
     result = run_simulation(models=models, alpha=zipf, budget=budget, requests=requests, seed=seed, trace=trace)
     typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
-@mme_app.command("list")
+@mme_app.command("plan", short_help="Resident models, memory budget and instances for a target hit ratio.")
+@friendly
+def plan_cmd(
+    hit_ratio: float = typer.Option(..., "--hit-ratio", help="target hit ratio (share of requests to a loaded model)"),
+    models: int = typer.Option(200, "--models", help="distinct models in the synthetic trace"),
+    zipf: float = typer.Option(1.0, "--zipf", help="Zipf exponent of model popularity"),
+    requests: int = typer.Option(20_000, "--requests", help="requests in the synthetic trace"),
+    trace: Path | None = typer.Option(None, "--trace", help="recorded trace instead: one model per line, or CSV"),
+    policy: str = typer.Option("lru", "--policy", help="eviction policy: lru or gdsf"),
+    footprint: str | None = typer.Option(None, "--footprint", help="memory per model, e.g. 120MiB"),
+    load_time: float | None = typer.Option(None, "--load-time", help="seconds per cold load"),
+    measure: str | None = typer.Option(None, "--measure", help="measure footprint and load time of this model"),
+    manifest: Path = typer.Option(Path("tritonctl.yaml"), "--manifest", help="with --measure"),
+    instance_memory: str | None = typer.Option(None, "--instance-memory", help="memory of one instance, e.g. 16GiB"),
+    headroom: float = typer.Option(0.8, "--headroom", help="share of an instance's memory models may use"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Recommend the resident model count / memory budget and the instance count for a target hit ratio, from a
+    replay of the trace through the eviction policy and a measured (or given) footprint and load time."""
+    from toolkit.mme.footprint import parse_size
+    from toolkit.mme.simulate import load_trace
+    from toolkit.tune.mme_plan import measure_model, plan_mme
+
+    measured_bytes, measured_s = measure_model(manifest, measure) if measure else (None, None)
+    size = parse_size(footprint) if footprint else measured_bytes
+    seconds = load_time if load_time is not None else measured_s
+    if size is None or seconds is None:
+        raise typer.BadParameter("give --footprint and --load-time, or --measure MODEL to measure them")
+    if measure:
+        typer.echo(
+            f"measured {measure}: {size / 2**20:.0f} MiB, load {seconds * 1000:.0f} ms (median of 3)", err=as_json
+        )
+    plan = plan_mme(
+        target_hit_ratio=hit_ratio, footprint_bytes=size, load_s=seconds, models=models, alpha=zipf,
+        requests=requests, trace=load_trace(trace) if trace else None, policy=policy, headroom=headroom,
+        instance_memory_bytes=parse_size(instance_memory) if instance_memory else None, seed=seed,
+    )  # fmt: skip
+    if as_json:
+        echo_json({**asdict(plan), "measured": measure})
+    else:
+        typer.echo(plan.summary())
+
+
+@mme_app.command("list", short_help="Models in the repository and the store, with their state.")
 @friendly
 def list_cmd(
     url: str | None = URL_OPTION,
     repository: Path = REPO_OPTION,
     store: str | None = STORE_OPTION,
     endpoint_url: str | None = ENDPOINT_URL_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Models in the repository and the store, with their state in Triton (and, for a nested TargetModel, the path
     it was found at: ``team-a..x`` is ``team-a/x.tar.gz``)."""
 
     async def body(mgr: ModelManager) -> None:
         rows = mgr.states()
+        if as_json:
+            docs = [{**asdict(s), "target_model": target_path(s.name) if is_nested(s.name) else s.name} for s in rows]
+            echo_json(docs)
+            return
         typer.echo(f"{'model':<32} {'state':<10} {'size':>10}  target model")
         for s in rows:
             size = f"{s.size_bytes / 2**20:.1f}M" if s.size_bytes else "-"
@@ -83,10 +149,10 @@ def list_cmd(
             typer.echo(f"{s.name:<32} {s.state:<10} {size:>10}  {path}".rstrip())
         typer.echo(f"{len(rows)} models, {sum(s.state == 'READY' for s in rows)} loaded")
 
-    asyncio.run(_with_manager(url, repository, _store(store, endpoint_url), body))
+    _with_manager(url, repository, _store(store, endpoint_url), body)
 
 
-@mme_app.command("load")
+@mme_app.command("load", short_help="Fetch a model from --store if needed, then load it.")
 @friendly
 def load_cmd(
     name: str = typer.Argument(..., help="model name, or a TargetModel (team-a/x.tar.gz)"),
@@ -96,7 +162,8 @@ def load_cmd(
     endpoint_url: str | None = ENDPOINT_URL_OPTION,
     timeout: float = typer.Option(60.0, "--timeout", help="seconds to wait for the load"),
 ) -> None:
-    """Fetch a model from the store (if not in the repository) and load it into Triton."""
+    """Fetch a model from --store into --repository (unless it is there), then load it into Triton.
+    `tritonctl models load` only loads what Triton's repository already has."""
     name = canonical_target(name)  # the name Triton runs, whichever spelling was given
     st = _store(store, endpoint_url)
     if st is not None and not (repository / name / "config.pbtxt").is_file():
@@ -112,7 +179,7 @@ def load_cmd(
 
             st.fetch(name, repository, progress=progress)
     t0 = time.monotonic()
-    asyncio.run(_with_manager(url, repository, st, lambda mgr: mgr.ensure_loaded(name, timeout)))
+    _with_manager(url, repository, st, lambda mgr: mgr.ensure_loaded(name, timeout))
     typer.echo(f"loaded {name} in {time.monotonic() - t0:.2f} s")
 
 
@@ -130,7 +197,7 @@ def unload_cmd(
             raise ModelNotFoundError(name, "it is not loaded")
         await mgr.unload(name)
 
-    asyncio.run(_with_manager(url, repository, None, body))
+    _with_manager(url, repository, None, body)
     typer.echo(f"unloaded {name}")
 
 

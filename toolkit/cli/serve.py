@@ -32,6 +32,15 @@ def serve_command(
         None, "--gpu-memory-fraction", help="MME: share of the GPU memory Triton reports for resident models (0-1]"
     ),
     policy: str = typer.Option("lru", "--policy", help="MME eviction policy: lru or gdsf"),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", help="a SageMaker multi-model endpoint NAME over --store (no manifest needed)"
+    ),
+    model_cache_setting: str = typer.Option(
+        "Enabled", "--model-cache-setting", help="--endpoint's ModelCacheSetting: Disabled unloads after each call"
+    ),
+    load_wait_s: float = typer.Option(
+        30.0, "--load-wait", help="seconds a request waits for its cold model, then 429 ModelNotReadyException"
+    ),
     auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="address the gateway binds to (Triton's with --no-gateway; admin stays loopback)"
@@ -78,6 +87,9 @@ def serve_command(
         memory_budget=memory_budget,
         gpu_memory_fraction=gpu_memory_fraction,
         policy=policy,
+        endpoint=endpoint,
+        model_cache_setting=model_cache_setting,
+        load_wait_s=load_wait_s,
         auth=auth,
         host=host,
         drain_s=drain_s,

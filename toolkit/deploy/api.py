@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from toolkit.deploy.apply import run_calls
 from toolkit.deploy.aws import Clients, make_clients
-from toolkit.deploy.lifecycle import delete_calls, status
+from toolkit.deploy.lifecycle import delete_calls, status_doc, status_lines
 from toolkit.deploy.plan import Call, State, plan_calls, read_state
 from toolkit.deploy.prepare import Prepared, deploy_spec, prepare
 from toolkit.spec import load_manifest
@@ -68,13 +69,20 @@ def deploy(
     return Planned(prepared, calls, False)
 
 
-def endpoint_status(
+def endpoint_status_doc(
     endpoint: str, *, manifest: Path | None = None, region: str | None = None, endpoint_url: str | None = None
-) -> list[str]:
+) -> dict[str, Any]:
+    """The endpoint as it is now in SageMaker, as data (``status_lines`` prints it)."""
     region = region or (deploy_spec(load_manifest(manifest)).region if manifest else None)
     from toolkit.deploy.aws import resolve_region
 
-    return status(make_clients(resolve_region(region), endpoint_url), endpoint)
+    return status_doc(make_clients(resolve_region(region), endpoint_url), endpoint)
+
+
+def endpoint_status(
+    endpoint: str, *, manifest: Path | None = None, region: str | None = None, endpoint_url: str | None = None
+) -> list[str]:
+    return status_lines(endpoint_status_doc(endpoint, manifest=manifest, region=region, endpoint_url=endpoint_url))
 
 
 def delete(

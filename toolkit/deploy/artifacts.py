@@ -28,13 +28,12 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
 from toolkit.deploy.errors import DeployError
 from toolkit.deploy.onnx_compile import CompileRefused, compile_sklearn
 from toolkit.ensembles.reach import direct_targets
 from toolkit.repository.config import render_config
 from toolkit.repository.generate import ADAPTER_TEMPLATE, MARKER, generated_models
+from toolkit.repository.protos import model_config_pb2 as mc
 from toolkit.repository.types import GeneratedModel
 from toolkit.spec.models import Manifest, ModelSpec
 

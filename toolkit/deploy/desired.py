@@ -149,6 +149,8 @@ def _multi_model(b: _Models) -> list[Variant]:
     body: dict[str, Any] = {
         "PrimaryContainer": {"Image": b.image, "ModelDataUrl": url, "Mode": "MultiModel", "Environment": env}
     }
+    if ep.model_cache_setting == "Disabled":  # only when set: an unchanged manifest keeps its content hash
+        body["PrimaryContainer"]["MultiModelConfig"] = {"ModelCacheSetting": "Disabled"}
     return [(DEFAULT_VARIANT, b.add_model("mme", body), 1.0)]
 
 

@@ -46,25 +46,55 @@ def _targets(aas: Any, endpoint: str) -> list[dict[str, Any]]:
         ]
 
 
-def status(clients: Any, endpoint: str) -> list[str]:
-    """Lines describing the endpoint, its config, variants, scaling; raises when it does not exist."""
+def status_doc(clients: Any, endpoint: str) -> dict[str, Any]:
+    """What the endpoint is now, as data (``deploy status --json``); raises when it does not exist."""
     ep = _describe_endpoint(clients.sagemaker, endpoint)
     if ep is None:
         raise DeployError(f"endpoint {endpoint} does not exist in {clients.region}")
-    lines = [f"endpoint {endpoint}: {ep.get('EndpointStatus')}  config {ep.get('EndpointConfigName')}"]
-    if ep.get("FailureReason"):
-        lines.append(f"  failure: {' '.join(str(ep['FailureReason']).split())}")
-    for v in ep.get("ProductionVariants", []):
+    variants = [
+        {
+            "name": v.get("VariantName"),
+            "instances": v.get("CurrentInstanceCount"),
+            "desired_instances": v.get("DesiredInstanceCount"),
+            "weight": v.get("CurrentWeight"),
+        }
+        for v in ep.get("ProductionVariants", [])
+    ]
+    scaling = [
+        {"resource": t["ResourceId"], "min": t["MinCapacity"], "max": t["MaxCapacity"]}
+        for t in _targets(clients.autoscaling, endpoint)
+    ]
+    return {
+        "endpoint": endpoint,
+        "region": clients.region,
+        "status": ep.get("EndpointStatus"),
+        "config": ep.get("EndpointConfigName"),
+        "failure_reason": " ".join(str(ep["FailureReason"]).split()) if ep.get("FailureReason") else None,
+        "variants": variants,
+        "scaling": scaling,
+        "old_configs": sorted(set(_configs(clients.sagemaker, endpoint)) - {ep.get("EndpointConfigName")}),
+    }
+
+
+def status_lines(doc: dict[str, Any]) -> list[str]:
+    """``status_doc`` for a terminal: the endpoint, its config, variants, scaling, configs left to clean up."""
+    lines = [f"endpoint {doc['endpoint']}: {doc['status']}  config {doc['config']}"]
+    if doc["failure_reason"]:
+        lines.append(f"  failure: {doc['failure_reason']}")
+    for v in doc["variants"]:
         lines.append(
-            f"  variant {v.get('VariantName')}: instances {v.get('CurrentInstanceCount')}"
-            f"/{v.get('DesiredInstanceCount')}  weight {v.get('CurrentWeight')}"
+            f"  variant {v['name']}: instances {v['instances']}/{v['desired_instances']}  weight {v['weight']}"
         )
-    for t in _targets(clients.autoscaling, endpoint):
-        lines.append(f"  scaling {t['ResourceId']}: {t['MinCapacity']}..{t['MaxCapacity']} instances")
-    others = sorted(set(_configs(clients.sagemaker, endpoint)) - {ep.get("EndpointConfigName")})
-    if others:
-        lines.append(f"  old configs not yet cleaned up: {', '.join(others)}")
+    for t in doc["scaling"]:
+        lines.append(f"  scaling {t['resource']}: {t['min']}..{t['max']} instances")
+    if doc["old_configs"]:
+        lines.append(f"  old configs not yet cleaned up: {', '.join(doc['old_configs'])}")
     return lines
+
+
+def status(clients: Any, endpoint: str) -> list[str]:
+    """Lines describing the endpoint, its config, variants, scaling; raises when it does not exist."""
+    return status_lines(status_doc(clients, endpoint))
 
 
 def delete_calls(clients: Any, endpoint: str, bucket: str | None = None, prefix: str | None = None) -> list[Call]:

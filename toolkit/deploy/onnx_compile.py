@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from toolkit.extras import hint
 from toolkit.spec.models import ModelSpec
 
 TARGET_OPSET = 17  # what onnxruntime >= 1.16 (and Triton 24.x's onnxruntime backend) runs
@@ -116,7 +117,7 @@ def compile_sklearn(spec: ModelSpec, artifact: Path, samples: Path | None = None
         from skl2onnx import to_onnx
         from skl2onnx.common.data_types import DoubleTensorType, FloatTensorType
     except ImportError as exc:
-        raise CompileRefused(f"{exc.name} is not installed (pip install skl2onnx onnxruntime scikit-learn)") from None
+        raise CompileRefused(f"{exc.name} is not installed: {hint('deploy')}") from None
     est = joblib.load(artifact)
     x = sample_inputs(spec, samples)
     t = spec.inputs[0]

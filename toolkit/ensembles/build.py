@@ -12,8 +12,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
 from toolkit.ensembles.types import (
     ABOptions,
     AggregateOptions,
@@ -28,6 +26,7 @@ from toolkit.ensembles.types import (
     tensor_of,
 )
 from toolkit.repository.config import dtype_enum
+from toolkit.repository.protos import model_config_pb2 as mc
 from toolkit.repository.types import GeneratedModel
 from toolkit.spec.models import EnsembleSpec, Manifest, StepSpec
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tritonclient.grpc import model_config_pb2 as mc
-
+from toolkit.repository.protos import model_config_pb2 as mc
 from toolkit.repository.types import Finding
 
 

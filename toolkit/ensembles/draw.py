@@ -14,9 +14,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
 from toolkit.errors import TritonctlError
+from toolkit.repository.protos import model_config_pb2 as mc
 
 
 class GraphError(TritonctlError):

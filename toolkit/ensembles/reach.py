@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
+
+from toolkit.repository.protos import model_config_pb2 as mc
 
 
 def _param(cfg: mc.ModelConfig, key: str) -> str:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.errors import GenerateError
+from toolkit.repository.protos import model_config_pb2 as mc
 from toolkit.spec.models import EnsembleSpec, ModelSpec, TensorSpec
 
 

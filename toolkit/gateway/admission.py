@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -95,6 +96,8 @@ class Admission:
         self.reach = reach  # what each model may call (ensembles.reach): authorized with it
         self.inflight = 0  # requests holding a concurrency slot
         self._is_up = is_up
+        # Endpoints with SageMaker's ModelCacheSetting: Disabled: their model is unloaded once each call ends.
+        self.uncached = frozenset(e.name for e in options.endpoints if e.model_cache_setting == "Disabled")
 
     def is_up(self) -> bool:
         return self._is_up() if self._is_up is not None else True
@@ -218,4 +221,6 @@ class Admission:
         if use is Use.STREAM:
             ticket.release()
             return NO_TICKET
+        if endpoint in self.uncached:  # after the pins (released first): the model is idle when this runs
+            ticket._pins.extend(functools.partial(self.models.unload_when_idle, m) for m in chain)
         return ticket

@@ -90,6 +90,10 @@ def header_length(value: str | bytes | None, body: bytes) -> int | None:
     """The binary tensor extension's ``Inference-Header-Content-Length``: a number that fits the body, or None."""
     if value is None:
         return None
+    if type(value) is bytes and value.isdigit():  # the usual spelling, fast: bytes.isdigit() is ASCII digits only
+        n = int(value)
+        if 0 < n <= len(body):
+            return n
     text = (value.decode("latin-1") if isinstance(value, bytes) else value).strip(" \t")  # HTTP whitespace only
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= len(body):  # "²".isdigit(), int("²") fails
         raise ValidationError(f"Inference-Header-Content-Length {text!r} does not fit a body of {len(body)} bytes")

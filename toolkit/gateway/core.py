@@ -104,6 +104,11 @@ class GatewayCore(Admission):
             await self.upstream.close()
 
     # -- admin scope -------------------------------------------------------------------------------------------------
+    def may_admin(self, principal: Principal) -> bool:
+        """Whether ``check_admin(principal)`` passes: an explicit admin Allow (never with no principals)."""
+        a = self.auth
+        return a.enabled and a.has_policies and a.allowed(principal, ADMIN, a.admin_arn(), {})
+
     def check_admin(self, principal: Principal, action: str = ADMIN) -> None:
         """Admin (or, with ``action``, a narrower operator right such as METRICS, which admin implies) needs an
         explicit Allow: with no principals the repository API lives only on the admin port."""

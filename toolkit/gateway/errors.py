@@ -13,7 +13,13 @@ import logging
 import re
 
 from toolkit.errors import TritonctlError, TritonUnavailableError
-from toolkit.mme.errors import LoadTimeoutError, ModelLoadError, ModelNotFoundError, TritonDownError
+from toolkit.mme.errors import (
+    InsufficientMemoryError,
+    LoadTimeoutError,
+    ModelLoadError,
+    ModelNotFoundError,
+    TritonDownError,
+)
 from toolkit.names import ModelNameError
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,16 @@ class ModelNotReadyError(GatewayError):
     grpc_code = "UNAVAILABLE"
 
 
+class InsufficientStorageError(GatewayError):
+    """The model cannot fit even after eviction (larger than the whole budget, or every resident model pinned): HTTP
+    507, what SageMaker's Triton front end answers when a model cannot be loaded for want of memory, on every HTTP
+    route; gRPC RESOURCE_EXHAUSTED. Retrying does not help until the budget or the resident set changes."""
+
+    status = 507
+    code = "InsufficientStorage"
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
 class ThrottlingError(GatewayError):
     """More requests in flight than ``max_concurrency``: refuse now instead of queueing without bound."""
 
@@ -132,6 +148,13 @@ class StoppingError(UpstreamError):
         super().__init__("the gateway is stopping")
 
 
+# What SageMaker's Triton front end (sagemaker_server.cc, SageMakerMMECheckOOMError) reads as "out of memory" in a
+# failed load's message, answering 507 instead of 400: the same load failure means the same thing to a client here.
+_OOM = re.compile(
+    r"CUDA out of memory|CUDA_OUT_OF_MEMORY|[Oo]ut of memory|Out Of Memory|MemoryError|OutOfMemory|\bOOM\b"
+    r"|tensor is not initialized|CNMEM_STATUS_OUT_OF_MEMORY|CUDNN_STATUS_NOT_INITIALIZED|CUBLAS_STATUS_ALLOC_FAILED"
+    r"|CUBLAS_STATUS_NOT_INITIALIZED|[Ff]ailed to allocate memory|No space left on device"
+)
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s'\"/:,;)]+){2,}/?")
 
 
@@ -156,6 +179,9 @@ def to_gateway_error(exc: BaseException, *, sagemaker: bool = False, timeout_s: 
         return ServiceUnavailableError("The gateway is stopping; retry.")
     if isinstance(exc, (TritonDownError, TritonUnavailableError)):
         return ServiceUnavailableError(str(exc))
+    if isinstance(exc, InsufficientMemoryError) or (isinstance(exc, ModelLoadError) and _OOM.search(exc.reason)):
+        log.warning("model %s cannot be loaded: %s", exc.model, exc.reason)
+        return InsufficientStorageError(f"Model {exc.model} cannot be loaded: {public_reason(exc.reason)}")
     if isinstance(exc, ModelLoadError):  # the whole reason (paths, tracebacks) is for the operator's log only
         log.warning("model %s failed to load: %s", exc.model, exc.reason)
         return ModelError(f"Model {exc.model} failed to load: {public_reason(exc.reason)}", original_status=500)

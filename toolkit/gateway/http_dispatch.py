@@ -32,13 +32,16 @@ from toolkit.gateway.errors import (
 from toolkit.gateway.h1 import H1Connection, Request, Response
 from toolkit.gateway.http_front import HttpFront, error_for, kserve_error
 from toolkit.gateway.upstream import RawHeaders
-from toolkit.names import check_model_name
+from toolkit.names import MODEL_NAME_RE
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 _SEG = r"([^/]+)"
-_INFER = re.compile(rf"/v2/models/{_SEG}(?:/versions/{_SEG})?/infer")
+# The hot path's route takes only a canonical model name (names.MODEL_NAME_RE: the rule, from its one home); any
+# other segment falls through to the routes below, whose handler refuses it with the reason (check_model_name).
+_NAME = MODEL_NAME_RE.pattern.removesuffix(r"\Z")
+_INFER = re.compile(rf"/v2/models/({_NAME})(?:/versions/{_SEG})?/infer")
 _FWD_REQUEST = tuple((h.encode(), h.lower().encode()) for h in FWD_REQUEST)  # (name as sent, key in Request.hmap)
 _FWD_RESPONSE = {h.lower().encode() for h in FWD_RESPONSE}
 
@@ -165,7 +168,6 @@ class HttpDispatcher:
         principal = ANONYMOUS
         hm = req.hmap
         try:
-            check_model_name(model)  # the raw segment: a name that needs percent-encoding is no model name
             if b"content-encoding" in hm:
                 return False  # inflated by the handler, off the event loop
             # req.headers builds a multidict: only when there is someone to authenticate

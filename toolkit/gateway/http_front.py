@@ -149,16 +149,20 @@ class HttpFront:
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
 
-    async def _body(self, request: Request) -> bytes:
-        """The request's body, inflated if it is compressed (bounded by the body limit, in a worker thread)."""
+    async def _sent(self, request: Request) -> bytes:
+        """The request's body as sent (what a SigV4 signature covers: clients sign the bytes they send), bounded by
+        the body limit. It is authenticated before ``_inflated`` spends any work on it."""
         limit = self.core.options.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLargeError(f"Request body of {request.content_length} bytes exceeds the limit of {limit}.")
-        body = await request.read()  # the connection layer has already refused a chunked body over the limit
+        return await request.read()  # the connection layer has already refused a chunked body over the limit
+
+    async def _inflated(self, request: Request, sent: bytes) -> bytes:
+        """The body Triton gets: inflated if it was sent compressed (bounded by the body limit, in a worker thread)."""
         encoding = request.headers.get("Content-Encoding")
         if encoding is not None and encoding.strip().lower() not in ("", "identity"):
-            body = await asyncio.to_thread(inflate, body, encoding, limit)
-        return body
+            return await asyncio.to_thread(inflate, sent, encoding, self.core.options.max_body_bytes)
+        return sent
 
     def identify(self, request: Request, body: bytes) -> Principal:
         return self.core.identify(request.method, request.raw_path, request.headers, body)
@@ -206,9 +210,10 @@ class HttpFront:
             want = "POST" if action == "infer" else "GET"
             if request.method != want:
                 raise GatewayError(f"{request.path} takes {want}", status=405, code="ValidationError")
-            body = await self._body(request) if action == "infer" else b""
+            sent = await self._sent(request) if action == "infer" else b""
             core.require_up()
-            principal = self.identify(request, body)
+            principal = self.identify(request, sent)
+            body = await self._inflated(request, sent)
             t.principal = principal.name
             path = request.raw_path
             if action == "infer":
@@ -270,13 +275,32 @@ class HttpFront:
         return orjson.dumps(doc)
 
     async def repository(self, request: Request) -> Response:
-        """The repository API on the invoke port: only for principals with an explicit admin Allow."""
+        """The repository API on the invoke port. The index only reads, so every caller gets it, listing the models
+        it may invoke (``tritonctl status``/``models list`` through the gateway); an admin gets every model, and
+        load and unload need an explicit admin Allow."""
         try:
-            body = await self._body(request)
-            self.core.check_admin(self.identify(request, body))
+            sent = await self._sent(request)
+            principal = self.identify(request, sent)
+            body = await self._inflated(request, sent)
+            if request.match_info.get("model") is None and not self.core.may_admin(principal):
+                return await self._visible_index(principal, request, body)
+            self.core.check_admin(principal)
             return await self._admin_repository(request, body)
         except Exception as exc:
             return kserve_error(to_gateway_error(exc))
+
+    async def _visible_index(self, principal: Principal, request: Request, body: bytes) -> Response:
+        """Triton's repository index less the models this principal may not invoke (their names are not told)."""
+        core = self.core
+        core.require_up()
+        f = await core.forward("POST", "/v2/repository/index", body or b"{}", request.headers)
+        if f.status == 200 and core.auth.enabled:
+            arn = core.auth.endpoint_arn(KSERVE_ENDPOINT)
+            allowed = core.auth.allowed
+            index = orjson.loads(f.body)
+            visible = [m for m in index if allowed(principal, INVOKE, arn, target_context(str(m.get("name", ""))))]
+            f.body = orjson.dumps(visible)
+        return _reply(f)
 
     # -- SageMaker runtime ---------------------------------------------------------------------------------------------
     async def ping(self, request: Request) -> Response:
@@ -299,9 +323,10 @@ class HttpFront:
                         "POST /invocations needs exactly one configured endpoint; use /endpoints/NAME"
                     )
                 name = names[0]
-            body = await self._body(request)
+            sent = await self._sent(request)
             core.require_up()
-            principal = self.identify(request, body)
+            principal = self.identify(request, sent)
+            body = await self._inflated(request, sent)
             t.principal = principal.name
             route = core.router.resolve(
                 name,
@@ -371,9 +396,10 @@ class HttpFront:
 
     async def admin_repository(self, request: Request) -> Response:
         try:
-            body = await self._body(request)
+            sent = await self._sent(request)
             if self.core.auth.enabled:
-                self.core.check_admin(self.identify(request, body))
+                self.core.check_admin(self.identify(request, sent))
+            body = await self._inflated(request, sent)
             return await self._admin_repository(request, body)
         except Exception as exc:
             return kserve_error(to_gateway_error(exc))

@@ -49,6 +49,8 @@ class ModelProvider(Protocol):
 
     def collect(self) -> Iterable[Metric]: ...
 
+    def unload_when_idle(self, name: str) -> None: ...
+
     def metrics_text(self) -> str: ...
 
     def on_triton_restart(self) -> None: ...
@@ -164,6 +166,10 @@ class RepositoryModels:
         fam = GaugeMetricFamily(f"{PREFIX}loaded_models", "Models loaded in Triton by the gateway")
         fam.add_metric([], float(len(self._resident)))
         yield fam
+
+    def unload_when_idle(self, name: str) -> None:
+        """Nothing: this mode does not count requests in flight, so it cannot unload after a call without cutting
+        another one off; ``serving`` refuses ``model_cache_setting: Disabled`` without the MME manager."""
 
     def metrics_text(self) -> str:
         return exposition(self)

@@ -19,8 +19,6 @@ from __future__ import annotations
 from toolkit.gateway.errors import ValidationError
 
 MAX_NAME_BYTES = 1024  # a model name longer than this is refused (Triton's names are directory names)
-_MAX_FIELD = (1 << 29) - 1
-_NAME_KEY = (1 << 3) | 2  # field 1, wire type 2
 
 # states of the scanner between feeds
 _KEY, _VARINT, _LENGTH, _SKIP, _NAME = range(5)
@@ -91,7 +89,7 @@ class NameScanner:
         if key > 0xFFFFFFFF:
             raise ProtoError("field key out of range")
         field, wire = key >> 3, key & 7
-        if field == 0 or field > _MAX_FIELD:
+        if field == 0:  # (a key below 2**32 has a field number below 2**29: protobuf's largest is 2**29 - 1)
             raise ProtoError(f"invalid field number {field}")
         if field == 1:
             if wire != 2:

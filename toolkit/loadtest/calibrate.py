@@ -1,6 +1,6 @@
 """Calibration against NVIDIA's perf_analyzer: same server, model, concurrency and protocol, in one run.
 
-    bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer     # once (PYTHON=$PWD/.venv/bin/python)
+    make perf-analyzer     # once: tools/get-perf-analyzer.sh installs it into tools/perf_analyzer
     python -m toolkit.loadtest.calibrate --model digits_logreg --concurrency 4 --processes 1,2 \
         --output docs/benchmarks/loadtest.md
 
@@ -66,7 +66,7 @@ def calibrate(
 ) -> dict[str, Any]:
     """``rounds`` x (perf_analyzer, then ours for each process count); medians of the paired per-round ratios."""
     if not PA.exists():
-        raise LoadTestError(f"{PA} missing: bash ../shared/tools/get-perf-analyzer.sh tools/perf_analyzer")
+        raise LoadTestError(f"{PA} missing: run `make perf-analyzer` (tools/get-perf-analyzer.sh)")
     sc = parse_scenario(
         {"name": f"calibrate_{model}", "protocol": protocol, "encoding": "binary", "targets": [{"model": model}]}
     )

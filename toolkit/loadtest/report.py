@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from toolkit.extras import require
+
 CLIENT_COLS = ("count", "throughput_rps", "avg_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "errors")
 SERVER_COLS = (
     "requests",
@@ -25,6 +27,7 @@ SERVER_COLS = (
 
 
 def _plt() -> Any:
+    require("loadtest", "the load-test report's plots")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from toolkit.extras import require
 from toolkit.loadtest.hist import LatencyHistogram
 from toolkit.loadtest.payload import resolve_target
 from toolkit.loadtest.recorder import Recorder
@@ -97,6 +98,7 @@ def _split(total: int, k: int) -> list[int]:
 
 def run_loadtest(opts: RunOptions) -> dict[str, Any]:
     """Run one load test and return the report dict (see docs/loadtest.md for its fields)."""
+    require("loadtest", "tritonctl loadtest")  # here, not in the workers: one line instead of a worker's traceback
     sc = opts.scenario
     users = opts.users or sc.users
     duration = opts.duration if opts.duration is not None else sc.duration

@@ -20,7 +20,7 @@ from typing import Any
 
 from toolkit.mme._residency import Entry, Residency, State
 from toolkit.mme._triton import TritonRepository
-from toolkit.mme.errors import ModelLoadError, NoCapacityError
+from toolkit.mme.errors import InsufficientMemoryError, ModelLoadError, NoCapacityError
 from toolkit.mme.gpu import GpuMeter
 from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.policies import EvictionPolicy
@@ -115,10 +115,17 @@ class Evictor:
         """Evict until ``e`` (needing ``size`` bytes, and ``gpu_size`` GPU bytes) fits, then reserve its place;
         NoCapacityError after the load timeout when everything resident stays busy or pinned."""
         if self.memory_budget_bytes is not None and size > self.memory_budget_bytes:
-            raise ModelLoadError(e.name, f"needs {size} bytes, more than the whole budget {self.memory_budget_bytes}")
+            raise InsufficientMemoryError(
+                e.name,
+                f"needs {size} bytes (its measured or estimated footprint), more than the whole memory budget of "
+                f"{self.memory_budget_bytes} bytes: raise --memory-budget, or declare its real size "
+                "(tritonctl.memory_bytes in config.pbtxt)",
+            )
         if self.gpu is not None and gpu_size > self.gpu.budget_bytes:
-            raise ModelLoadError(
-                e.name, f"needs {gpu_size} GPU bytes, more than the whole GPU budget {self.gpu.budget_bytes}"
+            raise InsufficientMemoryError(
+                e.name,
+                f"needs {gpu_size} GPU bytes, more than the whole GPU budget of {self.gpu.budget_bytes} bytes: raise "
+                "--gpu-memory-fraction, or declare its real size (tritonctl.gpu_memory_bytes in config.pbtxt)",
             )
         deadline = time.monotonic() + self._load_timeout
         async with self._admit:
@@ -160,6 +167,8 @@ class Evictor:
                 continue
             if deadline is None:
                 return
+            if e is not None and not candidates:
+                self._refuse_if_stuck(e)
             unloading = any(x.state is State.UNLOADING for x in entries.values())
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -171,6 +180,30 @@ class Evictor:
                     f"{'; waiting for unloads' if unloading else ''})",
                 )
             await self._res.wait_change(remaining)
+
+    def _refuse_if_stuck(self, e: Entry) -> None:
+        """InsufficientMemoryError when waiting cannot make room for ``e``: nothing evictable, and nothing busy,
+        loading or unloading whose end could free a place (every resident model pinned by a loaded ensemble, by ``e``
+        itself -- an ensemble whose steps fill the budget -- or by an ensemble loading ``e`` as a step). A busy model
+        may go idle, another load may end: then the load waits, up to the load timeout (429 then)."""
+        entries = self._res.entries.values()
+        for x in entries:
+            if x is e or (x.state is State.LOADING and e.name in x.composing):
+                continue  # an ensemble waiting for ``e`` frees nothing until ``e`` is in
+            if x.state in (State.LOADING, State.UNLOADING) or (x.state is State.READY and x.in_flight):
+                return
+        pinned = sorted(x.name for x in entries if x.state is State.READY and x.pinned_by)
+        limits = [f"--max-models {self.max_models}"] if self.max_models is not None else []
+        if self.memory_budget_bytes is not None:
+            limits.append(f"--memory-budget {self.memory_budget_bytes} bytes")
+        if self.gpu is not None:
+            limits.append(f"GPU budget {self.gpu.budget_bytes} bytes")
+        shown = ", ".join(pinned[:5]) + (" ..." if len(pinned) > 5 else "")
+        raise InsufficientMemoryError(
+            e.name,
+            f"cannot fit within {' and '.join(limits) or 'the budget'}: every resident model is pinned by an ensemble "
+            f"({shown}), loaded or loading; raise the budget, or unload an ensemble",
+        )
 
     # ---------------------------------------------------------------------------------------------- unload ---
     async def unload_entry(self, e: Entry) -> None:

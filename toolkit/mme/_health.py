@@ -14,7 +14,11 @@ once (no more cache hits are counted for it; requests wait for it as for a cold 
 evictor (which is told not to wait for Triton to finish that unload) and reloaded through the usual single-flight
 load. Before that, one fresh scan tells a dead stub from a model
 that was reloaded behind the record's back (a Triton restart, an eviction and reload between two checks): new stubs
-of the model replace the record instead of triggering a reload.
+of the model replace the record instead of triggering a reload. So does a dead stub whose model *instance* (the
+``<model>_<group>_<n>`` argument of the stub's command line) has a live stub again: Triton reloaded the model and
+replaced it. Measured under load (a router and an ensemble loading the same step at once): Triton loads a model a
+second time right after the first, the scan records the old and the new stub, the old one exits -- and, before this
+rule, the manager took that for a death and unloaded a model an ensemble had just been loaded over.
 
 Models without local stubs (ensembles, native backends, a remote Triton) record nothing and are never checked.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,19 @@ def _alive(proc: psutil.Process) -> bool:
 def _dead(procs: list[psutil.Process]) -> bool:
     """Whether any of a model's recorded stubs has died."""
     return not all(_alive(p) for p in procs)
+
+
+_INSTANCE = re.compile(r".+_\d+_\d+")
+
+
+def _instance(proc: psutil.Process) -> str | None:
+    """The model instance a stub serves (``housing_postprocess_0_0``: the argument after the shared-memory sizes)."""
+    info = getattr(proc, "info", None)
+    try:
+        cmd = info["cmdline"] if isinstance(info, dict) and info.get("cmdline") else proc.cmdline()
+    except psutil.Error:
+        return None
+    return next((arg for arg in reversed(cmd) if _INSTANCE.fullmatch(arg)), None)
 
 
 def _parents(procs: list[psutil.Process]) -> list[psutil.Process]:
@@ -88,6 +106,7 @@ class StubWatch:
         self._spawn = spawn
         self._stubs: dict[str, list[psutil.Process]] = {}  # READY model -> its stubs when it was first seen READY
         self._servers: dict[str, list[psutil.Process]] = {}  # READY model -> the tritonserver its stubs belong to
+        self._instances: dict[int, str | None] = {}  # recorded stub pid -> the model instance it serves
         self._lock = asyncio.Lock()  # one round at a time: two would heal one model twice
 
     async def run(self) -> None:
@@ -130,10 +149,16 @@ class StubWatch:
 
     async def _record(self, stubs: dict[str, list[psutil.Process]]) -> None:
         servers = await asyncio.to_thread(lambda: {n: _parents(procs) for n, procs in stubs.items()})
+        instances = await asyncio.to_thread(lambda: {p.pid: _instance(p) for ps in stubs.values() for p in ps})
+        for pid, instance in instances.items():  # a stub read again after it exited keeps what was read before
+            if instance is not None or pid not in self._instances:
+                self._instances[pid] = instance
         self._stubs.update(stubs)
         self._servers.update(servers)
 
     def _forget(self, name: str) -> None:
+        for p in self._stubs.get(name, []):
+            self._instances.pop(p.pid, None)
         self._stubs.pop(name, None)
         self._servers.pop(name, None)
 
@@ -155,6 +180,10 @@ class StubWatch:
                 continue
             if recorded and recorded <= alive:  # every stub alive: a stale report
                 continue
+            if now and self._replaced(recorded - alive, now):  # Triton reloaded it: each dead stub has a successor
+                self._forget(name)
+                await self._record({name: now})
+                continue
             e = self._res.get(name)
             if name in servers_gone or e is None or e.state is not State.READY or e.future is not None:
                 self._forget(name)
@@ -172,6 +201,12 @@ class StubWatch:
             self._evictor.give_up_unload(e)
             self._spawn(self._reload_now(e.name))
         return dead
+
+    def _replaced(self, dead: set[int], live: list[psutil.Process]) -> bool:
+        """Whether every dead stub's model instance is served by a live stub now (Triton never restarts a dead
+        stub itself: only a reload of the model starts another one for the same instance)."""
+        gone = [self._instances.get(pid) for pid in dead]
+        return bool(gone) and None not in gone and set(gone) <= {_instance(p) for p in live}
 
     async def _reload_now(self, name: str) -> None:
         try:

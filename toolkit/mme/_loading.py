@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.mme._eviction import Evictor
 from toolkit.mme._preflight import never_loads
@@ -40,10 +39,12 @@ from toolkit.mme.errors import (
 )
 from toolkit.mme.footprint import DEFAULT_GPU_MODEL_BYTES, declared_bytes, declared_gpu_bytes, stub_rss
 from toolkit.mme.gpu import GpuMeter, GpuWindow
+from toolkit.mme.layout import STEPS_DIR
 from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.policies import EvictionPolicy
 from toolkit.mme.safe_tar import TMP_PREFIX, ArtifactError, ArtifactNotFoundError, install_dir
 from toolkit.mme.stores import ArtifactStore
+from toolkit.repository.protos import model_config_pb2 as mc
 
 log = logging.getLogger("toolkit.mme.manager")  # the public module's logger: existing log filters keep working
 
@@ -167,6 +168,7 @@ class Loader:
             if not (model_dir / "config.pbtxt").is_file():
                 await self._fetch(e)
             await self._refuse_hopeless(e, model_dir)
+            await self._install_steps(model_dir)
             e.composing = composing_models(model_dir)  # one small local file: cheaper than a thread hop
             for dep in e.composing:  # an ensemble pins its composing models while it is loaded
                 d = await self._acquire(dep, self._load_timeout)
@@ -220,6 +222,18 @@ class Loader:
         if e.hung_since and await self._triton.still_loading(e.name):
             waited = time.monotonic() - e.hung_since
             raise LoadHungError(e.name, f"Triton is still loading it: a load has not finished after {waited:.0f} s")
+
+    async def _install_steps(self, model_dir: Path) -> None:
+        """An ensemble bundle's models (``layout.STEPS_DIR``, what ``deploy`` packs with an ensemble) go into the
+        repository under their folder names, as SageMaker's front end registers them, so the ensemble's steps load
+        (and are pinned) like any model; a model of that name already loaded, or on its way, is left as it is."""
+        steps = model_dir / STEPS_DIR
+        if not steps.is_dir():
+            return
+        for step in sorted(p for p in steps.iterdir() if p.is_dir()):
+            d = self._res.get(step.name)
+            if d is None or d.state not in (State.READY, State.LOADING, State.UNLOADING):
+                await asyncio.to_thread(link_tree, step, self.repository / step.name, self.staging)
 
     async def _triton_load(self, e: Entry, meter: GpuMeter | None) -> float:
         """Triton's load of ``e``, in seconds; a load past the timeout marks ``e`` hung since it began."""

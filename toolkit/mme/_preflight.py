@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
+
+from toolkit.repository.protos import model_config_pb2 as mc
 
 DEFAULT_PYTHON_FILE = "model.py"
 

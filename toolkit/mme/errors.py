@@ -1,7 +1,8 @@
 """Errors of the multi-model endpoint manager, mapped by the gateway to SageMaker's responses.
 
 ``ModelNotFoundError`` -> 404, ``LoadTimeoutError`` -> 429 ModelNotReadyException (retry later),
-``ModelLoadError`` -> a load failure carrying Triton's (or the store's) own message.
+``InsufficientMemoryError`` -> 507 (cannot fit even after eviction), ``ModelLoadError`` -> a load failure carrying
+Triton's (or the store's) own message.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ class ModelLoadError(TritonctlError):
 
 class ArtifactFetchError(ModelLoadError):
     """The artifact could not be fetched: corrupt or unsafe tarball, store unreachable, access denied."""
+
+
+class InsufficientMemoryError(ModelLoadError):
+    """The model cannot fit even after eviction: its footprint (measured or estimated) is above the whole budget, or
+    every resident model is pinned (by a loaded ensemble, or by this very ensemble) with nothing busy, loading or
+    unloading that could free a place. Waiting cannot help, so it is answered at once (SageMaker's Triton front end:
+    HTTP 507) instead of after the load timeout."""
 
 
 class LoadHungError(ModelLoadError):

@@ -21,12 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.errors import TritonctlError
 from toolkit.repository.config import render_config
+from toolkit.repository.protos import model_config_pb2 as mc
 
 CONFIG = "config.pbtxt"
+STEPS_DIR = ".tritonctl-steps"  # inside an ensemble's model folder: the models its archive carries (see bundle_steps)
 Parts = tuple[str, ...]
 
 
@@ -60,6 +61,30 @@ def model_root(entries: Mapping[Parts, bool], label: str) -> Parts:
     raise LayoutError(_why_not(entries, tops, label))
 
 
+def bundle_folders(entries: Mapping[Parts, bool]) -> list[str] | None:
+    """The top-level folders of an archive that may be an *ensemble bundle* (two or more folders, each a model folder
+    with config.pbtxt, nothing else at the top): what ``tritonctl deploy`` packs for an ensemble on a multi-model
+    endpoint, and what SageMaker's Triton front end loads (it registers the archive as a repository and loads the
+    folder whose config says ``platform: "ensemble"`` as the TargetModel). None for any other layout."""
+    tops = {parts[0] for parts in entries}
+    if len(tops) < 2 or any(len(parts) == 1 and entries[parts] for parts in entries):
+        return None
+    if not all(entries.get((top, CONFIG)) for top in tops):
+        return None
+    return sorted(tops)
+
+
+def is_ensemble(config_text: str) -> bool:
+    """Whether a config.pbtxt says ``platform: "ensemble"`` (parsed leniently: a bundle's configs are checked
+    strictly when each folder is adopted)."""
+    cfg = mc.ModelConfig()
+    try:
+        text_format.Parse(config_text, cfg, allow_unknown_field=True)
+    except text_format.ParseError:
+        return False
+    return cfg.platform == "ensemble"
+
+
 def _why_not(entries: Mapping[Parts, bool], tops: Mapping[str, bool], label: str) -> str:
     """The one-line refusal for an archive with no usable model root: what it holds, and what to pack instead."""
     configs = sorted(p for p, is_file in entries.items() if is_file and p[-1] == CONFIG)
@@ -72,8 +97,8 @@ def _why_not(entries: Mapping[Parts, bool], tops: Mapping[str, bool], label: str
     if len(folders) > 1:
         shown = ", ".join(f"{f}/" for f in folders[:5]) + (" ..." if len(folders) > 5 else "")
         return (
-            f"{label} holds {len(folders)} model folders ({shown}); one artifact is one model: pack each in its own "
-            "archive (an ensemble's steps name the other models by their TargetModel)"
+            f"{label} holds {len(folders)} model folders ({shown}); one artifact is one model (or one ensemble with "
+            "the models it calls): pack each in its own archive"
         )
     where = configs[0]
     if len(where) > 2:

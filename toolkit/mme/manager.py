@@ -25,6 +25,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from toolkit.errors import TritonctlError
 from toolkit.mme._eviction import Evictor
 from toolkit.mme._health import StubWatch
 from toolkit.mme._loading import Loader, composing_models
@@ -454,6 +455,21 @@ class ModelManager:
             await asyncio.shield(e.future)
         if e.state is State.FAILED:
             e.state, e.error = State.UNLOADED, None
+
+    def unload_when_idle(self, name: str) -> None:
+        """SageMaker's ``ModelCacheSetting: Disabled``: called as a call on such an endpoint ends; the model is
+        unloaded in the background unless another request holds it or a loaded ensemble pins it (the last call to
+        end unloads it). The next call loads it again, and counts as a cache miss, as on SageMaker."""
+        e = self._res.get(name)
+        if e is None or e.state is not State.READY or e.in_flight or e.pinned_by:
+            return
+        self._spawn(self._unload_quietly(name))
+
+    async def _unload_quietly(self, name: str) -> None:
+        try:
+            await self.unload(name)
+        except TritonctlError as exc:  # pinned meanwhile, Triton gone: the model stays, as with the cache enabled
+            log.info("not unloaded after its call (model cache disabled): %s", exc)
 
     # -------------------------------------------------------------------------------------------- helpers ---
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

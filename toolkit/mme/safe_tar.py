@@ -24,7 +24,17 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from toolkit.errors import TritonctlError
-from toolkit.mme.layout import LayoutError, adopt_name, is_junk, model_root
+from toolkit.mme.layout import (
+    CONFIG,
+    STEPS_DIR,
+    LayoutError,
+    adopt_name,
+    bundle_folders,
+    is_ensemble,
+    is_junk,
+    model_root,
+)
+from toolkit.mme.native import adapt_native
 from toolkit.names import ModelNameError, check_model_name, target_path
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -64,9 +74,13 @@ def artifact_path(name: str) -> str:
 
 
 def adopt_config_name(model_dir: Path, name: str, label: str) -> str | None:
-    """``toolkit.mme.layout.adopt_name`` (the local copy's config takes the TargetModel's name), raised as
-    ``ArtifactError``; returns the name the config had when it was rewritten."""
+    """Make the fresh local copy servable here: ``toolkit.mme.native.adapt_native`` (a native ONNX/TorchScript model
+    runs on the python adapter, its config renamed in the same rewrite; a backend this Triton lacks is refused), else
+    ``toolkit.mme.layout.adopt_name`` (the config takes the TargetModel's name). Raised as ``ArtifactError``; returns
+    the name the config had when ``adopt_name`` rewrote it."""
     try:
+        if adapt_native(model_dir, label, name) is not None:  # adapted and renamed in one rewrite
+            return None
         return adopt_name(model_dir, name, label)
     except LayoutError as exc:
         raise ArtifactError(str(exc)) from None
@@ -133,13 +147,41 @@ def _scan(tf: tarfile.TarFile, tar_label: str, max_bytes: int, max_files: int) -
     return members
 
 
-def _model_root(members: list[tarfile.TarInfo], tar_label: str) -> tuple[str, ...]:
-    """Where config.pbtxt lives: ``()`` for a flat layout, ``(top,)`` for a single top-level folder of any name."""
+def _model_root(members: list[tarfile.TarInfo], tar_label: str) -> tuple[tuple[str, ...], list[str]]:
+    """Where config.pbtxt lives: ``()`` for a flat layout, ``(top,)`` for a single top-level folder of any name; or,
+    for a possible ensemble bundle, ``((), folders)`` (which folder is the ensemble is read once extracted)."""
     entries = {_member_parts(m, tar_label): m.isreg() for m in members}
     try:
-        return model_root(entries, tar_label)
+        return model_root(entries, tar_label), []
     except LayoutError as exc:
-        raise ArtifactError(str(exc)) from None
+        folders = bundle_folders(entries)
+        if folders is None:
+            raise ArtifactError(str(exc)) from None
+        return (), folders
+
+
+def _bundle(tmp: Path, folders: list[str], label: str) -> tuple[str, list[str]]:
+    """The ensemble folder of an extracted bundle and the others (its steps, kept under their folder names, as
+    SageMaker's front end registers them); ArtifactError unless exactly one folder is an ensemble."""
+    ensembles = [f for f in folders if is_ensemble((tmp / f / CONFIG).read_text(encoding="utf-8", errors="replace"))]
+    if len(ensembles) != 1:
+        shown = ", ".join(f"{f}/" for f in folders[:5]) + (" ..." if len(folders) > 5 else "")
+        which = "none of these is one" if not ensembles else f"{len(ensembles)} are: {', '.join(ensembles[:5])}"
+        raise ArtifactError(
+            f"{label} holds {len(folders)} model folders ({shown}); one artifact is one model (or one ensemble with "
+            f"the models it calls; {which}): pack each in its own archive"
+        )
+    return ensembles[0], [f for f in folders if f != ensembles[0]]
+
+
+def _bundle_steps(tmp: Path, model_dir: Path, steps: list[str], label: str) -> None:
+    """Move a bundle's step folders into the ensemble's folder (``STEPS_DIR``), each adapted like a model of its own
+    (the config named after its folder, native backends adapted); the manager installs them beside the ensemble."""
+    for step in steps:
+        validate_model_name(step)
+        adopt_config_name(tmp / step, step, f"{label} (model folder {step}/)")
+        (model_dir / STEPS_DIR).mkdir(exist_ok=True)
+        os.replace(tmp / step, model_dir / STEPS_DIR / step)
 
 
 def install_dir(src: Path, target: Path, scratch: Path | None = None) -> None:
@@ -190,7 +232,7 @@ def extract_model_tarball(
         try:
             with tarfile.open(tar_path, "r:*") as tf:
                 members = _scan(tf, label, max_bytes, max_files)
-                root = _model_root(members, label)
+                root, bundle = _model_root(members, label)
                 if hasattr(tarfile, "data_filter"):
                     tf.extractall(tmp, members=members, filter="data")
                 else:  # pragma: no cover - Python without PEP 706; our own checks above still ran
@@ -199,7 +241,12 @@ def extract_model_tarball(
             raise
         except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
             raise ArtifactError(f"{label} is not a readable tar.gz archive: {exc}") from exc
+        steps: list[str] = []
+        if bundle:
+            ensemble, steps = _bundle(tmp, bundle, label)
+            root = (ensemble,)
         adopt_config_name(tmp.joinpath(*root), name, label)
+        _bundle_steps(tmp, tmp.joinpath(*root), steps, label)
         install_dir(tmp.joinpath(*root), dest_dir / name)
         return dest_dir / name
     finally:

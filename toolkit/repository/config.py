@@ -8,8 +8,8 @@ accepts, and parsing the text back (``parse_config``) is how ``validate`` reads 
 from __future__ import annotations
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
+from toolkit.repository.protos import model_config_pb2 as mc
 from toolkit.spec.models import DynamicBatching, InstanceGroup, ModelSpec, TensorSpec, VersionPolicy, Warmup
 
 # Which Triton backend serves a framework, per target. The embedded Triton has only the python backend, so every

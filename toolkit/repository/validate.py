@@ -16,10 +16,10 @@ import re
 from pathlib import Path
 
 from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.errors import TritonctlError
 from toolkit.repository.config import parse_config
+from toolkit.repository.protos import model_config_pb2 as mc
 from toolkit.repository.types import Finding
 from toolkit.repository.validate_rules import check_config, check_python_source
 

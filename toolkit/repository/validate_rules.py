@@ -10,8 +10,7 @@ import ast
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
+from toolkit.repository.protos import model_config_pb2 as mc
 from toolkit.repository.types import Finding
 
 PYTHON_CLASS = "TritonPythonModel"

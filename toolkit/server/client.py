@@ -37,7 +37,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -171,9 +171,14 @@ class TritonAdmin:
     share between threads.
     """
 
-    def __init__(self, endpoint: TritonEndpoint, timeout: float = 60.0) -> None:
+    def __init__(
+        self, endpoint: TritonEndpoint, timeout: float = 60.0, headers: Mapping[str, str] | None = None
+    ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        # sent with every call: the credentials of a tritonctl gateway with principals (``X-Api-Key``), which answers
+        # the same API as Triton, so the CLI can point here at either
+        self.headers = dict(headers or {})
 
     def close(self) -> None:
         """Nothing stays open between calls; kept so that callers can release a client without knowing that."""
@@ -182,7 +187,8 @@ class TritonAdmin:
         try:
             conn = http.client.HTTPConnection(self.endpoint.http, timeout=self.timeout)
             try:
-                conn.request(call.method, call.path, body=call.body if call.method == "POST" else None)
+                body = call.body if call.method == "POST" else None
+                conn.request(call.method, call.path, body=body, headers=self.headers)
                 response = conn.getresponse()
                 return response.status, response.read()
             finally:
@@ -224,7 +230,13 @@ class TritonAdmin:
         self._json(unload_call(name, unload_dependents))
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        return self._status_ok(_model_path(name, version) + "/ready")
+        """Whether Triton serves the model now. A refusal (401/403, which only a gateway in front of Triton
+        answers) raises with its message: it says nothing about the model, and is not a "no"."""
+        call = Call("model ready", "GET", _model_path(name, version) + "/ready")
+        status, body = self._send(call)
+        if status in (401, 403):
+            raise _rejected(self.endpoint, error_text(body))
+        return status == 200
 
     def metadata(self, name: str) -> dict[str, Any]:
         return self._get(_model_path(name))
@@ -290,7 +302,7 @@ class AsyncTritonClient:
         try:
             status, body = await asyncio.wait_for(self._exchange(self._session, call), limit)
         except asyncio.TimeoutError:  # before OSError: on Python >= 3.11 it is the builtin TimeoutError, an OSError
-            raise TritonTimeoutError(f"Triton {call.what} took longer than {limit:.0f} s") from None
+            raise TritonTimeoutError(f"Triton {call.what} took longer than {limit:g} s") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _unreachable(self.endpoint, exc) from None
         return _answer(self.endpoint, call, status, body)
@@ -309,7 +321,7 @@ class AsyncTritonClient:
         except InferenceServerException as exc:
             status, message = str(exc.status() or ""), exc.message() or str(exc)
         if status == "StatusCode.DEADLINE_EXCEEDED":
-            raise TritonTimeoutError(f"Triton {call.what} took longer than {limit:.0f} s") from None
+            raise TritonTimeoutError(f"Triton {call.what} took longer than {limit:g} s") from None
         if status != "StatusCode.UNAVAILABLE":
             raise _rejected(self.endpoint, message)
         if not self._warned:  # the gRPC port is not there (or Triton is down: then HTTP fails too, as it should)

@@ -8,12 +8,31 @@ interpreter. Doing this in a private directory keeps the installed wheel untouch
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import sys
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from toolkit.errors import ServerError
+
+# The nvidia-pytriton releases whose private layout this module reads (pytriton/tritonserver/{bin, backends/python,
+# python_backend_stubs/X.Y, caches}, nvidia_pytriton.libs), checked in the wheels of 0.5.0 to 0.7.0; CI runs 0.7.0.
+# pyproject.toml's requirement is the same range (tests/unit/test_packaging.py); lift both after checking a release.
+PYTRITON_MIN = (0, 5)
+PYTRITON_BELOW = (0, 8)
+PYTRITON_RANGE = f">={'.'.join(map(str, PYTRITON_MIN))},<{'.'.join(map(str, PYTRITON_BELOW))}"
+
+
+def check_pytriton_version(version: str) -> None:
+    """``ServerError`` unless nvidia-pytriton ``version`` is one whose layout :func:`locate_triton` knows."""
+    release = tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
+    if not release or not PYTRITON_MIN <= release < PYTRITON_BELOW:
+        raise ServerError(
+            f"nvidia-pytriton {version} is not supported: tritonctl knows the layout of {PYTRITON_RANGE} "
+            f"(pip install 'nvidia-pytriton{PYTRITON_RANGE}')"
+        )
 
 
 @dataclass(frozen=True)
@@ -34,6 +53,12 @@ def _pytriton_root() -> Path:
         raise ServerError(
             "nvidia-pytriton is not installed: `pip install nvidia-pytriton` provides tritonserver"
         ) from exc
+    try:
+        version = metadata.version("nvidia-pytriton")
+    except metadata.PackageNotFoundError:  # pytriton importable without its distribution metadata (a source tree)
+        version = None
+    if version is not None:
+        check_pytriton_version(version)
     return Path(pytriton.__file__).resolve().parent
 
 

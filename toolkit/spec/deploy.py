@@ -101,6 +101,11 @@ class DeploySpec(_Strict):
     autoscaling: AutoscalingSpec | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     endpoints: dict[str, EndpointDeploySpec] = Field(default_factory=dict, description="per-endpoint overrides")
+    prices: dict[str, float] = Field(
+        default_factory=dict,
+        description="instance type -> price per hour (e.g. SageMaker's on-demand USD): tritonctl tune's cost per "
+        "million inferences at the target latency",
+    )
 
     @field_validator("role")
     @classmethod
@@ -132,6 +137,15 @@ class DeploySpec(_Strict):
     @classmethod
     def _instance(cls, v: str) -> str:
         return _check_instance_type(v) or v
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, v: dict[str, float]) -> dict[str, float]:
+        for instance, price in v.items():
+            _check_instance_type(instance)
+            if not price > 0:
+                raise ValueError(f"price of {instance} must be positive, got {price}")
+        return v
 
     @field_validator("tags")
     @classmethod

@@ -251,9 +251,19 @@ class EndpointSpec(_Strict):
     models: list[str] = Field(default_factory=list)
     store: str | None = None
     variants: list[VariantSpec] = Field(default_factory=list)
+    model_cache_setting: Literal["Enabled", "Disabled"] = Field(
+        default="Enabled",
+        description="multi-model only: SageMaker's MultiModelConfig.ModelCacheSetting; Disabled unloads a model "
+        "after each call (for models invoked once, e.g. per-tenant batch jobs)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EndpointSpec:
+        if self.model_cache_setting == "Disabled" and self.mode != "multi-model":
+            raise ValueError(
+                f"model_cache_setting: Disabled is a multi-model endpoint setting (SageMaker's ModelCacheSetting); "
+                f"endpoint {self.name!r} is {self.mode}: remove it"
+            )
         if self.mode == "single" and not (self.model or self.variants):
             raise ValueError("a single endpoint needs model: or variants:")
         if self.mode == "serial" and not (self.model or self.models or self.variants):
