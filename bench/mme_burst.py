@@ -3,7 +3,8 @@
 The issue's measurement: renamed copies served from a large store (1,000 ``NY_<i>.tar.gz``), a budget of 60, Zipf(1.0)
 popularity, 4 SageMaker users (closed loop) through ``tritonctl loadtest``'s runner against ``tritonctl serve``. Most
 requests early in the run are cold, so loads pile up: this shows what the request p99 and the loading wait are, and
-where the loads' time goes (``tritonctl_ModelLoadPhase_seconds``). ``--serve-args`` passes flags to ``tritonctl serve``
+where the loads' time goes (``tritonctl_mme_model_load_phase_seconds``). ``--serve-args`` passes flags to
+``tritonctl serve``
 (e.g. ``--max-concurrent-loads 2``), and several ``--variant`` runs alternate in one invocation so they share the
 machine's load.
 """

@@ -6,7 +6,7 @@ boto3 ``invoke_endpoint`` with ``endpoint_url``): 200 copies of one city model s
 a store, a budget that holds 121 of them, then three passes: invoke ``NY_0..NY_99`` (all cold), the same 100 again
 (all warm: ModelCacheHit must be 1.0), then all 200 (100 warm, 21 cold into free room, 79 cold with an eviction each).
 After each pass the gateway's /metrics gives LoadedModelCount (it must level at the budget), the pass's hit ratio,
-evictions, and where the cold loads' time went (``tritonctl_ModelLoadPhase_seconds``: fetch, rewrite, install,
+evictions, and where the cold loads' time went (``tritonctl_mme_model_load_phase_seconds``: fetch, rewrite, install,
 admit, triton = triton_prep + stub).
 
 ``--checkout DIR`` (repeatable) runs the same experiment with ``tritonctl serve`` imported from another checkout
@@ -84,8 +84,8 @@ def phase_split(after: dict[str, float], before: dict[str, float]) -> dict[str, 
     """Mean milliseconds per load of each phase over the pass."""
     split = {}
     for phase in PHASES:
-        n = delta(after, before, f'tritonctl_ModelLoadPhase_seconds_count{{phase="{phase}"}}')
-        s = delta(after, before, f'tritonctl_ModelLoadPhase_seconds_sum{{phase="{phase}"}}')
+        n = delta(after, before, f'tritonctl_mme_model_load_phase_seconds_count{{phase="{phase}"}}')
+        s = delta(after, before, f'tritonctl_mme_model_load_phase_seconds_sum{{phase="{phase}"}}')
         if n:
             split[phase] = round(s / n * 1000, 1)
     return split
@@ -169,9 +169,9 @@ def run_passes(serve: Serve, copies: int, first: int, max_models: int) -> dict[s
         # The victims are never asked for again in these passes (pass 3 asks for the resident ones first).
         resident = set(sorted(resident)[-max_models:]) if len(resident) > max_models else resident
         after = scrape(serve.url)
-        hits = delta(after, before, "tritonctl_ModelCacheHit")
-        misses = delta(after, before, "tritonctl_ModelCacheMiss")
-        waits = delta(after, before, "tritonctl_ModelLoadingWaitTime_seconds_sum")
+        hits = delta(after, before, "tritonctl_mme_model_cache_hits_total")
+        misses = delta(after, before, "tritonctl_mme_model_cache_misses_total")
+        waits = delta(after, before, "tritonctl_mme_model_loading_wait_seconds_sum")
         result["passes"].append({
             "pass": label,
             "requests": len(picks),
@@ -180,8 +180,8 @@ def run_passes(serve: Serve, copies: int, first: int, max_models: int) -> dict[s
             "_cold_seconds": cold,
             "warm": summary(warm),
             "ModelCacheHit": round(hits / (hits + misses), 4) if hits + misses else None,
-            "LoadedModelCount": after.get("tritonctl_LoadedModelCount"),
-            "evictions": delta(after, before, "tritonctl_ModelEvictions_total"),
+            "LoadedModelCount": after.get("tritonctl_mme_loaded_models"),
+            "evictions": delta(after, before, "tritonctl_mme_model_evictions_total"),
             "mean_wait_ms": round(waits / misses * 1000, 1) if misses else 0.0,
             "cold_minus_wait_ms": round((sum(cold) - waits) / len(cold) * 1000, 1) if cold else None,
             "phases_ms": phase_split(after, before),
@@ -217,7 +217,7 @@ def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace)
         f"Store: {args.copies} copies of `housing_NewYork_NY.tar.gz` named `NY_<i>.tar.gz`; `tritonctl serve --store "
         f"DIR --max-models {args.max_models} --policy {args.policy}`; boto3 `invoke_endpoint(EndpointName='seed003', "
         "TargetModel='NY_<i>.tar.gz')` one request at a time. Cold = the model was not loaded (its wait includes any "
-        "eviction); warm = it was. Phases: mean ms per load from `tritonctl_ModelLoadPhase_seconds`.",
+        "eviction); warm = it was. Phases: mean ms per load from `tritonctl_mme_model_load_phase_seconds`.",
         "",
         "| run | checkout | pass | cold n | cold p50 / p90 / p99 / max ms | warm n | warm p50 / p99 ms | ModelCacheHit"
         " | LoadedModelCount | evictions | load phases (mean ms) | cold minus wait ms | load avg |",

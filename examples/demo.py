@@ -147,17 +147,17 @@ def sagemaker_section(http_url: str) -> None:
 
 
 def metrics_section(admin_url: str) -> None:
-    _say("MME metrics (SageMaker names) from the gateway's admin port")
+    _say("MME metrics from the gateway's admin port (SageMaker's names: docs/metrics.md)")
     with urllib.request.urlopen(admin_url + "/metrics", timeout=5) as r:
         text = r.read().decode()
     for line in text.splitlines():
         if line.startswith(
             (
-                "tritonctl_LoadedModelCount",
-                "tritonctl_ModelLoadingTime_seconds_count",
-                "tritonctl_ModelLoadingTime_seconds_sum",
+                "tritonctl_mme_loaded_models",
+                "tritonctl_mme_model_loading_seconds_count",
+                "tritonctl_mme_model_loading_seconds_sum",
             )
-        ) or (line.startswith("tritonctl_ModelCacheHit") and "digits_logreg" in line):
+        ) or (line.startswith("tritonctl_mme_model_cache_hits_total") and "digits_logreg" in line):
             print("  " + line)
 
 

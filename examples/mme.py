@@ -150,7 +150,7 @@ async def _serve(endpoint: Any, repo: Path, store: Any, picks: list[str], max_mo
             report.setdefault("cities", {})[city] = {"cold_ms": cold * 1000, "warm_ms": warm * 1000, "ok": ok}
         resident = [s.name for s in mgr.states() if s.state == "READY"]
         say(f"  resident now ({len(resident)} of budget {max_models}): {', '.join(resident)}")
-        keep = ("ModelCacheHit", "LoadedModelCount", "ModelLoadingTime_seconds_sum", "ModelEvictions", "Downloading")
+        keep = ("cache_hits", "loaded_models", "model_loading_seconds_sum", "evictions", "downloading_seconds_sum")
         for line in mgr.metrics_text().splitlines():
             if not line.startswith("#") and any(k in line for k in keep) and "_bucket" not in line:
                 say("    " + line)

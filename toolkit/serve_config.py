@@ -106,6 +106,10 @@ class ServeConfig:
     load_wait_s: float = 30.0  # a request waiting longer for its cold model: 429 ModelNotReadyException (load goes on)
     start_timeout_s: float = 120.0  # the embedded Triton becoming ready
     workdir: Path | None = None  # generated repository and Triton's log; None = a temporary one, removed on stop
+    # Observability: Triton's own tracing and log, the gateway's access log.
+    triton_trace_config: Sequence[str] | str = ()  # each passed as tritonserver --trace-config=VALUE
+    triton_log_verbose: int = 0  # tritonserver --log-verbose
+    access_log: str | None = None  # the gateway's JSON-lines access log: a file, or "-" (stderr); None = off
 
     def __post_init__(self) -> None:
         """Coerce (str -> Path, a single load name -> a list) and check every value; the first problem is raised."""
@@ -121,6 +125,7 @@ class ServeConfig:
         self._check_source()
         self._check_ports()
         self._check_manager()
+        self._check_observability()
         self._check_endpoint()
         _positive("--drain", self.drain_s, zero_ok=True)
         _positive("--load-wait", self.load_wait_s)
@@ -213,6 +218,33 @@ class ServeConfig:
                 if port == other_port and same_host:
                     raise ServeError(f"{other} and {flag} both ask for port {port} on {host}")
             seen.append((flag, host, port))
+
+    def _check_observability(self) -> None:
+        """Trace settings go to the embedded Triton's command line (an external Triton is configured where it runs);
+        the access log is the gateway's."""
+        trace = (self.triton_trace_config,) if isinstance(self.triton_trace_config, str) else self.triton_trace_config
+        trace = tuple(trace)
+        object.__setattr__(self, "triton_trace_config", trace)
+        for value in trace:
+            if not isinstance(value, str) or "=" not in value or value.startswith("-"):
+                raise ServeError(
+                    f"--triton-trace-config takes tritonserver's --trace-config values such as mode=opentelemetry, "
+                    f"rate=1 or opentelemetry,url=http://host:4318/v1/traces; got {value!r}"
+                )
+        if trace and not self.embedded:
+            raise ServeError("--triton-trace-config configures the embedded Triton; with --url, set it on that Triton")
+        v = self.triton_log_verbose
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ServeError(f"Triton's log verbosity must be a whole number >= 0, got {v!r}")
+        if self.access_log is not None and not self.gateway:
+            raise ServeError("--access-log is the gateway's: drop --no-gateway")
+        if self.access_log is not None and (not isinstance(self.access_log, str) or not self.access_log):
+            raise ServeError(f"--access-log takes a file path or - (stderr), got {self.access_log!r}")
+
+    @property
+    def triton_args(self) -> list[str]:
+        """Extra tritonserver arguments from the observability settings."""
+        return [f"--trace-config={v}" for v in self.triton_trace_config]
 
     def _check_endpoint(self) -> None:
         """``--endpoint`` names a multi-model endpoint over ``--store``; ``--model-cache-setting`` configures it."""

@@ -150,6 +150,11 @@ class Serving:
         assert self.triton is not None, "not started"
         return self.triton.grpc
 
+    @property
+    def triton_log(self) -> Path | None:
+        """The embedded Triton's log file (None with an external Triton): what ``serve`` tells the user to follow."""
+        return None if self.config.url is not None else self.work / "tritonserver.log"
+
     def _launch(self) -> None:
         """Start Triton (or reach the external one), then the manager and the gateway; ``stop`` undoes any part."""
         from toolkit.gateway.core import GatewayOptions
@@ -170,12 +175,15 @@ class Serving:
                 metrics_port=c.metrics_port,
                 load=c.triton_load,
                 workdir=self.work,
-                log_file=self.work / "tritonserver.log",
+                log_file=self.triton_log,
+                extra_args=c.triton_args,
+                log_verbose=c.triton_log_verbose,
                 model_load_threads=c.max_concurrent_loads,
             )
             self.supervisor = Supervisor(EmbeddedTriton(options), reload="lazy")
             endpoint = self.supervisor.start(timeout=c.start_timeout_s)
-            echo(f"triton   http {endpoint.http}  grpc {endpoint.grpc}  metrics {endpoint.metrics}  (log {self.work})")
+            echo(f"triton   http {endpoint.http}  grpc {endpoint.grpc}  metrics {endpoint.metrics}")
+            echo(f"triton log: {self.triton_log}  (follow it: tail -f {self.triton_log})")
         self.triton = endpoint
         if not c.gateway:
             return
@@ -191,6 +199,7 @@ class Serving:
             endpoints=self.endpoints,
             auth=self._auth,
             repository=self.repository,
+            access_log=c.access_log,
         )
         gw = Gateway(gopts, endpoint, models=self.models)
         if self.supervisor is not None:
@@ -198,6 +207,8 @@ class Serving:
         self._runner = GatewayThread(gw)
         self.gateway = a = self._runner.start()
         echo(f"gateway  http {a.http_url}  grpc {a.grpc or '-'}  admin {a.admin_url or '-'}")
+        if c.access_log:
+            echo(f"access log (JSON lines): {'stderr' if c.access_log == '-' else c.access_log}")
         if self.endpoints:
             echo("endpoints " + ", ".join(f"{e.name} ({e.mode})" for e in self.endpoints))
 

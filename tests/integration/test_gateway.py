@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from toolkit.gateway.core import GatewayOptions
 from toolkit.gateway.server import Gateway, GatewayAddresses, GatewayThread
+from toolkit.loadtest.serverstats import parse_prometheus
 from toolkit.mme.manager import ModelManager
 from toolkit.server import EmbeddedTriton, ServerOptions, Supervisor
 from toolkit.spec.models import EndpointSpec, Manifest
@@ -362,6 +363,9 @@ def test_only_invocations_count_as_cache_hits(stack: Stack) -> None:
     grpc_client.close()
 
 
+_KSERVE_MLP_200 = '{api="kserve",code="200",endpoint="kserve",model="digits_mlp"}'
+
+
 def test_metrics_on_the_main_port_carry_sagemaker_names(stack: Stack) -> None:
     from typer.testing import CliRunner
 
@@ -370,7 +374,10 @@ def test_metrics_on_the_main_port_carry_sagemaker_names(stack: Stack) -> None:
     assert _raw(stack.main.http, "POST", "/v2/models/digits_mlp/infer", _v2("X", X)) == 200
     with urllib.request.urlopen(stack.main.http_url + "/metrics", timeout=5) as r:
         text = r.read().decode()
-    assert 'tritonctl_ModelCacheHit{model="digits_mlp"}' in text and "tritonctl_LoadedModelCount" in text
+    samples = parse_prometheus(text)
+    assert samples[("tritonctl_mme_model_cache_hits_total", '{model="digits_mlp"}')] >= 1
+    assert samples[("tritonctl_mme_loaded_models", "")] >= 1
+    assert samples[("tritonctl_gateway_request_duration_seconds_count", _KSERVE_MLP_200)] >= 1
     result = CliRunner().invoke(
         app,
         [
@@ -384,7 +391,7 @@ def test_metrics_on_the_main_port_carry_sagemaker_names(stack: Stack) -> None:
         ],
     )
     assert result.exit_code == 0, result.stderr
-    assert "tritonctl_ModelLoadingTime_seconds" in result.stdout and "nv_inference_count" in result.stdout
+    assert "tritonctl_mme_model_loading_seconds" in result.stdout and "nv_inference_count" in result.stdout
 
 
 # -- supervision (last: restarts the shared Triton) --------------------------------------------------------------------

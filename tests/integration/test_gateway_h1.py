@@ -69,7 +69,8 @@ def _post(addr: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[i
 
 def _hot_count(addr: str) -> int:
     text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
-    return int(next(ln.split()[-1] for ln in text.splitlines() if ln.startswith("tritonctl_gateway_hot_path_total")))
+    line = next(ln for ln in text.splitlines() if ln.startswith("tritonctl_gateway_hot_path_total"))
+    return int(float(line.split()[-1]))
 
 
 def _recv_all(s: socket.socket, timeout: float = 10.0) -> bytes:

@@ -175,7 +175,7 @@ def test_tritonclient_reaches_the_same_models_by_their_triton_names(serving: Any
     finally:
         client.close()
     text = serving.models.metrics_text()
-    assert 'tritonctl_ModelInvocations_total{model="team-a..cities..Chicago_IL"}' in text
+    assert 'tritonctl_mme_model_invocations_total{model="team-a..cities..Chicago_IL"}' in text
 
 
 def test_the_artifacts_in_s3_are_never_modified(serving: Any, bucket: dict[str, bytes], s3_endpoint: str) -> None:

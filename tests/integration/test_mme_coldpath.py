@@ -81,8 +81,8 @@ def test_a_cold_load_is_split_into_its_phases_in_metrics_and_log(
                     break
                 await asyncio.sleep(0.05)
             text = mgr.metrics_text()
-            assert 'tritonctl_ModelLoadPhase_seconds_count{phase="stub"} 1' in text
-            assert 'tritonctl_ModelLoadPhase_seconds_sum{phase="rewrite"}' in text
+            assert 'tritonctl_mme_model_load_phase_seconds_count{phase="stub"} 1' in text
+            assert 'tritonctl_mme_model_load_phase_seconds_sum{phase="rewrite"}' in text
             await mgr.unload("NY_0")
             return phases(mgr)
         finally:

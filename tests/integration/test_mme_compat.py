@@ -240,9 +240,9 @@ def _metric(serving: Any, name: str, model: str) -> float:
 def test_model_cache_disabled_unloads_after_each_call(serving: Any) -> None:
     x = np.array([1.0, 2.0], dtype=np.float32)
     for _ in range(2):  # each call on `once` is a cold load (a miss), and the model is gone after it
-        misses = _metric(serving, "tritonctl_ModelCacheMiss", "plain")
+        misses = _metric(serving, "tritonctl_mme_model_cache_misses_total", "plain")
         assert invoke(serving, "plain.tar.gz", "X", x, endpoint="once")["Y"].tolist() == [3.0, 6.0]
-        assert _metric(serving, "tritonctl_ModelCacheMiss", "plain") == misses + 1
+        assert _metric(serving, "tritonctl_mme_model_cache_misses_total", "plain") == misses + 1
         wait_until(lambda: not _resident(serving, "plain"), 30, "plain unloaded after its call", interval=0.05)
     invoke(serving, "plain.tar.gz", "X", x)  # the same model through `mme` (cache enabled) stays
     time.sleep(1.0)

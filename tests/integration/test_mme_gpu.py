@@ -27,6 +27,7 @@ import pytest
 from typer.testing import CliRunner
 
 from toolkit.cli.main import app
+from toolkit.loadtest.serverstats import parse_prometheus
 from toolkit.mme.errors import ManagerConfigError, ModelLoadError, NoCapacityError
 from toolkit.mme.gpu import (
     GpuReading,
@@ -194,9 +195,10 @@ def test_declared_gpu_bytes_evict_before_loading(env: dict[str, Any]) -> None:
         # g1 and g2 loaded in clean windows: their deltas; g3's window followed g1's eviction: not attributable.
         assert gpu.measured == {"g1": 200 * MiB, "g2": 200 * MiB} and gpu.discarded == 1
         text = mgr.metrics_text()
-        assert f"tritonctl_GpuMemoryBudgetBytes {500 * MiB}" in text
-        assert f'tritonctl_ModelGpuMemoryBytes{{model="g3"}} {200 * MiB}' in text
-        assert f"tritonctl_GpuMemoryResidentBytes {400 * MiB}" in text
+        samples = parse_prometheus(text)
+        assert samples[("tritonctl_mme_gpu_memory_budget_bytes", "")] == 500 * MiB
+        assert samples[("tritonctl_mme_model_gpu_memory_bytes", '{model="g3"}')] == 200 * MiB
+        assert samples[("tritonctl_mme_gpu_memory_resident_bytes", "")] == 400 * MiB
 
     run(with_manager(env, body, gpu_memory_fraction=0.5, gpu_reader=dev))
     assert ready(env["admin"]) == {"g2", "g3"}

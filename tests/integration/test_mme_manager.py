@@ -21,6 +21,7 @@ import pytest
 import tritonclient.http.aio as httpaio
 from waiting import until
 
+from toolkit.loadtest.serverstats import parse_prometheus
 from toolkit.mme.diskcache import DiskCache
 from toolkit.mme.errors import (
     ArtifactFetchError,
@@ -202,7 +203,7 @@ def test_count_budget_lru_order_and_triton_never_above_budget(env: dict[str, Any
         for i in range(0, N_MODELS, 2):  # pairs of concurrent cold requests across all 10 models
             await asyncio.gather(one(f"m{i:02d}"), one(f"m{i + 1:02d}"))
         assert len([s for s in mgr.states() if s.state == "READY"]) <= 3
-        assert "tritonctl_ModelEvictions_total" in mgr.metrics_text()
+        assert parse_prometheus(mgr.metrics_text())[("tritonctl_mme_model_evictions_total", "")] >= 1
 
     thread = threading.Thread(target=watch)
     thread.start()
@@ -267,7 +268,7 @@ def test_bad_artifacts_and_failing_load_give_clear_errors_others_keep_serving(en
             await asyncio.sleep(0.02)
         assert "initialize exploded" in str(retried)
         assert {s.name: s.state for s in mgr.states()}["boom"] == "FAILED"
-        assert 'tritonctl_ModelLoadFailures_total{model="boom"} 2' in mgr.metrics_text()
+        assert parse_prometheus(mgr.metrics_text())[("tritonctl_mme_model_load_failures_total", '{model="boom"}')] == 2
         async with mgr.serving("m00"):
             assert np.allclose(await infer(client, "m00"), [1.0, 2.0])
 
@@ -286,7 +287,7 @@ def test_s3_store_and_unreachable_s3(env: dict[str, Any], s3_endpoint: str) -> N
         assert mgr.knows("m04") and mgr.knows("m05") and not mgr.knows("m06")
         async with mgr.serving("m05"):
             assert np.allclose(await infer(client, "m05"), [6.0, 12.0])
-        assert "tritonctl_ModelDownloadingTime_seconds_count 1" in mgr.metrics_text()
+        assert parse_prometheus(mgr.metrics_text())[("tritonctl_mme_model_downloading_seconds_count", "")] == 1
 
     run(with_manager(env, body, store=s3))
 
@@ -353,7 +354,7 @@ def test_byte_budget_uses_declared_and_measured_footprints(env: dict[str, Any]) 
             loaded = [s for s in mgr.states() if s.state == "READY"]
             assert sum(s.size_bytes for s in loaded) <= 250 and len(loaded) <= 2
         assert {s.name for s in mgr.states() if s.state == "READY"} == {"m02", "m03"}
-        assert "tritonctl_MemoryBudgetBytes 250" in mgr.metrics_text()
+        assert parse_prometheus(mgr.metrics_text())[("tritonctl_mme_memory_budget_bytes", "")] == 250
 
     sizes = {f"m{i:02d}": 100 for i in range(4)}
     # the survivors asserted are LRU's (the default, GDSF, weighs measured load times)

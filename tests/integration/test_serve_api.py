@@ -18,6 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from toolkit import ModelManager, ServeConfig, ServerError, start
+from toolkit.loadtest.serverstats import parse_prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 FREE = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "gateway_port": 0, "gateway_grpc_port": 0}
@@ -72,7 +73,7 @@ def test_start_serves_a_manifest_through_the_gateway(
 
         assert serving.gateway.admin_url
         with urllib.request.urlopen(serving.gateway.admin_url + "/metrics", timeout=5) as resp:
-            assert "tritonctl_LoadedModelCount 1" in resp.read().decode()
+            assert parse_prometheus(resp.read().decode())[("tritonctl_mme_loaded_models", "")] == 1
     assert not _tritonservers()
     assert not work.exists()  # removed after a clean stop
     assert any(line.startswith("gateway  http ") for line in lines)

@@ -3,6 +3,7 @@ stops cleanly on Ctrl-C (SIGINT) or SIGTERM, leaving no tritonserver or python-b
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ import psutil
 import pytest
 import tritonclient.http as httpclient
 
+from toolkit.loadtest.serverstats import parse_prometheus
 from toolkit.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +39,9 @@ def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], dict
             pytest.fail(f"serve exited early: {proc.wait()} {seen}")
         if m := re.search(r"triton\s+http (\S+)", line):
             seen["triton"] = m.group(1)
-        if m := re.search(r"\(log (\S+)\)", line):
-            seen["work"] = m.group(1)
+        if m := re.search(r"^triton log: (\S+)", line):  # where to follow Triton's log, printed at start
+            seen["log"] = m.group(1)
+            seen["work"] = str(Path(m.group(1)).parent)
         if m := re.search(r"gateway\s+http (\S+)", line):
             seen["gateway"] = m.group(1)
         if "serving; Ctrl-C to stop" in line:
@@ -62,20 +65,28 @@ def test_serve_through_the_gateway_then_ctrl_c(tmp_path: Path) -> None:
     proc, seen = _start(
         [str(ROOT / "model_repository"), "--manifest", str(ROOT / "tritonctl.yaml"), "--http-port", "0",
          "--grpc-port", "0", "--metrics-port", "0", "--gateway-port", str(gw_port), "--gateway-grpc-port",
-         str(gw_grpc), "--max-models", "2"],
+         str(gw_grpc), "--max-models", "2", "--access-log", str(tmp_path / "access.jsonl"), "--log-level", "info",
+         "--triton-trace-config", "rate=1", "--triton-trace-config", "level=TIMESTAMPS",
+         "--triton-trace-config", f"triton,file={tmp_path / 'trace.json'}"],
         tmp_path,
     )  # fmt: skip
     try:
         assert seen["gateway"] == f"http://127.0.0.1:{gw_port}"
+        assert "Started HTTPService" in Path(seen["log"]).read_text()
         client = httpclient.InferenceServerClient(f"127.0.0.1:{gw_port}")
         x = httpclient.InferInput("X", [1, 64], "FP32")
         x.set_data_from_numpy(np.load(ROOT / "examples" / "digit0.npy")[None, :].astype(np.float32))
         assert int(client.infer("digits_mlp", [x]).as_numpy("label")[0, 0]) == 0  # loaded on first request
         client.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/metrics", timeout=5) as r:
-            assert "tritonctl_LoadedModelCount 1" in r.read().decode()
+            assert parse_prometheus(r.read().decode())[("tritonctl_mme_loaded_models", "")] == 1
+        (entry,) = [json.loads(line) for line in (tmp_path / "access.jsonl").read_text().splitlines()]
+        assert entry["model"] == "digits_mlp" and entry["status"] == 200 and entry["cold"] is True
     finally:
         _stop(proc, signal.SIGINT)
+    # --triton-trace-config reached tritonserver: its triton-mode trace file holds the request's timestamps
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    assert any(t.get("model_name") == "digits_mlp" for t in trace), trace[:3]
     assert not Path(seen["work"]).exists()  # its own temporary work directory is removed after a clean stop
 
 

@@ -151,12 +151,21 @@ def test_server_stats_diff_and_mme_metrics() -> None:
     }
     d = diff_stats(before, reloaded)
     assert d["m"]["requests"] == 4 and d["m"]["avg_batch"] == 2.0 and d["m"]["queue_us"] == pytest.approx(1.0)
-    text_a = 'tritonctl_ModelCacheHit{model="a"} 3\ntritonctl_ModelInvocations_total{model="a"} 4\n'
-    text_b = (
-        '# TYPE x counter\ntritonctl_ModelCacheHit{model="a"} 10\ntritonctl_ModelCacheHit{model="b"} 5\n'
-        'tritonctl_ModelInvocations_total{model="a"} 12\ntritonctl_ModelInvocations_total{model="b"} 7\n'
-        "tritonctl_ModelLoadingTime_seconds_count 2\ntritonctl_ModelLoadingTime_seconds_sum 0.4\n"
+    text_a = 'tritonctl_mme_model_cache_hits_total{model="a"} 3\ntritonctl_mme_model_invocations_total{model="a"} 4\n'
+    text_b = (  # as prometheus_client writes it: HELP/TYPE lines, counters with _total, label values escaped
+        "# HELP tritonctl_mme_model_cache_hits_total Invocations whose model was already loaded\n"
+        "# TYPE tritonctl_mme_model_cache_hits_total counter\n"
+        'tritonctl_mme_model_cache_hits_total{model="a"} 10.0\ntritonctl_mme_model_cache_hits_total{model="b"} 5.0\n'
+        'tritonctl_mme_model_invocations_total{model="a"} 12\ntritonctl_mme_model_invocations_total{model="b"} 7\n'
+        'tritonctl_mme_model_invocations_total{model="q\\"x"} 1\n'
+        "# TYPE tritonctl_mme_model_loading_seconds histogram\n"
+        'tritonctl_mme_model_loading_seconds_bucket{le="+Inf"} 2.0\n'
+        "tritonctl_mme_model_loading_seconds_count 2\ntritonctl_mme_model_loading_seconds_sum 0.4\n"
     )
     m = mme_metrics(parse_prometheus(text_a), parse_prometheus(text_b))
-    assert m["hits"] == 12 and m["invocations"] == 15 and m["hit_ratio"] == pytest.approx(0.8)
+    assert m["hits"] == 12 and m["invocations"] == 16 and m["hit_ratio"] == pytest.approx(12 / 16)
     assert m["loads"] == 2 and m["avg_loading_time_ms"] == pytest.approx(200.0)
+    assert parse_prometheus(text_b)[("tritonctl_mme_model_invocations_total", '{model="q"x"}')] == 1
+    # text the parser rejects: what came before it is kept, nothing after
+    broken = parse_prometheus('a_total 1\nb{model="unterminated} 2\nc 3\n')
+    assert broken == {("a_total", ""): 1.0}

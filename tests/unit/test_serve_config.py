@@ -29,11 +29,12 @@ def test_defaults_are_the_cli_defaults() -> None:
     fields = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
     compared = 0
     for name, param in inspect.signature(serve_command).parameters.items():
-        if name in ("repository", "load"):  # positional argument; --load's None is ServeConfig's ()
+        if name in ("repository", "load", "log_level"):  # positional; --load's None is (); --log-level is the CLI's
             continue
-        assert fields[name] == param.default.default, name
+        default = param.default.default
+        assert fields[name] == (() if name == "triton_trace_config" and default is None else default), name
         compared += 1
-    assert compared == len(inspect.signature(serve_command).parameters) - 2
+    assert compared == len(inspect.signature(serve_command).parameters) - 3
 
 
 def test_coercion_and_derived_values() -> None:
@@ -45,6 +46,14 @@ def test_coercion_and_derived_values() -> None:
     assert ServeConfig(repository="r", load=["none"]).triton_load == []
     assert ServeConfig(repository="r", load=["a", "b"]).triton_load == ["a", "b"]
     assert ServeConfig(repository="r", memory_budget=5000).memory_budget_bytes == 5000
+
+
+def test_triton_trace_settings_become_tritonserver_arguments() -> None:
+    c = ServeConfig(repository="r", triton_trace_config="mode=opentelemetry")
+    assert c.triton_trace_config == ("mode=opentelemetry",)
+    c = ServeConfig(repository="r", triton_trace_config=["rate=1", "opentelemetry,url=http://h:4318/v1/traces"])
+    assert c.triton_args == ["--trace-config=rate=1", "--trace-config=opentelemetry,url=http://h:4318/v1/traces"]
+    assert ServeConfig(repository="r").triton_args == []
 
 
 def test_triton_stays_on_loopback_behind_the_gateway() -> None:
@@ -96,6 +105,12 @@ def test_listeners_are_the_fixed_ports_in_use() -> None:
         ({"timeout_s": 0}, r"timeout_s must be a positive number of seconds"),
         ({"load_timeout_s": float("inf")}, r"load_timeout_s must be a positive number"),
         ({"start_timeout_s": "60"}, r"start_timeout_s must be a positive number"),
+        ({"triton_trace_config": ["opentelemetry"]}, r"--triton-trace-config takes tritonserver's --trace-config"),
+        ({"triton_trace_config": ["--trace-config=rate=1"]}, r"--triton-trace-config takes"),
+        ({"repository": None, "url": "http://h:1", "triton_trace_config": "rate=1"}, r"set it on that Triton"),
+        ({"triton_log_verbose": -1}, r"Triton's log verbosity must be a whole number >= 0"),
+        ({"gateway": False, "access_log": "a.jsonl"}, r"--access-log is the gateway's"),
+        ({"access_log": ""}, r"--access-log takes a file path or -"),
         ({"load_wait_s": 0}, r"--load-wait must be a positive number of seconds"),
         ({"model_cache_setting": "off"}, r"--model-cache-setting must be Enabled or Disabled, got 'off'"),
         ({"model_cache_setting": "Disabled"}, r"--model-cache-setting applies to the endpoint --endpoint NAME"),

@@ -180,8 +180,9 @@ def metrics(
     all_: bool = typer.Option(False, "--all", help="every metric line, not only tritonctl_/nv_inference_ ones"),
     api_key: str | None = API_KEY_OPTION,
     as_json: bool = typer.Option(False, "--json", help="samples as JSON: name, labels, value"),
+    emf: bool = typer.Option(False, "--emf", help="CloudWatch EMF lines, SageMaker's names (needs --gateway)"),
 ) -> None:
-    """Prometheus metrics of the server (Triton's, plus the MME's SageMaker-named ones when served by tritonctl)."""
+    """Prometheus metrics of the server (Triton's, plus the gateway's and the MME's when served by tritonctl)."""
     import urllib.request
 
     from toolkit.server import TritonAdmin
@@ -195,6 +196,17 @@ def metrics(
                 text = r.read().decode()
         except OSError as exc:
             fail(f"gateway metrics at {gw} unreachable: {exc} (is tritonctl serve running there? set --gateway)")
+    if emf:
+        import json
+
+        from toolkit.gateway.emf import emf_documents
+        from toolkit.loadtest.serverstats import parse_prometheus
+
+        if not gateway:
+            fail("--emf reads the gateway's metrics: give --gateway URL")
+        for doc in emf_documents(parse_prometheus(text)):
+            typer.echo(json.dumps(doc))
+        return
     text += TritonAdmin(endpoint_from(url, metrics_url=metrics_url), timeout=10).metrics_text()
     keep = (
         "tritonctl_",

@@ -7,6 +7,7 @@ tests and library users run the same code. The CLI registers ``app.command("serv
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -50,10 +51,27 @@ def serve_command(
     drain_s: float = typer.Option(
         10.0, "--drain", min=0, help="on Ctrl-C/SIGTERM, seconds the gateway gives requests in flight to be answered"
     ),
+    triton_trace_config: list[str] | None = typer.Option(
+        None,
+        "--triton-trace-config",
+        help="passed to tritonserver --trace-config (repeatable): mode=opentelemetry, rate=1, level=TIMESTAMPS, "
+        "opentelemetry,url=http://127.0.0.1:4318/v1/traces, or triton,file=/tmp/trace.json",
+    ),
+    access_log: str | None = typer.Option(
+        None, "--access-log", help="gateway access log, JSON lines: a file, or - for stderr"
+    ),
+    log_level: str = typer.Option(
+        "warning", "--log-level", help="tritonctl's log level: debug, info, warning, error (debug: Triton verbose too)"
+    ),
 ) -> None:
     """Serve models: Triton behind the gateway (KServe v2 HTTP/gRPC + SageMaker runtime API) until Ctrl-C."""
     from toolkit.serve_config import ServeConfig
     from toolkit.serving import serve
+
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter(f"{log_level!r}: use debug, info, warning or error", param_hint="--log-level")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     config = ServeConfig(
         repository=repository,
@@ -79,5 +97,8 @@ def serve_command(
         auth=auth,
         host=host,
         drain_s=drain_s,
+        triton_trace_config=triton_trace_config or (),
+        triton_log_verbose=1 if level == "DEBUG" else 0,
+        access_log=access_log,
     )
     serve(config, echo=typer.echo)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -28,7 +27,9 @@ from toolkit.gateway.errors import (
 )
 from toolkit.gateway.models import ModelProvider
 from toolkit.gateway.options import GatewayOptions
+from toolkit.gateway.telemetry import AccessLog, GatewayCollector, RequestStats
 from toolkit.gateway.upstream import UpstreamPool
+from toolkit.mme.metrics import registry_of
 from toolkit.server.endpoint import TritonEndpoint
 
 __all__ = ["KSERVE_ENDPOINT", "Forwarded", "GatewayCore", "GatewayOptions"]
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 
 # The only headers that travel between client and Triton (the hot path in http_dispatch uses the same lists). A
 # compressed request is inflated by the gateway (bounded, off the event loop): Triton only ever sees plain bodies.
-FWD_REQUEST = ("Content-Type", "Inference-Header-Content-Length", "Accept-Encoding")
+# W3C trace context (traceparent, tracestate) goes through, so Triton's OpenTelemetry spans join the client's trace.
+FWD_REQUEST = ("Content-Type", "Inference-Header-Content-Length", "Accept-Encoding", "traceparent", "tracestate")
 FWD_RESPONSE = ("Content-Type", "Inference-Header-Content-Length", "Content-Encoding")
 _FWD_RESPONSE = tuple((h, h.lower()) for h in FWD_RESPONSE)
 
@@ -84,7 +86,9 @@ class GatewayCore(Admission):
         self.base = triton.http_url
         self.router = EndpointRouter(options.endpoints, models.knows)
         self.hot_path = 0  # warm KServe infers answered with callbacks only (http_dispatch): a check for operators
-        self.requests: Counter[tuple[str, int]] = Counter()
+        self.stats = RequestStats(AccessLog(options.access_log) if options.access_log else None)
+        collector = GatewayCollector(self.stats, lambda: self.hot_path, lambda: self.inflight, self.is_up)
+        self.registry = registry_of(collector, models)
         self.upstream: UpstreamPool | None = None
 
     async def start(self) -> None:
@@ -94,6 +98,8 @@ class GatewayCore(Admission):
 
     async def close(self) -> None:
         await self.models.close()
+        if self.stats.access is not None:
+            self.stats.access.close()
         if self.upstream is not None:
             await self.upstream.close()
 
@@ -141,20 +147,10 @@ class GatewayCore(Admission):
                 hook(model)
         return client_status(status, body)
 
-    def metrics_text(self) -> str:
-        lines = [
-            "# HELP tritonctl_gateway_requests_total Requests answered by the gateway, by API and status code.",
-            "# TYPE tritonctl_gateway_requests_total counter",
-        ]
-        for (api, code), n in sorted(self.requests.items()):
-            lines.append(f'tritonctl_gateway_requests_total{{api="{api}",code="{code}"}} {n}')
-        lines += [
-            "# HELP tritonctl_gateway_hot_path_total KServe infers of warm models forwarded without a task.",
-            "# TYPE tritonctl_gateway_hot_path_total counter",
-            f"tritonctl_gateway_hot_path_total {self.hot_path}",
-            "# TYPE tritonctl_gateway_inflight gauge",
-            f"tritonctl_gateway_inflight {self.inflight}",
-            "# TYPE tritonctl_gateway_triton_up gauge",
-            f"tritonctl_gateway_triton_up {int(self.is_up())}",
-        ]
-        return "\n".join(lines) + "\n" + self.models.metrics_text()
+    def metrics_text(self, accept: str = "") -> tuple[bytes, str]:
+        """The gateway's and the model manager's metrics, rendered by ``prometheus_client`` for the scraper's
+        ``Accept`` header (Prometheus text or OpenMetrics): ``(body, content type)``."""
+        from prometheus_client.exposition import choose_encoder
+
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from urllib.parse import unquote
 
 from toolkit.gateway.admission import KSERVE_ENDPOINT
@@ -137,7 +138,7 @@ class HttpDispatcher:
             err = ServiceUnavailableError(message)
         else:
             err = ValidationError(message, status=status)
-        self.core.requests["kserve" if path.startswith("/v2") else "sagemaker", err.status] += 1
+        self.core.stats.record("kserve" if path.startswith("/v2") else "sagemaker", "", "", err.status)
         return error_for(path, err)
 
     # -- the slow path -------------------------------------------------------------------------------------------------
@@ -163,8 +164,10 @@ class HttpDispatcher:
         core = self.core
         if core.upstream is None or not core.is_up():
             return False
+        t0 = perf_counter()
+        principal = ANONYMOUS
+        hm = req.hmap
         try:
-            hm = req.hmap
             if b"content-encoding" in hm:
                 return False  # inflated by the handler, off the event loop
             # req.headers builds a multidict: only when there is someone to authenticate
@@ -181,7 +184,18 @@ class HttpDispatcher:
                 raise
         except Exception as exc:
             err = to_gateway_error(exc)
-            core.requests["kserve", err.status] += 1
+            known = model if core.models.knows(model) else ""  # label values stay bounded: no client-made names
+            core.stats.record(
+                "kserve",
+                KSERVE_ENDPOINT,
+                known,
+                err.status,
+                perf_counter() - t0,
+                None,
+                None,
+                principal.name,
+                hm.get(b"traceparent") if core.stats.access else None,
+            )
             conn.send_response(kserve_error(err))
             return True
         up = core.upstream
@@ -195,17 +209,24 @@ class HttpDispatcher:
         )
 
         def done(status: int, raw: RawHeaders, body: bytes) -> None:
+            t1 = perf_counter()
             status = core.answered(model, status, body)
             conn.send_raw(status, b"".join(b"%s: %s\r\n" % (k, v) for k, v in raw if k.lower() in _FWD_RESPONSE), body)
             ticket.release()  # bookkeeping after the answer is on its way: it is off the client's critical path
-            core.requests["kserve", status] += 1
+            stats.hot(("kserve", KSERVE_ENDPOINT, model, status), t1 - t0, t1 - t_up)
+            if stats.access is not None:
+                stats.log(("kserve", KSERVE_ENDPOINT, model, status), t1 - t0, t1 - t_up, None, principal.name, trace)
 
         def failed(exc: BaseException) -> None:
             ticket.release()
             err = to_gateway_error(exc, timeout_s=core.options.timeout_s)
-            core.requests["kserve", err.status] += 1
+            t1 = perf_counter()
+            stats.record("kserve", KSERVE_ENDPOINT, model, err.status, t1 - t0, t1 - t_up, None, principal.name, trace)
             conn.send_response(kserve_error(err))
 
         core.hot_path += 1
+        stats = core.stats
+        trace = hm.get(b"traceparent") if stats.access else None
+        t_up = perf_counter()
         up.send(data, done, failed)
         return True

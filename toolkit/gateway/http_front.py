@@ -10,11 +10,13 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from time import perf_counter
+from typing import Any
 
 import orjson
 
-from toolkit.gateway.admission import KSERVE_ENDPOINT, Use, target_context
+from toolkit.gateway.admission import KSERVE_ENDPOINT, Ticket, Use, target_context
 from toolkit.gateway.auth import INVOKE, METRICS, Principal
 from toolkit.gateway.bodies import check_infer_request, header_length, inflate
 from toolkit.gateway.core import Forwarded, GatewayCore, triton_message
@@ -27,9 +29,11 @@ from toolkit.gateway.errors import (
     to_gateway_error,
 )
 from toolkit.gateway.h1 import Request, Response
+from toolkit.gateway.telemetry import Timing
 from toolkit.names import check_model_name
 
 SAGEMAKER_BINARY = "application/vnd.sagemaker-triton.binary+json"
+TRACE_HEADERS = ("traceparent", "tracestate")  # W3C trace context, forwarded to Triton on every route
 Handler = Callable[[Request], Awaitable[Response]]
 
 log = logging.getLogger(__name__)
@@ -164,8 +168,40 @@ class HttpFront:
         return self.core.identify(request.method, request.raw_path, request.headers, body)
 
     # -- KServe v2 -----------------------------------------------------------------------------------------------------
+    def _record(self, api: str, endpoint: str, model: str, status: int, request: Request, t: Timing) -> None:
+        """Count (and, for an invocation, time) an answered request; names a client made up are not labels."""
+        core = self.core
+        if status != 200 and model and not core.models.knows(model):
+            model = ""
+        seconds = perf_counter() - t.start if t.timed else None
+        trace = request.hmap.get(b"traceparent") if core.stats.access else None
+        core.stats.record(api, endpoint, model, status, seconds, t.upstream, t.cold, t.principal, trace)
+
+    async def _admit_timed(
+        self, t: Timing, principal: Principal, endpoint: str, chain: tuple[str, ...], **kw: Any
+    ) -> Ticket:
+        """``core.admit``, timing the wait when a model of the chain was cold (the cold-load histogram)."""
+        models = self.core.models
+        cold = not all(models.is_resident(m) for m in chain)
+        t0 = perf_counter()
+        ticket = await self.core.admit(principal, endpoint, chain, **kw)
+        if cold:
+            t.cold = perf_counter() - t0
+        return ticket
+
+    async def _forward_timed(
+        self, t: Timing, model: str, body: bytes, headers: Mapping[str, str], path: str | None = None
+    ) -> Forwarded:
+        t0 = perf_counter()
+        try:
+            return await self.core.forward_infer(model, body, headers, path)
+        finally:
+            t.upstream = (t.upstream or 0.0) + perf_counter() - t0
+
     async def kserve_model(self, request: Request) -> Response:
         core = self.core
+        t = Timing()
+        model = ""
         try:
             mi = request.match_info
             model, action, version = check_model_name(mi["model"]), mi.get("action", ""), mi.get("version")
@@ -178,13 +214,15 @@ class HttpFront:
             core.require_up()
             principal = self.identify(request, sent)
             body = await self._inflated(request, sent)
+            t.principal = principal.name
             path = request.raw_path
             if action == "infer":
+                t.timed = True
                 core.authorize(principal, KSERVE_ENDPOINT, target_context(model))  # who may ask: 403 before 400
                 check_infer_request(body, header_length(request.headers.get("Inference-Header-Content-Length"), body))
-                ticket = await core.admit(principal, KSERVE_ENDPOINT, model)
+                ticket = await self._admit_timed(t, principal, KSERVE_ENDPOINT, (model,))
                 try:
-                    f = await core.forward_infer(model, body, request.headers, path)
+                    f = await self._forward_timed(t, model, body, request.headers, path)
                 finally:
                     ticket.release()
             else:  # ready / stats never load a model; metadata / config load it (no invocation is counted)
@@ -195,9 +233,9 @@ class HttpFront:
             del version
         except Exception as exc:
             err = to_gateway_error(exc)
-            core.requests["kserve", err.status] += 1
+            self._record("kserve", KSERVE_ENDPOINT, model, err.status, request, t)
             return kserve_error(err)
-        core.requests["kserve", f.status] += 1
+        self._record("kserve", KSERVE_ENDPOINT, model, f.status, request, t)
         return _reply(f)
 
     async def kserve_server(self, request: Request) -> Response:
@@ -271,6 +309,9 @@ class HttpFront:
     async def invocations(self, request: Request) -> Response:
         core = self.core
         h = request.headers
+        t = Timing(timed=True)
+        name: str | None = ""
+        model = ""
         try:
             if request.method != "POST":
                 raise GatewayError("invocations take POST", status=405, code="ValidationError")
@@ -286,27 +327,30 @@ class HttpFront:
             core.require_up()
             principal = self.identify(request, sent)
             body = await self._inflated(request, sent)
+            t.principal = principal.name
             route = core.router.resolve(
                 name,
                 h.get("X-Amzn-SageMaker-Target-Model"),
                 h.get("X-Amzn-SageMaker-Target-Container-Hostname"),
                 h.get("X-Amzn-SageMaker-Target-Variant"),
             )
+            model = route.model if len(route.chain) == 1 else ">".join(route.chain)
             core.authorize(principal, name, route.context)  # who may ask: 403 before 400
             fwd = parse_sagemaker_content_type(h.get("Content-Type", ""), body)
             ihcl = fwd.get("Inference-Header-Content-Length")
             check_infer_request(body, None if ihcl is None else int(ihcl))
             extra = {param: h[header] for header, param in FORWARDED_HEADERS.items() if header in h}
             step = with_request_parameters(body, fwd, extra)  # a malformed body is refused before any load
-            ticket = await core.admit(principal, name, route.chain, Use.INVOKE, route.context)
+            ticket = await self._admit_timed(t, principal, name, route.chain, use=Use.INVOKE, context=route.context)
+            trace = {k: v for k in TRACE_HEADERS if (v := h.get(k)) is not None}  # every step joins the trace
             try:
-                for i, model in enumerate(route.chain):
-                    f = await core.forward_infer(model, *step)
+                for i, step_model in enumerate(route.chain):
+                    f = await self._forward_timed(t, step_model, step[0], {**step[1], **trace})
                     if f.status != 200:
                         msg = triton_message(f.body)
                         kind = "client" if f.status < 500 else "server"
                         raise ModelError(
-                            f'Received {kind} error ({f.status}) from model {model} with message "{msg}".',
+                            f'Received {kind} error ({f.status}) from model {step_model} with message "{msg}".',
                             original_status=f.status,
                         )
                     if i + 1 < len(route.chain):
@@ -315,9 +359,10 @@ class HttpFront:
                 ticket.release()
         except Exception as exc:
             err = to_gateway_error(exc, sagemaker=True)
-            core.requests["sagemaker", err.status] += 1
+            known = bool(name) and name in core.router.specs
+            self._record("sagemaker", (name or "") if known else "", model if known else "", err.status, request, t)
             return sagemaker_error(err)
-        core.requests["sagemaker", 200] += 1
+        self._record("sagemaker", name, model, 200, request, t)
         n = f.headers.get("Inference-Header-Content-Length")
         ctype = f"{SAGEMAKER_BINARY};json-header-size={n}" if n else "application/json"
         headers = {"Content-Type": ctype, "x-Amzn-Invoked-Production-Variant": route.variant}
@@ -327,7 +372,7 @@ class HttpFront:
 
     async def not_found(self, request: Request) -> Response:
         err = NotFoundError(f"Unknown route {request.method} {request.path}")
-        self.core.requests["other", 404] += 1
+        self.core.stats.record("other", "", "", 404)
         if request.path.startswith("/v2"):
             return kserve_error(err)
         return sagemaker_error(ValidationError(f"Unknown route {request.method} {request.path}", status=404))
@@ -379,7 +424,8 @@ class HttpFront:
                 self.core.check_admin(self.identify(request, b""), METRICS)
             except Exception as exc:
                 return kserve_error(to_gateway_error(exc))
-        return Response(text=self.core.metrics_text(), content_type="text/plain")
+        body, content_type = self.core.metrics_text(request.headers.get("Accept", ""))
+        return Response(status=200, body=body, headers={"Content-Type": content_type})
 
 
 _ANON = Principal("anonymous")

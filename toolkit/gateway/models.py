@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from toolkit.errors import InferenceError, TritonctlError
 from toolkit.mme.errors import LoadTimeoutError, ModelNotFoundError, model_error
+from toolkit.mme.metrics import PREFIX, exposition
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
 from toolkit.server.client import AsyncTritonClient, names_in_state
 from toolkit.server.endpoint import TritonEndpoint
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 
 @runtime_checkable
@@ -42,6 +46,8 @@ class ModelProvider(Protocol):
     async def serve(self, name: str, timeout: float | None = None) -> Callable[[], None]: ...
 
     async def unload(self, name: str) -> None: ...
+
+    def collect(self) -> Iterable[Metric]: ...
 
     def unload_when_idle(self, name: str) -> None: ...
 
@@ -153,12 +159,20 @@ class RepositoryModels:
             raise model_error(name, exc) from None
         self._resident.discard(name)
 
+    def collect(self) -> Iterator[Metric]:
+        """The collector protocol: the MME manager's ``loaded_models`` gauge, so dashboards work in both modes."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        fam = GaugeMetricFamily(f"{PREFIX}loaded_models", "Models loaded in Triton by the gateway")
+        fam.add_metric([], float(len(self._resident)))
+        yield fam
+
     def unload_when_idle(self, name: str) -> None:
         """Nothing: this mode does not count requests in flight, so it cannot unload after a call without cutting
         another one off; ``serving`` refuses ``model_cache_setting: Disabled`` without the MME manager."""
 
     def metrics_text(self) -> str:
-        return f"# TYPE tritonctl_LoadedModelCount gauge\ntritonctl_LoadedModelCount {len(self._resident)}\n"
+        return exposition(self)
 
     def on_triton_down(self) -> None:
         self._resident.clear()  # the dead Triton's models are gone; the restart's index sync re-adds survivors

@@ -38,3 +38,4 @@ class GatewayOptions:
     request_read_timeout_s: float = 60.0  # a whole HTTP request (body included) within this of its first byte
     grpc_idle_s: float = 300.0  # a gRPC connection with no call open this long gets GOAWAY and is closed
     grpc_head_timeout_s: float = 10.0  # a gRPC connection must send the HTTP/2 preface within this
+    access_log: str | None = None  # JSON lines, one per answered request, to this file ("-" = stderr); None = off

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import urllib.error
 import urllib.request
 from typing import Any
@@ -87,19 +86,20 @@ def diff_stats(before: dict[str, dict[str, Any]] | None, after: dict[str, dict[s
 
 
 # -- Prometheus text (the MME manager's metrics) ------------------------------------------------------------------
-_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEInfa]+)")
-
-
 def parse_prometheus(text: str) -> dict[tuple[str, str], float]:
-    """``{(metric, labels): value}`` for every sample line (labels as written, e.g. ``{model="a"}``)."""
+    """``{(sample name, labels): value}`` for every sample, read by ``prometheus_client``'s parser (labels as one
+    canonical string, e.g. ``{model="a"}``). Text the parser rejects ends the reading there: what came before it
+    is kept."""
+    from prometheus_client.parser import text_string_to_metric_families  # on use: the package is heavy to import
+
     out: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        m = _LINE.match(line.strip())
-        if m and not line.startswith("#"):
-            try:
-                out[(m.group(1), m.group(2) or "")] = float(m.group(3))
-            except ValueError:
-                continue
+    try:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                out[(s.name, "{" + labels + "}" if labels else "")] = s.value
+    except ValueError:
+        pass
     return out
 
 
@@ -116,31 +116,32 @@ def _total(samples: dict[tuple[str, str], float], metric: str) -> float:
 
 def mme_metrics(before: dict[tuple[str, str], float] | None, after: dict[tuple[str, str], float] | None) -> dict:
     """Hit ratio, loads, evictions and loading wait over the window, from the manager's own counters."""
-    if not after or not any(k[0].startswith("tritonctl_") for k in after):
+    if not after or not any(k[0].startswith("tritonctl_mme_") for k in after):
         return {}
     before = before or {}
 
     def d(metric: str) -> float:
         return _total(after, metric) - _total(before, metric)
 
-    invocations = d("tritonctl_ModelInvocations_total")
-    hits = d("tritonctl_ModelCacheHit") or d("tritonctl_ModelCacheHit_total")
-    misses = d("tritonctl_ModelCacheMiss") or d("tritonctl_ModelCacheMiss_total")
+    p = "tritonctl_mme_"
+    invocations = d(f"{p}model_invocations_total")
+    hits = d(f"{p}model_cache_hits_total")
+    misses = d(f"{p}model_cache_misses_total")
     # the manager counts one hit or one miss per request as it asks for the model; invocations only once the model
     # is ready, so requests still waiting for a load at the snapshot are in hits+misses but not in invocations
     lookups = hits + misses if misses else invocations
-    wait_n = d("tritonctl_ModelLoadingWaitTime_seconds_count")
-    load_n = d("tritonctl_ModelLoadingTime_seconds_count")
+    wait_n = d(f"{p}model_loading_wait_seconds_count")
+    load_n = d(f"{p}model_loading_seconds_count")
     return {
         "invocations": invocations,
         "hits": hits,
         "misses": misses,
         "hit_ratio": (hits / lookups) if lookups else None,
         "loads": load_n,
-        "evictions": d("tritonctl_ModelEvictions_total"),
-        "load_failures": d("tritonctl_ModelLoadFailures_total"),
+        "evictions": d(f"{p}model_evictions_total"),
+        "load_failures": d(f"{p}model_load_failures_total"),
         "loading_waits": wait_n,
-        "avg_loading_wait_ms": (d("tritonctl_ModelLoadingWaitTime_seconds_sum") / wait_n * 1000.0) if wait_n else 0.0,
-        "avg_loading_time_ms": (d("tritonctl_ModelLoadingTime_seconds_sum") / load_n * 1000.0) if load_n else 0.0,
-        "loaded_models": _total(after, "tritonctl_LoadedModelCount"),
+        "avg_loading_wait_ms": (d(f"{p}model_loading_wait_seconds_sum") / wait_n * 1000.0) if wait_n else 0.0,
+        "avg_loading_time_ms": (d(f"{p}model_loading_seconds_sum") / load_n * 1000.0) if load_n else 0.0,
+        "loaded_models": _total(after, f"{p}loaded_models"),
     }

@@ -125,7 +125,7 @@ class Loader:
         name = e.name
         registered = False
         began = time.perf_counter()
-        clock: dict[str, float] = {}  # the phases of this load, in seconds (tritonctl_ModelLoadPhase_seconds)
+        clock: dict[str, float] = {}  # the phases of this load, in seconds (tritonctl_mme_model_load_phase_seconds)
         try:
             model_dir = self.repository / name
             if not (model_dir / "config.pbtxt").is_file():

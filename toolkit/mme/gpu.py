@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 import urllib.error
 import urllib.request
@@ -31,10 +30,6 @@ GPU_TOTAL_METRIC = "nv_gpu_memory_total_bytes"
 GPU_USED_METRIC = "nv_gpu_memory_used_bytes"
 TRITON_METRICS_INTERVAL_S = 2.0  # tritonserver --metrics-interval-ms default (2000), per `tritonserver --help`
 NO_GPU_HINT = "use --memory-budget"
-
-# One exposition line: name, optional {labels}, value, optional timestamp (Prometheus text format 0.0.4).
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?\s*$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
 
 
 class GpuUnavailableError(ManagerConfigError):
@@ -61,24 +56,25 @@ class GpuReader(Protocol):
 
 
 def parse_gpu_memory(text: str) -> dict[str, GpuReading]:
-    """Per-GPU (used, total) bytes from Prometheus exposition text; GPUs lacking either sample are left out."""
+    """Per-GPU (used, total) bytes from Prometheus exposition text (read by ``prometheus_client``'s parser); GPUs
+    lacking either sample are left out. Text the parser rejects counts as no reading from there on."""
+    from prometheus_client.parser import text_string_to_metric_families  # on use: the package is heavy to import
+
     used: dict[str, int] = {}
     total: dict[str, int] = {}
-    for line in text.splitlines():
-        if not line.startswith("nv_gpu_memory_"):
-            continue
-        m = _SAMPLE.match(line.strip())
-        if m is None or m.group(1) not in (GPU_USED_METRIC, GPU_TOTAL_METRIC):
-            continue
-        labels = dict(_LABEL.findall(m.group(2) or ""))
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        if not math.isfinite(value) or value < 0:
-            continue
-        uuid = labels.get("gpu_uuid") or labels.get("gpu") or "gpu"
-        (used if m.group(1) == GPU_USED_METRIC else total)[uuid] = int(value)
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name not in (GPU_USED_METRIC, GPU_TOTAL_METRIC):
+                    continue
+                value = sample.value
+                if not math.isfinite(value) or value < 0:
+                    continue
+                labels = sample.labels
+                uuid = labels.get("gpu_uuid") or labels.get("gpu") or "gpu"
+                (used if sample.name == GPU_USED_METRIC else total)[uuid] = int(value)
+    except ValueError:
+        pass  # a malformed line: keep what was read before it
     return {u: GpuReading(used[u], total[u]) for u in sorted(used.keys() & total.keys())}
 
 

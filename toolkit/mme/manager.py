@@ -21,10 +21,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import TritonctlError
 from toolkit.mme._eviction import Evictor
@@ -37,12 +37,15 @@ from toolkit.mme.diskcache import DiskCache
 from toolkit.mme.errors import ArtifactFetchError, ManagerConfigError, ModelNotFoundError, ModelPinnedError
 from toolkit.mme.footprint import DEFAULT_GPU_MODEL_BYTES, DEFAULT_MODEL_BYTES
 from toolkit.mme.gpu import GpuMeter, GpuReader, check_fraction, gpu_budget_bytes, open_gpu_reader
-from toolkit.mme.metrics import MMEMetrics
+from toolkit.mme.metrics import MMEMetrics, exposition
 from toolkit.mme.policies import DEFAULT_POLICY, EvictionPolicy, PolicyError, make_policy
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
 from toolkit.mme.stores import ArtifactStore
 from toolkit.server.client import names_in_state
 from toolkit.server.endpoint import TritonEndpoint
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 __all__ = ["DEFAULT_LOAD_TIMEOUT", "ModelManager", "ModelState", "State", "composing_models"]
 
@@ -343,10 +346,16 @@ class ModelManager:
             for name in sorted(n for n in names if not n.startswith("."))
         ]
 
-    def metrics_text(self) -> str:
+    def collect(self) -> Iterator[Metric]:
+        """The ``prometheus_client`` collector protocol: gauges are refreshed from the manager's state now, at scrape
+        time, so no request pays for them."""
         self._res.update_gauges()
         self._update_gpu_gauges()
-        return self.metrics.render()
+        return self.metrics.collect()
+
+    def metrics_text(self) -> str:
+        """The Prometheus text of the manager's metrics alone (the gateway's ``/metrics`` adds its own)."""
+        return exposition(self)
 
     def _update_gpu_gauges(self) -> None:
         gpu = self._evictor.gpu
