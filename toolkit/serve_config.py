@@ -23,6 +23,7 @@ from toolkit.errors import TritonctlError
 
 if TYPE_CHECKING:
     from toolkit.gateway.auth import AuthConfig
+    from toolkit.mme.muxspec import HostSettings
 
 __all__ = ["ServeConfig", "ServeError"]
 
@@ -99,6 +100,12 @@ class ServeConfig:
     # ``ModelCacheSetting`` for it (``Disabled``: each model is unloaded after each call).
     endpoint: str | None = None
     model_cache_setting: str = "Enabled"
+    # Multiplexing (toolkit.mme.mux): small adapter models served inside shared model hosts, not a stub each.
+    multiplex: bool = False  # every artifact a host can serve (numpy/sklearn/onnx adapter, <= multiplex_max_bytes)
+    multiplex_budget: str | int = "256MiB"  # per host instance: bytes of resident models
+    multiplex_max_models: int = 0  # per host instance: resident models (0 = no count limit)
+    multiplex_max_bytes: str | int = "1MiB"  # larger artifacts keep a stub of their own
+    multiplex_policy: str = "lru"  # inside the host: lru or gdsf
     # Time limits, in seconds.
     drain_s: float = 10.0  # on stop, what the gateway gives requests in flight to be answered
     timeout_s: float = 60.0  # one request through the gateway to Triton
@@ -127,6 +134,7 @@ class ServeConfig:
         self._check_manager()
         self._check_observability()
         self._check_endpoint()
+        self._check_multiplex()
         _positive("--drain", self.drain_s, zero_ok=True)
         _positive("--load-wait", self.load_wait_s)
         _positive("timeout_s", self.timeout_s)
@@ -148,6 +156,18 @@ class ServeConfig:
     @property
     def memory_budget_bytes(self) -> int | None:
         return None if self.memory_budget is None else _size(self.memory_budget)
+
+    @property
+    def multiplex_settings(self) -> HostSettings:
+        """The model hosts' budgets and policy, as ``toolkit.mme.muxspec`` takes them."""
+        from toolkit.mme.muxspec import HostSettings
+
+        return HostSettings(
+            budget_bytes=_size(self.multiplex_budget),
+            max_models=self.multiplex_max_models,
+            policy=self.multiplex_policy,
+            max_artifact_bytes=_size(self.multiplex_max_bytes),
+        )
 
     @property
     def embedded(self) -> bool:
@@ -313,3 +333,22 @@ class ServeConfig:
             make_policy(self.policy)
         except PolicyError as exc:
             raise ServeError(str(exc)) from None
+
+    def _check_multiplex(self) -> None:
+        if self.multiplex and (not self.gateway or (self.url is not None and self.repository is None)):
+            raise ServeError("--multiplex needs the gateway and a model repository DIR that Triton reads")
+        if self.multiplex_policy not in ("lru", "gdsf"):
+            raise ServeError(f"--multiplex-policy must be lru or gdsf, got {self.multiplex_policy!r}")
+        m = self.multiplex_max_models
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise ServeError(f"--multiplex-max-models must be a whole number >= 0, got {m!r}")
+        for flag, value in (
+            ("--multiplex-budget", self.multiplex_budget),
+            ("--multiplex-max-bytes", self.multiplex_max_bytes),
+        ):
+            try:
+                size = _size(value)
+            except ServeError as exc:
+                raise ServeError(str(exc).replace("--memory-budget", flag)) from None
+            if size <= 0:
+                raise ServeError(f"{flag} must be positive, got {size}")

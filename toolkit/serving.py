@@ -23,7 +23,7 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from toolkit.gateway.auth import AuthConfig
     from toolkit.gateway.models import ModelProvider
     from toolkit.gateway.server import GatewayAddresses, GatewayThread
+    from toolkit.mme.manager import ModelManager
     from toolkit.mme.stores import ArtifactStore
     from toolkit.server import Supervisor, TritonEndpoint
     from toolkit.spec.models import EndpointSpec
@@ -71,15 +72,48 @@ def check_ports(config: ServeConfig) -> None:
 
 
 def build_models(
-    config: ServeConfig, endpoint: TritonEndpoint, repository: Path | None, store: ArtifactStore | None = None
+    config: ServeConfig,
+    endpoint: TritonEndpoint,
+    repository: Path | None,
+    store: ArtifactStore | None = None,
+    endpoints: Sequence[EndpointSpec] = (),
 ) -> ModelProvider:
     """The model manager the gateway serves through: the MME ``ModelManager`` over a repository directory Triton
     reads; with an external Triton and no directory, the manager-less ``RepositoryModels`` (whatever that Triton
-    has, loaded on first use, never evicted)."""
+    has, loaded on first use, never evicted). With ``--multiplex`` or an endpoint's ``multiplex: true``, the manager
+    is wrapped by ``MuxModels``, which serves the multiplexed models inside model hosts."""
     if repository is None:
         from toolkit.gateway.models import RepositoryModels
 
         return RepositoryModels(endpoint, None, load_timeout=config.load_timeout_s)
+    manager = _manager(config, endpoint, repository, store)
+    chosen = multiplexed_names(config, repository, endpoints)
+    if chosen is None:
+        return manager
+    from toolkit.mme.mux import MuxModels
+
+    return MuxModels(manager, chosen, config.multiplex_settings)
+
+
+def multiplexed_names(
+    config: ServeConfig, repository: Path, endpoints: Sequence[EndpointSpec]
+) -> Callable[[str], bool] | None:
+    """Which names go to a model host (those a host cannot serve still get their own stub): every name with
+    ``--multiplex``; else the ``models:`` of endpoints with ``multiplex: true``, and the store's models (those not in
+    the repository) when such an endpoint lists none. None: nothing is multiplexed."""
+    if config.multiplex:
+        return lambda name: True
+    chosen = [e for e in endpoints if e.multiplex]
+    if not chosen:
+        return None
+    listed = frozenset(m for e in chosen for m in e.models)
+    store_wide = any(not e.models for e in chosen)
+    return lambda name: name in listed or (store_wide and not (repository / name / "config.pbtxt").is_file())
+
+
+def _manager(
+    config: ServeConfig, endpoint: TritonEndpoint, repository: Path, store: ArtifactStore | None
+) -> ModelManager:
     from toolkit.mme.manager import ModelManager
 
     return ModelManager(
@@ -187,7 +221,7 @@ class Serving:
         self.triton = endpoint
         if not c.gateway:
             return
-        self.models = build_models(c, endpoint, self.repository, self._store)
+        self.models = build_models(c, endpoint, self.repository, self._store, self.endpoints)
         gopts = GatewayOptions(
             host=c.host,
             http_port=c.gateway_port,

@@ -44,6 +44,13 @@ def serve_command(
     load_wait_s: float = typer.Option(
         30.0, "--load-wait", help="seconds a request waits for its cold model, then 429 ModelNotReadyException"
     ),
+    multiplex: bool = typer.Option(
+        False, "--multiplex", help="serve small numpy/sklearn/ONNX models inside shared model hosts (docs/mme.md)"
+    ),
+    multiplex_budget: str = typer.Option("256MiB", "--multiplex-budget", help="bytes of resident models per host"),
+    multiplex_max_models: int = typer.Option(0, "--multiplex-max-models", help="resident models per host (0: any)"),
+    multiplex_max_bytes: str = typer.Option("1MiB", "--multiplex-max-bytes", help="larger artifacts get own stubs"),
+    multiplex_policy: str = typer.Option("lru", "--multiplex-policy", help="eviction inside a host: lru or gdsf"),
     auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="address the gateway binds to (Triton's with --no-gateway; admin stays loopback)"
@@ -94,6 +101,11 @@ def serve_command(
         endpoint=endpoint,
         model_cache_setting=model_cache_setting,
         load_wait_s=load_wait_s,
+        multiplex=multiplex,
+        multiplex_budget=multiplex_budget,
+        multiplex_max_models=multiplex_max_models,
+        multiplex_max_bytes=multiplex_max_bytes,
+        multiplex_policy=multiplex_policy,
         auth=auth,
         host=host,
         drain_s=drain_s,

@@ -26,6 +26,7 @@ from toolkit.gateway.errors import (
     to_gateway_error,
 )
 from toolkit.gateway.models import ModelProvider
+from toolkit.gateway.mux_rewrite import from_host, to_host
 from toolkit.gateway.options import GatewayOptions
 from toolkit.gateway.telemetry import AccessLog, GatewayCollector, RequestStats
 from toolkit.gateway.upstream import UpstreamPool
@@ -90,6 +91,7 @@ class GatewayCore(Admission):
         collector = GatewayCollector(self.stats, lambda: self.hot_path, lambda: self.inflight, self.is_up)
         self.registry = registry_of(collector, models)
         self.upstream: UpstreamPool | None = None
+        self._mux: Callable[[str], str | None] | None = getattr(models, "mux_route", None)
 
     async def start(self) -> None:
         host, _, port = self.triton.http.rpartition(":")
@@ -130,12 +132,23 @@ class GatewayCore(Admission):
             raise to_gateway_error(exc, timeout_s=self.options.timeout_s) from None
         return Forwarded(status, {h: v for h, k in _FWD_RESPONSE if (v := rh.get(k)) is not None}, data)
 
+    def mux_route(self, model: str) -> str | None:
+        """The model host serving ``model`` (``toolkit.mme.mux``), or None for a model of its own."""
+        return self._mux(model) if self._mux is not None else None
+
     async def forward_infer(
         self, model: str, body: bytes, headers: Mapping[str, str], path: str | None = None
     ) -> Forwarded:
-        """An admitted infer; Triton's own 4xx/5xx answers come back as they are (a parse error as 400)."""
-        f = await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
-        f.status = self.answered(model, f.status, f.body)
+        """An admitted infer; Triton's own 4xx/5xx answers come back as they are (a parse error as 400). A
+        multiplexed model's request goes to its host, naming the model (the admitted one) in a parameter."""
+        host = self.mux_route(model)
+        if host is not None:
+            body, hdrs = to_host(model, body, headers)
+            f = await self.forward("POST", f"/v2/models/{host}/infer", body, hdrs)
+            f.body = from_host(model, f.body, f.headers)
+        else:
+            f = await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
+        f.status = self.answered(host or model, f.status, f.body)
         return f
 
     def answered(self, model: str, status: int, body: bytes) -> int:

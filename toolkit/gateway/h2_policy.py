@@ -13,7 +13,7 @@ from typing import Any
 from multidict import CIMultiDict
 
 from toolkit.gateway import h2_frames as f
-from toolkit.gateway.admission import KSERVE_ENDPOINT, Use
+from toolkit.gateway.admission import KSERVE_ENDPOINT, Ticket, Use
 from toolkit.gateway.auth import METRICS
 from toolkit.gateway.core import GatewayCore
 from toolkit.gateway.errors import ServiceUnavailableError
@@ -45,10 +45,24 @@ def check_message(core: GatewayCore, s: f.Stream, model: str) -> Coroutine[Any, 
     use = USE.get(s.method, Use.LOOK)
     ticket = core.admit_now(s.principal, KSERVE_ENDPOINT, model, use)
     if ticket is not None:
+        _not_multiplexed(core, model, ticket, use)
         s.ticket = ticket
         return None
     return _admit(core, s, model, use)
 
 
 async def _admit(core: GatewayCore, s: f.Stream, model: str, use: Use) -> None:
-    s.ticket = await core.admit(s.principal, KSERVE_ENDPOINT, model, use)
+    ticket = await core.admit(s.principal, KSERVE_ENDPOINT, model, use)
+    _not_multiplexed(core, model, ticket, use)
+    s.ticket = ticket
+
+
+def _not_multiplexed(core: GatewayCore, model: str, ticket: Ticket, use: Use) -> None:
+    """A multiplexed model (``toolkit.mme.mux``) is refused on gRPC, after authorization: its request would have
+    to be rewritten for the host, and this wing forwards each message's bytes unchanged."""
+    if use is not Use.LOOK and core.mux_route(model) is not None:
+        ticket.release()
+        raise UnimplementedError(
+            f"model {model} is multiplexed (served inside a model host): use KServe v2 over HTTP or the SageMaker "
+            "runtime API; gRPC messages are forwarded unchanged and cannot address a model inside a host"
+        )

@@ -29,6 +29,7 @@ from toolkit.gateway.errors import (
     to_gateway_error,
 )
 from toolkit.gateway.h1 import Request, Response
+from toolkit.gateway.mux_rewrite import from_host
 from toolkit.gateway.telemetry import Timing
 from toolkit.names import check_model_name
 
@@ -229,7 +230,11 @@ class HttpFront:
                 await core.admit(
                     principal, KSERVE_ENDPOINT, model, Use.LOOK if action in ("ready", "stats") else Use.LOAD
                 )
-                f = await core.forward("GET", path, None, request.headers)
+                host = core.mux_route(model)
+                if host is None:
+                    f = await core.forward("GET", path, None, request.headers)
+                else:
+                    f = await self._host_get(model, host, action, request)
             del version
         except Exception as exc:
             err = to_gateway_error(exc)
@@ -237,6 +242,15 @@ class HttpFront:
             return kserve_error(err)
         self._record("kserve", KSERVE_ENDPOINT, model, f.status, request, t)
         return _reply(f)
+
+    async def _host_get(self, model: str, host: str, action: str, request: Request) -> Forwarded:
+        """Readiness, metadata and config of a multiplexed model: its host's, under the model's name. Statistics are
+        refused: the host's count every model it serves (per-model counts are in /metrics)."""
+        if action == "stats":
+            raise ValidationError(f"model {model} is multiplexed: its statistics are in /metrics (ModelCacheHit ...)")
+        f = await self.core.forward("GET", f"/v2/models/{host}" + (f"/{action}" if action else ""), None, {})
+        f.body = from_host(model, f.body, f.headers)
+        return f
 
     async def kserve_server(self, request: Request) -> Response:
         """/v2, /v2/health/*, /v2/models/stats: forwarded, but answered at once (truthfully) when Triton is down."""

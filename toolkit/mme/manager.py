@@ -393,6 +393,12 @@ class ModelManager:
         self.metrics.invocations.inc(model=name)
         return self._res.enter(e)
 
+    async def hold(self, name: str, timeout: float | None = None) -> Callable[[], None]:
+        """A pin on ``name`` (loaded if needed) that counts no invocation: a model host (``toolkit.mme.mux``) is held
+        while it serves a request for one of its models, and that model's own hit or miss is what is counted."""
+        e = await self._acquire(name, timeout, invocation=False)
+        return self._res.enter(e)
+
     @contextlib.asynccontextmanager
     async def _serving(self, name: str, timeout: float | None) -> AsyncIterator[None]:
         release = await self.serve(name, timeout)

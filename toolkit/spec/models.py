@@ -256,6 +256,10 @@ class EndpointSpec(_Strict):
         description="multi-model only: SageMaker's MultiModelConfig.ModelCacheSetting; Disabled unloads a model "
         "after each call (for models invoked once, e.g. per-tenant batch jobs)",
     )
+    multiplex: bool = Field(
+        default=False,
+        description="multi-model: serve the models (models:, else the store's) inside shared model hosts (docs/mme.md)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EndpointSpec:
@@ -264,6 +268,8 @@ class EndpointSpec(_Strict):
                 f"model_cache_setting: Disabled is a multi-model endpoint setting (SageMaker's ModelCacheSetting); "
                 f"endpoint {self.name!r} is {self.mode}: remove it"
             )
+        if self.multiplex and self.mode != "multi-model":
+            raise ValueError("multiplex: true is for multi-model endpoints")
         if self.mode == "single" and not (self.model or self.variants):
             raise ValueError("a single endpoint needs model: or variants:")
         if self.mode == "serial" and not (self.model or self.models or self.variants):

@@ -1,0 +1,250 @@
+"""Multiplexed hosting: small models served inside a shared model host instead of one python stub each.
+
+Why: a python-backend model costs a stub process (~47 MB, ~175 ms to load); a 1 KB regression loaded in-process costs
+a few KB and about a millisecond. ``MuxModels`` is the gateway's model provider (``toolkit.gateway.models``) over the
+MME ``ModelManager``: a name it multiplexes is prepared once (fetched from the store or disk cache, or linked from the
+repository, into ``mux_root``; checked by ``muxspec.read_artifact``) and routed to the host of its tensor signature;
+every other name, and every artifact the host cannot serve, goes to the manager exactly as before.
+
+Security: admission authorizes the canonical model name before anything here runs; ``mux_route`` then tells the
+gateway which host to send the request to, and the gateway sets the host's ``tritonctl_mux_model`` parameter to that
+name, over anything the client sent. No client can name a host (``knows`` is False, ``try_serve``/``serve`` refuse),
+so the parameter is only ever set by the gateway. gRPC requests are forwarded frame by frame and cannot be rewritten:
+a multiplexed model is refused there (``toolkit.gateway.h2_policy``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+from toolkit.mme._loading import link_tree
+from toolkit.mme.errors import ArtifactFetchError, ModelNotFoundError
+from toolkit.mme.manager import ModelManager
+from toolkit.mme.muxspec import DESCRIPTOR, HostSettings, is_host, mux_root, read_artifact, write_host
+from toolkit.mme.muxstats import HostStats
+from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, install_dir
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MuxModels"]
+
+
+def _host_refused(name: str) -> ModelNotFoundError:
+    return ModelNotFoundError(name, "a model host is reached through the models it serves, never by its own name")
+
+
+class MuxModels:
+    """A ``ModelProvider``: multiplexed names through a host, the others through ``inner``."""
+
+    def __init__(
+        self,
+        inner: ModelManager,
+        multiplexed: Callable[[str], bool],
+        settings: HostSettings | None = None,
+    ) -> None:
+        self.inner = inner
+        self.multiplexed = multiplexed
+        self.settings = settings or HostSettings()
+        self.repository = inner.repository
+        self.root = mux_root(inner.repository)
+        self.scratch = self.root / ".scratch"
+        self.stats = HostStats(self.root, inner.metrics)
+        self._routes: dict[str, str] = {}  # model -> its host
+        self._plain: set[str] = set()  # checked: served per process
+        self._flights: dict[str, asyncio.Future[str | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __getattr__(self, attr: str) -> Any:
+        """Everything else (``store``, ``metrics``, ``gpu``, ``stub_failed`` ...) is the manager's."""
+        return getattr(self.inner, attr)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start empty: files prepared by an earlier run may be of artifacts changed since, so they are removed."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.scratch.mkdir(parents=True)
+        await self.inner.start()
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await self.inner.close()
+
+    def on_triton_restart(self) -> None:
+        self.inner.on_triton_restart()  # hosts come back empty; their models reload lazily on the next request
+
+    def on_triton_down(self) -> None:
+        self.inner.on_triton_down()
+
+    # -- routing -------------------------------------------------------------------------------------------------------
+    def mux_route(self, name: str) -> str | None:
+        """The host that serves ``name`` (None: not multiplexed, or not prepared yet). The gateway calls this after
+        admission to rewrite the request; a synchronous dict look-up."""
+        return self._routes.get(name)
+
+    def knows(self, name: str) -> bool:
+        return not is_host(name) and self.inner.knows(name)
+
+    def is_resident(self, name: str) -> bool:
+        if is_host(name):
+            return False
+        if name in self._routes:
+            return name in self.stats.resident()
+        return self.inner.is_resident(name)
+
+    def try_serve(self, name: str) -> Callable[[], None] | None:
+        """The gateway's synchronous hot path. None for a multiplexed name (its request is rewritten on the handler
+        path) and for a host's own name (refused there); else the manager's answer."""
+        if name in self._routes or is_host(name):
+            return None
+        return self.inner.try_serve(name)
+
+    async def serve(self, name: str, timeout: float | None = None) -> Callable[[], None]:
+        if is_host(name):
+            raise _host_refused(name)
+        host = await self._route(name)
+        if host is None:
+            return await self.inner.serve(name, timeout)
+        return await self.inner.hold(host, timeout)
+
+    async def ensure_loaded(self, name: str, timeout: float | None = None) -> None:
+        if is_host(name):
+            raise _host_refused(name)
+        host = await self._route(name)
+        await self.inner.ensure_loaded(host or name, timeout)
+
+    def serving(self, name: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+        return self._serving(name, timeout)
+
+    @contextlib.asynccontextmanager
+    async def _serving(self, name: str, timeout: float | None) -> AsyncIterator[None]:
+        release = await self.serve(name, timeout)
+        try:
+            yield
+        finally:
+            release()
+
+    async def unload(self, name: str) -> None:
+        """A multiplexed model: its prepared files are dropped (the host keeps its copy until it evicts it; the next
+        request prepares the artifact anew). Any other model: the manager's unload."""
+        if is_host(name):
+            raise _host_refused(name)
+        if self._routes.pop(name, None) is not None:
+            await asyncio.to_thread(shutil.rmtree, self.root / name, True)
+            return
+        await self.inner.unload(name)
+
+    async def _route(self, name: str) -> str | None:
+        """The host for ``name`` once its artifact is prepared, or None when it is served per process. One
+        preparation per name however many requests arrive together (single flight)."""
+        host = self._routes.get(name)
+        if host is not None or name in self._plain:
+            return host
+        if not self.multiplexed(name):
+            self._plain.add(name)
+            return None
+        fut = self._flights.get(name)
+        if fut is None:
+            fut = self._flights[name] = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._prepare(name, fut))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(fut)
+
+    async def _prepare(self, name: str, fut: asyncio.Future[str | None]) -> None:
+        try:
+            t0 = time.monotonic()
+            if not self.inner.knows(name):
+                await self._exists(name)
+            host = await asyncio.to_thread(self._prepare_files, name)
+            if host is None:
+                self._plain.add(name)
+            else:
+                self._routes[name] = host
+                self.inner.metrics.downloading.observe(time.monotonic() - t0)
+            fut.set_result(host)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters that gave up must not leave a warning
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._flights.pop(name, None)
+
+    async def _exists(self, name: str) -> None:
+        store = self.inner.store
+        if store is None:
+            raise ModelNotFoundError(name, f"not in the repository {self.repository} (no artifact store)")
+        try:
+            found = await asyncio.to_thread(store.exists, name)
+        except ArtifactError as exc:
+            raise ArtifactFetchError(name, str(exc)) from None
+        if not found:
+            raise ModelNotFoundError(name, f"not in the repository nor in {store!r}")
+
+    def _prepare_files(self, name: str) -> str | None:
+        """In a worker thread: the artifact into ``root/<name>``, checked, its descriptor written, its host made."""
+        dest = self.root / name
+        try:
+            self._materialize(name, dest)
+            found = read_artifact(dest, name, self.settings.max_artifact_bytes)
+        except ArtifactNotFoundError as exc:
+            raise ModelNotFoundError(name, str(exc)) from None
+        except (ArtifactError, OSError, ValueError) as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            raise ArtifactFetchError(name, str(exc)) from None
+        if isinstance(found, str):
+            log.info("model %s is served by its own stub, not multiplexed: %s", name, found)
+            shutil.rmtree(dest, ignore_errors=True)
+            return None
+        (dest / DESCRIPTOR).write_bytes(found.descriptor())
+        return write_host(self.repository, dest, self.root, self.settings, self.scratch)
+
+    def _materialize(self, name: str, dest: Path) -> None:
+        local = self.repository / name
+        cache, store = self.inner.disk_cache, self.inner.store
+        if (local / "config.pbtxt").is_file():
+            link_tree(local, dest, self.scratch)
+        elif store is None:
+            raise ArtifactNotFoundError(f"model {name!r} not in the repository (no artifact store)")
+        elif cache is not None:
+            path = cache.get_or_fetch(name, store, pin=True)
+            try:
+                link_tree(path, dest, self.scratch)
+            finally:
+                cache.unpin(name)
+        else:
+            fetched = store.fetch(name, self.scratch)
+            install_dir(fetched.path, dest, self.scratch)
+
+    # -- reporting -----------------------------------------------------------------------------------------------------
+    def states(self) -> list[Any]:
+        """The manager's models (hosts among them) and every multiplexed model, resident or not."""
+        self.stats.refresh()
+        rows: list[Any] = [s for s in self.inner.states() if s.name not in self._routes]
+        return rows + list(self.stats.model_states(self._routes))
+
+    def metrics_text(self) -> str:
+        """The manager's metrics with the hosts' counters folded in: ``LoadedModelCount`` counts the models inside
+        hosts, not the hosts; ``ModelMemoryBytes`` has each multiplexed model's measured bytes."""
+        self.stats.refresh()
+        self.inner.metrics_text()  # updates the manager's gauges
+        m = self.inner.metrics
+        resident = self.stats.resident()
+        hosts = set(self._routes.values())
+        per_process = sum(1 for s in self.inner.states() if s.state == "READY" and s.name not in hosts)
+        m.loaded.set(float(per_process + len(resident)))
+        for name in self._routes:
+            if name in resident:
+                m.memory.set(float(resident[name]), model=name)
+            elif m.memory.get(model=name):
+                m.memory.set(0.0, model=name)
+        return m.render()

@@ -1,0 +1,148 @@
+"""The hosts' counters, folded into the manager's metrics so that multiplexed models report like any other.
+
+Why files: a python-backend model cannot attach parameters to its responses on Triton 2.51 (InferenceResponse
+``parameters=`` raises TypeError), and a metric inside each response would change what clients receive. Each host
+instance writes ``<root>/.state/<instance>.json`` (at most once a second, atomically); the gateway reads them when
+metrics or states are asked for. Counters restart at zero when a host restarts (new pid): only increases since the
+last reading are added, so ``ModelCacheHit`` and friends stay monotonic across host crashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolkit.mme.metrics import MMEMetrics
+
+HITS, MISSES, LOADS, FAILURES, LAST_USED = range(5)
+
+
+@dataclass
+class _Seen:
+    pid: int = 0
+    counts: dict[str, list[float]] = field(default_factory=dict)
+    evictions: int = 0
+    load_seq: int = 0
+
+
+@dataclass(frozen=True)
+class MuxModelState:
+    """One multiplexed model, as ``mme list`` and the admin API show it (the fields of ``ModelState``)."""
+
+    name: str
+    state: str
+    in_flight: int
+    size_bytes: int
+    last_used: float
+    loads: int
+    hits: int
+    pinned: bool = False
+    error: str | None = None
+    kind: str = "mux"
+    host: str = ""
+
+
+def _alive(pid: int) -> bool:
+    return pid > 0 and os.path.exists(f"/proc/{pid}") and not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    return True
+
+
+def read_states(root: Path) -> dict[str, dict[str, Any]]:
+    """Each host instance's last written state, by instance name (unreadable or half-written files skipped)."""
+    out: dict[str, dict[str, Any]] = {}
+    state_dir = root / ".state"
+    if not state_dir.is_dir():
+        return out
+    for p in sorted(state_dir.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            doc = json.loads(p.read_text())
+            if isinstance(doc, dict):
+                out[p.stem] = doc
+    return out
+
+
+class HostStats:
+    """Reads the hosts' state files and adds what changed to ``metrics`` (the manager's own ``MMEMetrics``)."""
+
+    def __init__(self, root: Path, metrics: MMEMetrics) -> None:
+        self.root = root
+        self.metrics = metrics
+        self._seen: dict[str, _Seen] = {}
+        self.states: dict[str, dict[str, Any]] = {}
+
+    def refresh(self) -> None:
+        self.states = read_states(self.root)
+        for instance, doc in self.states.items():
+            self._fold(instance, doc)
+
+    def _fold(self, instance: str, doc: dict[str, Any]) -> None:
+        m = self.metrics
+        pid = int(doc.get("pid", 0))
+        seen = self._seen.get(instance)
+        if seen is None or seen.pid != pid:  # a new host process: its counters start from zero
+            seen = self._seen[instance] = _Seen(pid)
+        for name, c in doc.get("counts", {}).items():
+            old = seen.counts.get(name, [0, 0, 0, 0, 0.0])
+            hits, misses, fails = c[HITS] - old[HITS], c[MISSES] - old[MISSES], c[FAILURES] - old[FAILURES]
+            if hits > 0:
+                m.cache_hit.inc(hits, model=name)
+            if misses > 0:
+                m.cache_miss.inc(misses, model=name)
+            if hits + misses > 0:
+                m.invocations.inc(hits + misses, model=name)
+            if fails > 0:
+                m.failures.inc(fails, model=name)
+            seen.counts[name] = list(c)
+        evictions = int(doc.get("evictions", 0))
+        if evictions > seen.evictions:
+            m.evictions.inc(evictions - seen.evictions)
+        seen.evictions = evictions
+        seq = int(doc.get("load_seq", 0))
+        recent = doc.get("load_seconds", [])
+        new = min(seq - seen.load_seq, len(recent))
+        for seconds in recent[len(recent) - new :] if new > 0 else []:
+            m.loading.observe(float(seconds))
+        seen.load_seq = seq
+
+    def live(self) -> dict[str, dict[str, Any]]:
+        """States of host processes still running (a killed host's last file is not a resident set)."""
+        return {k: v for k, v in self.states.items() if _alive(int(v.get("pid", 0)))}
+
+    def resident(self) -> dict[str, int]:
+        """Models resident in a live host now, with their measured bytes."""
+        out: dict[str, int] = {}
+        for doc in self.live().values():
+            out.update({str(k): int(v) for k, v in doc.get("resident", {}).items()})
+        return out
+
+    def model_states(self, hosts: dict[str, str]) -> list[MuxModelState]:
+        """One row per model routed to a host (``hosts``: model -> host), resident or not."""
+        resident = self.resident()
+        counts: dict[str, list[float]] = {}
+        for doc in self.live().values():
+            counts.update(doc.get("counts", {}))
+        rows = []
+        for name in sorted(hosts):
+            c = counts.get(name, [0, 0, 0, 0, 0.0])
+            rows.append(
+                MuxModelState(
+                    name=name,
+                    state="READY" if name in resident else "UNLOADED",
+                    in_flight=0,
+                    size_bytes=resident.get(name, 0),
+                    last_used=float(c[LAST_USED]),
+                    loads=int(c[LOADS]),
+                    hits=int(c[HITS]),
+                    host=hosts[name],
+                )
+            )
+        return rows
