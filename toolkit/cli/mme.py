@@ -137,17 +137,30 @@ def list_cmd(
     it was found at: ``team-a..x`` is ``team-a/x.tar.gz``)."""
 
     async def body(mgr: ModelManager) -> None:
-        rows = mgr.states()
+        from toolkit.mme.metrics import MMEMetrics
+        from toolkit.mme.muxspec import mux_root
+        from toolkit.mme.muxstats import HostStats
+
+        stats = HostStats(mux_root(mgr.repository), MMEMetrics())  # models inside model hosts (docs/mme.md)
+        stats.refresh()
+        hosted = stats.hosted()
+        rows: list[Any] = [s for s in mgr.states() if s.name not in hosted]
+        rows += stats.model_states(hosted)
         if as_json:
             docs = [{**asdict(s), "target_model": target_path(s.name) if is_nested(s.name) else s.name} for s in rows]
             echo_json(docs)
             return
-        typer.echo(f"{'model':<32} {'state':<10} {'size':>10}  target model")
+        typer.echo(f"{'model':<32} {'state':<10} {'size':>10}  {'served by':<28} target model")
         for s in rows:
-            size = f"{s.size_bytes / 2**20:.1f}M" if s.size_bytes else "-"
+            size = (
+                (f"{s.size_bytes / 2**20:.1f}M" if s.size_bytes >= 2**20 else f"{s.size_bytes / 1024:.1f}K")
+                if s.size_bytes
+                else "-"
+            )
             path = target_path(s.name) if is_nested(s.name) else ""
-            typer.echo(f"{s.name:<32} {s.state:<10} {size:>10}  {path}".rstrip())
-        typer.echo(f"{len(rows)} models, {sum(s.state == 'READY' for s in rows)} loaded")
+            where = getattr(s, "host", "") or "own stub"
+            typer.echo(f"{s.name:<32} {s.state:<10} {size:>10}  {where:<28} {path}".rstrip())
+        typer.echo(f"{len(rows)} models, {sum(s.state == 'READY' for s in rows)} loaded ({len(hosted)} multiplexed)")
 
     _with_manager(url, repository, _store(store, endpoint_url), body)
 

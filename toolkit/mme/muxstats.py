@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.mme.metrics import MMEMetrics
+from toolkit.mme.muxspec import HOST_PREFIX
 
 HITS, MISSES, LOADS, FAILURES, LAST_USED = range(5)
 
@@ -122,6 +123,14 @@ class HostStats:
         out: dict[str, int] = {}
         for doc in self.live().values():
             out.update({str(k): int(v) for k, v in doc.get("resident", {}).items()})
+        return out
+
+    def hosted(self) -> dict[str, str]:
+        """Every model a live host has served since it started -> that host's name."""
+        out: dict[str, str] = {}
+        for doc in self.live().values():
+            host = HOST_PREFIX + str(doc.get("signature", ""))
+            out.update(dict.fromkeys(doc.get("counts", {}), host))
         return out
 
     def model_states(self, hosts: dict[str, str]) -> list[MuxModelState]:
