@@ -72,6 +72,9 @@ class TritonPythonModel:
         self.load_seq = 0
         self.load_seconds = []
         self.dirty = True
+        self.changed = set()  # models whose counts changed since the last write
+        self.counts_json = {}  # name -> its encoded counts, as last written
+        self.resident_json = {}  # name -> its encoded bytes, while resident
         state_dir = os.path.join(self.root, ".state")
         os.makedirs(state_dir, exist_ok=True)
         self.state_path = os.path.join(state_dir, args["model_instance_name"] + ".json")
@@ -88,9 +91,13 @@ class TritonPythonModel:
                 self._write_state()
 
     def _write_state(self):
+        """The whole state, from per-model JSON fragments re-encoded only for models that changed: with thousands
+        of models a fresh ``json.dumps`` would hold the GIL for tens of ms and stall ``execute``. Names are in the
+        model-name alphabet (checked before they are counted), so no escaping is needed."""
         with self.lock:
             self.dirty = False
-            doc = {
+            changed, self.changed = self.changed, set()
+            head = {
                 "pid": os.getpid(),
                 "started": self.started,
                 "signature": self.signature,
@@ -100,10 +107,15 @@ class TritonPythonModel:
                 "evictions": self.evictions,
                 "load_seq": self.load_seq,
                 "load_seconds": self.load_seconds[-_RECENT:],
-                "resident": {n: r.nbytes for n, r in self.resident.items()},
-                "counts": self.counts,
             }
-            text = json.dumps(doc, separators=(",", ":"))
+            resident = ",".join(list(self.resident_json.values()))
+        for name in changed:
+            c = self.counts[name]
+            self.counts_json[name] = f'"{name}":[{c[0]},{c[1]},{c[2]},{c[3]},{int(c[4])}]'
+        counts = ",".join(list(self.counts_json.values()))
+        text = (
+            json.dumps(head, separators=(",", ":"))[:-1] + ',"resident":{' + resident + '},"counts":{' + counts + "}}"
+        )
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as fh:
             fh.write(text)
@@ -218,6 +230,7 @@ class TritonPythonModel:
             r.priority = self.clock + r.cost / max(r.nbytes, 1)
             self._make_room(r.nbytes)
             self.resident[name] = r
+            self.resident_json[name] = f'"{name}":{r.nbytes}'
             self.used_bytes += r.nbytes
             self.load_seq += 1
             self.load_seconds.append(r.cost)
@@ -229,9 +242,10 @@ class TritonPythonModel:
     def _count(self, name, slot, n=1):
         c = self.counts.get(name)
         if c is None:
-            c = self.counts[name] = [0, 0, 0, 0, 0.0]
+            c = self.counts[name] = [0, 0, 0, 0, 0]
         c[slot] += n
         c[4] = time.time()
+        self.changed.add(name)
         self.dirty = True
 
     def _make_room(self, incoming):
@@ -244,13 +258,17 @@ class TritonPythonModel:
             )
 
         while over():
-            idle = [r for r in self.resident.values() if r.pins == 0]
-            if not idle:
+            idle = (r for r in self.resident.values() if r.pins == 0)
+            if self.policy == "lru":
+                victim = next(idle, None)  # the least recently used idle model: O(1) unless many are pinned
+            else:
+                victim = min(idle, key=lambda r: r.priority, default=None)  # O(n) scan: n is thousands at most
+                if victim is not None:
+                    self.clock = victim.priority
+            if victim is None:
                 return  # everything is serving: admit over budget rather than fail requests
-            victim = idle[0] if self.policy == "lru" else min(idle, key=lambda r: r.priority)
-            if self.policy != "lru":
-                self.clock = victim.priority
             del self.resident[victim.name]
+            del self.resident_json[victim.name]
             self.used_bytes -= victim.nbytes
             self.evictions += 1
 
