@@ -59,6 +59,7 @@ class MuxModels:
         self.stats = HostStats(self.root, inner.metrics)
         self._routes: dict[str, str] = {}  # model -> its host
         self._plain: set[str] = set()  # checked: served per process
+        self._hosts: dict[str, str] = {}  # signature -> host written in this run
         self._flights: dict[str, asyncio.Future[str | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -206,7 +207,12 @@ class MuxModels:
             shutil.rmtree(dest, ignore_errors=True)
             return None
         (dest / DESCRIPTOR).write_bytes(found.descriptor())
-        return write_host(self.repository, dest, self.root, self.settings, self.scratch)
+        host = self._hosts.get(found.signature)
+        if host is None:  # once per signature and run: the host's directory, written before its first load
+            host = self._hosts[found.signature] = write_host(
+                self.repository, dest, self.root, self.settings, self.scratch
+            )
+        return host
 
     def _materialize(self, name: str, dest: Path) -> None:
         local = self.repository / name

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -73,22 +74,52 @@ def _param(cfg: mc.ModelConfig, key: str) -> str:
     return p.string_value if p is not None else ""
 
 
+_TOP_NAME = re.compile(r'^name: ".*"\n', re.MULTILINE)
+_FACTS: dict[str, tuple[str, str, str, str, dict[str, str]]] = {}  # config text less its name -> facts
+_ADAPTER: list[bytes] = []
+
+
+def _facts(text: str) -> tuple[str, str, str, str, dict[str, str]]:
+    """(backend, framework, artifact, signature, methods) of a config. Parsing text protobuf costs ~1 ms; renamed
+    copies of one model differ only in their top-level ``name``, so the facts are cached by the text without it."""
+    key = _TOP_NAME.sub("", text, count=1)
+    facts = _FACTS.get(key)
+    if facts is None:
+        cfg = parse_config(text)
+        methods = json.loads(_param(cfg, "tritonctl.methods") or "{}")
+        facts = (
+            cfg.backend,
+            _param(cfg, "tritonctl.framework"),
+            _param(cfg, "tritonctl.artifact"),
+            signature_of(cfg),
+            methods,
+        )
+        if len(_FACTS) >= 4096:
+            _FACTS.clear()
+        _FACTS[key] = facts
+    return facts
+
+
+def _adapter() -> bytes:
+    if not _ADAPTER:
+        _ADAPTER.append(ADAPTER.read_bytes())
+    return _ADAPTER[0]
+
+
 def read_artifact(model_dir: Path, name: str, max_bytes: int) -> MuxArtifact | str:
     """The artifact as the host will serve it, or why it cannot be (then it gets its own stub, as before).
 
     Only tritonctl's generated adapters qualify (their ``model.py`` byte for byte): a hand-written ``model.py`` may
     do anything in ``initialize``/``execute`` that the host does not reproduce."""
-    cfg = parse_config((model_dir / "config.pbtxt").read_text())
-    framework = _param(cfg, "tritonctl.framework")
-    artifact = _param(cfg, "tritonctl.artifact")
-    if cfg.backend != "python" or framework not in SERVED or not artifact:
-        return f"not a numpy/sklearn/onnx adapter model (backend {cfg.backend!r}, framework {framework!r})"
+    backend, framework, artifact, signature, methods = _facts((model_dir / "config.pbtxt").read_text())
+    if backend != "python" or framework not in SERVED or not artifact:
+        return f"not a numpy/sklearn/onnx adapter model (backend {backend!r}, framework {framework!r})"
     versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
     if not versions:
         return "no version folder"
     version = model_dir / str(versions[-1])
     model_py = version / "model.py"
-    if not model_py.is_file() or model_py.read_bytes() != ADAPTER.read_bytes():
+    if not model_py.is_file() or model_py.read_bytes() != _adapter():
         return f"{version.name}/model.py is not tritonctl's adapter"
     path = version / artifact
     if not path.is_file() or os.path.islink(path):
@@ -96,8 +127,7 @@ def read_artifact(model_dir: Path, name: str, max_bytes: int) -> MuxArtifact | s
     nbytes = sum(p.stat().st_size for p in version.rglob("*") if p.is_file())
     if nbytes > max_bytes:
         return f"{nbytes} bytes, over the host's limit of {max_bytes}"
-    methods = json.loads(_param(cfg, "tritonctl.methods") or "{}")
-    return MuxArtifact(name, framework, f"{version.name}/{artifact}", signature_of(cfg), nbytes, methods)
+    return MuxArtifact(name, framework, f"{version.name}/{artifact}", signature, nbytes, dict(methods))
 
 
 @dataclass(frozen=True)
