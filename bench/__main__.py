@@ -71,6 +71,7 @@ BENCHES: dict[str, list[str]] = {
     "mme-seed003": _MME_SEED003,
     "mme-burst": _MME_BURST,
     "stub-probe": [PY, "-m", "bench.stub_probe", "--models", "20"],
+    "mux": [PY, "-m", "bench.mux", "--output", "docs/benchmarks/mux.md"],
     "gateway": [PY, "-m", "bench.gateway", "--seconds", "3", "--rounds", "3"],
     "gateway-perf-analyzer": [PY, "-m", "bench.gateway_pa", "--rounds", "2"],
     "gateway-profile": [PY, "-m", "bench.gateway_profile", "--callbacks"],

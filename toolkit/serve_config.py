@@ -104,7 +104,7 @@ class ServeConfig:
     multiplex: bool = False  # every artifact a host can serve (numpy/sklearn/onnx adapter, <= multiplex_max_bytes)
     multiplex_budget: str | int = "256MiB"  # per host instance: bytes of resident models
     multiplex_max_models: int = 0  # per host instance: resident models (0 = no count limit)
-    multiplex_max_bytes: str | int = "1MiB"  # larger artifacts keep a stub of their own
+    multiplex_max_bytes: str | int = "64KiB"  # larger artifacts keep a stub of their own (docs/mme.md)
     multiplex_policy: str = "lru"  # inside the host: lru or gdsf
     # Time limits, in seconds.
     drain_s: float = 10.0  # on stop, what the gateway gives requests in flight to be answered

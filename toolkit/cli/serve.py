@@ -49,7 +49,7 @@ def serve_command(
     ),
     multiplex_budget: str = typer.Option("256MiB", "--multiplex-budget", help="bytes of resident models per host"),
     multiplex_max_models: int = typer.Option(0, "--multiplex-max-models", help="resident models per host (0: any)"),
-    multiplex_max_bytes: str = typer.Option("1MiB", "--multiplex-max-bytes", help="larger artifacts get own stubs"),
+    multiplex_max_bytes: str = typer.Option("64KiB", "--multiplex-max-bytes", help="larger artifacts get own stubs"),
     multiplex_policy: str = typer.Option("lru", "--multiplex-policy", help="eviction inside a host: lru or gdsf"),
     auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
     host: str = typer.Option(

@@ -31,7 +31,7 @@ ADAPTER = Path(__file__).resolve().parents[1] / "repository" / "templates" / "ad
 HOST_PREFIX = "tritonctl_mux_"  # no client may name a host: its parameter would pick any model
 SERVED = frozenset({"numpy", "sklearn", "onnx"})
 DESCRIPTOR = "mux.json"
-DEFAULT_MAX_ARTIFACT_BYTES = 1 << 20  # 1 MiB: see docs/mme.md, "When to multiplex"
+DEFAULT_MAX_ARTIFACT_BYTES = 64 << 10  # 64 KiB: see docs/mme.md, "When to multiplex"
 
 
 def is_host(name: str) -> bool:
