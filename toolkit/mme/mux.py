@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -60,6 +61,7 @@ class MuxModels:
         self._routes: dict[str, str] = {}  # model -> its host
         self._plain: set[str] = set()  # checked: served per process
         self._hosts: dict[str, str] = {}  # signature -> host written in this run
+        self._host_lock = threading.Lock()
         self._flights: dict[str, asyncio.Future[str | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -207,11 +209,12 @@ class MuxModels:
             shutil.rmtree(dest, ignore_errors=True)
             return None
         (dest / DESCRIPTOR).write_bytes(found.descriptor())
-        host = self._hosts.get(found.signature)
-        if host is None:  # once per signature and run: the host's directory, written before its first load
-            host = self._hosts[found.signature] = write_host(
-                self.repository, dest, self.root, self.settings, self.scratch
-            )
+        with self._host_lock:  # preparations run in worker threads: one writer per host directory
+            host = self._hosts.get(found.signature)
+            if host is None:  # once per signature and run: the host's directory, written before its first load
+                host = self._hosts[found.signature] = write_host(
+                    self.repository, dest, self.root, self.settings, self.scratch
+                )
         return host
 
     def _materialize(self, name: str, dest: Path) -> None:
