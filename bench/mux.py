@@ -250,10 +250,10 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=None)
     args = p.parse_args()
     result = run(args)
-    Path("reports/bench").mkdir(parents=True, exist_ok=True)
-    Path("reports/bench/mux.json").write_text(json.dumps(result, indent=2))
     text = render(result)
-    print(text)
+    print(text, flush=True)
+    Path("reports/bench").mkdir(parents=True, exist_ok=True)
+    Path("reports/bench/mux.json").write_text(json.dumps(result, indent=2, default=str))
     if args.output is not None:
         args.output.write_text(text)
 
