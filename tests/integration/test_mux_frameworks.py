@@ -28,7 +28,7 @@ FREE = {"http_port": 0, "grpc_port": 0, "metrics_port": 0, "gateway_port": 0, "g
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[Serving]:
-    with start(ServeConfig(manifest=ROOT / "tritonctl.yaml", multiplex=True, gateway_grpc_port=None, **FREE)) as s:
+    with start(ServeConfig(manifest=ROOT / "tritonctl.yaml", multiplex=True, **FREE)) as s:
         yield s
 
 
