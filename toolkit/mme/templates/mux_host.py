@@ -217,15 +217,13 @@ class TritonPythonModel:
             flight.wait()
         try:
             r = self._load(name)
-        except Exception:
+        except BaseException:
             with self.lock:
                 self._count(name, 3)
-            raise
-        finally:
-            with self.lock:
                 self.flights.pop(name, None)
-            flight.set()
-        with self.lock:
+            flight.set()  # the waiters try again themselves: a fixed artifact is not held back by a failure
+            raise
+        with self.lock:  # resident before the flight ends: a waiter that wakes up finds it
             r.pins = 1
             r.priority = self.clock + r.cost / max(r.nbytes, 1)
             self._make_room(r.nbytes)
@@ -237,6 +235,8 @@ class TritonPythonModel:
             del self.load_seconds[:-_RECENT]
             self._count(name, 1, n)
             self._count(name, 2)
+            self.flights.pop(name, None)
+        flight.set()
         return r
 
     def _count(self, name, slot, n=1):
