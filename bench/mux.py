@@ -200,7 +200,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             per_process = _per_process(s, rt, args.per_process, body)
             mux = _multiplexed(s, rt, args, body)
-    return {"args": vars(args), "same_predictions": same, "per_process": per_process, "multiplexed": mux}
+            warm_pair = _warm_pair(rt, f"pp_{args.per_process - 1}", body)
+    return {
+        "args": vars(args),
+        "same_predictions": same,
+        "per_process": per_process,
+        "multiplexed": mux,
+        "warm_pair": warm_pair,
+    }
+
+
+def _warm_pair(rt: Any, stub_model: str, body: bytes, n: int = 200) -> dict[str, Any]:
+    """One resident model of each kind, requested alternately: what multiplexing adds to a warm request, measured
+    under the same conditions (the two warm rows above are from different phases of the run)."""
+    _invoke(rt, "cities-mux", "mux_0", body)
+    host, stub = [], []
+    for _ in range(n):
+        host.append(_invoke(rt, "cities-mux", "mux_0", body)[0])
+        stub.append(_invoke(rt, "cities", stub_model, body)[0])
+    return {"multiplexed": summary(host), "per_process": summary(stub)}
 
 
 def render(r: dict[str, Any]) -> str:
@@ -225,6 +243,8 @@ def render(r: dict[str, Any]) -> str:
         row("multiplexed, warm", mx["warm"]),
         row("per-process stub, cold (fetch + Triton load)", pp["cold"]),
         row("per-process stub, warm", pp["warm"]),
+        row("warm, alternating: multiplexed", r["warm_pair"]["multiplexed"]),
+        row("warm, alternating: per-process stub", r["warm_pair"]["per_process"]),
         "",
         f"* memory per resident model: multiplexed {mx['rss_growth_per_resident_bytes']} B of host RSS growth over "
         f"{mx['resident']} resident models (tracemalloc at load: {mx['tracemalloc_per_model_bytes']} B median); "
