@@ -158,7 +158,7 @@ def list_cmd(
                 else "-"
             )
             path = target_path(s.name) if is_nested(s.name) else ""
-            where = getattr(s, "host", "") or "own stub"
+            where = getattr(s, "host", "") or "stub"
             typer.echo(f"{s.name:<32} {s.state:<10} {size:>10}  {where:<28} {path}".rstrip())
         typer.echo(f"{len(rows)} models, {sum(s.state == 'READY' for s in rows)} loaded ({len(hosted)} multiplexed)")
 
