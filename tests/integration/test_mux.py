@@ -15,6 +15,8 @@ import os
 import shutil
 import signal
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,6 +209,11 @@ def test_a_client_cannot_pick_another_model_nor_name_the_host(served: Serving) -
         with pytest.raises(InferenceServerException) as err:  # even ops, who may invoke everything
             c.infer(host, [inp], headers={"x-api-key": OPS}, parameters={"tritonctl_mux_model": "housing_Chicago_IL"})
         assert err.value.status() == "404"
+    for action in ("", "/ready", "/stats", "/config"):  # not even its readiness or statistics
+        req = urllib.request.Request(f"{served.url}/v2/models/{host}{action}", headers={"x-api-key": OPS})
+        with pytest.raises(urllib.error.HTTPError) as herr_http:
+            urllib.request.urlopen(req, timeout=10)
+        assert herr_http.value.code == 404, action
     assert served.grpc is not None
     with grpcclient.InferenceServerClient(served.grpc) as g:
         ginp = grpcclient.InferInput("raw", list(x.shape), "FP32")
@@ -218,6 +225,9 @@ def test_a_client_cannot_pick_another_model_nor_name_the_host(served: Serving) -
         with pytest.raises(InferenceServerException) as herr:
             g.infer(host, [ginp], headers=md, parameters={"tritonctl_mux_model": "housing_Chicago_IL"})
         assert "NOT_FOUND" in str(herr.value.status())
+        with pytest.raises(InferenceServerException) as rerr:
+            g.is_model_ready(host, headers=md)
+        assert "NOT_FOUND" in str(rerr.value.status())
 
 
 def test_eviction_inside_the_host_then_a_reload_is_a_miss(served: Serving) -> None:
@@ -280,7 +290,6 @@ def test_metrics_and_mme_list_show_multiplexed_models(served: Serving) -> None:
     rt = _runtime(served)
     _invoke(rt, "housing_LosAngeles_CA", x)
     _invoke(rt, "housing_LosAngeles_CA", x)
-    import urllib.request
 
     def scrape() -> str:
         req = urllib.request.Request(served.url + "/metrics", headers={"x-api-key": OPS})
@@ -334,3 +343,28 @@ def test_endpoint_multiplex_is_for_multi_model_endpoints() -> None:
     with pytest.raises(ValueError, match="multiplex: true is for multi-model endpoints"):
         EndpointSpec(name="e", mode="single", model="m", multiplex=True)
     assert EndpointSpec(name="e", mode="multi-model", store="/s", multiplex=True).multiplex
+
+
+def test_cost_aware_eviction_keeps_the_frequent_model(served: Serving, tmp_path: Path) -> None:
+    """``--multiplex-policy gdsf`` in a host holding 2: a model asked 50 times outlives one asked once, though the
+    latter was used more recently (LRU would evict the frequent one). ``--multiplex`` alone, over KServe."""
+    assert served.config.store is not None
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    cfg = ServeConfig(
+        repository=repo,
+        store=served.config.store,
+        multiplex=True,
+        multiplex_max_models=2,
+        multiplex_policy="gdsf",
+        **FREE,
+    )
+    x, _ = generate("NewYork_NY", 1, seed=8)
+    inp = httpclient.InferInput("raw", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with start(cfg) as s, httpclient.InferenceServerClient(s.http) as c:
+        for name in ["housing_copy_0"] * 50 + ["housing_copy_1", "housing_copy_2"]:
+            got = c.infer(name, [inp]).as_numpy("price").reshape(-1)
+            assert np.allclose(got, expected_prices("NewYork_NY", x), rtol=1e-4)
+        doc = wait_until(lambda: (d := _host_doc(s)) and "housing_copy_2" in d["resident"] and d, 10, "state")
+        assert set(doc["resident"]) == {"housing_copy_0", "housing_copy_2"} and doc["evictions"] == 1

@@ -95,6 +95,7 @@ class Admission:
         self.models = models
         self.reach = reach  # what each model may call (ensembles.reach): authorized with it
         self.inflight = 0  # requests holding a concurrency slot
+        self._hides: Callable[[str], bool] | None = getattr(models, "hides", None)
         self._is_up = is_up
         # Endpoints with SageMaker's ModelCacheSetting: Disabled: their model is unloaded once each call ends.
         self.uncached = frozenset(e.name for e in options.endpoints if e.model_cache_setting == "Disabled")
@@ -138,6 +139,13 @@ class Admission:
             for m in self.reach.reached(model):
                 self.auth.authorize(principal, INVOKE, arn, {**context, **target_context(m)}, via=model)
 
+    def _look(self, model: str) -> Ticket:
+        """Readiness and statistics need no load, but a name the provider hides (a model host, which serves
+        whichever model its parameter names: ``toolkit.mme.mux``) is no model to a client on any route."""
+        if self._hides is not None and self._hides(model):
+            raise NotFoundError(f"Request for unknown model: '{model}' is not found")
+        return NO_TICKET
+
     def _slot(self) -> None:
         if self.inflight >= self.options.max_concurrency:
             raise ThrottlingError(f"Too many concurrent requests (limit {self.options.max_concurrency}); retry later.")
@@ -163,10 +171,10 @@ class Admission:
             ctx = target_context(model) if context is None else context
             self.authorize(principal, endpoint, ctx)
             if use is _LOOK:
-                return NO_TICKET
+                return self._look(model)
             self.authorize_reach(principal, endpoint, (model,), ctx)
         elif use is _LOOK:
-            return NO_TICKET
+            return self._look(model)
         if use is _LOAD:
             return NO_TICKET if self.models.is_resident(model) else None
         pin = self.models.try_serve(model)
@@ -197,7 +205,7 @@ class Admission:
         ctx = target_context(chain[-1]) if context is None else context
         self.authorize(principal, endpoint, ctx)
         if use is Use.LOOK:
-            return NO_TICKET
+            return self._look(chain[-1])
         for m in chain:
             if not self.models.knows(m):
                 raise NotFoundError(f"Request for unknown model: '{m}' is not found")

@@ -93,6 +93,10 @@ class MuxModels:
         admission to rewrite the request; a synchronous dict look-up."""
         return self._routes.get(name)
 
+    def hides(self, name: str) -> bool:
+        """A host's own name: admission answers 404 for it even where it loads nothing (readiness, statistics)."""
+        return is_host(name)
+
     def knows(self, name: str) -> bool:
         return not is_host(name) and self.inner.knows(name)
 
