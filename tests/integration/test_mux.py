@@ -342,6 +342,8 @@ def test_endpoint_multiplex_is_for_multi_model_endpoints() -> None:
 
     with pytest.raises(ValueError, match="multiplex: true is for multi-model endpoints"):
         EndpointSpec(name="e", mode="single", model="m", multiplex=True)
+    with pytest.raises(ValueError, match="whose model cache is enabled"):
+        EndpointSpec(name="e", mode="multi-model", store="/s", multiplex=True, model_cache_setting="Disabled")
     assert EndpointSpec(name="e", mode="multi-model", store="/s", multiplex=True).multiplex
 
 

@@ -268,8 +268,10 @@ class EndpointSpec(_Strict):
                 f"model_cache_setting: Disabled is a multi-model endpoint setting (SageMaker's ModelCacheSetting); "
                 f"endpoint {self.name!r} is {self.mode}: remove it"
             )
-        if self.multiplex and self.mode != "multi-model":
-            raise ValueError("multiplex: true is for multi-model endpoints")
+        if self.multiplex and (self.mode != "multi-model" or self.model_cache_setting == "Disabled"):
+            raise ValueError(  # a host keeps its models until its own budget needs room: nothing unloads per call
+                "multiplex: true is for multi-model endpoints whose model cache is enabled"
+            )
         if self.mode == "single" and not (self.model or self.variants):
             raise ValueError("a single endpoint needs model: or variants:")
         if self.mode == "serial" and not (self.model or self.models or self.variants):
