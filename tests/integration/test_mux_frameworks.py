@@ -9,6 +9,8 @@ the 64 KiB default) keeps a stub of its own.
 from __future__ import annotations
 
 import importlib.util
+import io
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +79,32 @@ def test_a_large_model_keeps_its_own_stub(served: Serving) -> None:
     forest = joblib.load(ART / "digits_forest.joblib")
     assert np.array_equal(label, forest.predict(digits))
     assert "digits_forest" in _loaded(served)  # 185 KB: its own stub
+
+
+def test_a_native_onnx_artifact_is_adapted_then_multiplexed(tmp_path: Path) -> None:
+    """Deploy's layout (``config.pbtxt`` for onnxruntime + ``1/model.onnx``), as an S3 prefix for SageMaker holds it:
+    the store's fetch adapts it to the python adapter, which a host then serves."""
+    from toolkit.repository.config import render_config
+    from toolkit.repository.generate import model_files
+    from toolkit.spec import load_manifest
+
+    spec = next(m for m in load_manifest(ROOT / "tritonctl.yaml").models if m.name == "digits_logreg")
+    gm = model_files(spec, "triton")
+    assert gm.config.backend == "onnxruntime"
+    store, repo = tmp_path / "store", tmp_path / "repo"
+    store.mkdir()
+    repo.mkdir()
+    with tarfile.open(store / "logreg.tar.gz", "w:gz") as tf:
+        files = {"config.pbtxt": render_config(gm.config).encode()}
+        files.update({r: s if isinstance(s, bytes) else s.read_bytes() for r, s in gm.files.items()})
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"digits_logreg/{name}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    digits = np.load(ROOT / "examples" / "digits_samples.npy")[:3].astype(np.float32)
+    sess = ort.InferenceSession(str(ART / "digits_logreg.onnx"), providers=["CPUExecutionProvider"])
+    with start(ServeConfig(repository=repo, store=str(store), multiplex=True, **FREE)) as s:
+        got = _infer(s, "logreg", "X", digits, ["probabilities"])["probabilities"]
+        assert np.allclose(got, sess.run(["probabilities"], {"X": digits})[0], rtol=1e-5)
+        loaded = _loaded(s)
+        assert "logreg" not in loaded and any(n.startswith(HOST_PREFIX) for n in loaded), loaded
