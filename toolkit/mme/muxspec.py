@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import json_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from toolkit.mme.safe_tar import TMP_PREFIX, install_dir
 from toolkit.repository.config import parse_config, render_config
+from toolkit.repository.protos import model_config_pb2 as mc
 
 TEMPLATE = Path(__file__).parent / "templates" / "mux_host.py"
 ADAPTER = Path(__file__).resolve().parents[1] / "repository" / "templates" / "adapter_model.py"
