@@ -114,7 +114,7 @@ def _per_process(s: Serving, rt: Any, n: int, body: bytes) -> dict[str, Any]:
         warm.append(_invoke(rt, "cities", f"pp_{n - 1}", body)[0])
     time.sleep(1.5)  # the manager measures a stub's RSS ~0.5 s after its load
     text = s.models.metrics_text() if s.models is not None else ""
-    mem = [_metric(text, "tritonctl_ModelMemoryBytes", f"pp_{j}") for j in range(n)]
+    mem = [_metric(text, "tritonctl_mme_model_memory_bytes", f"pp_{j}") for j in range(n)]
     mem = [m for m in mem if m > 0]
     return {"cold": summary(cold), "warm": summary(warm), "memory_per_model_bytes": int(np.median(mem)) if mem else 0}
 

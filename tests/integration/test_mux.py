@@ -296,13 +296,15 @@ def test_metrics_and_mme_list_show_multiplexed_models(served: Serving) -> None:
         with urllib.request.urlopen(req, timeout=10) as r:
             return str(r.read().decode())
 
-    text = wait_until(lambda: (t := scrape()) and 'ModelCacheHit{model="housing_LosAngeles_CA"}' in t and t, 10, "hit")
+    text = wait_until(
+        lambda: (t := scrape()) and 'model_cache_hits_total{model="housing_LosAngeles_CA"}' in t and t, 10, "hit"
+    )
     lines = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln and ln[0] != "#"}
-    assert lines['tritonctl_ModelCacheHit{model="housing_LosAngeles_CA"}'] >= 1
-    assert lines['tritonctl_ModelCacheMiss{model="housing_LosAngeles_CA"}'] >= 1
-    assert 0 < lines['tritonctl_ModelMemoryBytes{model="housing_LosAngeles_CA"}'] <= 100_000
-    assert 1 <= lines["tritonctl_LoadedModelCount"] <= 4  # the models inside the host (it holds 4), not the host
-    assert lines["tritonctl_ModelLoadingTime_seconds_count"] >= 2
+    assert lines['tritonctl_mme_model_cache_hits_total{model="housing_LosAngeles_CA"}'] >= 1
+    assert lines['tritonctl_mme_model_cache_misses_total{model="housing_LosAngeles_CA"}'] >= 1
+    assert 0 < lines['tritonctl_mme_model_memory_bytes{model="housing_LosAngeles_CA"}'] <= 100_000
+    assert 1 <= lines["tritonctl_mme_loaded_models"] <= 4  # the models inside the host (it holds 4), not the host
+    assert lines["tritonctl_mme_model_loading_seconds_count"] >= 2
     assert served.repository is not None and served.triton is not None
     res = CliRunner().invoke(mme_app, ["list", "--url", served.triton.http_url, "-r", str(served.repository)])
     assert res.exit_code == 0, res.output

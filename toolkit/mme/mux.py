@@ -21,17 +21,21 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.mme._loading import link_tree
 from toolkit.mme.errors import ArtifactFetchError, ModelNotFoundError
 from toolkit.mme.manager import ModelManager
+from toolkit.mme.metrics import exposition
 from toolkit.mme.muxspec import DESCRIPTOR, HostSettings, is_host, mux_root, read_artifact, write_host
 from toolkit.mme.muxstats import HostStats
 from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, install_dir
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -245,11 +249,12 @@ class MuxModels:
         rows: list[Any] = [s for s in self.inner.states() if s.name not in self._routes]
         return rows + list(self.stats.model_states(self._routes))
 
-    def metrics_text(self) -> str:
-        """The manager's metrics with the hosts' counters folded in: ``LoadedModelCount`` counts the models inside
-        hosts, not the hosts; ``ModelMemoryBytes`` has each multiplexed model's measured bytes."""
+    def collect(self) -> Iterator[Metric]:
+        """The manager's metrics (the ``prometheus_client`` collector protocol, what the gateway's /metrics reads)
+        with the hosts' counters folded in: the loaded-models gauge counts the models inside hosts, not the hosts;
+        the per-model memory gauge has each multiplexed model's measured bytes."""
         self.stats.refresh()
-        self.inner.metrics_text()  # updates the manager's gauges
+        families = self.inner.collect()  # refreshes the manager's gauges now; families are built as iterated
         m = self.inner.metrics
         resident = self.stats.resident()
         hosts = set(self._routes.values())
@@ -260,4 +265,7 @@ class MuxModels:
                 m.memory.set(float(resident[name]), model=name)
             elif m.memory.get(model=name):
                 m.memory.set(0.0, model=name)
-        return m.render()
+        return families
+
+    def metrics_text(self) -> str:
+        return exposition(self)
