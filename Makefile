@@ -54,7 +54,8 @@ demo-check: venv
 # `make test` runs both, unit first, so a broken pure function fails before any server starts.
 TEST := PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
 
-test: venv graphviz
+# perf_analyzer too: the tune and load-test tests measure with it (without it they would skip, and CI is a clean clone).
+test: venv graphviz $(PA)
 	$(TEST) tests/unit
 	$(TEST) tests/integration
 
@@ -63,7 +64,7 @@ test: venv graphviz
 unit: venv graphviz
 	TRITONCTL_FUZZ_EXAMPLES=$${TRITONCTL_FUZZ_EXAMPLES:-300} $(TEST) tests/unit
 
-integration: venv
+integration: venv $(PA)
 	$(TEST) tests/integration
 
 # graphviz's `dot` renders `tritonctl graph -o x.svg` (without it, Mermaid text instead); a unit test draws an SVG.

@@ -200,7 +200,7 @@ def test_declared_gpu_bytes_evict_before_loading(env: dict[str, Any]) -> None:
         assert samples[("tritonctl_mme_model_gpu_memory_bytes", '{model="g3"}')] == 200 * MiB
         assert samples[("tritonctl_mme_gpu_memory_resident_bytes", "")] == 400 * MiB
 
-    run(with_manager(env, body, gpu_memory_fraction=0.5, gpu_reader=dev))
+    run(with_manager(env, body, gpu_memory_fraction=0.5, gpu_reader=dev, policy="lru"))  # the LRU order
     assert ready(env["admin"]) == {"g2", "g3"}
     assert max(dev.readings) <= BASE + 500 * MiB  # never above the budget, not even while loading g3
 
@@ -232,7 +232,7 @@ def test_measured_footprint_trims_and_is_used_next_time(env: dict[str, Any]) -> 
         assert {s.name for s in mgr.states() if s.state == "READY"} == {"u1"}
         assert max(dev.readings[start:]) <= BASE + budget  # g1 went before u1 loaded
 
-    run(with_manager(env, body, gpu_memory_fraction=0.45, gpu_reader=dev))
+    run(with_manager(env, body, gpu_memory_fraction=0.45, gpu_reader=dev, policy="lru"))  # the LRU order
     assert ready(env["admin"]) == {"u1"}
 
 
