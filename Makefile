@@ -4,6 +4,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# NVIDIA's perf_analyzer (make perf-analyzer); defined before the rules that need it (make expands prerequisites
+# when it reads a rule)
+PA := tools/perf_analyzer/perf_analyzer
 # Development and CI install the core and every extra (pyproject.toml); users pick theirs (README: Install).
 EXTRAS := dev,examples,loadtest,deploy,tune
 # The versions CI passed with: every install here is constrained to them, so two machines get the same libraries
@@ -84,7 +87,6 @@ mutation: venv
 
 # NVIDIA's perf_analyzer, the yardstick for our load-test driver: the binary of the tritonclient 2.41.0 wheel with the
 # libraries of nvidia-pytriton, installed into tools/perf_analyzer (git-ignored) by tools/get-perf-analyzer.sh.
-PA := tools/perf_analyzer/perf_analyzer
 $(PA): tools/get-perf-analyzer.sh | venv
 	PYTHON=$(CURDIR)/$(BIN)/python bash tools/get-perf-analyzer.sh tools/perf_analyzer
 perf-analyzer: $(PA)
