@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +30,19 @@ def _post(port: int, body: bytes, content_type: str) -> tuple[int, str, bytes]:
         return e.code, e.headers.get("Content-Type", ""), e.read()
 
 
+def _wait_for_ping(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert time.monotonic() < deadline, f"Triton's SageMaker port {port} did not answer /ping"
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def containers(example_repo: Path, tmp_path: Path) -> Iterator[list[int]]:
     """Two "containers": Tritons with the SageMaker front end, each serving one step as its default model."""
@@ -44,6 +58,7 @@ def containers(example_repo: Path, tmp_path: Path) -> Iterator[list[int]]:
             t = EmbeddedTriton(ServerOptions(repository=example_repo, workdir=work, load=[model], extra_args=args))
             servers.append(t)
             t.start(timeout=120)
+            _wait_for_ping(port)  # the SageMaker listener is not what start() waits for
             ports.append(port)
         yield ports
     finally:
