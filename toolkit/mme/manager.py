@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,18 @@ __all__ = ["DEFAULT_LOAD_TIMEOUT", "ModelManager", "ModelState", "State", "compo
 
 log = logging.getLogger(__name__)
 DEFAULT_LOAD_TIMEOUT = 60.0
+
+
+@contextlib.asynccontextmanager
+async def pinned(
+    serve: Callable[[str, float | None], Awaitable[Callable[[], None]]], name: str, timeout: float | None
+) -> AsyncIterator[None]:
+    """``serving`` from ``serve``: the pin ``serve`` returns, released when the block ends (every provider's)."""
+    release = await serve(name, timeout)
+    try:
+        yield
+    finally:
+        release()
 
 
 class ModelManager:
@@ -374,7 +386,7 @@ class ModelManager:
         await self._acquire(name, timeout, invocation=False)
 
     def serving(self, name: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
-        return self._serving(name, timeout)
+        return pinned(self.serve, name, timeout)
 
     def try_serve(self, name: str) -> Callable[[], None] | None:
         """``serving`` for a READY model, synchronously: counts the invocation and pins the model; the caller calls the
@@ -398,14 +410,6 @@ class ModelManager:
         while it serves a request for one of its models, and that model's own hit or miss is what is counted."""
         e = await self._acquire(name, timeout, invocation=False)
         return self._res.enter(e)
-
-    @contextlib.asynccontextmanager
-    async def _serving(self, name: str, timeout: float | None) -> AsyncIterator[None]:
-        release = await self.serve(name, timeout)
-        try:
-            yield
-        finally:
-            release()
 
     def _warm(self, name: str, invocation: bool) -> Entry | None:
         """The READY model's record, touched as used (and counted as a hit for an invocation); None when not READY."""

@@ -16,19 +16,18 @@ a multiplexed model is refused there (``toolkit.gateway.h2_policy``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.mme._loading import link_tree
 from toolkit.mme.errors import ArtifactFetchError, ModelNotFoundError
-from toolkit.mme.manager import ModelManager
+from toolkit.mme.manager import ModelManager, pinned
 from toolkit.mme.metrics import exposition
 from toolkit.mme.muxspec import DESCRIPTOR, HostSettings, is_host, mux_root, read_artifact, write_host
 from toolkit.mme.muxstats import HostStats
@@ -133,15 +132,7 @@ class MuxModels:
         await self.inner.ensure_loaded(host or name, timeout)
 
     def serving(self, name: str, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
-        return self._serving(name, timeout)
-
-    @contextlib.asynccontextmanager
-    async def _serving(self, name: str, timeout: float | None) -> AsyncIterator[None]:
-        release = await self.serve(name, timeout)
-        try:
-            yield
-        finally:
-            release()
+        return pinned(self.serve, name, timeout)
 
     async def unload(self, name: str) -> None:
         """A multiplexed model: its prepared files are dropped (the host keeps its copy until it evicts it; the next
