@@ -191,12 +191,14 @@ def run_passes(serve: Serve, copies: int, first: int, max_models: int) -> dict[s
     return result
 
 
-def experiment(checkout: Path, copies: int, first: int, max_models: int, policy: str) -> dict[str, Any]:
+def experiment(
+    checkout: Path, copies: int, first: int, max_models: int, policy: str, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tritonctl-seed003-") as tmp:
         work = Path(tmp)
         store = build_store(work, copies)
         load0 = os.getloadavg()[0]
-        serve = Serve(checkout, work, store, max_models, policy)
+        serve = Serve(checkout, work, store, max_models, policy, extra)
         try:
             t0 = time.perf_counter()
             result = run_passes(serve, copies, first, max_models)
@@ -215,7 +217,7 @@ def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace)
         "each run is in its row).",
         "",
         f"Store: {args.copies} copies of `housing_NewYork_NY.tar.gz` named `NY_<i>.tar.gz`; `tritonctl serve --store "
-        f"DIR --max-models {args.max_models} --policy {args.policy}`; boto3 `invoke_endpoint(EndpointName='seed003', "
+        f"DIR --max-models {args.max_models} --policy {args.policy}{''.join(' ' + a for a in args.serve_arg)}`; boto3 `invoke_endpoint(EndpointName='seed003', "
         "TargetModel='NY_<i>.tar.gz')` one request at a time. Cold = the model was not loaded (its wait includes any "
         "eviction); warm = it was. Phases: mean ms per load from `tritonctl_mme_model_load_phase_seconds`.",
         "",
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="runs per checkout, alternating")
     ap.add_argument("--output", type=Path, default=None, help="the markdown page to write")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--serve-arg", action="append", default=[], help="passed on to tritonctl serve (repeatable), e.g. "
+                    "--serve-arg=--multiplex --serve-arg=--multiplex-max-models=121")
     args = ap.parse_args(argv)
     if not 1 <= args.first <= args.copies:
         ap.error(f"--first must be 1..--copies ({args.copies}), got {args.first}")
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for _ in range(args.rounds):
         for c in checkouts:
-            run = experiment(c, args.copies, args.first, args.max_models, args.policy)
+            run = experiment(c, args.copies, args.first, args.max_models, args.policy, tuple(args.serve_arg))
             print(json.dumps(run, indent=1), flush=True)
             runs.append(run)
     command = "python -m bench.mme_seed003 " + " ".join(argv if argv is not None else sys.argv[1:])
