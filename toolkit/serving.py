@@ -245,6 +245,16 @@ class Serving:
             echo(f"access log (JSON lines): {'stderr' if c.access_log == '-' else c.access_log}")
         if self.endpoints:
             echo("endpoints " + ", ".join(f"{e.name} ({e.mode})" for e in self.endpoints))
+        per_process = [
+            e.name
+            for e in self.endpoints
+            if e.mode == "multi-model" and not (c.multiplex or e.multiplex) and e.model_cache_setting != "Disabled"
+        ]
+        if per_process:  # the choice that decides a cold request's latency most (docs/benchmarks/mme_seed003.md)
+            echo(
+                f"hint: multi-model endpoint {', '.join(per_process)}: one python stub per model (~0.2-0.3 s per cold load); "
+                "small numpy/sklearn/ONNX models load in ~10 ms inside a shared host with --multiplex (docs/mme.md)"
+            )
 
     def stop(self, *, keep_work: bool = False) -> None:
         """Stop the gateway (draining requests in flight up to ``drain_s``), then Triton; idempotent.

@@ -44,6 +44,8 @@ def _start(args: list[str], tmp_path: Path) -> tuple[subprocess.Popen[str], dict
             seen["work"] = str(Path(m.group(1)).parent)
         if m := re.search(r"gateway\s+http (\S+)", line):
             seen["gateway"] = m.group(1)
+        if line.startswith("hint: "):
+            seen["hint"] = line.strip()
         if "serving; Ctrl-C to stop" in line:
             return proc, seen
     proc.kill()
@@ -72,6 +74,8 @@ def test_serve_through_the_gateway_then_ctrl_c(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         assert seen["gateway"] == f"http://127.0.0.1:{gw_port}"
+        # the manifest's multi-model endpoint is served per process: serve says what --multiplex would change
+        assert seen["hint"].startswith("hint: multi-model endpoint housing: one python stub per model") and "--multiplex" in seen["hint"], seen
         assert "Started HTTPService" in Path(seen["log"]).read_text()
         client = httpclient.InferenceServerClient(f"127.0.0.1:{gw_port}")
         x = httpclient.InferInput("X", [1, 64], "FP32")
@@ -116,6 +120,7 @@ def test_host_publishes_the_gateway_only(tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         assert seen["gateway"] == f"http://127.0.0.2:{gw_port}"
+        assert "hint" not in seen  # no multi-model endpoint: nothing to hint at
         assert seen["triton"].startswith("127.0.0.1:")
         with urllib.request.urlopen(f"http://127.0.0.2:{gw_port}/ping", timeout=5) as r:
             assert r.status == 200
