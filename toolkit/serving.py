@@ -252,8 +252,9 @@ class Serving:
         ]
         if per_process:  # the choice that decides a cold request's latency most (docs/benchmarks/mme_seed003.md)
             echo(
-                f"hint: multi-model endpoint {', '.join(per_process)}: one python stub per model (~0.2-0.3 s per cold load); "
-                "small numpy/sklearn/ONNX models load in ~10 ms inside a shared host with --multiplex (docs/mme.md)"
+                f"hint: multi-model endpoint {', '.join(per_process)}: one python stub per model (~0.2-0.3 s per cold "
+                "load); small numpy/sklearn/ONNX models load in ~10 ms inside a shared host with --multiplex "
+                "(docs/mme.md)"
             )
 
     def stop(self, *, keep_work: bool = False) -> None:

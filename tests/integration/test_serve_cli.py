@@ -75,7 +75,9 @@ def test_serve_through_the_gateway_then_ctrl_c(tmp_path: Path) -> None:
     try:
         assert seen["gateway"] == f"http://127.0.0.1:{gw_port}"
         # the manifest's multi-model endpoint is served per process: serve says what --multiplex would change
-        assert seen["hint"].startswith("hint: multi-model endpoint housing: one python stub per model") and "--multiplex" in seen["hint"], seen
+        hint = seen["hint"]
+        assert hint.startswith("hint: multi-model endpoint housing: one python stub per model"), hint
+        assert "--multiplex" in hint
         assert "Started HTTPService" in Path(seen["log"]).read_text()
         client = httpclient.InferenceServerClient(f"127.0.0.1:{gw_port}")
         x = httpclient.InferInput("X", [1, 64], "FP32")
