@@ -35,7 +35,8 @@ import triton_python_backend_utils as pb_utils
 PARAM = "tritonctl_mux_model"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _RECENT = 1024  # load durations kept for the gateway's histogram
-_TICK = 0.02  # how often the writer looks for the gateway's ``want``: the delay a scrape waits for fresh counts
+_TICK = 0.02  # how often the writer looks for the gateway's ``want`` while counts are unwritten: a scrape's wait
+_IDLE_TICK = 0.25  # the same when nothing was counted for a second: an idle host costs ~nothing
 _PERIOD = 1.0  # unasked, changed counts are written at most this often
 _BACKOFF = (1.0, 30.0)  # a model whose load raised is not loaded again for 1 s, then 2, 4 ... 30 s
 
@@ -89,6 +90,7 @@ class TritonPythonModel:
         self.stamp = 0  # time.time_ns() up to which the state file counts every request (its mtime)
         self._write_state()
         self.stop = threading.Event()
+        self.poke = threading.Event()  # set by the first count after a write: the writer looks every _TICK then
         self.writer = threading.Thread(target=self._write_loop, name="tritonctl-mux-state", daemon=True)
         self.writer.start()
 
@@ -98,7 +100,12 @@ class TritonPythonModel:
         write if something changed, else only a new stamp (one ``utime``: nothing is re-encoded)."""
         want = os.path.join(os.path.dirname(self.state_path), "want")
         last = time.monotonic()
-        while not self.stop.wait(_TICK):
+        while True:
+            busy = self.dirty or time.monotonic() - last < _PERIOD  # written in the last second: still busy
+            self.poke.wait(_TICK if busy else _IDLE_TICK)
+            self.poke.clear()
+            if self.stop.is_set():
+                return
             try:
                 asked = os.stat(want).st_mtime_ns > self.stamp
             except OSError:
@@ -150,6 +157,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.stop.set()
+        self.poke.set()
 
     # -- loading ---------------------------------------------------------------------------------------------------
     def _descriptor(self, name):
@@ -299,7 +307,9 @@ class TritonPythonModel:
         c[slot] += n
         c[4] = time.time()
         self.changed.add(name)
-        self.dirty = True
+        if not self.dirty:
+            self.dirty = True
+            self.poke.set()
 
     def _make_room(self, incoming):
         """Evict unpinned models (LRU order, or lowest GDSF priority) until ``incoming`` fits both budgets."""
