@@ -12,11 +12,9 @@ artifact must lie inside the model's folder.
 Inside: a byte and count budget with LRU or cost-aware (GreedyDual-Size-Frequency) eviction, single-flight loads (a
 model being loaded by one thread is waited for by the others), in-flight pins (a model serving requests is never
 evicted), and requests grouped by model within each batch Triton's dynamic batcher hands over, run once per model.
-Counters go to ``<root>/.state/<instance>.json`` (written by a background thread, at most once a second, or within
-~20 ms of the gateway touching ``<root>/.state/want``); the file's mtime is the moment up to which it counts every
-request (set exactly, also when nothing changed), so a scrape can wait for counts that include the answers it saw.
-A model whose load raised answers that error at once for a backoff (1 s doubling to 30 s; reset when its files
-change). This file is copied verbatim and must stay self-contained (no tritonctl import).
+Counters go to ``<root>/.state/<instance>.json`` (by a thread: once a second, or within ~20 ms of the gateway touching
+``.state/want``), whose mtime is the moment up to which it counts every request (``toolkit.mme.muxstats``). A load
+that raised is answered at once for a backoff. Copied verbatim: self-contained (no tritonctl import).
 Security: sklearn artifacts are pickles and numpy artifacts are Python files; loading either runs code.
 """
 
@@ -100,31 +98,28 @@ class TritonPythonModel:
         write if something changed, else only a new stamp (one ``utime``: nothing is re-encoded)."""
         want = os.path.join(os.path.dirname(self.state_path), "want")
         last = time.monotonic()
-        while True:
-            busy = self.dirty or time.monotonic() - last < _PERIOD  # written in the last second: still busy
-            self.poke.wait(_TICK if busy else _IDLE_TICK)
+        while not self.stop.is_set():
+            self.poke.wait(_TICK if self.dirty or time.monotonic() - last < _PERIOD else _IDLE_TICK)
             self.poke.clear()
-            if self.stop.is_set():
-                return
             try:
-                asked = os.stat(want).st_mtime_ns > self.stamp
-            except OSError:
-                asked = False
-            if self.dirty and (asked or time.monotonic() - last >= _PERIOD):
-                self._write_state()
-                last = time.monotonic()
-            elif asked:
-                with self.lock:
-                    stamp = None if self.dirty else time.time_ns()  # dirty: written on the next tick
-                if stamp is not None:
-                    os.utime(self.state_path, ns=(stamp, stamp))
-                    self.stamp = stamp
+                asked = os.path.exists(want) and os.stat(want).st_mtime_ns > self.stamp
+                if self.dirty and (asked or time.monotonic() - last >= _PERIOD):
+                    self._write_state()
+                    last = time.monotonic()
+                elif asked:
+                    with self.lock:
+                        clean, stamp = not self.dirty, time.time_ns()
+                    if clean:  # else written on the next tick
+                        os.utime(self.state_path, ns=(stamp, stamp))
+                        self.stamp = stamp
+            except OSError:  # a write failed (state directory removed?): the counts stay unwritten, the thread lives
+                self.dirty = True
 
     def _write_state(self):
         """The whole state, from per-model JSON fragments re-encoded only for models that changed: with thousands
         of models a fresh ``json.dumps`` would hold the GIL for tens of ms and stall ``execute``. Names are in the
-        model-name alphabet (checked before they are counted), so no escaping is needed. The file's mtime is set to
-        the moment its counts were taken (every request counted before it is in the file)."""
+        model-name alphabet (checked before they are counted), so no escaping is needed. Its mtime: when counts were
+        taken."""
         with self.lock:
             stamp = time.time_ns()
             self.dirty = False
@@ -257,8 +252,8 @@ class TritonPythonModel:
             files = self._files(name)
             with self.lock:
                 self._count(name, 3)
-                last = self.failed.get(name)
-                wait = min(last[1] * 2, _BACKOFF[1]) if last is not None and last[3] == files else _BACKOFF[0]
+                last = self.failed.get(name)  # the same files failing again: twice the backoff
+                wait = min(last[1] * 2, _BACKOFF[1]) if last and last[3] == files else _BACKOFF[0]
                 self.failed[name] = (time.monotonic() + wait, wait, str(exc), files)
                 self.flights.pop(name, None)
             flight.set()  # the waiters wake up to the same error (backing off), not to a load of their own
@@ -281,8 +276,7 @@ class TritonPythonModel:
         return r
 
     def _files(self, name):
-        """The identity of the model's prepared files: the gateway writes ``mux.json`` anew whenever it prepares
-        them (store updated, model unloaded), so a changed identity means a changed artifact."""
+        """Its ``mux.json``'s identity: the gateway writes it anew each time it prepares the model's files."""
         try:
             st = os.stat(os.path.join(self.root, name, "mux.json"))
         except OSError:
@@ -290,9 +284,8 @@ class TritonPythonModel:
         return st.st_ino, st.st_mtime_ns, st.st_size
 
     def _backing_off(self, name):
-        """Under ``self.lock``: raise the last load error of ``name`` while its backoff runs and its files are
-        unchanged. Why: a model that raises at load would otherwise be loaded (code run, time spent, the GIL held)
-        by every request for it. Not counted as a failure: nothing was loaded."""
+        """Under ``self.lock``: the last load error of ``name`` again while its backoff runs and its files are the same
+        (else every request would load it again: its code run, the GIL held). Not a failed load: nothing loaded."""
         failed = self.failed.get(name)
         if failed is None:
             return
