@@ -366,9 +366,9 @@ def test_a_failed_load_backs_off_until_its_files_change(served: Serving) -> None
         assert "broken at load" in str(err.value) and note in str(err.value)
 
     fails()
-    for _ in range(3):
+    for _ in range(2):
         fails("not tried again")
-    assert _metrics(served)[failed] == 1  # one load for four requests
+    assert _metrics(served)[failed] == 1  # one load for three requests
     time.sleep(1.1)  # past the first backoff (1 s): tried again, then backing off for 2 s
     fails()
     fails("not tried again")
