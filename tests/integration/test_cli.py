@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from examples.digits import load_numpy_module, load_split
+from tests.waiting import wait_until
 from toolkit.cli.main import app
 from toolkit.server import EmbeddedTriton, TritonAdmin
 
@@ -31,7 +32,7 @@ def url(triton: EmbeddedTriton, admin: TritonAdmin) -> str:
     return triton.endpoint.http_url
 
 
-def test_models_list_load_unload_ready(url: str) -> None:
+def test_models_list_load_unload_ready(url: str, admin: TritonAdmin) -> None:
     code, out, _ = run("models", "load", "housing_Chicago_IL", "--url", url)
     assert code == 0 and "housing_Chicago_IL: READY" in out
     code, out, _ = run("models", "list", "--url", url, "--json")
@@ -41,6 +42,9 @@ def test_models_list_load_unload_ready(url: str) -> None:
     assert run("models", "unload", "housing_Chicago_IL", "--url", url)[0] == 0
     code, out, _ = run("models", "ready", "housing_Chicago_IL", "--url", url)
     assert code == 1 and "NOT READY" in out
+    # `models unload` returns once Triton accepted it; the stub takes ~2 s to go, and until then Triton (strict
+    # readiness) is not ready: the tests after this one must not depend on how fast they happen to start.
+    wait_until(admin.ready, 30, "Triton ready again once housing_Chicago_IL is unloaded")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -87,6 +88,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
         shutil.copy(arts["housing_NewYork_NY"], store / f"housing_copy_{i}.tar.gz")
     _numpy_artifact(BOOM, "housing_boom", store, tmp / "w1")
     _numpy_artifact(BROKEN, "housing_broken", store, tmp / "w2")
+    _numpy_artifact(BROKEN, "housing_flaky", store, tmp / "w3")  # fixed by test_a_failed_load_backs_off
     (tmp / "auth.yaml").write_text(AUTH)
     root = Path(__file__).resolve().parents[2]
     manifest = tmp / "m.yaml"
@@ -146,6 +148,14 @@ def _host_doc(s: Serving) -> dict[str, Any]:
 
 def _counts(s: Serving, name: str) -> list[float]:
     return list(_host_doc(s)["counts"].get(name, [0, 0, 0, 0, 0.0]))
+
+
+def _metrics(s: Serving) -> dict[str, float]:
+    """The gateway's /metrics as {series: value} (ops may read them)."""
+    req = urllib.request.Request(s.url + "/metrics", headers={"x-api-key": OPS})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read().decode()
+    return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln and ln[0] != "#"}
 
 
 def _triton_loaded(s: Serving) -> set[str]:
@@ -312,6 +322,67 @@ def test_metrics_and_mme_list_show_multiplexed_models(served: Serving) -> None:
     assert HOST_PREFIX in row and ("READY" in row or "UNLOADED" in row)
     host_row = next(ln for ln in res.output.splitlines() if ln.startswith(HOST_PREFIX))
     assert "READY" in host_row and host_row.split()[3] == "stub"
+
+
+def test_a_scrape_counts_every_answer_already_given(served: Serving) -> None:
+    """No waiting between the answers and the scrape: /metrics and ``mme list`` right after count each request
+    (the host writes its counts once a second unasked; a scrape asks for them and waits for them)."""
+    from typer.testing import CliRunner
+
+    from toolkit.cli.mme import mme_app
+
+    rt = _runtime(served)
+    x, _ = generate("NewYork_NY", 1, seed=12)
+    hits = 'tritonctl_mme_model_cache_hits_total{model="housing_copy_6"}'
+    misses = 'tritonctl_mme_model_cache_misses_total{model="housing_copy_6"}'
+    for round_ in range(3):
+        before = _metrics(served)
+        for _ in range(3):
+            _invoke(rt, "housing_copy_6", x)
+        after = _metrics(served)
+        got = (after.get(hits, 0) - before.get(hits, 0), after.get(misses, 0) - before.get(misses, 0))
+        assert got == ((2, 1) if round_ == 0 else (3, 0)), (round_, got)
+    _invoke(rt, "housing_copy_6", x)
+    assert served.repository is not None and served.triton is not None
+    args = ["list", "--url", served.triton.http_url, "-r", str(served.repository), "--json"]
+    res = CliRunner().invoke(mme_app, args)
+    assert res.exit_code == 0, res.output
+    row = next(r for r in json.loads(res.stdout) if r["name"] == "housing_copy_6")
+    assert (row["state"], row["loads"], row["hits"]) == ("READY", 1, 9)
+
+
+def test_a_failed_load_backs_off_until_its_files_change(served: Serving) -> None:
+    """A model that raises at load is not loaded again by every request: for 1 s (then 2 s ...) the host answers
+    its error at once; once the store has a working artifact and the model's files are prepared anew (unloaded
+    through the repository API), the next request loads it, backoff or not."""
+    rt = _runtime(served)
+    x, _ = generate("NewYork_NY", 2, seed=13)
+    failed = 'tritonctl_mme_model_load_failures_total{model="housing_flaky"}'
+
+    def fails(note: str = "") -> None:
+        with pytest.raises(ClientError) as err:
+            _invoke(rt, "housing_flaky", x)
+        assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 424
+        assert "broken at load" in str(err.value) and note in str(err.value)
+
+    fails()
+    for _ in range(2):
+        fails("not tried again")
+    assert _metrics(served)[failed] == 1  # one load for three requests
+    time.sleep(1.1)  # past the first backoff (1 s): tried again, then backing off for 2 s
+    fails()
+    fails("not tried again")
+    assert _metrics(served)[failed] == 2
+    assert served.config.store is not None
+    store = Path(served.config.store)
+    shutil.copy(store / "housing_NewYork_NY.tar.gz", store / "housing_flaky.tar.gz")
+    req = urllib.request.Request(
+        f"{served.url}/v2/repository/models/housing_flaky/unload", data=b"{}", headers={"x-api-key": OPS}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+    assert np.allclose(_invoke(rt, "housing_flaky", x), expected_prices("NewYork_NY", x), rtol=1e-4)
+    assert _metrics(served)[failed] == 2
 
 
 def test_a_killed_host_comes_back_and_reloads_lazily(served: Serving) -> None:

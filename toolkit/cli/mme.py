@@ -142,6 +142,7 @@ def list_cmd(
         from toolkit.mme.muxstats import HostStats
 
         stats = HostStats(mux_root(mgr.repository), MMEMetrics())  # models inside model hosts (docs/mme.md)
+        await stats.wait_fresh(time.time_ns())  # counts of every request answered before this command
         stats.refresh()
         hosted = stats.hosted()
         rows: list[Any] = [s for s in mgr.states() if s.name not in hosted]

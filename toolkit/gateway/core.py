@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -92,6 +93,7 @@ class GatewayCore(Admission):
         self.registry = registry_of(collector, models)
         self.upstream: UpstreamPool | None = None
         self._mux: Callable[[str], str | None] | None = getattr(models, "mux_route", None)
+        self.mux_answered = 0  # time.time_ns() of the last answer from a model host: what a scrape must count
 
     async def start(self) -> None:
         host, _, port = self.triton.http.rpartition(":")
@@ -145,11 +147,19 @@ class GatewayCore(Admission):
         if host is not None:
             body, hdrs = to_host(model, body, headers)
             f = await self.forward("POST", f"/v2/models/{host}/infer", body, hdrs)
+            self.mux_answered = time.time_ns()
             f.body = from_host(model, f.body, f.headers)
         else:
             f = await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
         f.status = self.answered(host or model, f.status, f.body)
         return f
+
+    async def mux_fresh(self) -> None:
+        """Before a scrape: the model hosts' counters include every answer a client already has (their state files
+        are written once a second otherwise; ``toolkit.mme.muxstats``). Waits only after new answers, 0.5 s at most."""
+        fresh = getattr(self.models, "mux_fresh", None)
+        if fresh is not None and self.mux_answered:
+            await fresh(self.mux_answered)
 
     def answered(self, model: str, status: int, body: bytes) -> int:
         """Triton's answer to an infer of ``model``: the status the client gets (``client_status``); a dead python

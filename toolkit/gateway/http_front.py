@@ -424,6 +424,7 @@ class HttpFront:
                 self.core.check_admin(self.identify(request, b""), METRICS)
             except Exception as exc:
                 return kserve_error(to_gateway_error(exc))
+        await self.core.mux_fresh()
         states = getattr(self.core.models, "states", None)
         rows = [s if isinstance(s, dict) else getattr(s, "__dict__", str(s)) for s in (states() if states else [])]
         return Response.json(
@@ -438,6 +439,7 @@ class HttpFront:
                 self.core.check_admin(self.identify(request, b""), METRICS)
             except Exception as exc:
                 return kserve_error(to_gateway_error(exc))
+        await self.core.mux_fresh()
         body, content_type = self.core.metrics_text(request.headers.get("Accept", ""))
         return Response(status=200, body=body, headers={"Content-Type": content_type})
 

@@ -234,6 +234,11 @@ class MuxModels:
             install_dir(fetched.path, dest, self.scratch)
 
     # -- reporting -----------------------------------------------------------------------------------------------------
+    async def mux_fresh(self, since: int) -> None:
+        """Before a scrape (/metrics, the admin states): wait, briefly, for the hosts' counts of every request
+        answered before ``since`` (``time.time_ns()`` of the last answer the gateway had from a host)."""
+        await self.stats.wait_fresh(since)
+
     def states(self) -> list[Any]:
         """The manager's models (hosts among them) and every multiplexed model, resident or not."""
         self.stats.refresh()

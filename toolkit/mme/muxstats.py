@@ -2,16 +2,24 @@
 
 Why files: a python-backend model cannot attach parameters to its responses on Triton 2.51 (InferenceResponse
 ``parameters=`` raises TypeError), and a metric inside each response would change what clients receive. Each host
-instance writes ``<root>/.state/<instance>.json`` (at most once a second, atomically); the gateway reads them when
-metrics or states are asked for. Counters restart at zero when a host restarts (new pid): only increases since the
-last reading are added, so ``ModelCacheHit`` and friends stay monotonic across host crashes.
+instance writes ``<root>/.state/<instance>.json`` (changes at most once a second, atomically); the gateway reads them
+when metrics or states are asked for. Counters restart at zero when a host restarts (new pid): only increases since
+the last reading are added, so ``ModelCacheHit`` and friends stay monotonic across host crashes.
+
+Fresh at scrape: a file's mtime is the moment (``time.time_ns()``) up to which it counts every request. A scrape that
+must include the answers a client already has (``wait_fresh(since)``: since = the last answer's time) touches
+``<root>/.state/want``; each live host writes or re-stamps its file within ~20 ms, and the scrape waits (bounded: a
+dead or stuck host never hangs it) until every live file is stamped at or after ``since``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,11 @@ from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.muxspec import HOST_PREFIX
 
 HITS, MISSES, LOADS, FAILURES, LAST_USED = range(5)
+WANT = "want"  # the file a reader touches to ask the hosts for fresh state files (the host template's name for it)
+FRESH_TIMEOUT_S = 0.5  # the longest a scrape waits for fresh files (a host writes within ~20 ms when alive)
+_POLL_S = 0.005
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,17 +70,37 @@ def _zombie(pid: int) -> bool:
     return True
 
 
-def read_states(root: Path) -> dict[str, dict[str, Any]]:
-    """Each host instance's last written state, by instance name (unreadable or half-written files skipped)."""
-    out: dict[str, dict[str, Any]] = {}
+def read_stamped(root: Path) -> dict[str, tuple[dict[str, Any], int]]:
+    """Each host instance's last written state and its stamp (the file's mtime in ns, from the same open file), by
+    instance name (unreadable or half-written files skipped)."""
+    out: dict[str, tuple[dict[str, Any], int]] = {}
     state_dir = root / ".state"
     if not state_dir.is_dir():
         return out
     for p in sorted(state_dir.glob("*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            doc = json.loads(p.read_text())
+        with contextlib.suppress(OSError, ValueError), open(p, "rb") as fh:
+            stamp = os.fstat(fh.fileno()).st_mtime_ns
+            doc = json.loads(fh.read())
             if isinstance(doc, dict):
-                out[p.stem] = doc
+                out[p.stem] = (doc, stamp)
+    return out
+
+
+def read_states(root: Path) -> dict[str, dict[str, Any]]:
+    """Each host instance's last written state, by instance name."""
+    return {k: doc for k, (doc, _) in read_stamped(root).items()}
+
+
+def _stale(root: Path, since: int) -> list[str]:
+    """State files of live hosts stamped before ``since`` (a file's pid is read only when it is stale: the head of
+    the JSON, ``{"pid":N,``, which the host writes first)."""
+    out = []
+    for p in (root / ".state").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError), open(p, "rb") as fh:
+            if os.fstat(fh.fileno()).st_mtime_ns < since:
+                head = fh.read(64).split(b",", 1)[0]
+                if head.startswith(b'{"pid":') and _alive(int(head[7:])):
+                    out.append(p.stem)
     return out
 
 
@@ -79,11 +112,36 @@ class HostStats:
         self.metrics = metrics
         self._seen: dict[str, _Seen] = {}
         self.states: dict[str, dict[str, Any]] = {}
+        self.covered = 0  # every request answered before this (time.time_ns()) was in the last reading
 
     def refresh(self) -> None:
-        self.states = read_states(self.root)
+        stamped = read_stamped(self.root)
+        self.states = {k: doc for k, (doc, _) in stamped.items()}
         for instance, doc in self.states.items():
             self._fold(instance, doc)
+        live = [stamp for doc, stamp in stamped.values() if _alive(int(doc.get("pid", 0)))]
+        self.covered = min(live, default=time.time_ns())
+
+    async def wait_fresh(self, since: int, timeout: float = FRESH_TIMEOUT_S) -> bool:
+        """Ask the hosts for state files that count every request answered before ``since`` (``time.time_ns()``)
+        and wait for them, ``timeout`` s at most. True when all live hosts' files are that fresh; nothing is asked
+        when the last reading already was."""
+        if since <= self.covered:
+            return True
+        want = self.root / ".state" / WANT
+        deadline = time.monotonic() + timeout
+        try:
+            want.touch()
+            now = time.time_ns()  # exact: the file system's own clock for touch() is coarse (a jiffy behind)
+            os.utime(want, ns=(now, now))
+        except OSError:
+            return False  # no state directory: no host has started
+        while stale := _stale(self.root, since):  # a few stat()s: no thread needed
+            if time.monotonic() >= deadline:
+                log.warning("model hosts %s did not write fresh counts within %.1f s", ", ".join(stale), timeout)
+                return False
+            await asyncio.sleep(_POLL_S)
+        return True
 
     def _fold(self, instance: str, doc: dict[str, Any]) -> None:
         m = self.metrics

@@ -12,8 +12,9 @@ artifact must lie inside the model's folder.
 Inside: a byte and count budget with LRU or cost-aware (GreedyDual-Size-Frequency) eviction, single-flight loads (a
 model being loaded by one thread is waited for by the others), in-flight pins (a model serving requests is never
 evicted), and requests grouped by model within each batch Triton's dynamic batcher hands over, run once per model.
-Counters go to ``<root>/.state/<instance>.json`` (written by a background thread, at most once a second); the gateway
-reads them for SageMaker's metrics. This file is copied verbatim and must stay self-contained (no tritonctl import).
+Counters go to ``<root>/.state/<instance>.json`` (by a thread: once a second, or within ~20 ms of the gateway touching
+``.state/want``), whose mtime is the moment up to which it counts every request (``toolkit.mme.muxstats``). A load
+that raised is answered at once for a backoff. Copied verbatim: self-contained (no tritonctl import).
 Security: sklearn artifacts are pickles and numpy artifacts are Python files; loading either runs code.
 """
 
@@ -32,6 +33,10 @@ import triton_python_backend_utils as pb_utils
 PARAM = "tritonctl_mux_model"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _RECENT = 1024  # load durations kept for the gateway's histogram
+_TICK = 0.02  # how often the writer looks for the gateway's ``want`` while counts are unwritten: a scrape's wait
+_IDLE_TICK = 0.25  # the same when nothing was counted for a second: an idle host costs ~nothing
+_PERIOD = 1.0  # unasked, changed counts are written at most this often
+_BACKOFF = (1.0, 30.0)  # a model whose load raised is not loaded again for 1 s, then 2, 4 ... 30 s
 
 
 def _param(config, key, default=None):
@@ -64,6 +69,7 @@ class TritonPythonModel:
         ]
         self.resident = OrderedDict()  # name -> _Resident, least recently used first
         self.flights = {}  # name -> threading.Event while one thread loads it
+        self.failed = {}  # name -> (retry at (monotonic), backoff s, error text, files' identity) after a failed load
         self.lock = threading.Lock()
         self.used_bytes = 0
         self.clock = 0.0  # GDSF's inflation value: the priority of the last victim
@@ -79,22 +85,43 @@ class TritonPythonModel:
         os.makedirs(state_dir, exist_ok=True)
         self.state_path = os.path.join(state_dir, args["model_instance_name"] + ".json")
         self.started = time.time()
+        self.stamp = 0  # time.time_ns() up to which the state file counts every request (its mtime)
         self._write_state()
         self.stop = threading.Event()
+        self.poke = threading.Event()  # set by the first count after a write: the writer looks every _TICK then
         self.writer = threading.Thread(target=self._write_loop, name="tritonctl-mux-state", daemon=True)
         self.writer.start()
 
     # -- state for the gateway -----------------------------------------------------------------------------------
     def _write_loop(self):
-        while not self.stop.wait(1.0):
-            if self.dirty:
-                self._write_state()
+        """Changed counts once a second; at once when the gateway asked (``want`` newer than the last stamp): a
+        write if something changed, else only a new stamp (one ``utime``: nothing is re-encoded)."""
+        want = os.path.join(os.path.dirname(self.state_path), "want")
+        last = time.monotonic()
+        while not self.stop.is_set():
+            self.poke.wait(_TICK if self.dirty or time.monotonic() - last < _PERIOD else _IDLE_TICK)
+            self.poke.clear()
+            try:
+                asked = os.path.exists(want) and os.stat(want).st_mtime_ns > self.stamp
+                if self.dirty and (asked or time.monotonic() - last >= _PERIOD):
+                    self._write_state()
+                    last = time.monotonic()
+                elif asked:
+                    with self.lock:
+                        clean, stamp = not self.dirty, time.time_ns()
+                    if clean:  # else written on the next tick
+                        os.utime(self.state_path, ns=(stamp, stamp))
+                        self.stamp = stamp
+            except OSError:  # a write failed (state directory removed?): the counts stay unwritten, the thread lives
+                self.dirty = True
 
     def _write_state(self):
         """The whole state, from per-model JSON fragments re-encoded only for models that changed: with thousands
         of models a fresh ``json.dumps`` would hold the GIL for tens of ms and stall ``execute``. Names are in the
-        model-name alphabet (checked before they are counted), so no escaping is needed."""
+        model-name alphabet (checked before they are counted), so no escaping is needed. Its mtime: when counts were
+        taken."""
         with self.lock:
+            stamp = time.time_ns()
             self.dirty = False
             changed, self.changed = self.changed, set()
             head = {
@@ -119,10 +146,13 @@ class TritonPythonModel:
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as fh:
             fh.write(text)
+        os.utime(tmp, ns=(stamp, stamp))
         os.replace(tmp, self.state_path)
+        self.stamp = stamp
 
     def finalize(self):
         self.stop.set()
+        self.poke.set()
 
     # -- loading ---------------------------------------------------------------------------------------------------
     def _descriptor(self, name):
@@ -212,18 +242,24 @@ class TritonPythonModel:
                     return r
                 flight = self.flights.get(name)
                 if flight is None:
+                    self._backing_off(name)
                     flight = self.flights[name] = threading.Event()
                     break
             flight.wait()
         try:
             r = self._load(name)
-        except BaseException:
+        except BaseException as exc:
+            files = self._files(name)
             with self.lock:
                 self._count(name, 3)
+                last = self.failed.get(name)  # the same files failing again: twice the backoff
+                wait = min(last[1] * 2, _BACKOFF[1]) if last and last[3] == files else _BACKOFF[0]
+                self.failed[name] = (time.monotonic() + wait, wait, str(exc), files)
                 self.flights.pop(name, None)
-            flight.set()  # the waiters try again themselves: a fixed artifact is not held back by a failure
+            flight.set()  # the waiters wake up to the same error (backing off), not to a load of their own
             raise
         with self.lock:  # resident before the flight ends: a waiter that wakes up finds it
+            self.failed.pop(name, None)
             r.pins = 1
             r.priority = self.clock + r.cost / max(r.nbytes, 1)
             self._make_room(r.nbytes)
@@ -239,6 +275,24 @@ class TritonPythonModel:
         flight.set()
         return r
 
+    def _files(self, name):
+        """Its ``mux.json``'s identity: the gateway writes it anew each time it prepares the model's files."""
+        try:
+            st = os.stat(os.path.join(self.root, name, "mux.json"))
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _backing_off(self, name):
+        """Under ``self.lock``: the last load error of ``name`` again while its backoff runs and its files are the same
+        (else every request would load it again: its code run, the GIL held). Not a failed load: nothing loaded."""
+        failed = self.failed.get(name)
+        if failed is None:
+            return
+        left = failed[0] - time.monotonic()
+        if left > 0 and self._files(name) == failed[3]:
+            raise RuntimeError(f"{failed[2]} (its load failed: not tried again for {left:.1f} s)")
+
     def _count(self, name, slot, n=1):
         c = self.counts.get(name)
         if c is None:
@@ -246,7 +300,9 @@ class TritonPythonModel:
         c[slot] += n
         c[4] = time.time()
         self.changed.add(name)
-        self.dirty = True
+        if not self.dirty:
+            self.dirty = True
+            self.poke.set()
 
     def _make_room(self, incoming):
         """Evict unpinned models (LRU order, or lowest GDSF priority) until ``incoming`` fits both budgets."""
