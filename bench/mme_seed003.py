@@ -217,7 +217,8 @@ def markdown(runs: list[dict[str, Any]], command: str, args: argparse.Namespace)
         "each run is in its row).",
         "",
         f"Store: {args.copies} copies of `housing_NewYork_NY.tar.gz` named `NY_<i>.tar.gz`; `tritonctl serve --store "
-        f"DIR --max-models {args.max_models} --policy {args.policy}{''.join(' ' + a for a in args.serve_arg)}`; boto3 `invoke_endpoint(EndpointName='seed003', "
+        f"DIR --max-models {args.max_models} --policy {args.policy}{''.join(' ' + a for a in args.serve_arg)}`; "
+        "boto3 `invoke_endpoint(EndpointName='seed003', "
         "TargetModel='NY_<i>.tar.gz')` one request at a time. Cold = the model was not loaded (its wait includes any "
         "eviction); warm = it was. Phases: mean ms per load from `tritonctl_mme_model_load_phase_seconds`.",
         "",
@@ -257,8 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="runs per checkout, alternating")
     ap.add_argument("--output", type=Path, default=None, help="the markdown page to write")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--serve-arg", action="append", default=[], help="passed on to tritonctl serve (repeatable), e.g. "
-                    "--serve-arg=--multiplex --serve-arg=--multiplex-max-models=121")
+    ap.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="passed on to tritonctl serve (repeatable), e.g. "
+        "--serve-arg=--multiplex --serve-arg=--multiplex-max-models=121",
+    )
     args = ap.parse_args(argv)
     if not 1 <= args.first <= args.copies:
         ap.error(f"--first must be 1..--copies ({args.copies}), got {args.first}")
