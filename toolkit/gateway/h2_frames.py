@@ -30,7 +30,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, CANCEL = 0x0, 0x1, 0x8
-SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x5
+SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x4, 0x5
 DEFAULT_MAX_FRAME = 16384  # RFC 7540: what a peer may send until the other side's SETTINGS raise it
 MAX_HEADER_BLOCK = 64 * 1024  # a client header block (HEADERS + CONTINUATION) larger than this closes the connection
 FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0x6, 0xB
@@ -155,9 +155,9 @@ class Stream:
     """One call's state in the front: what is held, where its messages are, the pins it holds."""
 
     __slots__ = (
-        "check", "checking", "client_ended", "compressed", "done", "encoding", "headers_sent", "held", "messages",
-        "method", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size", "ticket", "timer",
-        "unscanned", "zbuf",
+        "check", "checking", "client_ended", "compressed", "cwu", "done", "encoding", "headers_sent", "held",
+        "messages", "method", "mux", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size",
+        "ticket", "timer", "unscanned", "wu", "zbuf",
     )  # fmt: skip
 
     def __init__(self, sid: int, method: str, scanning: bool) -> None:
@@ -179,6 +179,8 @@ class Stream:
         self.client_ended = self.headers_sent = False
         self.principal: Principal = ANONYMOUS
         self.encoding = "identity"
+        self.mux: object | None = None  # h2_mux.MuxCall: a multiplexed model's call: retargeted at its host (h2_mux)
+        self.wu = self.cwu = 0  # stream WINDOW_UPDATE credit from Triton / the client (counted for scanned calls)
 
 
 class FrameWriter:
@@ -230,6 +232,17 @@ class FrameWriter:
             self.pending.clear()
 
 
+class Rewrites(Protocol):
+    """What ``TritonReader`` needs of the connection's multiplexed-call rewriting (``h2_mux.Flow``)."""
+
+    up_init: int
+    gate: Stream | None
+
+    def triton_wu(self, c: Forwarder, s: Stream | None, sid: int, raw: bytes) -> bytes: ...
+
+    def forward_down(self, c: Forwarder, s: Stream, raw: bytes) -> bool: ...
+
+
 class Forwarder(Protocol):
     """What ``TritonReader`` needs of the client-side connection (``h2_front.H2Connection``)."""
 
@@ -238,6 +251,9 @@ class Forwarder(Protocol):
     streams: dict[int, Stream]
     decoder: BlockDecoder
     max_frame: int
+
+    @property
+    def flow(self) -> Rewrites: ...
 
     def end(self, s: Stream) -> None: ...
 
@@ -253,6 +269,9 @@ class TritonReader(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         c = self.conn
+        if c.flow.gate is not None:  # an answer's suffix waits for the client's window: so do Triton's frames
+            self.buf += data
+            return
         c.down.cork()
         c.up.cork()
         try:
@@ -260,6 +279,10 @@ class TritonReader(asyncio.Protocol):
         finally:
             c.down.uncork()
             c.up.uncork()
+
+    def resume(self) -> None:
+        """Triton's frames go on after an answer's suffix that waited (``h2_mux``)."""
+        self._received(b"")
 
     def _received(self, data: bytes) -> None:  # noqa: C901 (one pass over Triton's frames of a read: the hot path)
         c = self.conn
@@ -279,6 +302,13 @@ class TritonReader(asyncio.Protocol):
                 start = end
                 if t == DATA and end - i > 9:
                     c.up.inject(window_update(0, end - i - 9))  # Triton's window back for what was dropped
+            elif t == DATA and s is not None and s.mux is not None:  # a multiplexed call's answer (h2_mux)
+                out.fwd(buf[start:i])
+                start = end
+                if flags & END_STREAM:
+                    ended.append(sid)
+                if c.flow.forward_down(c, s, buf[i:end]):
+                    n = end  # its suffix waits for the client's window: the rest of Triton's frames with it
             elif t in (DATA, HEADERS):
                 if flags & END_STREAM:
                     ended.append(sid)
@@ -292,6 +322,10 @@ class TritonReader(asyncio.Protocol):
                 in_block = not flags & END_HEADERS
             elif t == RST_STREAM:
                 ended.append(sid)
+            elif t == WINDOW_UPDATE and (not sid or (s is not None and s.scanning)):  # counted (h2_mux)
+                out.fwd(buf[start:i])
+                start = end
+                out.fwd(c.flow.triton_wu(c, s, sid, buf[i:end]))
             elif t == SETTINGS and not flags & ACK:
                 size = settings_value(buf[i + 9 : end], SETTINGS_HEADER_TABLE_SIZE)
                 if size is not None:
@@ -299,6 +333,9 @@ class TritonReader(asyncio.Protocol):
                 frame_max = settings_value(buf[i + 9 : end], SETTINGS_MAX_FRAME_SIZE)
                 if frame_max is not None:
                     c.max_frame = frame_max  # what Triton lets the client send: larger frames close the connection
+                window = settings_value(buf[i + 9 : end], SETTINGS_INITIAL_WINDOW_SIZE)
+                if window is not None:
+                    c.flow.up_init = window
             i = end
             if not in_block and out.held:
                 out.fwd(buf[start:i])

@@ -1,12 +1,15 @@
 """gRPC front that forwards HTTP/2 frames: each client connection gets its own connection to Triton's gRPC port.
 
-Why: grpcio's per-call machinery (a server call plus a client call per request) halved throughput (the first gRPC
-front, since deleted). Mapping connections 1:1 lets stream ids, SETTINGS, flow control, PING and GOAWAY pass
-unchanged; only what the policy needs is read. Client HEADERS are forwarded at once and decoded in order with one
-``hpack.Decoder`` per connection (its table follows the client's encoder exactly as Triton's does). Every DATA byte
-of a call that names a model is read before it is forwarded (``protowire``: the model name as protobuf reads it,
-a repeated name refused); a message's frames are held only until its model name is approved by the gateway's
-admission (``h2_policy``), so a big tensor never waits for flow-control window that only Triton can grant.
+Why: grpcio's per-call machinery (a server call plus a client call per request) halved throughput (the first gRPC front,
+since deleted). Mapping connections 1:1 lets stream ids, SETTINGS, flow control, PING and GOAWAY pass unchanged (but for
+the connection credit ``h2_mux`` keeps back); only what the policy needs is read. Client HEADERS are forwarded at once
+and decoded in order with one ``hpack.Decoder`` per connection (its table follows the client's encoder exactly as
+Triton's does). Every DATA byte of a call that names a model is read before it is forwarded (``protowire``: the model
+name as protobuf reads it, a repeated name refused); a message's frames are held only until its model name is approved
+by the gateway's admission (``h2_policy``), so a big tensor never waits for flow-control window that only Triton can
+grant.
+A multiplexed model's call is retargeted at its host by appending fields to its messages (``h2_mux``, which keeps
+both sides' flow-control windows exact); every other call's bytes pass unchanged.
 A refused call is cancelled upstream (RST_STREAM) and answered to the client with a trailers-only HEADERS frame of
 literal fields (no HPACK table change), written only between Triton's frames. Dropped DATA is credited back with a
 connection WINDOW_UPDATE, so neither side's window leaks. ModelStreamInfer has every message checked this way.
@@ -40,6 +43,7 @@ from toolkit.gateway.errors import (
     to_gateway_error,
 )
 from toolkit.gateway.grpc_service import SCANNED, STREAM, method_of
+from toolkit.gateway.h2_mux import Flow
 from toolkit.gateway.h2_policy import check_call, check_message
 from toolkit.gateway.protowire import NameScanner, model_of
 
@@ -80,6 +84,7 @@ class H2Connection(asyncio.Protocol):
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.max_frame = f.DEFAULT_MAX_FRAME  # raised only by Triton's SETTINGS (TritonReader)
+        self.flow = Flow()  # multiplexed calls: windows and waiting suffixes (h2_mux)
         self.peer = ""
         self.last_active = self.opened = asyncio.get_running_loop().time()
 
@@ -99,7 +104,9 @@ class H2Connection(asyncio.Protocol):
     async def _connect(self) -> None:
         host, port = self.front.upstream
         try:
-            t, _ = await asyncio.get_running_loop().create_connection(lambda: f.TritonReader(self), host, port)
+            t, self.flow.reader = await asyncio.get_running_loop().create_connection(
+                lambda: f.TritonReader(self), host, port
+            )
         except OSError as exc:
             self.upstream_gone(True, f"Triton is unavailable: {exc.strerror or exc}")
             return
@@ -171,7 +178,7 @@ class H2Connection(asyncio.Protocol):
             self.up.uncork()
             self.down.uncork()
 
-    def _received(self, data: bytes) -> None:
+    def _received(self, data: bytes) -> None:  # noqa: C901 (one pass over the client's frames of a read: the hot path)
         buf = self.buf + data if self.buf else data
         if self.preface:
             if len(buf) < 24:
@@ -205,6 +212,13 @@ class H2Connection(asyncio.Protocol):
                     up.fwd(buf[start:end] if self.dead is None else buf[start:i])
                     start = end
                     self._control(buf[i:end])
+                elif t == f.WINDOW_UPDATE:  # counted for multiplexed calls (h2_mux)
+                    sid = int.from_bytes(buf[i + 5 : i + 9], "big") & 0x7FFFFFFF
+                    s = streams.get(sid) if sid else None
+                    if not sid or (s is not None and s.scanning):
+                        up.fwd(buf[start:i])
+                        start = end
+                        up.fwd(self.flow.client_wu(self, s, sid, buf[i:end]))
                 i = end
         except (hpack.HPACKError, ValueError) as exc:  # the shared HPACK table can no longer be trusted
             log.warning("gRPC client broke HTTP/2 framing or HPACK: %s", exc)
@@ -219,6 +233,9 @@ class H2Connection(asyncio.Protocol):
         t, flags, sid = raw[3], raw[4], int.from_bytes(raw[5:9], "big") & 0x7FFFFFFF
         if t == f.SETTINGS and not flags & f.ACK:
             self.settings_seen += 1
+            window = f.settings_value(raw[9:], f.SETTINGS_INITIAL_WINDOW_SIZE)
+            if window is not None:
+                self.flow.down_init = window
         if self.dead is not None and t in (f.SETTINGS, f.PING) and not flags & f.ACK:
             self.down.inject(f.frame(t, f.ACK, 0, raw[9:] if t == f.PING else b""))  # keep the client talking
             return
@@ -226,6 +243,7 @@ class H2Connection(asyncio.Protocol):
             s = self.streams.pop(sid, None)
             if s is not None and not s.done:
                 s.done = True  # a check still running ends with nothing forwarded and its pins released
+                self.flow.release(s)
                 self._credit(s)
                 self.end(s)
             return
@@ -254,7 +272,7 @@ class H2Connection(asyncio.Protocol):
             self.last_sid = sid
             self._open(sid, headers, bool(hflags & f.END_STREAM))
             return
-        if s is not None and (s.held or s.checking) and not s.done:
+        if s is not None and (s.held or s.checking or self.flow.holds(s)) and not s.done:
             self.refuse(s, ValidationError("request trailers before the first message was checked"))
         if s is not None and hflags & f.END_STREAM:
             s.client_ended = True
@@ -371,9 +389,15 @@ class H2Connection(asyncio.Protocol):
         except Exception as exc:
             self.refuse(s, to_gateway_error(exc))
             return
-        if s.held and (s.scanner is None or (s.scanner.model is not None and not s.compressed)):
+        cur = s.scanner  # a message's prefix is held until whole (a multiplexed call's size changes: h2_mux)
+        if s.held and (
+            (cur is None and not s.prefix) or (cur is not None and cur.model is not None and not s.compressed)
+        ):
             held, s.held = s.held, []
-            self.up.fwd(b"".join(held))
+            if s.mux is None:
+                self.up.fwd(b"".join(held))
+            else:  # retargeted at its host (h2_mux)
+                self.flow.forward_up(self, s, held)
             if s.messages and s.method != STREAM:
                 self._arm(s)
 
@@ -404,6 +428,7 @@ class H2Connection(asyncio.Protocol):
         if s.done:
             return
         s.done = True
+        self.flow.release(s)
         self._credit(s)
         self.end(s)
         if self.dead is None:

@@ -1,0 +1,293 @@
+"""A gRPC call to a multiplexed model, retargeted at its host by the frame-forwarding front (``h2_front``).
+
+Why by appending: protobuf (and so Triton, and tritonclient) takes the *last* occurrence of a scalar field and the
+last entry of a map key, and every field of a message the gateway forwards has been walked to its end (``protowire``:
+the client's bytes end on a field boundary). So the request is retargeted by appending fields after the client's
+last byte: ``model_name`` = the host, ``model_version`` = "" (HTTP ignores a version too) and, for ModelInfer,
+``parameters["tritonctl_mux_model"]`` = the name admission authorized: whatever the client put in its own message,
+in any position or encoding, comes earlier and loses. The answer gets ``model_name`` (ModelInfer, ModelMetadata) or
+``config.name`` (ModelConfig: a repeated embedded message merges) set back to the model's name the same way, so
+tritonclient shows what it shows for a model of its own. Only the 5-byte gRPC length prefix of each message changes
+in place (held until it is whole); nothing else of either side's frames is re-encoded.
+
+Flow control stays exact: the bytes the gateway adds consume the receiver's windows, which the sender does not know
+of. So they are paid from *slack*: connection credit the receiver granted that the gateway did not pass on (at most
+``SLACK`` bytes are kept back from each side's connection WINDOW_UPDATEs; Triton and grpc's clients send one with
+nearly every write, so it refills at once). The sender's view of a window is never above the receiver's. A stream
+needs no slack (the suffix is the last thing sent on it), only the receiver's stream window, counted from SETTINGS
+and the stream's updates. Where either is short, the suffix waits: a request's on its stream (the client's next
+frames on it queue behind it), an answer's with Triton's whole frame stream (header blocks must keep their order for
+the client's HPACK decoder) until the client's next WINDOW_UPDATE.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from toolkit.gateway.h2_frames import DATA, END_STREAM, PADDED, FrameWriter, Stream, frame, window_update
+from toolkit.gateway.mux_rewrite import MUX_PARAM
+
+if TYPE_CHECKING:
+    from toolkit.gateway.h2_frames import TritonReader
+
+SLACK = 16384  # connection credit kept back from each side (a suffix is at most ~2.1 KB: names are <= 1 KiB)
+DEFAULT_WINDOW = 65535  # RFC 7540: a window before SETTINGS or WINDOW_UPDATE change it
+_NAMED = ("ModelInfer", "ModelMetadata")  # answers whose field 1 is the model's name
+
+
+def _field(number: int, value: bytes) -> bytes:
+    """A length-delimited protobuf field (tag, varint length, bytes)."""
+    out = bytearray(((number << 3) | 2,))
+    n = len(value)
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out) + value
+
+
+def request_suffix(method: str, host: str, model: str) -> bytes:
+    """What follows the client's request so that Triton reads it as a request to ``host`` running ``model``."""
+    out = _field(1, host.encode()) + _field(2, b"")
+    if method == "ModelInfer":  # InferParameter.string_param is field 3; a map entry is {1: key, 2: value}
+        out += _field(4, _field(1, MUX_PARAM.encode()) + _field(2, _field(3, model.encode())))
+    return out
+
+
+def response_suffix(method: str, model: str) -> bytes:
+    """What follows the host's answer so that the client reads the model's name where the host's was."""
+    if method in _NAMED:
+        return _field(1, model.encode())
+    if method == "ModelConfig":
+        return _field(1, _field(1, model.encode()))
+    return b""  # ModelReady: nothing names the model
+
+
+def patch_prefix(frames: list[bytearray], add: int) -> int | None:
+    """The message size in the 5-byte gRPC prefix spread over the first payload bytes of ``frames`` (DATA frames
+    of one stream, from its first); the size is raised by ``add`` in place unless the message is compressed.
+    None while fewer than 5 payload bytes are there."""
+    pos: list[tuple[int, int]] = []
+    for k, fr in enumerate(frames):
+        start, end = (10, len(fr) - fr[9]) if fr[4] & PADDED else (9, len(fr))
+        pos.extend((k, o) for o in range(start, min(end, start + 5 - len(pos))))
+        if len(pos) == 5:
+            break
+    else:
+        return None
+    head = bytes(frames[k][o] for k, o in pos)
+    size = int.from_bytes(head[1:], "big")
+    if not head[0] & 1 and size + add < 1 << 32:
+        for (k, o), b in zip(pos[1:], (size + add).to_bytes(4, "big"), strict=True):
+            frames[k][o] = b
+    elif add:
+        return -1  # not rewritten (compressed): the caller leaves the message alone
+    return size
+
+
+def _payload_len(raw: bytes | bytearray) -> int:
+    return len(raw) - 10 - raw[9] if raw[4] & PADDED else len(raw) - 9
+
+
+class MuxCall:
+    """One call's rewrite: its suffixes, and where each direction's message is."""
+
+    __slots__ = ("down", "gated", "left", "queue", "rframes", "rleft", "rsent", "sent", "up")
+
+    def __init__(self, method: str, host: str, model: str) -> None:
+        self.up = request_suffix(method, host, model)
+        self.down = response_suffix(method, model)  # b"" once sent (or when there is none)
+        self.sent = 0  # DATA payload (padding included) forwarded to Triton on the stream: its stream window
+        self.left = -1  # request bytes (prefix included) still to forward; -1 until the prefix is read
+        self.queue: list[bytes | bytearray] | None = (
+            None  # the suffix and the client's later frames, waiting for window
+        )
+        self.rsent = 0  # Triton's DATA payload on the stream: the client's stream window
+        self.rleft = -1  # answer bytes still to forward; -1 until its prefix is read
+        self.rframes: list[bytearray] = []  # the answer's first frames, until its prefix is whole
+        self.gated = b""  # the answer's suffix frame while it waits for the client's window
+
+
+def _call(s: Stream) -> MuxCall:
+    assert isinstance(s.mux, MuxCall)
+    return s.mux
+
+
+class Conn(Protocol):
+    """What ``Flow`` needs of the client connection (``h2_front.H2Connection``)."""
+
+    up: FrameWriter
+    down: FrameWriter
+    streams: dict[int, Stream]
+
+
+class Flow:
+    """One client connection's slack in both directions, and the suffixes waiting for window."""
+
+    __slots__ = ("down_init", "down_slack", "gate", "reader", "up_init", "up_slack", "waiting")
+
+    def __init__(self) -> None:
+        self.up_slack = self.down_slack = 0  # Triton's / the client's connection window beyond the other's view
+        self.up_init = self.down_init = DEFAULT_WINDOW  # Triton's / the client's SETTINGS_INITIAL_WINDOW_SIZE
+        self.waiting: list[Stream] = []  # requests whose suffix waits for Triton's window
+        self.gate: Stream | None = None  # an answer whose suffix waits for the client's window (Triton's frames wait)
+        self.reader: TritonReader | None = None
+
+    # -- client -> Triton ----------------------------------------------------------------------------------------
+    def forward_up(self, c: Conn, s: Stream, held: list[bytes]) -> None:
+        """The held frames of a multiplexed call, forwarded: the prefix raised by the suffix's size, the suffix after
+        the message's last byte (END_STREAM moved onto it)."""
+        m = _call(s)
+        if m.queue is not None:
+            m.queue.extend(held)
+            return
+        frames: list[bytes | bytearray] = list(held)
+        if m.left < 0:
+            first = [bytearray(r) for r in held]
+            size = patch_prefix(first, len(m.up))
+            assert size is not None and size >= 0  # the front holds a message until its prefix is read and admitted
+            m.left, frames = 5 + size, list(first)
+        out: list[bytes | bytearray] = []
+        for k, raw in enumerate(frames):
+            m.sent += len(raw) - 9
+            out.append(raw)
+            if m.left > 0:
+                m.left -= _payload_len(raw)
+                if m.left == 0:  # the message's last byte: the suffix follows it
+                    flags = 0
+                    if raw[4] & END_STREAM:
+                        raw = bytearray(raw)
+                        raw[4] &= ~END_STREAM
+                        out[-1], flags = raw, END_STREAM
+                    suffix = frame(DATA, flags, s.sid, m.up)
+                    if self._fits_up(s, m):
+                        self._send_up(c, m, b"".join(out) + suffix)
+                        out = []
+                    else:
+                        c.up.fwd(b"".join(out))
+                        out, m.queue = [], [suffix, *frames[k + 1 :]]
+                        self.waiting.append(s)
+                        return
+        if out:
+            c.up.fwd(b"".join(out))
+
+    def _fits_up(self, s: Stream, m: MuxCall) -> bool:
+        k = len(m.up)
+        return self.up_slack >= k and self.up_init + s.wu - m.sent >= k
+
+    def _send_up(self, c: Conn, m: MuxCall, data: bytes) -> None:
+        self.up_slack -= len(m.up)
+        m.sent += len(m.up)
+        c.up.fwd(data)
+
+    def triton_wu(self, c: Conn, s: Stream | None, sid: int, raw: bytes) -> bytes:
+        """Triton's WINDOW_UPDATE as the client gets it (connection credit kept back up to SLACK); waiting
+        request suffixes go on when they fit."""
+        if len(raw) != 13:
+            return raw  # malformed: the client answers it as it would have
+        inc = int.from_bytes(raw[9:13], "big") & 0x7FFFFFFF
+        if s is not None:
+            s.wu += inc
+        elif not sid and self.up_slack < SLACK:
+            keep = min(inc, SLACK - self.up_slack)
+            self.up_slack += keep
+            inc -= keep
+            raw = window_update(0, inc) if inc else b""
+        if self.waiting:
+            self._retry_up(c)
+        return raw
+
+    def _retry_up(self, c: Conn) -> None:
+        still = []
+        for s in self.waiting:
+            m = _call(s)
+            if m.queue is None or s.done or c.streams.get(s.sid) is not s:
+                continue  # reset or refused: its suffix is dropped with it
+            if self._fits_up(s, m):
+                queue, m.queue = m.queue, None
+                self._send_up(c, m, b"".join(queue))
+            else:
+                still.append(s)
+        self.waiting = still
+
+    # -- Triton -> client ----------------------------------------------------------------------------------------
+    def forward_down(self, c: Conn, s: Stream, raw: bytes) -> bool:
+        """A DATA frame of Triton's answer to a multiplexed call, forwarded with the answer's suffix after its last
+        byte; True when that suffix must wait for the client's window (the caller stops forwarding Triton's frames)."""
+        m = _call(s)
+        m.rsent += len(raw) - 9
+        if not m.down:
+            c.down.fwd(raw)
+            return False
+        frames: list[bytes | bytearray] = [raw]
+        if m.rleft < 0:
+            m.rframes.append(bytearray(raw))
+            size = patch_prefix(m.rframes, len(m.down))
+            if size is None:
+                return False  # held until the prefix is whole
+            frames, m.rframes = list(m.rframes), []
+            if size < 0:  # a compressed answer is forwarded as it is
+                m.down = b""
+                c.down.fwd(b"".join(frames))
+                return False
+            m.rleft = 5 + size
+        m.rleft -= sum(_payload_len(r) for r in frames)
+        if m.rleft > 0:
+            c.down.fwd(b"".join(frames))
+            return False
+        last = bytearray(frames[-1])
+        flags = last[4] & END_STREAM
+        last[4] &= ~END_STREAM
+        frames[-1] = last
+        suffix = frame(DATA, flags, s.sid, m.down)
+        c.down.fwd(b"".join(frames))
+        if self._fits_down(s, m):
+            self._send_down(c, m, suffix)
+            return False
+        m.gated, self.gate = suffix, s
+        return True
+
+    def _fits_down(self, s: Stream, m: MuxCall) -> bool:
+        k = len(m.down)
+        return self.down_slack >= k and self.down_init + s.cwu - m.rsent >= k
+
+    def _send_down(self, c: Conn, m: MuxCall, suffix: bytes) -> None:
+        self.down_slack -= len(m.down)
+        m.rsent += len(m.down)
+        m.down = m.gated = b""
+        c.down.fwd(suffix)
+
+    def client_wu(self, c: Conn, s: Stream | None, sid: int, raw: bytes) -> bytes:
+        """The client's WINDOW_UPDATE as Triton gets it (connection credit kept back up to SLACK); a waiting answer
+        suffix goes on when it fits, and Triton's frames after it."""
+        if len(raw) != 13:
+            return raw
+        inc = int.from_bytes(raw[9:13], "big") & 0x7FFFFFFF
+        if s is not None:
+            s.cwu += inc
+        elif not sid and self.down_slack < SLACK:
+            keep = min(inc, SLACK - self.down_slack)
+            self.down_slack += keep
+            inc -= keep
+            raw = window_update(0, inc) if inc else b""
+        g = self.gate
+        if g is not None and self._fits_down(g, m := _call(g)):
+            self._send_down(c, m, m.gated)
+            self._ungate()
+        return raw
+
+    def holds(self, s: Stream) -> bool:
+        """Whether a multiplexed call's request is not yet whole at Triton (its suffix not sent): the client's
+        trailers then would end it too early."""
+        m = s.mux
+        return isinstance(m, MuxCall) and (m.left != 0 or m.queue is not None)
+
+    def release(self, s: Stream) -> None:
+        """The call was reset or refused: a suffix waiting for it is dropped (Triton's frames go on)."""
+        if self.gate is s:
+            self._ungate()
+
+    def _ungate(self) -> None:
+        self.gate = None
+        if self.reader is not None:
+            self.reader.resume()
