@@ -92,6 +92,7 @@ class GatewayCore(Admission):
         self.registry = registry_of(collector, models)
         self.upstream: UpstreamPool | None = None
         self._mux: Callable[[str], str | None] | None = getattr(models, "mux_route", None)
+        self.multiplexes = self._mux is not None  # some models may be served inside a host (toolkit.mme.mux)
 
     async def start(self) -> None:
         host, _, port = self.triton.http.rpartition(":")

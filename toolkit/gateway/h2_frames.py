@@ -34,6 +34,7 @@ SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZ
 DEFAULT_MAX_FRAME = 16384  # RFC 7540: what a peer may send until the other side's SETTINGS raise it
 MAX_HEADER_BLOCK = 64 * 1024  # a client header block (HEADERS + CONTINUATION) larger than this closes the connection
 FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0x6, 0xB
+MUX_SLACK = 16384  # connection credit kept back from each side for multiplexed calls' suffixes (h2_mux)
 MAX_HEAD = 64 * 1024  # bytes of a message read before its model name must be known (compressed: the whole message)
 _HEAD = struct.Struct(">I")
 
@@ -159,6 +160,8 @@ class Stream:
         "messages", "method", "mux", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size",
         "ticket", "timer", "unscanned", "wu", "zbuf",
     )  # fmt: skip
+    ticket: Ticket | None  # what admission holds for the call (slot, pin): released by end()
+    mux: object | None  # an h2_mux.MuxCall: a multiplexed model's call, retargeted at its host
 
     def __init__(self, sid: int, method: str, scanning: bool) -> None:
         self.sid, self.method = sid, method
@@ -169,18 +172,17 @@ class Stream:
         self.held: list[bytes] = []
         self.prefix = bytearray()  # the 5-byte gRPC message prefix being read
         self.scanner: NameScanner | None = None  # the current message's fields, while it lasts
-        self.size = self.remaining = 0  # the current message's size, and its bytes still to come
+        self.size = self.remaining = self.wu = self.cwu = 0  # the current message's size, its bytes still to come;
+        # stream WINDOW_UPDATE credit from Triton / the client (counted for h2_mux)
         self.compressed = False
         self.zbuf = bytearray()  # a compressed message is read whole (at most MAX_HEAD bytes)
         self.messages = 0
         self.unscanned = bytearray()
-        self.ticket: Ticket | None = None  # what admission holds for the call (slot, pin): released by end()
+        self.ticket = self.mux = None
         self.timer: asyncio.TimerHandle | None = None  # unary calls: the gateway's request timeout
         self.client_ended = self.headers_sent = False
         self.principal: Principal = ANONYMOUS
         self.encoding = "identity"
-        self.mux: object | None = None  # h2_mux.MuxCall: a multiplexed model's call: retargeted at its host (h2_mux)
-        self.wu = self.cwu = 0  # stream WINDOW_UPDATE credit from Triton / the client (counted for scanned calls)
 
 
 class FrameWriter:
@@ -235,10 +237,15 @@ class FrameWriter:
 class Rewrites(Protocol):
     """What ``TritonReader`` needs of the connection's multiplexed-call rewriting (``h2_mux.Flow``)."""
 
+    counting: bool
     up_init: int
+    up_slack: int
     gate: Stream | None
+    waiting: list[Stream]
 
-    def triton_wu(self, c: Forwarder, s: Stream | None, sid: int, raw: bytes) -> bytes: ...
+    def triton_wu(self, c: Forwarder, raw: bytes) -> bytes: ...
+
+    def retry_up(self, c: Forwarder) -> None: ...
 
     def forward_down(self, c: Forwarder, s: Stream, raw: bytes) -> bool: ...
 
@@ -289,6 +296,7 @@ class TritonReader(asyncio.Protocol):
         out = c.down
         buf = self.buf + data if self.buf else data
         n, i, start, in_block = len(buf), 0, 0, out.in_block
+        counting = c.flow.counting
         ended: list[int] = []
         answered: list[Stream] = []  # unary calls whose answer has begun: Triton's work for them is done
         while n - i >= 9:
@@ -302,13 +310,6 @@ class TritonReader(asyncio.Protocol):
                 start = end
                 if t == DATA and end - i > 9:
                     c.up.inject(window_update(0, end - i - 9))  # Triton's window back for what was dropped
-            elif t == DATA and s is not None and s.mux is not None:  # a multiplexed call's answer (h2_mux)
-                out.fwd(buf[start:i])
-                start = end
-                if flags & END_STREAM:
-                    ended.append(sid)
-                if c.flow.forward_down(c, s, buf[i:end]):
-                    n = end  # its suffix waits for the client's window: the rest of Triton's frames with it
             elif t in (DATA, HEADERS):
                 if flags & END_STREAM:
                     ended.append(sid)
@@ -318,14 +319,26 @@ class TritonReader(asyncio.Protocol):
                         s.headers_sent = True
                         if s.ticket is not None and s.method == "ModelInfer":
                             answered.append(s)
+                elif s is not None and s.mux is not None:  # a multiplexed call's answer (h2_mux)
+                    out.fwd(buf[start:i])
+                    start = end
+                    if c.flow.forward_down(c, s, buf[i:end]):
+                        n = end  # its suffix waits for the client's window: the rest of Triton's frames with it
             elif t == CONTINUATION:
                 in_block = not flags & END_HEADERS
             elif t == RST_STREAM:
                 ended.append(sid)
-            elif t == WINDOW_UPDATE and (not sid or (s is not None and s.scanning)):  # counted (h2_mux)
-                out.fwd(buf[start:i])
-                start = end
-                out.fwd(c.flow.triton_wu(c, s, sid, buf[i:end]))
+            elif counting and t == WINDOW_UPDATE:  # for multiplexed calls (h2_mux): cheap while nothing is short
+                fl = c.flow
+                if s is not None:
+                    if end - i == 13:
+                        s.wu += int.from_bytes(buf[i + 9 : end], "big") & 0x7FFFFFFF
+                        if fl.waiting:
+                            fl.retry_up(c)
+                elif not sid and (fl.up_slack < MUX_SLACK or fl.waiting):
+                    out.fwd(buf[start:i])
+                    start = end
+                    out.fwd(fl.triton_wu(c, buf[i:end]))
             elif t == SETTINGS and not flags & ACK:
                 size = settings_value(buf[i + 9 : end], SETTINGS_HEADER_TABLE_SIZE)
                 if size is not None:

@@ -84,7 +84,7 @@ class H2Connection(asyncio.Protocol):
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.max_frame = f.DEFAULT_MAX_FRAME  # raised only by Triton's SETTINGS (TritonReader)
-        self.flow = Flow()  # multiplexed calls: windows and waiting suffixes (h2_mux)
+        self.flow = Flow(self.core.multiplexes)  # multiplexed calls: windows and waiting suffixes (h2_mux)
         self.peer = ""
         self.last_active = self.opened = asyncio.get_running_loop().time()
 
@@ -192,7 +192,7 @@ class H2Connection(asyncio.Protocol):
             self.up.fwd(buf[:24])
             buf = buf[24:]
         n, i, start = len(buf), 0, 0
-        streams, up = self.streams, self.up
+        streams, up, counting = self.streams, self.up, self.flow.counting
         try:
             while n - i >= 9:
                 length = int.from_bytes(buf[i : i + 3], "big")
@@ -212,13 +212,20 @@ class H2Connection(asyncio.Protocol):
                     up.fwd(buf[start:end] if self.dead is None else buf[start:i])
                     start = end
                     self._control(buf[i:end])
-                elif t == f.WINDOW_UPDATE:  # counted for multiplexed calls (h2_mux)
-                    sid = int.from_bytes(buf[i + 5 : i + 9], "big") & 0x7FFFFFFF
-                    s = streams.get(sid) if sid else None
-                    if not sid or (s is not None and s.scanning):
+                elif counting and t == f.WINDOW_UPDATE:  # for multiplexed calls (h2_mux)
+                    fl, sid = self.flow, int.from_bytes(buf[i + 5 : i + 9], "big") & 0x7FFFFFFF
+                    if sid:
+                        s = streams.get(sid)
+                        if s is not None and length == 4:
+                            s.cwu += int.from_bytes(buf[i + 9 : end], "big") & 0x7FFFFFFF
+                            if fl.gate is not None:
+                                up.fwd(buf[start:end])
+                                start = end
+                                fl.retry_gate(self)
+                    elif fl.down_slack < f.MUX_SLACK or fl.gate is not None:
                         up.fwd(buf[start:i])
                         start = end
-                        up.fwd(self.flow.client_wu(self, s, sid, buf[i:end]))
+                        up.fwd(fl.client_wu(self, buf[i:end]))
                 i = end
         except (hpack.HPACKError, ValueError) as exc:  # the shared HPACK table can no longer be trusted
             log.warning("gRPC client broke HTTP/2 framing or HPACK: %s", exc)
@@ -389,10 +396,8 @@ class H2Connection(asyncio.Protocol):
         except Exception as exc:
             self.refuse(s, to_gateway_error(exc))
             return
-        cur = s.scanner  # a message's prefix is held until whole (a multiplexed call's size changes: h2_mux)
-        if s.held and (
-            (cur is None and not s.prefix) or (cur is not None and cur.model is not None and not s.compressed)
-        ):
+        # (a message's prefix is held until whole: a multiplexed call's size changes, h2_mux)
+        if s.held and (s.scanner is None or (s.scanner.model is not None and not s.compressed)) and not s.prefix:
             held, s.held = s.held, []
             if s.mux is None:
                 self.up.fwd(b"".join(held))

@@ -25,12 +25,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from toolkit.gateway.h2_frames import DATA, END_STREAM, PADDED, FrameWriter, Stream, frame, window_update
+from toolkit.gateway.h2_frames import MUX_SLACK as SLACK
 from toolkit.gateway.mux_rewrite import MUX_PARAM
 
 if TYPE_CHECKING:
     from toolkit.gateway.h2_frames import TritonReader
 
-SLACK = 16384  # connection credit kept back from each side (a suffix is at most ~2.1 KB: names are <= 1 KiB)
 DEFAULT_WINDOW = 65535  # RFC 7540: a window before SETTINGS or WINDOW_UPDATE change it
 _NAMED = ("ModelInfer", "ModelMetadata")  # answers whose field 1 is the model's name
 
@@ -99,13 +99,23 @@ class MuxCall:
         self.down = response_suffix(method, model)  # b"" once sent (or when there is none)
         self.sent = 0  # DATA payload (padding included) forwarded to Triton on the stream: its stream window
         self.left = -1  # request bytes (prefix included) still to forward; -1 until the prefix is read
-        self.queue: list[bytes | bytearray] | None = (
-            None  # the suffix and the client's later frames, waiting for window
-        )
+        self.queue: list[bytes | bytearray] | None = None  # the suffix and frames after it, waiting for window
         self.rsent = 0  # Triton's DATA payload on the stream: the client's stream window
         self.rleft = -1  # answer bytes still to forward; -1 until its prefix is read
         self.rframes: list[bytearray] = []  # the answer's first frames, until its prefix is whole
         self.gated = b""  # the answer's suffix frame while it waits for the client's window
+
+
+def _keep_back(flow: Flow, slack: str, raw: bytes) -> bytes:
+    """A connection WINDOW_UPDATE less the credit that tops ``flow``'s slack up to SLACK (dropped when nothing is
+    left: an increment of 0 is a protocol error)."""
+    have = getattr(flow, slack)
+    if len(raw) != 13 or have >= SLACK:
+        return raw  # (malformed: the peer answers it as it would have)
+    inc = int.from_bytes(raw[9:13], "big") & 0x7FFFFFFF
+    keep = min(inc, SLACK - have)
+    setattr(flow, slack, have + keep)
+    return window_update(0, inc - keep) if inc > keep else b""
 
 
 def _call(s: Stream) -> MuxCall:
@@ -124,10 +134,14 @@ class Conn(Protocol):
 class Flow:
     """One client connection's slack in both directions, and the suffixes waiting for window."""
 
-    __slots__ = ("down_init", "down_slack", "gate", "reader", "up_init", "up_slack", "waiting")
+    __slots__ = ("counting", "down_init", "down_slack", "gate", "reader", "up_init", "up_slack", "waiting")
 
-    def __init__(self) -> None:
-        self.up_slack = self.down_slack = 0  # Triton's / the client's connection window beyond the other's view
+    def __init__(self, counting: bool = True) -> None:
+        """``counting``: the gateway serves multiplexed models. Without, nothing is counted or kept back (the
+        slack reads full), so the forwarding path pays nothing for this."""
+        self.counting = counting
+        # Triton's / the client's connection window beyond the other's view
+        self.up_slack = self.down_slack = 0 if counting else SLACK
         self.up_init = self.down_init = DEFAULT_WINDOW  # Triton's / the client's SETTINGS_INITIAL_WINDOW_SIZE
         self.waiting: list[Stream] = []  # requests whose suffix waits for Triton's window
         self.gate: Stream | None = None  # an answer whose suffix waits for the client's window (Triton's frames wait)
@@ -180,24 +194,15 @@ class Flow:
         m.sent += len(m.up)
         c.up.fwd(data)
 
-    def triton_wu(self, c: Conn, s: Stream | None, sid: int, raw: bytes) -> bytes:
-        """Triton's WINDOW_UPDATE as the client gets it (connection credit kept back up to SLACK); waiting
-        request suffixes go on when they fit."""
-        if len(raw) != 13:
-            return raw  # malformed: the client answers it as it would have
-        inc = int.from_bytes(raw[9:13], "big") & 0x7FFFFFFF
-        if s is not None:
-            s.wu += inc
-        elif not sid and self.up_slack < SLACK:
-            keep = min(inc, SLACK - self.up_slack)
-            self.up_slack += keep
-            inc -= keep
-            raw = window_update(0, inc) if inc else b""
-        if self.waiting:
-            self._retry_up(c)
+    def triton_wu(self, c: Conn, raw: bytes) -> bytes:
+        """Triton's connection WINDOW_UPDATE as the client gets it (credit kept back until the slack is SLACK);
+        waiting request suffixes go on when they fit. (Stream updates pass unchanged, counted in ``Stream.wu``.)"""
+        raw = _keep_back(self, "up_slack", raw)
+        self.retry_up(c)
         return raw
 
-    def _retry_up(self, c: Conn) -> None:
+    def retry_up(self, c: Conn) -> None:
+        """Request suffixes waiting for Triton's window go when they fit."""
         still = []
         for s in self.waiting:
             m = _call(s)
@@ -257,24 +262,19 @@ class Flow:
         m.down = m.gated = b""
         c.down.fwd(suffix)
 
-    def client_wu(self, c: Conn, s: Stream | None, sid: int, raw: bytes) -> bytes:
-        """The client's WINDOW_UPDATE as Triton gets it (connection credit kept back up to SLACK); a waiting answer
-        suffix goes on when it fits, and Triton's frames after it."""
-        if len(raw) != 13:
-            return raw
-        inc = int.from_bytes(raw[9:13], "big") & 0x7FFFFFFF
-        if s is not None:
-            s.cwu += inc
-        elif not sid and self.down_slack < SLACK:
-            keep = min(inc, SLACK - self.down_slack)
-            self.down_slack += keep
-            inc -= keep
-            raw = window_update(0, inc) if inc else b""
+    def client_wu(self, c: Conn, raw: bytes) -> bytes:
+        """The client's connection WINDOW_UPDATE as Triton gets it (credit kept back until the slack is SLACK); a
+        waiting answer suffix goes on when it fits. (Stream updates pass unchanged, counted in ``Stream.cwu``.)"""
+        raw = _keep_back(self, "down_slack", raw)
+        self.retry_gate(c)
+        return raw
+
+    def retry_gate(self, c: Conn) -> None:
+        """An answer's suffix waiting for the client's window goes when it fits, and Triton's frames after it."""
         g = self.gate
         if g is not None and self._fits_down(g, m := _call(g)):
             self._send_down(c, m, m.gated)
             self._ungate()
-        return raw
 
     def holds(self, s: Stream) -> bool:
         """Whether a multiplexed call's request is not yet whole at Triton (its suffix not sent): the client's
