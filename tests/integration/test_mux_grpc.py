@@ -258,6 +258,10 @@ def test_stream_infer_is_refused_in_one_line_and_hostile_bytes_leave_it_serving(
         g.stop_stream()
     assert errors and errors[0] is not None
     assert "multiplexed" in str(errors[0]) and "ModelStreamInfer" in str(errors[0]) and "\n" not in str(errors[0])
+    z = np.tile(x[:1], (32, 1))  # (grpc sends a message that does not shrink uncompressed)
+    with _grpc(served) as g, pytest.raises(InferenceServerException) as zerr:  # the suffix is for plain bytes
+        g.infer("housing_Chicago_IL", [_ginput(z)], headers=ALICE, compression_algorithm="gzip")
+    assert "UNIMPLEMENTED" in str(zerr.value.status()) and "uncompressed" in str(zerr.value)
     req = _request("housing_Chicago_IL", x).SerializeToString()
     hostile = [
         req + b"\x0a\x12housing_Houston_TX",  # a second model name
