@@ -234,3 +234,66 @@ def test_an_answers_suffix_waits_for_the_clients_windows_and_a_reset_lets_triton
     assert flow2.forward_down(c2, s2, f.frame(f.DATA, 0, 1, b"\0" + len(body).to_bytes(4, "big") + body))
     flow2.release(s2)
     assert flow2.gate is None
+
+
+def _sent(w: f.FrameWriter) -> int:
+    """DATA payload bytes written (and forgets them)."""
+    n = sum(len(p) for t, _, _, p in Conn.frames(w) if t == f.DATA)
+    w.pending.clear()
+    return n
+
+
+@fuzz
+@given(data=st.data())
+def test_no_side_ever_believes_in_more_connection_window_than_the_other_grants(data: st.DataObject) -> None:
+    """Random interleavings of plain and multiplexed calls and both peers' WINDOW_UPDATEs, through the Flow calls the
+    readers make: the sender's view of each connection window is never above the receiver's, and every suffix goes
+    once enough credit came."""
+    c, flow = Conn(), Flow()
+    flow.up_init = flow.down_init = 1 << 30  # stream windows are not what this is about
+    up_true = up_view = down_true = down_view = 65535  # (Triton's window, the client's view; and the reverse)
+    sid, answers = 1, []
+    for _ in range(data.draw(st.integers(1, 40))):
+        action = data.draw(st.sampled_from(["plain", "mux", "triton_wu", "client_wu", "answer"]))
+        if action in ("plain", "mux") and up_view > 0:
+            size = data.draw(st.integers(0, min(up_view, 3000) - 5)) if up_view > 5 else -1
+            if size < 0:
+                continue
+            msg = b"\0" + size.to_bytes(4, "big") + bytes(size)
+            up_view -= len(msg)
+            if action == "plain":
+                up_true -= len(msg)
+            else:
+                s = c.streams[sid] = f.Stream(sid, "ModelInfer", True)
+                s.mux = MuxCall("ModelInfer", HOST, "m" * data.draw(st.integers(1, 128)))
+                flow.forward_up(c, s, [f.frame(f.DATA, f.END_STREAM, sid, msg)])
+                up_true -= _sent(c.up)
+                answers.append(s)
+                sid += 2
+        elif action == "triton_wu":
+            inc = data.draw(st.integers(1, 20000))
+            up_true += inc
+            raw = f.window_update(0, inc)
+            if flow.up_slack < SLACK or flow.waiting:  # as TritonReader does
+                raw = flow.triton_wu(c, raw)
+            up_view += int.from_bytes(raw[9:13], "big") if raw else 0
+            up_true -= _sent(c.up)
+        elif action == "client_wu":
+            inc = data.draw(st.integers(1, 20000))
+            down_true += inc
+            raw = f.window_update(0, inc)
+            if flow.down_slack < SLACK or flow.gate is not None:  # as H2Connection does
+                raw = flow.client_wu(c, raw)
+            down_view += int.from_bytes(raw[9:13], "big") if raw else 0
+            down_true -= _sent(c.down)
+        elif action == "answer" and answers and flow.gate is None and down_view > 5:
+            s = answers.pop(0)
+            body = pb.ModelInferResponse(model_name=HOST).SerializeToString()[: max(0, down_view - 5)]
+            msg = b"\0" + len(body).to_bytes(4, "big") + body
+            down_view -= len(msg)
+            flow.forward_down(c, s, f.frame(f.DATA, 0, s.sid, msg))
+            down_true -= _sent(c.down)
+        assert 0 <= up_view <= up_true and 0 <= down_view <= down_true, (up_view, up_true, down_view, down_true)
+    flow.triton_wu(c, f.window_update(0, 1 << 20))
+    flow.client_wu(c, f.window_update(0, 1 << 20))
+    assert not flow.waiting and flow.gate is None
