@@ -310,7 +310,7 @@ class _Raw:
 
         data, deadline = b"", time.monotonic() + seconds
         headers: dict[str, str] = {}
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(data) < want:
             while len(self.buf) >= 9 and len(self.buf) >= 9 + int.from_bytes(self.buf[:3], "big"):
                 n = int.from_bytes(self.buf[:3], "big")
                 t, flags, fsid, payload = (
@@ -342,35 +342,38 @@ class _Raw:
         return data, headers, False
 
 
-def test_an_answers_suffix_waits_for_the_clients_window_then_triton_goes_on(served: Serving) -> None:
-    """A client that opens 10 bytes of stream window: the host's answer comes in pieces as it grants more; the
-    model's name, appended, waits (with Triton's trailers behind it) until the client grants those bytes too."""
+def test_an_answers_suffix_waits_for_the_clients_credit_then_triton_goes_on(served: Serving) -> None:
+    """A client that grants no connection credit beyond the initial 64 KiB: the host's answer comes, the model's name
+    appended to it waits (with Triton's trailers behind it) until the client's WINDOW_UPDATE pays for it. A client
+    whose stream windows are under 2 KiB is refused such a call (the gateway keeps 2 KiB of each off Triton's view,
+    for the suffix)."""
     assert served.grpc is not None
     model = "housing_LosAngeles_CA"
     x = generate("LosAngeles_CA", 2, seed=8)[0]
-    raw = _Raw(served.grpc, 10)
-    raw.sock.sendall(_frame(8, 0, 0, (1 << 20).to_bytes(4, "big")))  # connection window: plenty
+    want = expected_prices("LosAngeles_CA", x)
+    tiny = _Raw(served.grpc, 40)  # 20 kept off: less than the 23-byte suffix
+    tiny.call(1, _request(model, x).SerializeToString())
+    data, headers, ended = tiny.read(1, 10)
+    assert ended and data == b"" and headers.get("grpc-status") == "3" and "2 KiB" in headers["grpc-message"]
+    tiny.sock.close()
+    raw = _Raw(served.grpc, 1 << 20)
     raw.call(1, _request(model, x).SerializeToString())
-    data, _, ended = raw.read(1, 10, want=10)
-    assert len(data) == 10 and not ended
+    data, _, ended = raw.read(1, 10, want=5)
     size = int.from_bytes(data[1:5], "big")
     k = 2 + len(model)  # the suffix: field 1 = the model's name
-    raw.sock.sendall(_frame(8, 0, 1, (size + 5 - 10 - k).to_bytes(4, "big")))  # all but the suffix
-    more, _, ended = raw.read(1, 10, want=size - 5 - k)
+    more, _, ended = raw.read(1, 10, want=size + 5 - k - len(data))
     data += more
     assert len(data) == size + 5 - k and not ended
     more, headers, ended = raw.read(1, 0.5)
     assert more == b"" and not ended and "grpc-status" not in headers  # the suffix waits, Triton's trailers too
-    raw.sock.sendall(_frame(8, 0, 1, k.to_bytes(4, "big")))
+    raw.sock.sendall(_frame(8, 0, 0, (1 << 20).to_bytes(4, "big")))  # connection credit
     more, headers, ended = raw.read(1, 10)
     data += more
     assert ended and headers.get("grpc-status") == "0", headers
     out = pb.ModelInferResponse.FromString(data[5:])
     assert len(data) == size + 5 and out.model_name == model
-    want = expected_prices("LosAngeles_CA", x)
     assert np.allclose(np.frombuffer(out.raw_output_contents[0], np.float32), want, rtol=1e-4)
     raw.call(3, _request(model, x).SerializeToString())  # the connection goes on
-    raw.sock.sendall(_frame(8, 0, 3, (1 << 16).to_bytes(4, "big")))
     data, headers, ended = raw.read(3, 10)
     assert ended and pb.ModelInferResponse.FromString(data[5:]).model_name == model
     raw.sock.close()

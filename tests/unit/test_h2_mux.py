@@ -17,7 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as pb
 
 from toolkit.gateway import h2_frames as f
-from toolkit.gateway.h2_mux import SLACK, Flow, MuxCall, request_suffix, response_suffix
+from toolkit.gateway.h2_mux import RESERVE, SLACK, Flow, MuxCall, request_suffix, response_suffix
 from toolkit.gateway.mux_rewrite import MUX_PARAM
 from toolkit.gateway.protowire import ProtoError, model_of
 
@@ -149,7 +149,7 @@ def test_triton_reads_the_host_and_the_admitted_model_whatever_the_client_sent(d
     first = data.draw(st.integers(1, len(frames)))
     assume(sum(len(f.data_payload(fr[4], fr[9:])) for fr in frames[:first]) >= 5)
     c, flow = Conn(), Flow()
-    flow.up_slack, flow.up_init = SLACK, 1 << 20
+    flow.up_slack, flow.up_init, flow.reserve = SLACK, 1 << 20, RESERVE
     _forward(flow, c, _stream(c, "ModelInfer", model), frames, first)
     got = pb.ModelInferRequest.FromString(_message(Conn.frames(c.up)))
     assert got.model_name == HOST and got.model_version == ""
@@ -172,7 +172,7 @@ def test_answers_read_the_models_name_and_nothing_else_changes(data: st.DataObje
     ]
     for method, answer in answers:
         c, flow = Conn(), Flow()
-        flow.down_slack, flow.down_init = SLACK, 1 << 20
+        flow.down_slack = SLACK
         s = _stream(c, method, model)
         frames = data.draw(framing(answer.SerializeToString()))
         assert not any(flow.forward_down(c, s, fr) for fr in frames)
@@ -195,7 +195,7 @@ def test_a_request_suffix_waits_for_tritons_windows() -> None:
     k = len(request_suffix("ModelInfer", HOST, model))
     c, flow = Conn(), Flow()
     s = _stream(c, "ModelInfer", model)
-    flow.up_init = len(body) + 5 + k - 3
+    flow.up_init, flow.reserve = len(body) + 5 + k - 3, RESERVE
     msg = b"\0" + len(body).to_bytes(4, "big") + body
     flow.forward_up(c, s, [f.frame(f.DATA, 0, 1, msg)])
     flow.forward_up(c, s, [f.frame(f.DATA, f.END_STREAM, 1, b"")])
@@ -215,25 +215,53 @@ def test_a_request_suffix_waits_for_tritons_windows() -> None:
     assert flow.triton_wu(c, f.window_update(0, k)) == b""  # the slack refills first
 
 
-def test_an_answers_suffix_waits_for_the_clients_windows_and_a_reset_lets_triton_go_on() -> None:
+def test_an_answers_suffix_waits_for_the_clients_credit_and_a_reset_lets_triton_go_on() -> None:
     c, flow = Conn(), Flow()
     s = _stream(c, "ModelInfer", "m")
     body = pb.ModelInferResponse(model_name=HOST).SerializeToString()
-    flow.down_init = len(body) + 5  # exactly the answer: not its suffix
-    assert flow.forward_down(c, s, f.frame(f.DATA, 0, 1, b"\0" + len(body).to_bytes(4, "big") + body))
+    answer = f.frame(f.DATA, 0, 1, b"\0" + len(body).to_bytes(4, "big") + body)
+    assert flow.forward_down(c, s, answer)  # no slack yet
     assert flow.gate is s and len(Conn.frames(c.down)) == 1
-    flow.client_wu(c, f.window_update(0, SLACK))
-    assert flow.gate is s  # slack, but not the stream's window
-    s.cwu += 3  # counted by H2Connection, which retries
-    flow.retry_gate(c)
-    assert flow.gate is None and len(Conn.frames(c.down)) == 2
+    assert flow.client_wu(c, f.window_update(0, 2)) == b""  # kept back: not enough yet
+    assert flow.gate is s
+    assert flow.client_wu(c, f.window_update(0, SLACK)) == f.window_update(0, 2)
+    assert flow.gate is None and flow.down_slack == SLACK - 3
     assert pb.ModelInferResponse.FromString(_message(Conn.frames(c.down), ended=False)).model_name == "m"
     assert Conn.frames(c.down)[1][3] == response_suffix("ModelInfer", "m")
     c2, flow2 = Conn(), Flow()
     s2 = _stream(c2, "ModelInfer", "m")
-    assert flow2.forward_down(c2, s2, f.frame(f.DATA, 0, 1, b"\0" + len(body).to_bytes(4, "big") + body))
+    assert flow2.forward_down(c2, s2, answer)
     flow2.release(s2)
     assert flow2.gate is None
+
+
+@given(
+    first=st.booleans(),
+    pairs=st.lists(st.tuples(st.sampled_from([1, 3, 4, 4, 5, 6, 9]), st.integers(0, (1 << 31) - 1)), max_size=5),
+)
+def test_client_settings_reach_triton_with_every_stream_window_less_the_reserve(
+    first: bool, pairs: list[tuple[int, int]]
+) -> None:
+    """Triton's view of the client's stream windows is the client's less ``flow.reserve`` (>= a suffix, or the call
+    is refused), whatever the SETTINGS; everything else in them unchanged."""
+    flow = Flow()
+    flow.settings = not first
+    payload = b"".join(k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in pairs)
+    out = flow.client_settings(f.frame(f.SETTINGS, 0, 0, payload))
+    assert out[3] == f.SETTINGS and out[4] == 0 and int.from_bytes(out[:3], "big") == len(out) - 9
+    got = f.settings_value(out[9:], f.SETTINGS_INITIAL_WINDOW_SIZE)
+    sent = f.settings_value(payload, f.SETTINGS_INITIAL_WINDOW_SIZE)
+    if sent is None and first:
+        sent = 65535
+    assert got == (None if sent is None else sent - flow.reserve)
+    if sent is not None:
+        assert flow.reserve == min(RESERVE, sent // 2)
+    for ident in (1, 3, 5, 6, 9):
+        assert f.settings_value(out[9:], ident) == f.settings_value(payload, ident)
+    m = MuxCall("ModelInfer", HOST, "x" * 128)
+    s = f.Stream(1, "ModelInfer", True)
+    s.mux = m
+    assert flow.forward_up(Conn(), s, [f.frame(f.DATA, 0, 1, b"\0\0\0\0\0")]) == (len(m.down) <= flow.reserve)
 
 
 def _sent(w: f.FrameWriter) -> int:
@@ -243,6 +271,15 @@ def _sent(w: f.FrameWriter) -> int:
     return n
 
 
+def _plenty(flow: Flow, c: Conn) -> None:
+    """Both peers grant plenty, as the readers pass it on (to Flow only while a side is short)."""
+    for _ in range(2):
+        if flow.short_up:
+            flow.triton_wu(c, f.window_update(0, 1 << 20))
+        if flow.short_down:
+            flow.client_wu(c, f.window_update(0, 1 << 20))
+
+
 @fuzz
 @given(data=st.data())
 def test_no_side_ever_believes_in_more_connection_window_than_the_other_grants(data: st.DataObject) -> None:
@@ -250,7 +287,7 @@ def test_no_side_ever_believes_in_more_connection_window_than_the_other_grants(d
     readers make: the sender's view of each connection window is never above the receiver's, and every suffix goes
     once enough credit came."""
     c, flow = Conn(), Flow()
-    flow.up_init = flow.down_init = 1 << 30  # stream windows are not what this is about
+    flow.up_init, flow.reserve = 1 << 30, RESERVE  # stream windows are not what this is about
     up_true = up_view = down_true = down_view = 65535  # (Triton's window, the client's view; and the reverse)
     sid, answers = 1, []
     for _ in range(data.draw(st.integers(1, 40))):
@@ -274,7 +311,7 @@ def test_no_side_ever_believes_in_more_connection_window_than_the_other_grants(d
             inc = data.draw(st.integers(1, 20000))
             up_true += inc
             raw = f.window_update(0, inc)
-            if flow.up_slack < SLACK or flow.waiting:  # as TritonReader does
+            if flow.short_up:  # as TritonReader does
                 raw = flow.triton_wu(c, raw)
             up_view += int.from_bytes(raw[9:13], "big") if raw else 0
             up_true -= _sent(c.up)
@@ -282,7 +319,7 @@ def test_no_side_ever_believes_in_more_connection_window_than_the_other_grants(d
             inc = data.draw(st.integers(1, 20000))
             down_true += inc
             raw = f.window_update(0, inc)
-            if flow.down_slack < SLACK or flow.gate is not None:  # as H2Connection does
+            if flow.short_down:  # as H2Connection does
                 raw = flow.client_wu(c, raw)
             down_view += int.from_bytes(raw[9:13], "big") if raw else 0
             down_true -= _sent(c.down)
@@ -294,6 +331,6 @@ def test_no_side_ever_believes_in_more_connection_window_than_the_other_grants(d
             flow.forward_down(c, s, f.frame(f.DATA, 0, s.sid, msg))
             down_true -= _sent(c.down)
         assert 0 <= up_view <= up_true and 0 <= down_view <= down_true, (up_view, up_true, down_view, down_true)
-    flow.triton_wu(c, f.window_update(0, 1 << 20))
-    flow.client_wu(c, f.window_update(0, 1 << 20))
-    assert not flow.waiting and flow.gate is None
+    _plenty(flow, c)
+    assert not flow.waiting and flow.gate is None and flow.up_slack == flow.down_slack == SLACK
+    assert not flow.short_up and not flow.short_down

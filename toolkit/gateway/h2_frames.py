@@ -156,7 +156,7 @@ class Stream:
     """One call's state in the front: what is held, where its messages are, the pins it holds."""
 
     __slots__ = (
-        "check", "checking", "client_ended", "compressed", "cwu", "done", "encoding", "headers_sent", "held",
+        "check", "checking", "client_ended", "compressed", "done", "encoding", "headers_sent", "held",
         "messages", "method", "mux", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size",
         "ticket", "timer", "unscanned", "wu", "zbuf",
     )  # fmt: skip
@@ -172,8 +172,8 @@ class Stream:
         self.held: list[bytes] = []
         self.prefix = bytearray()  # the 5-byte gRPC message prefix being read
         self.scanner: NameScanner | None = None  # the current message's fields, while it lasts
-        self.size = self.remaining = self.wu = self.cwu = 0  # the current message's size, its bytes still to come;
-        # stream WINDOW_UPDATE credit from Triton / the client (counted for h2_mux)
+        self.size = self.remaining = self.wu = 0  # the current message's size, its bytes still to come;
+        # Triton's stream WINDOW_UPDATE credit (counted for h2_mux)
         self.compressed = False
         self.zbuf = bytearray()  # a compressed message is read whole (at most MAX_HEAD bytes)
         self.messages = 0
@@ -238,8 +238,8 @@ class Rewrites(Protocol):
     """What ``TritonReader`` needs of the connection's multiplexed-call rewriting (``h2_mux.Flow``)."""
 
     counting: bool
+    short_up: bool
     up_init: int
-    up_slack: int
     gate: Stream | None
     waiting: list[Stream]
 
@@ -335,7 +335,7 @@ class TritonReader(asyncio.Protocol):
                         s.wu += int.from_bytes(buf[i + 9 : end], "big") & 0x7FFFFFFF
                         if fl.waiting:
                             fl.retry_up(c)
-                elif not sid and (fl.up_slack < MUX_SLACK or fl.waiting):
+                elif fl.short_up and not sid:
                     out.fwd(buf[start:i])
                     start = end
                     out.fwd(fl.triton_wu(c, buf[i:end]))

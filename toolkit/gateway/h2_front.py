@@ -192,7 +192,8 @@ class H2Connection(asyncio.Protocol):
             self.up.fwd(buf[:24])
             buf = buf[24:]
         n, i, start = len(buf), 0, 0
-        streams, up, counting = self.streams, self.up, self.flow.counting
+        streams, up, flow = self.streams, self.up, self.flow
+        counting = flow.counting
         try:
             while n - i >= 9:
                 length = int.from_bytes(buf[i : i + 3], "big")
@@ -209,23 +210,17 @@ class H2Connection(asyncio.Protocol):
                         start = end
                         self._data(s, buf[i:end])
                 elif t in (f.HEADERS, f.CONTINUATION, f.RST_STREAM, f.SETTINGS) or self.dead is not None:
-                    up.fwd(buf[start:end] if self.dead is None else buf[start:i])
+                    if counting and t == f.SETTINGS and not buf[i + 4] & f.ACK and self.dead is None:
+                        up.fwd(buf[start:i])  # stream windows less a reserve (h2_mux)
+                        up.fwd(flow.client_settings(buf[i:end]))
+                    else:
+                        up.fwd(buf[start:end] if self.dead is None else buf[start:i])
                     start = end
                     self._control(buf[i:end])
-                elif counting and t == f.WINDOW_UPDATE:  # for multiplexed calls (h2_mux)
-                    fl, sid = self.flow, int.from_bytes(buf[i + 5 : i + 9], "big") & 0x7FFFFFFF
-                    if sid:
-                        s = streams.get(sid)
-                        if s is not None and length == 4:
-                            s.cwu += int.from_bytes(buf[i + 9 : end], "big") & 0x7FFFFFFF
-                            if fl.gate is not None:
-                                up.fwd(buf[start:end])
-                                start = end
-                                fl.retry_gate(self)
-                    elif fl.down_slack < f.MUX_SLACK or fl.gate is not None:
-                        up.fwd(buf[start:i])
-                        start = end
-                        up.fwd(fl.client_wu(self, buf[i:end]))
+                elif counting and flow.short_down and t == f.WINDOW_UPDATE and buf[i + 5 : i + 9] == b"\0\0\0\0":
+                    up.fwd(buf[start:i])  # a connection update while h2_mux needs the client's credit
+                    start = end
+                    up.fwd(flow.client_wu(self, buf[i:end]))
                 i = end
         except (hpack.HPACKError, ValueError) as exc:  # the shared HPACK table can no longer be trusted
             log.warning("gRPC client broke HTTP/2 framing or HPACK: %s", exc)
@@ -240,9 +235,6 @@ class H2Connection(asyncio.Protocol):
         t, flags, sid = raw[3], raw[4], int.from_bytes(raw[5:9], "big") & 0x7FFFFFFF
         if t == f.SETTINGS and not flags & f.ACK:
             self.settings_seen += 1
-            window = f.settings_value(raw[9:], f.SETTINGS_INITIAL_WINDOW_SIZE)
-            if window is not None:
-                self.flow.down_init = window
         if self.dead is not None and t in (f.SETTINGS, f.PING) and not flags & f.ACK:
             self.down.inject(f.frame(t, f.ACK, 0, raw[9:] if t == f.PING else b""))  # keep the client talking
             return
@@ -401,8 +393,10 @@ class H2Connection(asyncio.Protocol):
             held, s.held = s.held, []
             if s.mux is None:
                 self.up.fwd(b"".join(held))
-            else:  # retargeted at its host (h2_mux)
-                self.flow.forward_up(self, s, held)
+            elif not self.flow.forward_up(self, s, held):  # retargeted at its host (h2_mux), or:
+                s.held = held
+                self.refuse(s, ValidationError("a multiplexed model's answer needs stream windows of 2 KiB or more"))
+                return
             if s.messages and s.method != STREAM:
                 self._arm(s)
 

@@ -13,18 +13,30 @@ in place (held until it is whole); nothing else of either side's frames is re-en
 Flow control stays exact: the bytes the gateway adds consume the receiver's windows, which the sender does not know
 of. So they are paid from *slack*: connection credit the receiver granted that the gateway did not pass on (at most
 ``SLACK`` bytes are kept back from each side's connection WINDOW_UPDATEs; Triton and grpc's clients send one with
-nearly every write, so it refills at once). The sender's view of a window is never above the receiver's. A stream
-needs no slack (the suffix is the last thing sent on it), only the receiver's stream window, counted from SETTINGS
-and the stream's updates. Where either is short, the suffix waits: a request's on its stream (the client's next
-frames on it queue behind it), an answer's with Triton's whole frame stream (header blocks must keep their order for
-the client's HPACK decoder) until the client's next WINDOW_UPDATE.
+nearly every write, so it refills at once). The sender's view of a window is never above the receiver's. On a stream
+the suffix is the last thing sent: a request's needs Triton's stream window (counted from its SETTINGS and the
+stream's updates, which Triton sends only for big requests); an answer's is always there, because the client's
+SETTINGS_INITIAL_WINDOW_SIZE reaches Triton less a ``RESERVE`` (so the forwarding path counts no client update). Where
+the slack is short, the suffix waits: a request's on its stream (the client's next frames on it queue behind it), an
+answer's with Triton's whole frame stream (header blocks must keep their order for the client's HPACK decoder) until
+the client's next connection WINDOW_UPDATE. Nothing of this runs on a gateway that serves no multiplexed model.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from toolkit.gateway.h2_frames import DATA, END_STREAM, PADDED, FrameWriter, Stream, frame, window_update
+from toolkit.gateway.h2_frames import (
+    DATA,
+    END_STREAM,
+    PADDED,
+    SETTINGS,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    FrameWriter,
+    Stream,
+    frame,
+    window_update,
+)
 from toolkit.gateway.h2_frames import MUX_SLACK as SLACK
 from toolkit.gateway.mux_rewrite import MUX_PARAM
 
@@ -32,6 +44,7 @@ if TYPE_CHECKING:
     from toolkit.gateway.h2_frames import TritonReader
 
 DEFAULT_WINDOW = 65535  # RFC 7540: a window before SETTINGS or WINDOW_UPDATE change it
+RESERVE = 2048  # kept off each stream window of the client as Triton sees it (half of a smaller window): > a suffix
 _NAMED = ("ModelInfer", "ModelMetadata")  # answers whose field 1 is the model's name
 
 
@@ -92,7 +105,7 @@ def _payload_len(raw: bytes | bytearray) -> int:
 class MuxCall:
     """One call's rewrite: its suffixes, and where each direction's message is."""
 
-    __slots__ = ("down", "gated", "left", "queue", "rframes", "rleft", "rsent", "sent", "up")
+    __slots__ = ("down", "gated", "left", "queue", "rframes", "rleft", "sent", "up")
 
     def __init__(self, method: str, host: str, model: str) -> None:
         self.up = request_suffix(method, host, model)
@@ -100,7 +113,6 @@ class MuxCall:
         self.sent = 0  # DATA payload (padding included) forwarded to Triton on the stream: its stream window
         self.left = -1  # request bytes (prefix included) still to forward; -1 until the prefix is read
         self.queue: list[bytes | bytearray] | None = None  # the suffix and frames after it, waiting for window
-        self.rsent = 0  # Triton's DATA payload on the stream: the client's stream window
         self.rleft = -1  # answer bytes still to forward; -1 until its prefix is read
         self.rframes: list[bytearray] = []  # the answer's first frames, until its prefix is whole
         self.gated = b""  # the answer's suffix frame while it waits for the client's window
@@ -134,7 +146,10 @@ class Conn(Protocol):
 class Flow:
     """One client connection's slack in both directions, and the suffixes waiting for window."""
 
-    __slots__ = ("counting", "down_init", "down_slack", "gate", "reader", "up_init", "up_slack", "waiting")
+    __slots__ = (
+        "counting", "down_slack", "gate", "reader", "reserve", "settings", "short_down", "short_up", "up_init",
+        "up_slack", "waiting",
+    )  # fmt: skip
 
     def __init__(self, counting: bool = True) -> None:
         """``counting``: the gateway serves multiplexed models. Without, nothing is counted or kept back (the
@@ -142,21 +157,49 @@ class Flow:
         self.counting = counting
         # Triton's / the client's connection window beyond the other's view
         self.up_slack = self.down_slack = 0 if counting else SLACK
-        self.up_init = self.down_init = DEFAULT_WINDOW  # Triton's / the client's SETTINGS_INITIAL_WINDOW_SIZE
+        self.up_init = DEFAULT_WINDOW  # Triton's SETTINGS_INITIAL_WINDOW_SIZE
+        self.reserve = 0  # the client's stream windows beyond what Triton sees of them (client_settings)
+        self.settings = False  # the client's first SETTINGS was relayed
         self.waiting: list[Stream] = []  # requests whose suffix waits for Triton's window
         self.gate: Stream | None = None  # an answer whose suffix waits for the client's window (Triton's frames wait)
         self.reader: TritonReader | None = None
+        self.short_up = self.short_down = counting  # a slack below SLACK or a suffix waiting: the readers call in
+
+    def client_settings(self, raw: bytes) -> bytes:
+        """The client's SETTINGS as Triton gets them: each INITIAL_WINDOW_SIZE less the reserve (RESERVE, or half of
+        a smaller window), the first SETTINGS given one (65535 less RESERVE) when it has none. Every stream window
+        Triton sees is then the client's less the same reserve, so an answer's suffix fits (SETTINGS are frames no
+        window counts)."""
+        if len(raw) % 6 != 3:
+            return raw  # malformed: Triton answers it as it would have
+        out, named = [], False
+        for k in range(9, len(raw), 6):
+            p = raw[k : k + 6]
+            if int.from_bytes(p[:2], "big") == SETTINGS_INITIAL_WINDOW_SIZE:
+                v, named = int.from_bytes(p[2:], "big"), True
+                self.reserve = min(RESERVE, v // 2)
+                p = p[:2] + (v - self.reserve).to_bytes(4, "big")
+            out.append(p)
+        if not self.settings and not named:
+            self.reserve = RESERVE
+            out.append(SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big") + (DEFAULT_WINDOW - RESERVE).to_bytes(4, "big"))
+        self.settings = True
+        return frame(SETTINGS, raw[4], 0, b"".join(out))
 
     # -- client -> Triton ----------------------------------------------------------------------------------------
-    def forward_up(self, c: Conn, s: Stream, held: list[bytes]) -> None:
+    def forward_up(self, c: Conn, s: Stream, held: list[bytes]) -> bool:
         """The held frames of a multiplexed call, forwarded: the prefix raised by the suffix's size, the suffix after
-        the message's last byte (END_STREAM moved onto it)."""
+        the message's last byte (END_STREAM moved onto it). False (nothing forwarded) when the client's stream
+        windows are too small for the answer's suffix (under 2 KiB: its SETTINGS asked for that)."""
         m = _call(s)
         if m.queue is not None:
             m.queue.extend(held)
-            return
+            return True
         frames: list[bytes | bytearray] = list(held)
         if m.left < 0:
+            if len(m.down) > self.reserve:
+                return False
+            self.short_up = True  # (until its suffix is sent and the slack refilled)
             first = [bytearray(r) for r in held]
             size = patch_prefix(first, len(m.up))
             assert size is not None and size >= 0  # the front holds a message until its prefix is read and admitted
@@ -181,9 +224,10 @@ class Flow:
                         c.up.fwd(b"".join(out))
                         out, m.queue = [], [suffix, *frames[k + 1 :]]
                         self.waiting.append(s)
-                        return
+                        return True
         if out:
             c.up.fwd(b"".join(out))
+        return True
 
     def _fits_up(self, s: Stream, m: MuxCall) -> bool:
         k = len(m.up)
@@ -199,6 +243,7 @@ class Flow:
         waiting request suffixes go on when they fit. (Stream updates pass unchanged, counted in ``Stream.wu``.)"""
         raw = _keep_back(self, "up_slack", raw)
         self.retry_up(c)
+        self.short_up = self.up_slack < SLACK or bool(self.waiting)
         return raw
 
     def retry_up(self, c: Conn) -> None:
@@ -220,7 +265,6 @@ class Flow:
         """A DATA frame of Triton's answer to a multiplexed call, forwarded with the answer's suffix after its last
         byte; True when that suffix must wait for the client's window (the caller stops forwarding Triton's frames)."""
         m = _call(s)
-        m.rsent += len(raw) - 9
         if not m.down:
             c.down.fwd(raw)
             return False
@@ -246,33 +290,31 @@ class Flow:
         frames[-1] = last
         suffix = frame(DATA, flags, s.sid, m.down)
         c.down.fwd(b"".join(frames))
-        if self._fits_down(s, m):
+        if self.down_slack >= len(m.down):  # (the stream window: see client_settings)
             self._send_down(c, m, suffix)
             return False
         m.gated, self.gate = suffix, s
+        self.short_down = True
         return True
-
-    def _fits_down(self, s: Stream, m: MuxCall) -> bool:
-        k = len(m.down)
-        return self.down_slack >= k and self.down_init + s.cwu - m.rsent >= k
 
     def _send_down(self, c: Conn, m: MuxCall, suffix: bytes) -> None:
         self.down_slack -= len(m.down)
-        m.rsent += len(m.down)
+        self.short_down = True
         m.down = m.gated = b""
         c.down.fwd(suffix)
 
     def client_wu(self, c: Conn, raw: bytes) -> bytes:
         """The client's connection WINDOW_UPDATE as Triton gets it (credit kept back until the slack is SLACK); a
-        waiting answer suffix goes on when it fits. (Stream updates pass unchanged, counted in ``Stream.cwu``.)"""
+        waiting answer suffix goes on when it fits. (Stream updates pass unchanged.)"""
         raw = _keep_back(self, "down_slack", raw)
         self.retry_gate(c)
+        self.short_down = self.down_slack < SLACK or self.gate is not None
         return raw
 
     def retry_gate(self, c: Conn) -> None:
         """An answer's suffix waiting for the client's window goes when it fits, and Triton's frames after it."""
         g = self.gate
-        if g is not None and self._fits_down(g, m := _call(g)):
+        if g is not None and self.down_slack >= len((m := _call(g)).down):
             self._send_down(c, m, m.gated)
             self._ungate()
 
