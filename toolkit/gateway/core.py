@@ -94,6 +94,7 @@ class GatewayCore(Admission):
         self.upstream: UpstreamPool | None = None
         self._mux: Callable[[str], str | None] | None = getattr(models, "mux_route", None)
         self.mux_answered = 0  # time.time_ns() of the last answer from a model host: what a scrape must count
+        self.multiplexes = self._mux is not None  # some models may be served inside a host (toolkit.mme.mux)
 
     async def start(self) -> None:
         host, _, port = self.triton.http.rpartition(":")
@@ -147,12 +148,16 @@ class GatewayCore(Admission):
         if host is not None:
             body, hdrs = to_host(model, body, headers)
             f = await self.forward("POST", f"/v2/models/{host}/infer", body, hdrs)
-            self.mux_answered = time.time_ns()
+            self.mux_answer()
             f.body = from_host(model, f.body, f.headers)
         else:
             f = await self.forward("POST", path or f"/v2/models/{model}/infer", body, headers)
         f.status = self.answered(host or model, f.status, f.body)
         return f
+
+    def mux_answer(self) -> None:
+        """A model host answered (HTTP or gRPC): the next scrape waits for counters that include it (``mux_fresh``)."""
+        self.mux_answered = time.time_ns()
 
     async def mux_fresh(self) -> None:
         """Before a scrape: the model hosts' counters include every answer a client already has (their state files

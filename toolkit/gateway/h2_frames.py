@@ -30,10 +30,11 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 NO_ERROR, PROTOCOL_ERROR, CANCEL = 0x0, 0x1, 0x8
-SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x5
+SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x4, 0x5
 DEFAULT_MAX_FRAME = 16384  # RFC 7540: what a peer may send until the other side's SETTINGS raise it
 MAX_HEADER_BLOCK = 64 * 1024  # a client header block (HEADERS + CONTINUATION) larger than this closes the connection
 FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0x6, 0xB
+MUX_SLACK = 16384  # connection credit kept back from each side for multiplexed calls' suffixes (h2_mux)
 MAX_HEAD = 64 * 1024  # bytes of a message read before its model name must be known (compressed: the whole message)
 _HEAD = struct.Struct(">I")
 
@@ -155,10 +156,12 @@ class Stream:
     """One call's state in the front: what is held, where its messages are, the pins it holds."""
 
     __slots__ = (
-        "check", "checking", "client_ended", "compressed", "done", "encoding", "headers_sent", "held", "messages",
-        "method", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size", "ticket", "timer",
-        "unscanned", "zbuf",
+        "check", "checking", "client_ended", "compressed", "done", "encoding", "headers_sent", "held",
+        "messages", "method", "mux", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size",
+        "ticket", "timer", "unscanned", "wu", "zbuf",
     )  # fmt: skip
+    ticket: Ticket | None  # what admission holds for the call (slot, pin): released by end()
+    mux: object | None  # an h2_mux.MuxCall: a multiplexed model's call, retargeted at its host
 
     def __init__(self, sid: int, method: str, scanning: bool) -> None:
         self.sid, self.method = sid, method
@@ -169,12 +172,13 @@ class Stream:
         self.held: list[bytes] = []
         self.prefix = bytearray()  # the 5-byte gRPC message prefix being read
         self.scanner: NameScanner | None = None  # the current message's fields, while it lasts
-        self.size = self.remaining = 0  # the current message's size, and its bytes still to come
+        self.size = self.remaining = self.wu = 0  # the current message's size, its bytes still to come;
+        # Triton's stream WINDOW_UPDATE credit (counted for h2_mux)
         self.compressed = False
         self.zbuf = bytearray()  # a compressed message is read whole (at most MAX_HEAD bytes)
         self.messages = 0
         self.unscanned = bytearray()
-        self.ticket: Ticket | None = None  # what admission holds for the call (slot, pin): released by end()
+        self.ticket = self.mux = None
         self.timer: asyncio.TimerHandle | None = None  # unary calls: the gateway's request timeout
         self.client_ended = self.headers_sent = False
         self.principal: Principal = ANONYMOUS
@@ -230,6 +234,22 @@ class FrameWriter:
             self.pending.clear()
 
 
+class Rewrites(Protocol):
+    """What ``TritonReader`` needs of the connection's multiplexed-call rewriting (``h2_mux.Flow``)."""
+
+    counting: bool
+    short_up: bool
+    up_init: int
+    gate: Stream | None
+    waiting: list[Stream]
+
+    def triton_wu(self, c: Forwarder, raw: bytes) -> bytes: ...
+
+    def retry_up(self, c: Forwarder) -> None: ...
+
+    def forward_down(self, c: Forwarder, s: Stream, raw: bytes) -> bool: ...
+
+
 class Forwarder(Protocol):
     """What ``TritonReader`` needs of the client-side connection (``h2_front.H2Connection``)."""
 
@@ -238,6 +258,9 @@ class Forwarder(Protocol):
     streams: dict[int, Stream]
     decoder: BlockDecoder
     max_frame: int
+
+    @property
+    def flow(self) -> Rewrites: ...
 
     def end(self, s: Stream) -> None: ...
 
@@ -253,6 +276,9 @@ class TritonReader(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         c = self.conn
+        if c.flow.gate is not None:  # an answer's suffix waits for the client's window: so do Triton's frames
+            self.buf += data
+            return
         c.down.cork()
         c.up.cork()
         try:
@@ -261,11 +287,16 @@ class TritonReader(asyncio.Protocol):
             c.down.uncork()
             c.up.uncork()
 
+    def resume(self) -> None:
+        """Triton's frames go on after an answer's suffix that waited (``h2_mux``)."""
+        self._received(b"")
+
     def _received(self, data: bytes) -> None:  # noqa: C901 (one pass over Triton's frames of a read: the hot path)
         c = self.conn
         out = c.down
         buf = self.buf + data if self.buf else data
         n, i, start, in_block = len(buf), 0, 0, out.in_block
+        counting = c.flow.counting
         ended: list[int] = []
         answered: list[Stream] = []  # unary calls whose answer has begun: Triton's work for them is done
         while n - i >= 9:
@@ -288,10 +319,26 @@ class TritonReader(asyncio.Protocol):
                         s.headers_sent = True
                         if s.ticket is not None and s.method == "ModelInfer":
                             answered.append(s)
+                elif s is not None and s.mux is not None:  # a multiplexed call's answer (h2_mux)
+                    out.fwd(buf[start:i])
+                    start = end
+                    if c.flow.forward_down(c, s, buf[i:end]):
+                        n = end  # its suffix waits for the client's window: the rest of Triton's frames with it
             elif t == CONTINUATION:
                 in_block = not flags & END_HEADERS
             elif t == RST_STREAM:
                 ended.append(sid)
+            elif counting and t == WINDOW_UPDATE:  # for multiplexed calls (h2_mux): cheap while nothing is short
+                fl = c.flow
+                if s is not None:
+                    if end - i == 13:
+                        s.wu += int.from_bytes(buf[i + 9 : end], "big") & 0x7FFFFFFF
+                        if fl.waiting:
+                            fl.retry_up(c)
+                elif fl.short_up and not sid:
+                    out.fwd(buf[start:i])
+                    start = end
+                    out.fwd(fl.triton_wu(c, buf[i:end]))
             elif t == SETTINGS and not flags & ACK:
                 size = settings_value(buf[i + 9 : end], SETTINGS_HEADER_TABLE_SIZE)
                 if size is not None:
@@ -299,6 +346,9 @@ class TritonReader(asyncio.Protocol):
                 frame_max = settings_value(buf[i + 9 : end], SETTINGS_MAX_FRAME_SIZE)
                 if frame_max is not None:
                     c.max_frame = frame_max  # what Triton lets the client send: larger frames close the connection
+                window = settings_value(buf[i + 9 : end], SETTINGS_INITIAL_WINDOW_SIZE)
+                if window is not None:
+                    c.flow.up_init = window
             i = end
             if not in_block and out.held:
                 out.fwd(buf[start:i])

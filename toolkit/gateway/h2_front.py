@@ -1,12 +1,15 @@
 """gRPC front that forwards HTTP/2 frames: each client connection gets its own connection to Triton's gRPC port.
 
-Why: grpcio's per-call machinery (a server call plus a client call per request) halved throughput (the first gRPC
-front, since deleted). Mapping connections 1:1 lets stream ids, SETTINGS, flow control, PING and GOAWAY pass
-unchanged; only what the policy needs is read. Client HEADERS are forwarded at once and decoded in order with one
-``hpack.Decoder`` per connection (its table follows the client's encoder exactly as Triton's does). Every DATA byte
-of a call that names a model is read before it is forwarded (``protowire``: the model name as protobuf reads it,
-a repeated name refused); a message's frames are held only until its model name is approved by the gateway's
-admission (``h2_policy``), so a big tensor never waits for flow-control window that only Triton can grant.
+Why: grpcio's per-call machinery (a server call plus a client call per request) halved throughput (the first gRPC front,
+since deleted). Mapping connections 1:1 lets stream ids, SETTINGS, flow control, PING and GOAWAY pass unchanged (but for
+the connection credit ``h2_mux`` keeps back); only what the policy needs is read. Client HEADERS are forwarded at once
+and decoded in order with one ``hpack.Decoder`` per connection (its table follows the client's encoder exactly as
+Triton's does). Every DATA byte of a call that names a model is read before it is forwarded (``protowire``: the model
+name as protobuf reads it, a repeated name refused); a message's frames are held only until its model name is approved
+by the gateway's admission (``h2_policy``), so a big tensor never waits for flow-control window that only Triton can
+grant.
+A multiplexed model's call is retargeted at its host by appending fields to its messages (``h2_mux``, which keeps
+both sides' flow-control windows exact); every other call's bytes pass unchanged.
 A refused call is cancelled upstream (RST_STREAM) and answered to the client with a trailers-only HEADERS frame of
 literal fields (no HPACK table change), written only between Triton's frames. Dropped DATA is credited back with a
 connection WINDOW_UPDATE, so neither side's window leaks. ModelStreamInfer has every message checked this way.
@@ -40,6 +43,7 @@ from toolkit.gateway.errors import (
     to_gateway_error,
 )
 from toolkit.gateway.grpc_service import SCANNED, STREAM, method_of
+from toolkit.gateway.h2_mux import Flow
 from toolkit.gateway.h2_policy import check_call, check_message
 from toolkit.gateway.protowire import NameScanner, model_of
 
@@ -80,6 +84,8 @@ class H2Connection(asyncio.Protocol):
         self.closed = False
         self.tasks: set[asyncio.Task[None]] = set()
         self.max_frame = f.DEFAULT_MAX_FRAME  # raised only by Triton's SETTINGS (TritonReader)
+        # multiplexed calls: windows and waiting suffixes, and each host answer noted for the scrape (h2_mux)
+        self.flow = Flow(self.core.multiplexes, self.core.mux_answer if self.core.multiplexes else None)
         self.peer = ""
         self.last_active = self.opened = asyncio.get_running_loop().time()
 
@@ -99,7 +105,9 @@ class H2Connection(asyncio.Protocol):
     async def _connect(self) -> None:
         host, port = self.front.upstream
         try:
-            t, _ = await asyncio.get_running_loop().create_connection(lambda: f.TritonReader(self), host, port)
+            t, self.flow.reader = await asyncio.get_running_loop().create_connection(
+                lambda: f.TritonReader(self), host, port
+            )
         except OSError as exc:
             self.upstream_gone(True, f"Triton is unavailable: {exc.strerror or exc}")
             return
@@ -171,7 +179,7 @@ class H2Connection(asyncio.Protocol):
             self.up.uncork()
             self.down.uncork()
 
-    def _received(self, data: bytes) -> None:
+    def _received(self, data: bytes) -> None:  # noqa: C901 (one pass over the client's frames of a read: the hot path)
         buf = self.buf + data if self.buf else data
         if self.preface:
             if len(buf) < 24:
@@ -185,7 +193,8 @@ class H2Connection(asyncio.Protocol):
             self.up.fwd(buf[:24])
             buf = buf[24:]
         n, i, start = len(buf), 0, 0
-        streams, up = self.streams, self.up
+        streams, up, flow = self.streams, self.up, self.flow
+        counting = flow.counting
         try:
             while n - i >= 9:
                 length = int.from_bytes(buf[i : i + 3], "big")
@@ -202,9 +211,17 @@ class H2Connection(asyncio.Protocol):
                         start = end
                         self._data(s, buf[i:end])
                 elif t in (f.HEADERS, f.CONTINUATION, f.RST_STREAM, f.SETTINGS) or self.dead is not None:
-                    up.fwd(buf[start:end] if self.dead is None else buf[start:i])
+                    if counting and t == f.SETTINGS and not buf[i + 4] & f.ACK and self.dead is None:
+                        up.fwd(buf[start:i])  # stream windows less a reserve (h2_mux)
+                        up.fwd(flow.client_settings(buf[i:end]))
+                    else:
+                        up.fwd(buf[start:end] if self.dead is None else buf[start:i])
                     start = end
                     self._control(buf[i:end])
+                elif counting and flow.short_down and t == f.WINDOW_UPDATE and buf[i + 5 : i + 9] == b"\0\0\0\0":
+                    up.fwd(buf[start:i])  # a connection update while h2_mux needs the client's credit
+                    start = end
+                    up.fwd(flow.client_wu(self, buf[i:end]))
                 i = end
         except (hpack.HPACKError, ValueError) as exc:  # the shared HPACK table can no longer be trusted
             log.warning("gRPC client broke HTTP/2 framing or HPACK: %s", exc)
@@ -226,6 +243,7 @@ class H2Connection(asyncio.Protocol):
             s = self.streams.pop(sid, None)
             if s is not None and not s.done:
                 s.done = True  # a check still running ends with nothing forwarded and its pins released
+                self.flow.release(s)
                 self._credit(s)
                 self.end(s)
             return
@@ -254,7 +272,7 @@ class H2Connection(asyncio.Protocol):
             self.last_sid = sid
             self._open(sid, headers, bool(hflags & f.END_STREAM))
             return
-        if s is not None and (s.held or s.checking) and not s.done:
+        if s is not None and (s.held or s.checking or self.flow.holds(s)) and not s.done:
             self.refuse(s, ValidationError("request trailers before the first message was checked"))
         if s is not None and hflags & f.END_STREAM:
             s.client_ended = True
@@ -371,9 +389,15 @@ class H2Connection(asyncio.Protocol):
         except Exception as exc:
             self.refuse(s, to_gateway_error(exc))
             return
-        if s.held and (s.scanner is None or (s.scanner.model is not None and not s.compressed)):
+        # (a message's prefix is held until whole: a multiplexed call's size changes, h2_mux)
+        if s.held and (s.scanner is None or (s.scanner.model is not None and not s.compressed)) and not s.prefix:
             held, s.held = s.held, []
-            self.up.fwd(b"".join(held))
+            if s.mux is None:
+                self.up.fwd(b"".join(held))
+            elif not self.flow.forward_up(self, s, held):  # retargeted at its host (h2_mux), or:
+                s.held = held
+                self.refuse(s, ValidationError("a multiplexed model's answer needs stream windows of 2 KiB or more"))
+                return
             if s.messages and s.method != STREAM:
                 self._arm(s)
 
@@ -404,6 +428,7 @@ class H2Connection(asyncio.Protocol):
         if s.done:
             return
         s.done = True
+        self.flow.release(s)
         self._credit(s)
         self.end(s)
         if self.dead is None:

@@ -16,8 +16,10 @@ from toolkit.gateway import h2_frames as f
 from toolkit.gateway.admission import KSERVE_ENDPOINT, Ticket, Use
 from toolkit.gateway.auth import METRICS
 from toolkit.gateway.core import GatewayCore
-from toolkit.gateway.errors import ServiceUnavailableError
+from toolkit.gateway.errors import GatewayError, ServiceUnavailableError
 from toolkit.gateway.grpc_service import ADMIN_METHODS, KNOWN, LOADING_METHODS, REFUSED, STREAM, UnimplementedError
+from toolkit.gateway.h2_mux import MuxCall
+from toolkit.gateway.mux_rewrite import stats_refused
 
 USE = {"ModelInfer": Use.INVOKE, STREAM: Use.STREAM, **{m: Use.LOAD for m in LOADING_METHODS if m != "ModelInfer"}}
 
@@ -45,7 +47,7 @@ def check_message(core: GatewayCore, s: f.Stream, model: str) -> Coroutine[Any, 
     use = USE.get(s.method, Use.LOOK)
     ticket = core.admit_now(s.principal, KSERVE_ENDPOINT, model, use)
     if ticket is not None:
-        _not_multiplexed(core, model, ticket, use)
+        _route(core, s, model, ticket)
         s.ticket = ticket
         return None
     return _admit(core, s, model, use)
@@ -53,16 +55,28 @@ def check_message(core: GatewayCore, s: f.Stream, model: str) -> Coroutine[Any, 
 
 async def _admit(core: GatewayCore, s: f.Stream, model: str, use: Use) -> None:
     ticket = await core.admit(s.principal, KSERVE_ENDPOINT, model, use)
-    _not_multiplexed(core, model, ticket, use)
+    _route(core, s, model, ticket)
     s.ticket = ticket
 
 
-def _not_multiplexed(core: GatewayCore, model: str, ticket: Ticket, use: Use) -> None:
-    """A multiplexed model (``toolkit.mme.mux``) is refused on gRPC, after authorization: its request would have
-    to be rewritten for the host, and this wing forwards each message's bytes unchanged."""
-    if use is not Use.LOOK and core.mux_route(model) is not None:
-        ticket.release()
-        raise UnimplementedError(
-            f"model {model} is multiplexed (served inside a model host): use KServe v2 over HTTP or the SageMaker "
-            "runtime API; gRPC messages are forwarded unchanged and cannot address a model inside a host"
+def _route(core: GatewayCore, s: f.Stream, model: str, ticket: Ticket) -> None:
+    """After authorization: a multiplexed model's call is retargeted at its host (``h2_mux``), as over HTTP; the
+    host's own name never reaches here (admission does not know it). Refused for it: a stream (each message would
+    need its own rewrite), statistics (the host's count every model it serves; per-model counts are in /metrics)
+    and a compressed message (the suffix is appended to plain bytes)."""
+    host = core.mux_route(model)
+    if host is None:
+        return
+    why: GatewayError | None = None
+    if s.method == STREAM:
+        why = UnimplementedError(
+            f"model {model} is multiplexed: ModelStreamInfer is not available for it, use ModelInfer"
         )
+    elif s.method == "ModelStatistics":
+        why = stats_refused(model)
+    elif s.compressed:
+        why = UnimplementedError(f"model {model} is multiplexed: send its requests uncompressed")
+    if why is not None:
+        ticket.release()
+        raise why
+    s.mux = MuxCall(s.method, host, model)

@@ -29,7 +29,7 @@ from toolkit.gateway.errors import (
     to_gateway_error,
 )
 from toolkit.gateway.h1 import Request, Response
-from toolkit.gateway.mux_rewrite import from_host
+from toolkit.gateway.mux_rewrite import from_host, stats_refused
 from toolkit.gateway.telemetry import Timing
 from toolkit.names import check_model_name
 
@@ -247,7 +247,7 @@ class HttpFront:
         """Readiness, metadata and config of a multiplexed model: its host's, under the model's name. Statistics are
         refused: the host's count every model it serves (per-model counts are in /metrics)."""
         if action == "stats":
-            raise ValidationError(f"model {model} is multiplexed: its statistics are in /metrics (ModelCacheHit ...)")
+            raise stats_refused(model)
         f = await self.core.forward("GET", f"/v2/models/{host}" + (f"/{action}" if action else ""), None, {})
         f.body = from_host(model, f.body, f.headers)
         return f

@@ -45,6 +45,11 @@ def to_host(model: str, body: bytes, headers: Mapping[str, str]) -> tuple[bytes,
     return head + body[n:], out
 
 
+def stats_refused(model: str) -> ValidationError:
+    """Statistics of a multiplexed model (KServe over HTTP and gRPC): the host's count every model it serves."""
+    return ValidationError(f"model {model} is multiplexed: its statistics are in /metrics (ModelCacheHit ...)")
+
+
 def from_host(model: str, body: bytes, headers: dict[str, str]) -> bytes:
     """The host's answer as the model's: ``model_name`` (and a metadata/config ``name``) set to ``model``. ``headers``
     (the forwarded response headers) get the new JSON header length of a binary answer."""
