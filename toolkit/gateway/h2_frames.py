@@ -12,8 +12,10 @@ dynamic table is never touched by them: what Triton's encoder and the client's d
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import struct
+from time import perf_counter
 from typing import TYPE_CHECKING, Protocol, cast
 
 import grpc
@@ -36,6 +38,10 @@ MAX_HEADER_BLOCK = 64 * 1024  # a client header block (HEADERS + CONTINUATION) l
 FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0x6, 0xB
 MAX_HEAD = 64 * 1024  # bytes of a message read before its model name must be known (compressed: the whole message)
 _HEAD = struct.Struct(">I")
+# gRPC status of a stream Triton reset (the gRPC HTTP/2 spec's mapping; any other code: INTERNAL = 13)
+RST_STATUS = {0x7: 14, CANCEL: 1, ENHANCE_YOUR_CALM: 8, 0xC: 7}  # REFUSED_STREAM, CANCEL, CALM, INADEQUATE_SECURITY
+UNSET, CANCELLED, UNKNOWN = -1, 1, 2  # Stream.code before an answer; gRPC's codes for calls that end without one
+log = logging.getLogger(__name__)
 
 
 def frame(ftype: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -155,9 +161,9 @@ class Stream:
     """One call's state in the front: what is held, where its messages are, the pins it holds."""
 
     __slots__ = (
-        "check", "checking", "client_ended", "compressed", "done", "encoding", "headers_sent", "held", "messages",
-        "method", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size", "ticket", "timer",
-        "unscanned", "zbuf",
+        "check", "checking", "client_ended", "code", "cold", "compressed", "done", "encoding", "headers_sent", "held",
+        "messages", "method", "model", "prefix", "principal", "recorded", "remaining", "scanner", "scanning", "sid",
+        "size", "t0", "t_answer", "t_up", "ticket", "timer", "trace", "unscanned", "zbuf",
     )  # fmt: skip
 
     def __init__(self, sid: int, method: str, scanning: bool) -> None:
@@ -179,6 +185,15 @@ class Stream:
         self.client_ended = self.headers_sent = False
         self.principal: Principal = ANONYMOUS
         self.encoding = "identity"
+        # what h2_stats.record_call reads when the call ends: one perf_counter here, one when the first message
+        # goes to Triton, one when Triton's answer starts, one at the end
+        self.t0 = perf_counter()
+        self.t_up = self.t_answer = 0.0
+        self.code = UNSET  # the gRPC status the client got (Triton's trailers, the gateway's refusal, a reset)
+        self.model = ""  # the first model admission was asked for (ModelStreamInfer: its first message's)
+        self.cold: float | None = None  # seconds admission waited for a model to load
+        self.recorded = False
+        self.trace: str | None = None  # the call's traceparent, kept only when the access log is on
 
 
 class FrameWriter:
@@ -245,11 +260,34 @@ class Forwarder(Protocol):
 
 
 class TritonReader(asyncio.Protocol):
-    """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped."""
+    """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped.
+
+    Triton's header blocks are decoded in order too (a table of their own, as the client's decoder keeps it): the
+    trailers' ``grpc-status`` is the call's status in the gateway's metrics. A call's usual blocks are one-byte
+    indexed fields, answered from ``BlockDecoder``'s cache."""
 
     def __init__(self, conn: Forwarder) -> None:
         self.conn = conn
         self.buf = b""
+        self.answers: BlockDecoder | None = BlockDecoder()  # None once a block failed: statuses read UNKNOWN
+        self.answers.max_allowed_table_size = 1 << 20  # the client enforces its own limit; this only follows it
+        self.block: tuple[int, bytearray, bool] | None = None  # (stream, fragments, END_STREAM) until END_HEADERS
+
+    def _answer(self, sid: int, block: bytes) -> None:
+        """One whole header block from Triton: decoded (the table), its ``grpc-status`` kept on the call."""
+        if self.answers is None:
+            return
+        try:
+            headers = self.answers.decode_block(block)
+        except (hpack.HPACKError, ValueError) as exc:
+            log.warning("Triton's gRPC headers could not be decoded (statuses read UNKNOWN): %s", exc)
+            self.answers = None
+            return
+        s = self.conn.streams.get(sid)
+        if s is not None and not s.done:
+            for k, v in headers:
+                if k == "grpc-status":
+                    s.code = int(v) if v.isdigit() else UNKNOWN
 
     def data_received(self, data: bytes) -> None:
         c = self.conn
@@ -268,6 +306,7 @@ class TritonReader(asyncio.Protocol):
         n, i, start, in_block = len(buf), 0, 0, out.in_block
         ended: list[int] = []
         answered: list[Stream] = []  # unary calls whose answer has begun: Triton's work for them is done
+        now = 0.0  # one perf_counter per read, taken when a call's answer starts
         while n - i >= 9:
             end = i + 9 + int.from_bytes(buf[i : i + 3], "big")
             if end > n:
@@ -280,18 +319,35 @@ class TritonReader(asyncio.Protocol):
                 if t == DATA and end - i > 9:
                     c.up.inject(window_update(0, end - i - 9))  # Triton's window back for what was dropped
             elif t in (DATA, HEADERS):
-                if flags & END_STREAM:
-                    ended.append(sid)
                 if t == HEADERS:
                     in_block = not flags & END_HEADERS
+                    frag = header_fragment(flags, buf[i + 9 : end])
+                    if in_block:  # trailers end the call once their block is whole (the status is read then)
+                        self.block = (sid, bytearray(frag), bool(flags & END_STREAM))
+                    else:
+                        self._answer(sid, frag)
                     if s is not None:
+                        if not s.headers_sent:
+                            s.t_answer = now = now or perf_counter()
                         s.headers_sent = True
                         if s.ticket is not None and s.method == "ModelInfer":
                             answered.append(s)
+                if flags & END_STREAM and not in_block:
+                    ended.append(sid)
             elif t == CONTINUATION:
                 in_block = not flags & END_HEADERS
+                if self.block is not None:
+                    self.block[1].extend(buf[i + 9 : end])
+                    if not in_block:
+                        bsid, block, block_ends = self.block
+                        self.block = None
+                        self._answer(bsid, bytes(block))
+                        if block_ends:
+                            ended.append(bsid)
             elif t == RST_STREAM:
                 ended.append(sid)
+                if s is not None and s.code == UNSET:
+                    s.code = RST_STATUS.get(int.from_bytes(buf[i + 9 : end], "big"), 13)
             elif t == SETTINGS and not flags & ACK:
                 size = settings_value(buf[i + 9 : end], SETTINGS_HEADER_TABLE_SIZE)
                 if size is not None:
@@ -320,6 +376,8 @@ class TritonReader(asyncio.Protocol):
         for sid in ended:  # bookkeeping after the answer is on its way
             s = c.streams.get(sid)
             if s is not None and not s.done:
+                if s.code == UNSET:  # ended without trailers (or undecodable ones)
+                    s.code = UNKNOWN
                 c.end(s)
                 del c.streams[sid]
 
