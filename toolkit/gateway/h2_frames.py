@@ -12,7 +12,6 @@ dynamic table is never touched by them: what Triton's encoder and the client's d
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import struct
 from time import perf_counter
@@ -22,6 +21,7 @@ import grpc
 import hpack
 
 from toolkit.gateway.auth import ANONYMOUS
+from toolkit.gateway.h2_stats import RST_STATUS, UNKNOWN, UNSET, TritonStatuses
 from toolkit.gateway.protowire import NameScanner
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+PAD_PRIO = PADDED | PRIORITY_FLAG
 NO_ERROR, PROTOCOL_ERROR, CANCEL = 0x0, 0x1, 0x8
 SETTINGS_HEADER_TABLE_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x5
 DEFAULT_MAX_FRAME = 16384  # RFC 7540: what a peer may send until the other side's SETTINGS raise it
@@ -38,10 +39,6 @@ MAX_HEADER_BLOCK = 64 * 1024  # a client header block (HEADERS + CONTINUATION) l
 FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM = 0x6, 0xB
 MAX_HEAD = 64 * 1024  # bytes of a message read before its model name must be known (compressed: the whole message)
 _HEAD = struct.Struct(">I")
-# gRPC status of a stream Triton reset (the gRPC HTTP/2 spec's mapping; any other code: INTERNAL = 13)
-RST_STATUS = {0x7: 14, CANCEL: 1, ENHANCE_YOUR_CALM: 8, 0xC: 7}  # REFUSED_STREAM, CANCEL, CALM, INADEQUATE_SECURITY
-UNSET, CANCELLED, UNKNOWN = -1, 1, 2  # Stream.code before an answer; gRPC's codes for calls that end without one
-log = logging.getLogger(__name__)
 
 
 def frame(ftype: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -262,32 +259,14 @@ class Forwarder(Protocol):
 class TritonReader(asyncio.Protocol):
     """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped.
 
-    Triton's header blocks are decoded in order too (a table of their own, as the client's decoder keeps it): the
-    trailers' ``grpc-status`` is the call's status in the gateway's metrics. A call's usual blocks are one-byte
-    indexed fields, answered from ``BlockDecoder``'s cache."""
+    Triton's header blocks are decoded in order too (``h2_stats.TritonStatuses``): the trailers' ``grpc-status`` is
+    the call's status in the gateway's metrics; a warm call's blocks cost a dict look-up each."""
 
     def __init__(self, conn: Forwarder) -> None:
         self.conn = conn
         self.buf = b""
-        self.answers: BlockDecoder | None = BlockDecoder()  # None once a block failed: statuses read UNKNOWN
-        self.answers.max_allowed_table_size = 1 << 20  # the client enforces its own limit; this only follows it
+        self.answers = TritonStatuses(BlockDecoder())
         self.block: tuple[int, bytearray, bool] | None = None  # (stream, fragments, END_STREAM) until END_HEADERS
-
-    def _answer(self, sid: int, block: bytes) -> None:
-        """One whole header block from Triton: decoded (the table), its ``grpc-status`` kept on the call."""
-        if self.answers is None:
-            return
-        try:
-            headers = self.answers.decode_block(block)
-        except (hpack.HPACKError, ValueError) as exc:
-            log.warning("Triton's gRPC headers could not be decoded (statuses read UNKNOWN): %s", exc)
-            self.answers = None
-            return
-        s = self.conn.streams.get(sid)
-        if s is not None and not s.done:
-            for k, v in headers:
-                if k == "grpc-status":
-                    s.code = int(v) if v.isdigit() else UNKNOWN
 
     def data_received(self, data: bytes) -> None:
         c = self.conn
@@ -307,6 +286,7 @@ class TritonReader(asyncio.Protocol):
         ended: list[int] = []
         answered: list[Stream] = []  # unary calls whose answer has begun: Triton's work for them is done
         now = 0.0  # one perf_counter per read, taken when a call's answer starts
+        statuses = self.answers.statuses
         while n - i >= 9:
             end = i + 9 + int.from_bytes(buf[i : i + 3], "big")
             if end > n:
@@ -321,11 +301,15 @@ class TritonReader(asyncio.Protocol):
             elif t in (DATA, HEADERS):
                 if t == HEADERS:
                     in_block = not flags & END_HEADERS
-                    frag = header_fragment(flags, buf[i + 9 : end])
+                    frag = buf[i + 9 : end] if not flags & PAD_PRIO else header_fragment(flags, buf[i + 9 : end])
                     if in_block:  # trailers end the call once their block is whole (the status is read then)
                         self.block = (sid, bytearray(frag), bool(flags & END_STREAM))
                     else:
-                        self._answer(sid, frag)
+                        code = statuses.get(frag)
+                        if code is None:
+                            code = self.answers.decode(frag)
+                        if code != UNSET and s is not None and not s.done:
+                            s.code = code
                     if s is not None:
                         if not s.headers_sent:
                             s.t_answer = now = now or perf_counter()
@@ -341,7 +325,9 @@ class TritonReader(asyncio.Protocol):
                     if not in_block:
                         bsid, block, block_ends = self.block
                         self.block = None
-                        self._answer(bsid, bytes(block))
+                        code, bs = self.answers.decode(bytes(block)), c.streams.get(bsid)
+                        if code != UNSET and bs is not None and not bs.done:
+                            bs.code = code
                         if block_ends:
                             ended.append(bsid)
             elif t == RST_STREAM:
