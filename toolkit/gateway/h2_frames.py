@@ -21,7 +21,7 @@ import grpc
 import hpack
 
 from toolkit.gateway.auth import ANONYMOUS
-from toolkit.gateway.h2_stats import RST_STATUS, UNKNOWN, UNSET, TritonStatuses
+from toolkit.gateway.h2_status import RST_STATUS, UNKNOWN, UNSET, TritonStatuses
 from toolkit.gateway.protowire import NameScanner
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ class Forwarder(Protocol):
 class TritonReader(asyncio.Protocol):
     """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped.
 
-    Triton's header blocks are decoded in order too (``h2_stats.TritonStatuses``): the trailers' ``grpc-status`` is
+    Triton's header blocks are decoded in order too (``h2_status.TritonStatuses``): the trailers' ``grpc-status`` is
     the call's status in the gateway's metrics; a warm call's blocks cost a dict look-up each."""
 
     def __init__(self, conn: Forwarder) -> None:

@@ -1,4 +1,4 @@
-"""``h2_stats.TritonStatuses``: the gRPC status of Triton's header blocks, read with a table that follows Triton's
+"""``h2_status.TritonStatuses``: the gRPC status of Triton's header blocks, read with a table that follows Triton's
 HPACK encoder (hpack's own ``Encoder`` plays Triton here). The look-up by block bytes must never outlive a table
 change: after one, the same one-byte block can stand for another status."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import hpack
 
 from toolkit.gateway.h2_frames import BlockDecoder
-from toolkit.gateway.h2_stats import UNKNOWN, UNSET, TritonStatuses
+from toolkit.gateway.h2_status import UNKNOWN, UNSET, TritonStatuses
 
 
 def _status(st: TritonStatuses, block: bytes) -> int:
