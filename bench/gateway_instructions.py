@@ -1,6 +1,7 @@
 """The gateway's CPU per request as a count of instructions: the same number on a quiet and on a busy machine.
 
     python -m bench.gateway_instructions [--against REV] [--requests 2000] [--concurrency 8] [--model digits_mlp]
+                                         [--protocol http|grpc]
 
 Why: ``bench.gateway_profile`` reads the gateway's CPU time per request, and on this shared 2-core VM the same code
 measured 58, 81 and 98 µs in three windows of one session (preemption, steal, frequency): a 5 µs regression goal
@@ -14,11 +15,13 @@ auth). A client in this process (``http.client``, one keep-alive connection per 
 infers as perf_analyzer does: a warm-up of 400 (connections open, model warm, memos filled) uncounted, then
 instrumentation on (``callgrind_control -i on``), ``--requests`` requests at ``--concurrency``, instrumentation
 off and a dump. Instructions / requests is the gateway's user-space work per request; the kernel's share (the
-socket system calls, the same for every version) is not counted.
+socket system calls, the same for every version) is not counted. ``--protocol grpc`` sends the same infers as
+``ModelInfer`` calls to the gateway's gRPC port instead (tritonclient.grpc, one client per thread: the frame
+forwarder, ``h2_front``).
 
-``--against REV`` measures a git revision the same way from a temporary worktree (its code, this Triton) and
-prints both and the difference; with the user CPU time per request of a quiet ``gateway_profile`` run, the ratio
-converts instructions into microseconds (on this VM ~2.7 instructions per ns).
+``--against REV`` measures a git revision the same way from a temporary copy (``git archive``: its code, this
+Triton) and prints both and the difference; with the user CPU time per request of a quiet ``gateway_profile`` run,
+the ratio converts instructions into microseconds (on this VM ~2.7 instructions per ns).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from toolkit.gateway.server import Gateway, GatewayThread
 from toolkit.server import TritonEndpoint
 h, g, m, out = sys.argv[1:5]
 addr = GatewayThread(Gateway(GatewayOptions(http_port=0, grpc_port=0), TritonEndpoint(h, g, m))).start()
-Path(out).write_text(addr.http)
+Path(out).write_text(f"{addr.http} {addr.grpc}")
 while True:
     time.sleep(3600)
 """
@@ -94,6 +97,33 @@ def _drive(addr: str, model: str, total: int, concurrency: int, head: bytes, bod
         raise SystemExit(f"the gateway answered {errors[0]}")
 
 
+def _drive_grpc(addr: str, model: str, total: int, concurrency: int, a: argparse.Namespace) -> None:
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    errors: list[str] = []
+
+    def run(n: int) -> None:
+        c = grpcclient.InferenceServerClient(addr)
+        x = grpcclient.InferInput(a.input, [1, a.elements], "FP32")
+        x.set_data_from_numpy(np.full((1, a.elements), 0.5, np.float32))
+        try:
+            for _ in range(n):
+                c.infer(model, [x])
+        except Exception as exc:  # the first failure ends the run: reported below
+            errors.append(repr(exc))
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=run, args=(total // concurrency,)) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise SystemExit(f"the gateway answered {errors[0]}")
+
+
 def measure(code: Path, endpoint: tuple[str, str, str], a: argparse.Namespace) -> float:
     """Instructions per request of the gateway whose code is at ``code``."""
     with tempfile.TemporaryDirectory(prefix="tritonctl-ir-") as tmp:
@@ -113,12 +143,19 @@ def measure(code: Path, endpoint: tuple[str, str, str], a: argparse.Namespace) -
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the gateway of {code} did not start under valgrind")
                 time.sleep(0.5)
-            addr = port_file.read_text()
+            http_addr, grpc_addr = port_file.read_text().split()
             head, body = _body(a.input, a.elements)
-            _drive(addr, a.model, WARMUP, a.concurrency, head, body)
+
+            def drive(n: int) -> None:
+                if a.protocol == "grpc":
+                    _drive_grpc(grpc_addr, a.model, n, a.concurrency, a)
+                else:
+                    _drive(http_addr, a.model, n, a.concurrency, head, body)
+
+            drive(WARMUP)
             control = ["callgrind_control"]
             subprocess.run([*control, "-i", "on", str(proc.pid)], check=True, capture_output=True)
-            _drive(addr, a.model, a.requests, a.concurrency, head, body)
+            drive(a.requests)
             subprocess.run([*control, "-i", "off", str(proc.pid)], check=True, capture_output=True)
             subprocess.run([*control, "-d", str(proc.pid)], check=True, capture_output=True)
         finally:
@@ -143,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="digits_mlp")
     ap.add_argument("--input", default="X", help="the model's input tensor")
     ap.add_argument("--elements", type=int, default=64, help="FP32 values per request")
+    ap.add_argument("--protocol", choices=["http", "grpc"], default="http", help="KServe over HTTP/1.1 or gRPC")
     a = ap.parse_args(argv)
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         raise SystemExit("valgrind is missing: install it (Debian: apt-get install valgrind)")
@@ -153,18 +191,17 @@ def main(argv: list[str] | None = None) -> int:
         ep = triton.start(timeout=120)
         try:
             trees = [("this checkout", ROOT)]
-            if a.against:
+            if a.against:  # a plain copy of the revision's files (git archive): no worktree added to the repository
                 old = work / "against"
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), a.against], check=True)
+                old.mkdir()
+                tar = subprocess.run(["git", "-C", str(ROOT), "archive", a.against], check=True, capture_output=True)
+                subprocess.run(["tar", "-x", "-C", str(old)], input=tar.stdout, check=True)
                 trees.append((a.against, old))
-            try:
-                results = [(name, measure(code, (ep.http, ep.grpc, ep.metrics), a)) for name, code in trees]
-            finally:
-                if a.against:
-                    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "against")])
+            results = [(name, measure(code, (ep.http, ep.grpc, ep.metrics), a)) for name, code in trees]
         finally:
             triton.stop()
-    print(f"model {a.model}, HTTP/1.1 KServe binary infers, {a.requests} counted at c={a.concurrency} (callgrind)")
+    what = "gRPC ModelInfer calls" if a.protocol == "grpc" else "HTTP/1.1 KServe binary infers"
+    print(f"model {a.model}, {what}, {a.requests} counted at c={a.concurrency} (callgrind)")
     print("| code | instructions per request |")
     print("|---|---:|")
     for name, ir in results:

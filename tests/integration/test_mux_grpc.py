@@ -380,24 +380,29 @@ def test_an_answers_suffix_waits_for_the_clients_credit_then_triton_goes_on(serv
     raw.sock.close()
 
 
-def _counted(s: Serving, model: str) -> float:
-    """Hits + misses of ``model`` on the gateway's /metrics (ops may read them)."""
+def _counted(s: Serving, model: str) -> tuple[float, float]:
+    """Hits + misses of ``model``, and the gateway's gRPC OK calls of it, on /metrics (ops may read them)."""
     req = urllib.request.Request(s.url + "/metrics", headers=OPS)
     with urllib.request.urlopen(req, timeout=10) as r:
         text = r.read().decode()
-    return sum(
-        float(ln.rsplit(" ", 1)[1])
-        for ln in text.splitlines()
-        if ln.startswith(("tritonctl_mme_model_cache_hits_total{", "tritonctl_mme_model_cache_misses_total{"))
-        and f'model="{model}"' in ln
+    rows = [(ln.rsplit(" ", 1)[0], float(ln.rsplit(" ", 1)[1])) for ln in text.splitlines() if ln and ln[0] != "#"]
+    cache = ("tritonctl_mme_model_cache_hits_total{", "tritonctl_mme_model_cache_misses_total{")
+    counted = sum(v for k, v in rows if k.startswith(cache) and f'model="{model}"' in k)
+    calls = sum(
+        v
+        for k, v in rows
+        if k.startswith("tritonctl_gateway_requests_total{")
+        and all(f in k for f in ('api="grpc"', f'model="{model}"', 'code="OK"'))
     )
+    return counted, calls
 
 
 def test_a_scrape_right_after_grpc_answers_counts_them(served: Serving) -> None:
     """gRPC answers from a host are noted like HTTP ones: a scrape right after them waits for the host's counters."""
     x, _ = generate("LosAngeles_CA", 2, seed=5)
-    before = _counted(served, "housing_LosAngeles_CA")
+    counted, calls = _counted(served, "housing_LosAngeles_CA")
     with _grpc(served) as g:
         for _ in range(3):
             g.infer("housing_LosAngeles_CA", [_ginput(x)], headers=ALICE)
-    assert _counted(served, "housing_LosAngeles_CA") == before + 3
+    # the host's counters and the gateway's own series, under the model's name (never the host's)
+    assert _counted(served, "housing_LosAngeles_CA") == (counted + 3, calls + 3)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
+from time import perf_counter
 from typing import TYPE_CHECKING, Protocol, cast
 
 import grpc
 import hpack
 
 from toolkit.gateway.auth import ANONYMOUS
+from toolkit.gateway.h2_status import RST_STATUS, UNKNOWN, UNSET, TritonStatuses
 from toolkit.gateway.protowire import NameScanner
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+PAD_PRIO = PADDED | PRIORITY_FLAG
 NO_ERROR, PROTOCOL_ERROR, CANCEL = 0x0, 0x1, 0x8
 SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x4, 0x5
 DEFAULT_MAX_FRAME = 16384  # RFC 7540: what a peer may send until the other side's SETTINGS raise it
@@ -156,9 +159,9 @@ class Stream:
     """One call's state in the front: what is held, where its messages are, the pins it holds."""
 
     __slots__ = (
-        "check", "checking", "client_ended", "compressed", "done", "encoding", "headers_sent", "held",
-        "messages", "method", "mux", "prefix", "principal", "remaining", "scanner", "scanning", "sid", "size",
-        "ticket", "timer", "unscanned", "wu", "zbuf",
+        "check", "checking", "client_ended", "code", "cold", "compressed", "done", "encoding", "headers_sent", "held",
+        "messages", "method", "model", "mux", "prefix", "principal", "recorded", "remaining", "scanner", "scanning",
+        "sid", "size", "t0", "t_answer", "t_up", "ticket", "timer", "trace", "unscanned", "wu", "zbuf",
     )  # fmt: skip
     ticket: Ticket | None  # what admission holds for the call (slot, pin): released by end()
     mux: object | None  # an h2_mux.MuxCall: a multiplexed model's call, retargeted at its host
@@ -183,6 +186,15 @@ class Stream:
         self.client_ended = self.headers_sent = False
         self.principal: Principal = ANONYMOUS
         self.encoding = "identity"
+        # what h2_stats.record_call reads when the call ends: one perf_counter here, one when the first message
+        # goes to Triton, one when Triton's answer starts, one at the end
+        self.t0 = perf_counter()
+        self.t_up = self.t_answer = 0.0
+        self.code = UNSET  # the gRPC status the client got (Triton's trailers, the gateway's refusal, a reset)
+        self.model = ""  # the first model admission was asked for (ModelStreamInfer: its first message's)
+        self.cold: float | None = None  # seconds admission waited for a model to load
+        self.recorded = False
+        self.trace: str | None = None  # the call's traceparent, kept only when the access log is on
 
 
 class FrameWriter:
@@ -268,11 +280,16 @@ class Forwarder(Protocol):
 
 
 class TritonReader(asyncio.Protocol):
-    """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped."""
+    """Triton -> client: whole frames forwarded; ends of streams release pins; refused streams' frames dropped.
+
+    Triton's header blocks are decoded in order too (``h2_status.TritonStatuses``): the trailers' ``grpc-status`` is
+    the call's status in the gateway's metrics; a warm call's blocks cost a dict look-up each."""
 
     def __init__(self, conn: Forwarder) -> None:
         self.conn = conn
         self.buf = b""
+        self.answers = TritonStatuses(BlockDecoder())
+        self.block: tuple[int, bytearray, bool] | None = None  # (stream, fragments, END_STREAM) until END_HEADERS
 
     def data_received(self, data: bytes) -> None:
         c = self.conn
@@ -299,6 +316,8 @@ class TritonReader(asyncio.Protocol):
         counting = c.flow.counting
         ended: list[int] = []
         answered: list[Stream] = []  # unary calls whose answer has begun: Triton's work for them is done
+        now = 0.0  # one perf_counter per read, taken when a call's answer starts
+        statuses = self.answers.statuses
         while n - i >= 9:
             end = i + 9 + int.from_bytes(buf[i : i + 3], "big")
             if end > n:
@@ -311,11 +330,20 @@ class TritonReader(asyncio.Protocol):
                 if t == DATA and end - i > 9:
                     c.up.inject(window_update(0, end - i - 9))  # Triton's window back for what was dropped
             elif t in (DATA, HEADERS):
-                if flags & END_STREAM:
-                    ended.append(sid)
                 if t == HEADERS:
                     in_block = not flags & END_HEADERS
+                    frag = buf[i + 9 : end] if not flags & PAD_PRIO else header_fragment(flags, buf[i + 9 : end])
+                    if in_block:  # trailers end the call once their block is whole (the status is read then)
+                        self.block = (sid, bytearray(frag), bool(flags & END_STREAM))
+                    else:
+                        code = statuses.get(frag)
+                        if code is None:
+                            code = self.answers.decode(frag)
+                        if code != UNSET and s is not None and not s.done:
+                            s.code = code
                     if s is not None:
+                        if not s.headers_sent:
+                            s.t_answer = now = now or perf_counter()
                         s.headers_sent = True
                         if s.ticket is not None and s.method == "ModelInfer":
                             answered.append(s)
@@ -324,10 +352,24 @@ class TritonReader(asyncio.Protocol):
                     start = end
                     if c.flow.forward_down(c, s, buf[i:end]):
                         n = end  # its suffix waits for the client's window: the rest of Triton's frames with it
+                if flags & END_STREAM and not in_block:
+                    ended.append(sid)
             elif t == CONTINUATION:
                 in_block = not flags & END_HEADERS
+                if self.block is not None:
+                    self.block[1].extend(buf[i + 9 : end])
+                    if not in_block:
+                        bsid, block, block_ends = self.block
+                        self.block = None
+                        code, bs = self.answers.decode(bytes(block)), c.streams.get(bsid)
+                        if code != UNSET and bs is not None and not bs.done:
+                            bs.code = code
+                        if block_ends:
+                            ended.append(bsid)
             elif t == RST_STREAM:
                 ended.append(sid)
+                if s is not None and s.code == UNSET:
+                    s.code = RST_STATUS.get(int.from_bytes(buf[i + 9 : end], "big"), 13)
             elif counting and t == WINDOW_UPDATE:  # for multiplexed calls (h2_mux): cheap while nothing is short
                 fl = c.flow
                 if s is not None:
@@ -370,6 +412,8 @@ class TritonReader(asyncio.Protocol):
         for sid in ended:  # bookkeeping after the answer is on its way
             s = c.streams.get(sid)
             if s is not None and not s.done:
+                if s.code == UNSET:  # ended without trailers (or undecodable ones)
+                    s.code = UNKNOWN
                 c.end(s)
                 del c.streams[sid]
 

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
+from time import perf_counter
 from typing import Any, Protocol
 
 import hpack
@@ -45,6 +46,7 @@ from toolkit.gateway.errors import (
 from toolkit.gateway.grpc_service import SCANNED, STREAM, method_of
 from toolkit.gateway.h2_mux import Flow
 from toolkit.gateway.h2_policy import check_call, check_message
+from toolkit.gateway.h2_stats import record_call
 from toolkit.gateway.protowire import NameScanner, model_of
 
 log = logging.getLogger(__name__)
@@ -286,6 +288,8 @@ class H2Connection(asyncio.Protocol):
         s = self.streams[sid] = f.Stream(sid, method, method in SCANNED)
         s.client_ended = ended
         s.encoding = hm.get("grpc-encoding", "identity")
+        if self.core.stats.access is not None:
+            s.trace = hm.get("traceparent")
         try:
             check_call(self.core, s, path, headers, self.dead)
         except Exception as exc:
@@ -398,6 +402,8 @@ class H2Connection(asyncio.Protocol):
                 s.held = held
                 self.refuse(s, ValidationError("a multiplexed model's answer needs stream windows of 2 KiB or more"))
                 return
+            if not s.t_up:
+                s.t_up = perf_counter()  # upstream latency starts: the first message is on its way to Triton
             if s.messages and s.method != STREAM:
                 self._arm(s)
 
@@ -429,11 +435,12 @@ class H2Connection(asyncio.Protocol):
             return
         s.done = True
         self.flow.release(s)
+        s.code = f.grpc_status(err.grpc_code)
         self._credit(s)
         self.end(s)
         if self.dead is None:
             self.up.inject(f.rst_stream(s.sid, f.CANCEL))
-        out = f.trailers_frame(s.sid, f.grpc_status(err.grpc_code), err.message, headers_sent=s.headers_sent)
+        out = f.trailers_frame(s.sid, s.code, err.message, headers_sent=s.headers_sent)
         if not s.client_ended:
             out += f.rst_stream(s.sid, f.NO_ERROR)  # "stop sending": the answer is complete
             self.streams[s.sid] = s
@@ -452,7 +459,9 @@ class H2Connection(asyncio.Protocol):
             self.down.inject(f.window_update(0, n))
 
     def end(self, s: f.Stream) -> None:
-        """The call is over (answered, reset, refused or the connection lost): its pins end, once."""
+        """The call is over (answered, reset, refused or the connection lost): its pins end, once; it is recorded."""
+        if not s.recorded:
+            record_call(self.core, s)
         if s.timer is not None:
             s.timer.cancel()
             s.timer = None

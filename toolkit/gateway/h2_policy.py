@@ -8,6 +8,7 @@ gateway's core (authentication, policy, admin scope, concurrency limit, the mana
 from __future__ import annotations
 
 from collections.abc import Coroutine
+from time import perf_counter
 from typing import Any
 
 from multidict import CIMultiDict
@@ -44,6 +45,7 @@ def check_message(core: GatewayCore, s: f.Stream, model: str) -> Coroutine[Any, 
     """Admission for one message's model; None when decided synchronously (the warm path), else what to await."""
     if not model and s.method == "ModelStatistics" and core.auth.enabled:
         core.check_admin(s.principal, METRICS)  # every model's statistics, denied ones included: operators only
+    s.model = s.model or model  # the call's model label (h2_stats): a stream's first
     use = USE.get(s.method, Use.LOOK)
     ticket = core.admit_now(s.principal, KSERVE_ENDPOINT, model, use)
     if ticket is not None:
@@ -54,7 +56,10 @@ def check_message(core: GatewayCore, s: f.Stream, model: str) -> Coroutine[Any, 
 
 
 async def _admit(core: GatewayCore, s: f.Stream, model: str, use: Use) -> None:
+    """Not warm: admission waits for the load (its time is the call's cold-load wait, as HTTP's ``_admit_timed``)."""
+    t0 = perf_counter()
     ticket = await core.admit(s.principal, KSERVE_ENDPOINT, model, use)
+    s.cold = (s.cold or 0.0) + perf_counter() - t0
     _route(core, s, model, ticket)
     s.ticket = ticket
 

@@ -7,7 +7,11 @@ and no metric objects (``prometheus_client``'s ``Histogram.labels(...).observe``
 in docs/metrics.md). ``GatewayCollector`` turns the state into Prometheus families at scrape time.
 
 Label values are bounded: a model label is a name the manager knows (an unknown name in a refused request is
-counted under ``model=""``), an endpoint label is ``kserve``, ``grpc`` or a configured SageMaker endpoint.
+counted under ``model=""``), an endpoint label is ``kserve`` (KServe v2 over HTTP and gRPC: the endpoint both are
+authorized against) or a configured SageMaker endpoint. ``code`` is the HTTP status, except for ``api="grpc"``:
+there the series key holds the gRPC status number and the label (and the access log) reads its name (``OK``,
+``NOT_FOUND``...), as gRPC's own Prometheus middlewares label it; an HTTP ``404`` and gRPC's ``5`` never share a
+label value.
 """
 
 from __future__ import annotations
@@ -49,6 +53,20 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 )
 PREFIX = "tritonctl_gateway_"
 _LABELS = ["api", "endpoint", "model", "code"]
+GRPC_API = "grpc"
+# grpc.StatusCode's names by number (not imported: the gateway's metrics path does not load grpcio)
+GRPC_CODES = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+    "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)  # fmt: skip
+
+
+def code_label(api: str, code: int) -> str:
+    """The ``code`` label (and access-log ``status``) of a series: gRPC's status name, else the HTTP status."""
+    if api == GRPC_API:
+        return GRPC_CODES[code] if 0 <= code < len(GRPC_CODES) else "UNKNOWN"
+    return str(code)
 
 
 _NB = len(LATENCY_BUCKETS) + 1  # buckets per histogram, +Inf included
@@ -189,7 +207,7 @@ class RequestStats:
             "api": api,
             "endpoint": endpoint,
             "model": model,
-            "status": status,
+            "status": code_label(api, status) if api == GRPC_API else status,
             "latency_ms": None if seconds is None else round(seconds * 1000, 3),
             "upstream_ms": None if upstream_s is None else round(upstream_s * 1000, 3),
             "cold": cold_wait_s is not None,
@@ -201,7 +219,7 @@ class RequestStats:
         self.access.write(entry)
 
     def count(self, api: str) -> dict[int, int]:
-        """Requests by status code for one API (tests, the CLI)."""
+        """Requests by status code for one API (tests, the CLI): gRPC's by status number."""
         out: dict[int, int] = {}
         for (a, _, _, code), s in self.series.items():
             if a == api:
@@ -229,9 +247,9 @@ class GatewayCollector:
         items = sorted(self.stats.series.items())
         req = CounterMetricFamily(f"{PREFIX}requests", "Requests answered by the gateway", labels=_LABELS)
         for (api, ep, model, code), s in items:
-            req.add_metric([api, ep, model, str(code)], s.n)
+            req.add_metric([api, ep, model, code_label(api, code)], s.n)
         yield req
-        timed = [([a, e, m, str(c)], s) for (a, e, m, c), s in items]
+        timed = [([a, e, m, code_label(a, c)], s) for (a, e, m, c), s in items]
         yield histogram_family(
             f"{PREFIX}request_duration_seconds",
             "From the complete request to Triton's answer (or the gateway's refusal)",
