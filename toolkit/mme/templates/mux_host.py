@@ -18,6 +18,7 @@ Security: sklearn artifacts are pickles and numpy artifacts are Python files; lo
 """
 
 import json
+import marshal
 import os
 import re
 import threading
@@ -36,6 +37,15 @@ _RECENT = 1024  # load durations kept for the gateway's histogram
 
 def _param(config, key, default=None):
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def _compiled(path):
+    """A numpy artifact's code, compiled before memory tracing starts and handed over marshalled. Compiling under
+    tracemalloc costs 2-7x (every AST node is traced, then freed: ~0.4 ms becomes ~1-2.7 ms for a 1 KB model), yet
+    none of that is the model's memory; ``marshal.loads`` rebuilds the same code objects under tracing, so what the
+    model keeps is still counted."""
+    with open(path) as fh:
+        return marshal.dumps(compile(fh.read(), path, "exec"))
 
 
 class _Resident:
@@ -143,13 +153,14 @@ class TritonPythonModel:
         loader = {"numpy": self._init_numpy, "sklearn": self._init_sklearn, "onnx": self._init_onnx}.get(framework)
         if loader is None:
             raise ValueError(f"model {name!r}: framework {framework!r} is not served by the host")
+        t0 = time.perf_counter()
+        staged = _compiled(path) if framework == "numpy" else None  # before tracing starts: see _compiled
         traced = tracemalloc.is_tracing()
         if not traced:
             tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
-        t0 = time.perf_counter()
         try:
-            run = loader(path, desc)
+            run = loader(path, desc, staged)
         finally:
             seconds = time.perf_counter() - t0
             nbytes = max(tracemalloc.get_traced_memory()[0] - before, 0) + os.path.getsize(path)
@@ -157,16 +168,15 @@ class TritonPythonModel:
                 tracemalloc.stop()
         return _Resident(name, run, nbytes, seconds)
 
-    def _init_numpy(self, path, desc):
-        with open(path) as fh:
-            code = compile(fh.read(), path, "exec")
+    def _init_numpy(self, path, desc, staged):
+        code = marshal.loads(staged)  # the code objects the model keeps, allocated (and counted) here
         module = types.ModuleType("tritonctl_mux_" + desc["name"])
         module.__file__ = path
         exec(code, module.__dict__)  # numpy artifacts are Python files: trusted, as documented
         outs = [name for name, _, _ in self.outputs]
         return lambda inputs: [module.predict(inputs)[o] for o in outs]
 
-    def _init_sklearn(self, path, desc):
+    def _init_sklearn(self, path, desc, _staged):
         import joblib
 
         est = joblib.load(path)
@@ -185,7 +195,7 @@ class TritonPythonModel:
 
         return run
 
-    def _init_onnx(self, path, desc):
+    def _init_onnx(self, path, desc, _staged):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
