@@ -171,6 +171,17 @@ def test_boto3_and_tritonclient_are_served_by_one_host_with_sklearns_predictions
     assert len([n for n in loaded if n.startswith(HOST_PREFIX)]) == 1
 
 
+def test_a_store_tarball_is_prepared_as_the_files_the_host_loads(served: Serving) -> None:
+    """Read in memory, not extracted (``toolkit.mme.muxfiles``): the folder of a renamed copy holds its artifact and
+    the gateway's descriptor, no config to rename and no adapter ``model.py``; the host serves from it."""
+    x, _ = generate("NewYork_NY", 2, seed=5)
+    assert np.allclose(_invoke(_runtime(served), "housing_copy_6", x), expected_prices("NewYork_NY", x), rtol=1e-4)
+    assert served.repository is not None
+    folder = served.repository.parent / f".{served.repository.name}.tritonctl-mux" / "housing_copy_6"
+    assert sorted(os.listdir(folder)) == ["housing_NewYork_NY.py", "mux.json"]
+    assert json.loads((folder / "mux.json").read_text())["artifact"] == "housing_NewYork_NY.py"
+
+
 def test_a_denied_target_model_is_403_through_the_host_and_never_loaded(served: Serving) -> None:
     x, _ = generate("Houston_TX", 2, seed=1)
     with pytest.raises(ClientError) as err:

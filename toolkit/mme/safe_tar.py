@@ -209,6 +209,39 @@ def install_dir(src: Path, target: Path, scratch: Path | None = None) -> None:
         os.replace(src, target)
 
 
+def read_model_tarball(
+    tar_path: Path,
+    *,
+    max_read: int,
+    label: str,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+) -> dict[str, bytes | None] | None:
+    """A single-model artifact's members read into memory, nothing written: path relative to the model's folder
+    (posix) -> its bytes, or None for a folder. Checked as ``extract_model_tarball`` checks before it extracts (the
+    same ``_scan`` and layout rule); the config is *not* renamed (a caller that needs Triton to load the folder
+    extracts it). For callers that need a few small files (a multiplexed model, ``toolkit.mme.muxfiles``), since each
+    extracted member is a new file. None (read nothing) for an ensemble bundle, or when the regular files add up to
+    more than ``max_read`` bytes."""
+    try:
+        with tarfile.open(tar_path, "r:*") as tf:
+            members = _scan(tf, label, max_bytes, max_files)
+            root, bundle = _model_root(members, label)
+            if bundle or sum(m.size for m in members if m.isreg()) > max_read:
+                return None
+            out: dict[str, bytes | None] = {}
+            for m in members:
+                parts = _member_parts(m, label)[len(root) :]
+                fh = tf.extractfile(m) if m.isreg() else None
+                if parts:
+                    out["/".join(parts)] = fh.read() if fh is not None else None
+            return out
+    except ArtifactError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
+        raise ArtifactError(f"{label} is not a readable tar.gz archive: {exc}") from exc
+
+
 def extract_model_tarball(
     tar_path: Path,
     dest_dir: Path,
