@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.mme.muxfiles import DESCRIPTOR, FOLDER, ModelFiles, write_prepared
+from toolkit.mme.muxfiles import DESCRIPTOR, FOLDER, PREPARED, ModelFiles, drop_prepared, write_prepared
 from toolkit.mme.muxspec import ADAPTER, read_artifact
 from toolkit.mme.safe_tar import ArtifactError, read_model_tarball
 from toolkit.repository.generate import render_model_dir
@@ -94,23 +94,44 @@ def test_a_path_that_is_both_a_file_and_a_folder_is_refused() -> None:
         ModelFiles.in_memory({"1/m.py": b"y", "1": b"x"}, "evil.tar.gz")
 
 
-def test_only_what_the_host_loads_is_written_atomically(tmp_path: Path) -> None:
+def _describe(artifact: str) -> bytes:
+    return json.dumps({"artifact": artifact}).encode()
+
+
+def test_an_artifact_alone_is_prepared_as_one_file(tmp_path: Path) -> None:
+    d = _model(tmp_path)
+    files = _in_memory(_tar(d, tmp_path / "m.tar.gz"))
+    root, scratch = tmp_path / "root", tmp_path / "scratch"
+    scratch.mkdir()
+    (root / "m").mkdir(parents=True)  # a folder of an earlier preparation
+    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch) == "m.py"
+    head, _, payload = (root / PREPARED / "m").read_bytes().partition(b"\n")
+    assert json.loads(head) == {"artifact": "m.py"} and payload == (d / "1" / "m.py").read_bytes()
+    assert sorted(os.listdir(root)) == [PREPARED] and list(scratch.iterdir()) == []  # renamed into place
+    drop_prepared(root, "m")
+    assert list((root / PREPARED).iterdir()) == []
+
+
+def test_an_artifact_with_files_beside_it_keeps_a_folder(tmp_path: Path) -> None:
     d = _model(tmp_path)
     (d / "1" / "data").mkdir()
-    (d / "1" / "data" / "w.bin").write_bytes(b"\1\2")
+    (d / "1" / "data" / "w.bin").write_bytes(b"\1\2")  # e.g. an ONNX model's external data, found by path
     files = _in_memory(_tar(d, tmp_path / "m.tar.gz"))
-    scratch, dest = tmp_path / "scratch", tmp_path / "root" / "m"
+    root, scratch = tmp_path / "root", tmp_path / "scratch"
     scratch.mkdir()
-    dest.parent.mkdir()
-    served = write_prepared(files, "1/m.py", lambda a: json.dumps({"artifact": a}).encode(), dest, scratch)
-    assert served == "m.py"
+    (root / PREPARED).mkdir(parents=True)
+    (root / PREPARED / "m").write_bytes(b"an earlier one-file preparation")
+    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch) == "m.py"
+    dest = root / "m"
     got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*"))
     assert got == ["data", "data/w.bin", "m.py", DESCRIPTOR]  # no config, no adapter model.py
     assert json.loads((dest / DESCRIPTOR).read_bytes()) == {"artifact": "m.py"}
     assert (dest / "m.py").read_bytes() == (d / "1" / "m.py").read_bytes()
-    assert list(scratch.iterdir()) == []  # the temporary folder was renamed into place
+    assert not (root / PREPARED / "m").exists() and list(scratch.iterdir()) == []
     (d / "1" / DESCRIPTOR).write_text("the model's own file")  # a name the descriptor would overwrite
     files = _in_memory(_tar(d, tmp_path / "clash.tar.gz"))
-    served = write_prepared(files, "1/m.py", lambda a: json.dumps({"artifact": a}).encode(), dest, scratch)
-    assert served == "1/m.py" and (dest / "1" / DESCRIPTOR).read_text() == "the model's own file"
+    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch) == "1/m.py"
+    assert (dest / "1" / DESCRIPTOR).read_text() == "the model's own file"
     assert json.loads((dest / DESCRIPTOR).read_bytes()) == {"artifact": "1/m.py"}
+    drop_prepared(root, "m")
+    assert not dest.exists()

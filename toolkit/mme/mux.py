@@ -31,7 +31,7 @@ from toolkit.mme._loading import link_tree
 from toolkit.mme.errors import ArtifactFetchError, ModelNotFoundError
 from toolkit.mme.manager import ModelManager, pinned
 from toolkit.mme.metrics import exposition
-from toolkit.mme.muxfiles import DESCRIPTOR, ModelFiles, write_prepared
+from toolkit.mme.muxfiles import DESCRIPTOR, ModelFiles, drop_prepared, write_prepared
 from toolkit.mme.muxspec import HostSettings, MuxArtifact, is_host, mux_root, read_artifact, write_host
 from toolkit.mme.muxstats import HostStats
 from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, install_dir, read_model_tarball
@@ -144,7 +144,7 @@ class MuxModels:
         if is_host(name):
             raise _host_refused(name)
         if self._routes.pop(name, None) is not None:
-            await asyncio.to_thread(shutil.rmtree, self.root / name, True)
+            await asyncio.to_thread(drop_prepared, self.root, name)
             return
         await self.inner.unload(name)
 
@@ -200,7 +200,7 @@ class MuxModels:
             self._exists(name)
         dest = self.root / name
         try:
-            found = self._from_tarball(name, dest) or self._from_folder(name, dest)
+            found = self._from_tarball(name) or self._from_folder(name, dest)
         except ArtifactNotFoundError as exc:
             raise ModelNotFoundError(name, str(exc)) from None
         except (ArtifactError, OSError, ValueError) as exc:
@@ -218,7 +218,7 @@ class MuxModels:
                 )
         return host
 
-    def _from_tarball(self, name: str, dest: Path) -> MuxArtifact | None:
+    def _from_tarball(self, name: str) -> MuxArtifact | None:
         """The fast path (``toolkit.mme.muxfiles``): a local store's tarball read in memory, judged, and only what
         the host loads written. None where it does not apply (a repository model, a disk cache, a folder artifact, a
         bundle, a large artifact) or where the files are not servable as they are (a native ONNX model is adapted by
@@ -240,14 +240,14 @@ class MuxModels:
         found = read_artifact(files, name, self.settings.max_artifact_bytes)
         if isinstance(found, str):
             return None
-        served = write_prepared(
-            files, found.artifact, lambda a: replace(found, artifact=a).descriptor(), dest, self.scratch
-        )
+        describe = lambda a: replace(found, artifact=a).descriptor()  # noqa: E731
+        served = write_prepared(files, found.artifact, describe, self.root, name, self.scratch)
         return replace(found, artifact=served)
 
     def _from_folder(self, name: str, dest: Path) -> MuxArtifact | str:
         """The general path: the whole model folder at ``dest`` (linked from the repository or the disk cache, or
         fetched), judged, and the descriptor written beside it."""
+        drop_prepared(self.root, name)  # the host reads a one-file preparation first: none may be left over
         self._materialize(name, dest)
         found = read_artifact(dest, name, self.settings.max_artifact_bytes)
         if not isinstance(found, str):
