@@ -182,6 +182,11 @@ def test_a_store_tarball_is_prepared_as_one_file_the_host_loads(served: Serving)
     head, _, artifact = (root / PREPARED / "housing_copy_6").read_bytes().partition(b"\n")
     assert json.loads(head)["artifact"] == "housing_NewYork_NY.py" and artifact.startswith(b'"""Housing price')
     assert not (root / "housing_copy_6").exists()
+    with httpclient.InferenceServerClient(served.http) as c:  # the admin unload drops it; the next request prepares it
+        c.unload_model("housing_copy_6", headers={"x-api-key": OPS})
+    assert not (root / PREPARED / "housing_copy_6").exists()
+    assert np.allclose(_invoke(_runtime(served), "housing_copy_6", x), expected_prices("NewYork_NY", x), rtol=1e-4)
+    assert (root / PREPARED / "housing_copy_6").is_file()
 
 
 def test_a_denied_target_model_is_403_through_the_host_and_never_loaded(served: Serving) -> None:
