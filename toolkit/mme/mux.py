@@ -240,7 +240,11 @@ class MuxModels:
         found = read_artifact(files, name, self.settings.max_artifact_bytes)
         if isinstance(found, str):
             return None
-        describe = lambda a: replace(found, artifact=a).descriptor()  # noqa: E731
+        chosen = found
+
+        def describe(artifact: str) -> bytes:  # the descriptor names the artifact where the host finds it
+            return replace(chosen, artifact=artifact).descriptor()
+
         served = write_prepared(files, found.artifact, describe, self.root, name, self.scratch)
         return replace(found, artifact=served)
 

@@ -101,7 +101,8 @@ def write_prepared(
     (an ONNX model's external data stays beside it) and ``mux.json``; a version folder that holds a file of that
     name keeps its own folder, so nothing is overwritten. Written under ``scratch`` and renamed into place."""
     version = artifact.split("/", 1)[0]
-    own = [rel for rel in files.entries if rel.startswith(version + "/") and rel != f"{version}/model.py"]
+    adapter = f"{version}/model.py"
+    own = [rel for rel in files.entries if rel.startswith(version + "/") and (rel != adapter or rel == artifact)]
     if own == [artifact]:
         shutil.rmtree(root / name, ignore_errors=True)  # a folder of an earlier preparation: the host reads this
         served = artifact.rsplit("/", 1)[-1]
