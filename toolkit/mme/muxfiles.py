@@ -104,7 +104,7 @@ def write_prepared(
     adapter = f"{version}/model.py"
     own = [rel for rel in files.entries if rel.startswith(version + "/") and (rel != adapter or rel == artifact)]
     if own == [artifact]:
-        shutil.rmtree(root / name, ignore_errors=True)  # a folder of an earlier preparation: the host reads this
+        shutil.rmtree(root / name, ignore_errors=True)  # an earlier preparation's folder, left over: not kept
         served = artifact.rsplit("/", 1)[-1]
         head = descriptor(served)
         if b"\n" in head:
