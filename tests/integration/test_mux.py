@@ -35,6 +35,7 @@ from examples.housing import generate
 from examples.mme import _tar_dir, build_city_store, city_spec, expected_prices
 from tests.waiting import wait_until
 from toolkit import ServeConfig, Serving, start
+from toolkit.mme.muxfiles import PREPARED
 from toolkit.mme.muxspec import HOST_PREFIX
 from toolkit.mme.muxstats import LOADS, MISSES, read_states
 from toolkit.repository.generate import render_model_dir
@@ -179,6 +180,23 @@ def test_boto3_and_tritonclient_are_served_by_one_host_with_sklearns_predictions
     loaded = _triton_loaded(served)
     assert not any(n.startswith("housing_") for n in loaded), loaded  # no stub of their own
     assert len([n for n in loaded if n.startswith(HOST_PREFIX)]) == 1
+
+
+def test_a_store_tarball_is_prepared_as_one_file_the_host_loads(served: Serving) -> None:
+    """Read in memory, not extracted (``toolkit.mme.muxfiles``): a renamed copy is one file, the gateway's
+    descriptor then the artifact; no config to rename, no adapter ``model.py``; the host serves from it."""
+    x, _ = generate("NewYork_NY", 2, seed=5)
+    assert np.allclose(_invoke(_runtime(served), "housing_copy_6", x), expected_prices("NewYork_NY", x), rtol=1e-4)
+    assert served.repository is not None
+    root = served.repository.parent / f".{served.repository.name}.tritonctl-mux"
+    head, _, artifact = (root / PREPARED / "housing_copy_6").read_bytes().partition(b"\n")
+    assert json.loads(head)["artifact"] == "housing_NewYork_NY.py" and artifact.startswith(b'"""Housing price')
+    assert not (root / "housing_copy_6").exists()
+    with httpclient.InferenceServerClient(served.http) as c:  # the admin unload drops it; the next request prepares it
+        c.unload_model("housing_copy_6", headers={"x-api-key": OPS})
+    assert not (root / PREPARED / "housing_copy_6").exists()
+    assert np.allclose(_invoke(_runtime(served), "housing_copy_6", x), expected_prices("NewYork_NY", x), rtol=1e-4)
+    assert (root / PREPARED / "housing_copy_6").is_file()
 
 
 def test_a_denied_target_model_is_403_through_the_host_and_never_loaded(served: Serving) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,3 +109,41 @@ def test_a_native_onnx_artifact_is_adapted_then_multiplexed(tmp_path: Path) -> N
         assert np.allclose(got, sess.run(["probabilities"], {"X": digits})[0], rtol=1e-5)
         loaded = _loaded(s)
         assert "logreg" not in loaded and any(n.startswith(HOST_PREFIX) for n in loaded), loaded
+
+
+def test_store_tarballs_of_each_framework_are_served_from_what_the_host_loads(tmp_path: Path) -> None:
+    """A local store's tarballs, read in memory (``toolkit.mme.muxfiles``): an ONNX and a sklearn artifact alone in
+    their version folder become one file (the host loads them from bytes: an onnxruntime session, joblib from a
+    buffer); the numpy MLP, whose ``.npz`` sibling it opens by path, keeps a folder."""
+    from toolkit.mme.muxfiles import DESCRIPTOR, PREPARED
+    from toolkit.mme.muxspec import mux_root
+    from toolkit.repository.generate import render_model_dir
+    from toolkit.spec import load_manifest
+
+    store, repo = tmp_path / "store", tmp_path / "repo"
+    store.mkdir()
+    repo.mkdir()
+    names = {"digits_logreg", "digits_mlp", "housing_Chicago_IL"}
+    for spec in load_manifest(ROOT / "tritonctl.yaml").models:
+        if spec.name in names:
+            folder = render_model_dir(spec, tmp_path / "models")
+            with tarfile.open(store / f"{spec.name}.tar.gz", "w:gz") as tf:
+                tf.add(folder, arcname=spec.name)
+    digits = np.load(ROOT / "examples" / "digits_samples.npy")[:3].astype(np.float32)
+    features = np.random.default_rng(1).random((4, 10), dtype=np.float32)
+    sess = ort.InferenceSession(str(ART / "digits_logreg.onnx"), providers=["CPUExecutionProvider"])
+    spec_mlp = importlib.util.spec_from_file_location("digits_mlp_reference", ART / "digits_mlp.py")
+    assert spec_mlp is not None and spec_mlp.loader is not None
+    mlp = importlib.util.module_from_spec(spec_mlp)
+    spec_mlp.loader.exec_module(mlp)
+    with start(ServeConfig(repository=repo, store=str(store), multiplex=True, **FREE)) as s:
+        got = _infer(s, "digits_logreg", "X", digits, ["probabilities"])["probabilities"]
+        assert np.allclose(got, sess.run(["probabilities"], {"X": digits})[0], rtol=1e-5)
+        price = _infer(s, "housing_Chicago_IL", "features", features, ["price"])["price"].reshape(-1)
+        assert np.allclose(price, joblib.load(ART / "housing_Chicago_IL.joblib").predict(features), rtol=1e-4)
+        got = _infer(s, "digits_mlp", "X", digits, ["probabilities"])["probabilities"]
+        assert np.allclose(got, mlp.predict({"X": digits})["probabilities"], rtol=1e-5)
+        assert not names & _loaded(s)  # all three inside hosts
+        root = mux_root(repo)
+        assert sorted(os.listdir(root / PREPARED)) == ["digits_logreg", "housing_Chicago_IL"]
+        assert (root / "digits_mlp" / DESCRIPTOR).is_file() and not (root / "digits_logreg").exists()

@@ -4,6 +4,7 @@ store against moto is in tests/integration/test_mme_stores_s3.py)."""
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 import threading
 import time
@@ -15,7 +16,13 @@ from model_tarballs import CONFIG, MODEL_PY, model_members, tar_member, write_ta
 
 from toolkit.errors import TritonctlError
 from toolkit.mme.diskcache import VERSIONS_DIR, CacheFullError, DiskCache
-from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, extract_model_tarball, validate_model_name
+from toolkit.mme.safe_tar import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    extract_model_tarball,
+    read_model_tarball,
+    validate_model_name,
+)
 from toolkit.mme.stores import FetchResult, LocalStore, S3Store, open_store
 from toolkit.server import free_port
 
@@ -80,6 +87,10 @@ def test_malicious_tarballs_rejected(tmp_path: Path, case: str) -> None:
     assert "evil.tar.gz" in str(err.value)
     assert list(dest.iterdir()) == []  # nothing half-extracted
     assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
+    try:  # read in memory (a multiplexed model): the same checks, or None, and the caller extracts as above
+        assert read_model_tarball(tar, max_read=1 << 30, label="evil.tar.gz", **limits) is None
+    except ArtifactError as exc:
+        assert re.search(message, str(exc)) and "evil.tar.gz" in str(exc)
 
 
 def test_corrupt_and_truncated_archives(tmp_path: Path) -> None:

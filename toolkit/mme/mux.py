@@ -2,8 +2,9 @@
 
 Why: a python-backend model costs a stub process (~47 MB, ~175 ms to load); a 1 KB regression loaded in-process costs
 a few KB and about a millisecond. ``MuxModels`` is the gateway's model provider (``toolkit.gateway.models``) over the
-MME ``ModelManager``: a name it multiplexes is prepared once (fetched from the store or disk cache, or linked from the
-repository, into ``mux_root``; checked by ``muxspec.read_artifact``) and routed to the host of its tensor signature;
+MME ``ModelManager``: a name it multiplexes is prepared once into ``mux_root`` (a local store's tarball read in
+memory and only what the host loads written, ``toolkit.mme.muxfiles``; else fetched from the store or disk cache, or
+linked from the repository; checked by ``muxspec.read_artifact`` either way) and routed to the host of its signature;
 every other name, and every artifact the host cannot serve, goes to the manager exactly as before.
 
 Security: admission authorizes the canonical model name before anything here runs; ``mux_route`` then tells the
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +31,11 @@ from toolkit.mme._loading import link_tree
 from toolkit.mme.errors import ArtifactFetchError, ModelNotFoundError
 from toolkit.mme.manager import ModelManager, pinned
 from toolkit.mme.metrics import exposition
-from toolkit.mme.muxspec import DESCRIPTOR, HostSettings, is_host, mux_root, read_artifact, write_host
+from toolkit.mme.muxfiles import DESCRIPTOR, ModelFiles, drop_prepared, write_prepared
+from toolkit.mme.muxspec import HostSettings, MuxArtifact, is_host, mux_root, read_artifact, write_host
 from toolkit.mme.muxstats import HostStats
-from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, install_dir
+from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, install_dir, read_model_tarball
+from toolkit.mme.stores import LocalStore
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -140,7 +144,7 @@ class MuxModels:
         if is_host(name):
             raise _host_refused(name)
         if self._routes.pop(name, None) is not None:
-            await asyncio.to_thread(shutil.rmtree, self.root / name, True)
+            await asyncio.to_thread(drop_prepared, self.root, name)
             return
         await self.inner.unload(name)
 
@@ -164,9 +168,7 @@ class MuxModels:
     async def _prepare(self, name: str, fut: asyncio.Future[str | None]) -> None:
         try:
             t0 = time.monotonic()
-            if not self.inner.knows(name):
-                await self._exists(name)
-            host = await asyncio.to_thread(self._prepare_files, name)
+            host = await asyncio.to_thread(self._prepare_files, name)  # one hop: the work is a few file operations
             if host is None:
                 self._plain.add(name)
             else:
@@ -181,12 +183,12 @@ class MuxModels:
         finally:
             self._flights.pop(name, None)
 
-    async def _exists(self, name: str) -> None:
+    def _exists(self, name: str) -> None:
         store = self.inner.store
         if store is None:
             raise ModelNotFoundError(name, f"not in the repository {self.repository} (no artifact store)")
         try:
-            found = await asyncio.to_thread(store.exists, name)
+            found = store.exists(name)
         except ArtifactError as exc:
             raise ArtifactFetchError(name, str(exc)) from None
         if not found:
@@ -194,10 +196,11 @@ class MuxModels:
 
     def _prepare_files(self, name: str) -> str | None:
         """In a worker thread: the artifact into ``root/<name>``, checked, its descriptor written, its host made."""
+        if not self.inner.knows(name):
+            self._exists(name)
         dest = self.root / name
         try:
-            self._materialize(name, dest)
-            found = read_artifact(dest, name, self.settings.max_artifact_bytes)
+            found = self._from_tarball(name) or self._from_folder(name, dest)
         except ArtifactNotFoundError as exc:
             raise ModelNotFoundError(name, str(exc)) from None
         except (ArtifactError, OSError, ValueError) as exc:
@@ -207,14 +210,54 @@ class MuxModels:
             log.info("model %s is served by its own stub, not multiplexed: %s", name, found)
             shutil.rmtree(dest, ignore_errors=True)
             return None
-        (dest / DESCRIPTOR).write_bytes(found.descriptor())
         with self._host_lock:  # preparations run in worker threads: one writer per host directory
             host = self._hosts.get(found.signature)
             if host is None:  # once per signature and run: the host's directory, written before its first load
                 host = self._hosts[found.signature] = write_host(
-                    self.repository, dest, self.root, self.settings, self.scratch
+                    self.repository, found.config, self.root, self.settings, self.scratch
                 )
         return host
+
+    def _from_tarball(self, name: str) -> MuxArtifact | None:
+        """The fast path (``toolkit.mme.muxfiles``): a local store's tarball read in memory, judged, and only what
+        the host loads written. None where it does not apply (a repository model, a disk cache, a folder artifact, a
+        bundle, a large artifact) or where the files are not servable as they are (a native ONNX model is adapted by
+        the extraction): ``_materialize`` prepares those as before and ``read_artifact`` has the last word."""
+        store = self.inner.store
+        if not isinstance(store, LocalStore) or self.inner.disk_cache is not None:
+            return None
+        if (self.repository / name / "config.pbtxt").is_file():
+            return None
+        tar = store.tarball(name)
+        if tar is None:
+            return None
+        label = f"artifact {tar.name!r} in {store!r}"
+        limit = self.settings.max_artifact_bytes + (1 << 20)  # room for the config and the adapter's model.py
+        members = read_model_tarball(tar, max_read=limit, label=label)
+        if members is None:
+            return None
+        files = ModelFiles.in_memory(members, label)
+        found = read_artifact(files, name, self.settings.max_artifact_bytes)
+        if isinstance(found, str):
+            return None
+        chosen = found
+
+        def describe(artifact: str) -> bytes:  # the descriptor names the artifact where the host finds it
+            return replace(chosen, artifact=artifact).descriptor()
+
+        served = write_prepared(files, found.artifact, describe, self.root, name, self.scratch)
+        return replace(found, artifact=served)
+
+    def _from_folder(self, name: str, dest: Path) -> MuxArtifact | str:
+        """The general path: the whole model folder at ``dest`` (linked from the repository or the disk cache, or
+        fetched), judged, and the descriptor written beside it."""
+        drop_prepared(self.root, name)  # the host reads a one-file preparation first: none may be left over
+        self._materialize(name, dest)
+        found = read_artifact(dest, name, self.settings.max_artifact_bytes)
+        if not isinstance(found, str):
+            (dest / DESCRIPTOR).unlink(missing_ok=True)  # a hard link to the source's file must not be written through
+            (dest / DESCRIPTOR).write_bytes(found.descriptor())
+        return found
 
     def _materialize(self, name: str, dest: Path) -> None:
         local = self.repository / name

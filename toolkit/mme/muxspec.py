@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 
+from toolkit.mme.muxfiles import ModelFiles
 from toolkit.mme.safe_tar import TMP_PREFIX, install_dir
 from toolkit.repository.config import parse_config, render_config
 from toolkit.repository.protos import model_config_pb2 as mc
@@ -30,7 +30,6 @@ TEMPLATE = Path(__file__).parent / "templates" / "mux_host.py"
 ADAPTER = Path(__file__).resolve().parents[1] / "repository" / "templates" / "adapter_model.py"
 HOST_PREFIX = "tritonctl_mux_"  # no client may name a host: its parameter would pick any model
 SERVED = frozenset({"numpy", "sklearn", "onnx"})
-DESCRIPTOR = "mux.json"
 DEFAULT_MAX_ARTIFACT_BYTES = 64 << 10  # 64 KiB: see docs/mme.md, "When to multiplex"
 
 
@@ -53,6 +52,7 @@ class MuxArtifact:
     signature: str
     nbytes: int
     methods: dict[str, str] = field(default_factory=dict)
+    config: str = field(default="", repr=False)  # its config.pbtxt, for the host's config (``write_host``)
 
     def descriptor(self) -> bytes:
         doc = {"name": self.name, "framework": self.framework, "artifact": self.artifact, "signature": self.signature}
@@ -106,28 +106,38 @@ def _adapter() -> bytes:
     return _ADAPTER[0]
 
 
-def read_artifact(model_dir: Path, name: str, max_bytes: int) -> MuxArtifact | str:
+def read_artifact(files: ModelFiles | Path, name: str, max_bytes: int) -> MuxArtifact | str:
     """The artifact as the host will serve it, or why it cannot be (then it gets its own stub, as before).
 
-    Only tritonctl's generated adapters qualify (their ``model.py`` byte for byte): a hand-written ``model.py`` may
-    do anything in ``initialize``/``execute`` that the host does not reproduce."""
-    backend, framework, artifact, signature, methods = _facts((model_dir / "config.pbtxt").read_text())
+    ``files``: a model folder, or ``ModelFiles`` (a folder on disk or a tarball read into memory, judged alike). Only
+    tritonctl's generated adapters qualify (their ``model.py`` byte for byte): a hand-written ``model.py`` may do
+    anything in ``initialize``/``execute`` that the host does not reproduce. A config this protobuf cannot read is
+    left to the per-process path, which reports it."""
+    if isinstance(files, Path):
+        files = ModelFiles.on_disk(files)
+    text = files.read("config.pbtxt").decode()
+    try:
+        backend, framework, artifact, signature, methods = _facts(text)
+    except text_format.ParseError as exc:
+        return f"config.pbtxt is not read by this protobuf ({exc})"
     if backend != "python" or framework not in SERVED or not artifact:
         return f"not a numpy/sklearn/onnx adapter model (backend {backend!r}, framework {framework!r})"
-    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = files.versions()
     if not versions:
         return "no version folder"
-    version = model_dir / str(versions[-1])
-    model_py = version / "model.py"
-    if not model_py.is_file() or model_py.read_bytes() != _adapter():
-        return f"{version.name}/model.py is not tritonctl's adapter"
-    path = version / artifact
-    if not path.is_file() or os.path.islink(path):
-        return f"artifact {version.name}/{artifact} missing"
-    nbytes = sum(p.stat().st_size for p in version.rglob("*") if p.is_file())
+    version = str(versions[-1])
+    try:
+        adapter = files.read(f"{version}/model.py") == _adapter()
+    except OSError:
+        adapter = False
+    if not adapter:
+        return f"{version}/model.py is not tritonctl's adapter"
+    if not files.is_file(f"{version}/{artifact}"):
+        return f"artifact {version}/{artifact} missing"
+    nbytes = files.bytes_under(version)
     if nbytes > max_bytes:
         return f"{nbytes} bytes, over the host's limit of {max_bytes}"
-    return MuxArtifact(name, framework, f"{version.name}/{artifact}", signature, nbytes, dict(methods))
+    return MuxArtifact(name, framework, f"{version}/{artifact}", signature, nbytes, dict(methods), text)
 
 
 @dataclass(frozen=True)
@@ -161,9 +171,10 @@ def host_config(model_cfg: mc.ModelConfig, name: str, root: Path, settings: Host
     return cfg
 
 
-def write_host(repository: Path, model_dir: Path, root: Path, settings: HostSettings, scratch: Path) -> str:
-    """Write (or refresh) the host for ``model_dir``'s signature in Triton's repository; returns its name."""
-    model_cfg = parse_config((model_dir / "config.pbtxt").read_text())
+def write_host(repository: Path, model: Path | str, root: Path, settings: HostSettings, scratch: Path) -> str:
+    """Write (or refresh) the host for the signature of ``model`` (a model folder, or its config.pbtxt text) in
+    Triton's repository; returns its name."""
+    model_cfg = parse_config(model if isinstance(model, str) else (model / "config.pbtxt").read_text())
     name = HOST_PREFIX + signature_of(model_cfg)
     text = render_config(host_config(model_cfg, name, root, settings))
     target = repository / name

@@ -21,6 +21,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from toolkit.errors import TritonctlError
@@ -131,8 +132,15 @@ def _check_member(member: tarfile.TarInfo, tar_label: str) -> None:
         raise ArtifactError(f"{tar_label}: member {member.name!r} has unsupported type {member.type!r}")
 
 
-def _scan(tf: tarfile.TarFile, tar_label: str, max_bytes: int, max_files: int) -> list[tarfile.TarInfo]:
-    """Read the member list lazily (so a file-count bomb is stopped early) and check every member."""
+def _scan(
+    tf: tarfile.TarFile,
+    tar_label: str,
+    max_bytes: int,
+    max_files: int,
+    accepted: Callable[[tarfile.TarInfo], None] | None = None,
+) -> list[tarfile.TarInfo]:
+    """Read the member list lazily (so a file-count bomb is stopped early) and check every member; ``accepted`` is
+    called with each member kept, while the archive is positioned at its data (read there, not by seeking back)."""
     members: list[tarfile.TarInfo] = []
     total = 0
     for seen, member in enumerate(tf):
@@ -148,6 +156,8 @@ def _scan(tf: tarfile.TarFile, tar_label: str, max_bytes: int, max_files: int) -
                 f"{tar_label}: uncompressed size exceeds {max_bytes} bytes at member {member.name!r} (size bomb?)"
             )
         members.append(member)
+        if accepted is not None:
+            accepted(member)
     if not members:
         raise ArtifactError(f"{tar_label}: archive is empty")
     return members
@@ -207,6 +217,47 @@ def install_dir(src: Path, target: Path, scratch: Path | None = None) -> None:
             shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(src, target)
+
+
+def read_model_tarball(
+    tar_path: Path,
+    *,
+    max_read: int,
+    label: str,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+) -> dict[str, bytes | None] | None:
+    """A single-model artifact's members read into memory, nothing written: path relative to the model's folder
+    (posix) -> its bytes, or None for a folder. Checked as ``extract_model_tarball`` checks before it extracts (the
+    same ``_scan`` and layout rule); the config is *not* renamed (a caller that needs Triton to load the folder
+    extracts it). For callers that need a few small files (a multiplexed model, ``toolkit.mme.muxfiles``), since each
+    extracted member is a new file. None (read nothing) for an ensemble bundle, or when the regular files add up to
+    more than ``max_read`` bytes."""
+    data: dict[tarfile.TarInfo, bytes] = {}
+    budget = [max_read]
+
+    def read(m: tarfile.TarInfo) -> None:  # in the scan's pass: a gzip stream seeks back by decompressing again
+        budget[0] -= m.size if m.isreg() else 0
+        fh = tf.extractfile(m) if m.isreg() and budget[0] >= 0 else None
+        if fh is not None:
+            data[m] = fh.read()
+
+    try:
+        with tarfile.open(tar_path, "r:*") as tf:
+            members = _scan(tf, label, max_bytes, max_files, read)
+            root, bundle = _model_root(members, label)
+            if bundle or budget[0] < 0:
+                return None
+            out: dict[str, bytes | None] = {}
+            for m in members:
+                parts = _member_parts(m, label)[len(root) :]
+                if parts:
+                    out["/".join(parts)] = data[m] if m.isreg() else None
+            return out
+    except ArtifactError:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
+        raise ArtifactError(f"{label} is not a readable tar.gz archive: {exc}") from exc
 
 
 def extract_model_tarball(

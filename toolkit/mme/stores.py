@@ -99,14 +99,25 @@ class LocalStore:
             h.update(f"{f.relative_to(self.root)}:{st.st_mtime_ns}:{st.st_size};".encode())
         return h.hexdigest()[:16]
 
-    def fetch(self, name: str, dest_dir: Path, progress: ProgressFn | None = None) -> FetchResult:
-        start = time.monotonic()
+    def _found(self, name: str) -> Path:
         src = self._locate(name)
         if src is None:
             where = artifact_path(name)
             raise ArtifactNotFoundError(
                 f"model {name!r} not found in {self!r} (expected {where}.tar.gz, {where}.tgz or {where}/{CONFIG})"
             )
+        return src
+
+    def tarball(self, name: str) -> Path | None:
+        """The artifact's file when it is a tarball (None for a folder; ``ArtifactNotFoundError`` for none), found
+        and checked as ``fetch`` finds it: for a reader that needs a few small files without extracting them
+        (``safe_tar.read_model_tarball``)."""
+        src = self._found(name)
+        return src if src.is_file() else None
+
+    def fetch(self, name: str, dest_dir: Path, progress: ProgressFn | None = None) -> FetchResult:
+        start = time.monotonic()
+        src = self._found(name)
         version = self.version(name)
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
