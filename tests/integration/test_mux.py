@@ -80,12 +80,12 @@ def _numpy_artifact(src: str, name: str, store: Path, work: Path) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
-    """Six cities, eight renamed copies of NewYork's model, a model that raises, one that fails to
+    """Six cities, nine renamed copies of NewYork's model, a model that raises, one that fails to
     load; a host holding 4 models; alice may invoke housing_* except Houston."""
     tmp = tmp_path_factory.mktemp("mux")
     store = tmp / "store"
     arts = build_city_store(store, n=6)
-    for i in range(8):
+    for i in range(9):
         shutil.copy(arts["housing_NewYork_NY"], store / f"housing_copy_{i}.tar.gz")
     _numpy_artifact(BOOM, "housing_boom", store, tmp / "w1")
     _numpy_artifact(BROKEN, "housing_broken", store, tmp / "w2")
@@ -186,17 +186,17 @@ def test_a_store_tarball_is_prepared_as_one_file_the_host_loads(served: Serving)
     """Read in memory, not extracted (``toolkit.mme.muxfiles``): a renamed copy is one file, the gateway's
     descriptor then the artifact; no config to rename, no adapter ``model.py``; the host serves from it."""
     x, _ = generate("NewYork_NY", 2, seed=5)
-    assert np.allclose(_invoke(_runtime(served), "housing_copy_6", x), expected_prices("NewYork_NY", x), rtol=1e-4)
+    assert np.allclose(_invoke(_runtime(served), "housing_copy_8", x), expected_prices("NewYork_NY", x), rtol=1e-4)
     assert served.repository is not None
     root = served.repository.parent / f".{served.repository.name}.tritonctl-mux"
-    head, _, artifact = (root / PREPARED / "housing_copy_6").read_bytes().partition(b"\n")
+    head, _, artifact = (root / PREPARED / "housing_copy_8").read_bytes().partition(b"\n")
     assert json.loads(head)["artifact"] == "housing_NewYork_NY.py" and artifact.startswith(b'"""Housing price')
-    assert not (root / "housing_copy_6").exists()
+    assert not (root / "housing_copy_8").exists()
     with httpclient.InferenceServerClient(served.http) as c:  # the admin unload drops it; the next request prepares it
-        c.unload_model("housing_copy_6", headers={"x-api-key": OPS})
-    assert not (root / PREPARED / "housing_copy_6").exists()
-    assert np.allclose(_invoke(_runtime(served), "housing_copy_6", x), expected_prices("NewYork_NY", x), rtol=1e-4)
-    assert (root / PREPARED / "housing_copy_6").is_file()
+        c.unload_model("housing_copy_8", headers={"x-api-key": OPS})
+    assert not (root / PREPARED / "housing_copy_8").exists()
+    assert np.allclose(_invoke(_runtime(served), "housing_copy_8", x), expected_prices("NewYork_NY", x), rtol=1e-4)
+    assert (root / PREPARED / "housing_copy_8").is_file()
 
 
 def test_a_denied_target_model_is_403_through_the_host_and_never_loaded(served: Serving) -> None:
