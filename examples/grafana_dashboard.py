@@ -75,7 +75,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
-        "Error ratio (4xx, 5xx)",
+        "Error ratio (4xx, 5xx, gRPC not OK)",
         "percentunit",
         [
             (
@@ -85,6 +85,10 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
             (
                 f'sum(rate(tritonctl_gateway_requests_total{{code=~"5.."}}{W})) / sum(rate(tritonctl_gateway_requests_total{W}))',
                 "5xx",
+            ),
+            (  # gRPC calls carry gRPC status names (docs/metrics.md): any but OK is an error
+                f'sum(rate(tritonctl_gateway_requests_total{{api="grpc",code!="OK"}}{W})) / sum(rate(tritonctl_gateway_requests_total{W}))',
+                "gRPC not OK",
             ),
         ],
     ),

@@ -1,8 +1,8 @@
 """A picture of the Grafana dashboard's panels from live scrapes (Grafana itself is not installed here).
 
 The examples are served (Triton + gateway + MME manager at most 4 models), a mixed load runs (KServe infers of the
-digits models, SageMaker invocations of the housing multi-model endpoint, whose cities load and evict, and a few
-requests for unknown models), and ``/metrics`` is scraped every 2 s. Each panel of
+digits models over HTTP and gRPC, SageMaker invocations of the housing multi-model endpoint, whose cities load and
+evict, and a few requests for unknown models), and ``/metrics`` is scraped every 2 s. Each panel of
 ``examples.grafana_dashboard.PANELS`` is then computed in Python the way its PromQL does (rates as differences
 between consecutive scrapes, quantiles by linear interpolation inside the bucket, like ``histogram_quantile``) and
 drawn with matplotlib. ``PANEL_FUNCS`` must name exactly the dashboard's panels: a panel added there without a
@@ -145,10 +145,14 @@ def _overhead(sc: Scrapes) -> Series:
 
 def _errors(sc: Scrapes) -> Series:
     all_ = _one(sc.rate("tritonctl_gateway_requests_total"))
-    return {
+    out = {
         f"{c}xx": _ratio(_one(sc.rate("tritonctl_gateway_requests_total", code=f"{c}..")) or [0.0] * len(all_), all_)
         for c in (4, 5)
     }
+    grpc = _one(sc.rate("tritonctl_gateway_requests_total", api="grpc")) or [0.0] * len(all_)
+    ok = _one(sc.rate("tritonctl_gateway_requests_total", api="grpc", code="OK")) or [0.0] * len(all_)
+    out["gRPC not OK"] = _ratio([a - b for a, b in zip(grpc, ok, strict=True)], all_)
+    return out
 
 
 def _hit_ratio(sc: Scrapes) -> Series:
@@ -173,7 +177,7 @@ PANEL_FUNCS: dict[str, Callable[[Scrapes], Series]] = {
     ),
     "Gateway overhead per request (mean)": _overhead,
     "Cold-load wait p95 by model": lambda sc: sc.quantile(0.95, "tritonctl_gateway_cold_load_wait_seconds", "model"),
-    "Error ratio (4xx, 5xx)": _errors,
+    "Error ratio (4xx, 5xx, gRPC not OK)": _errors,
     "In flight, Triton up, hot-path share": lambda sc: {
         "in flight": sc.gauge("tritonctl_gateway_inflight"),
         "triton up": sc.gauge("tritonctl_gateway_triton_up"),
@@ -213,7 +217,7 @@ PANEL_FUNCS: dict[str, Callable[[Scrapes], Series]] = {
 
 
 def _traffic(url: str, stop: threading.Event, seed: int) -> None:
-    """KServe infers of the digits models, housing invocations (cities load and evict), some unknown models."""
+    """KServe (HTTP) infers of the digits models, housing invocations (cities load and evict), unknown models."""
     x = np.load(ROOT / "examples" / "digit0.npy").astype(np.float32).tolist()
     digits = json.dumps({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": x}]}).encode()
     house = [0.5] * 10  # the city models take 10 preprocessed features
@@ -236,17 +240,35 @@ def _traffic(url: str, stop: threading.Event, seed: int) -> None:
             urllib.request.urlopen(req, timeout=30).read()
 
 
+def _grpc_traffic(target: str, stop: threading.Event) -> None:
+    """KServe gRPC infers of a digits model through the gateway's gRPC port, 1 in 10 for an unknown model."""
+    import tritonclient.grpc as grpcclient
+
+    x = np.load(ROOT / "examples" / "digit0.npy").astype(np.float32)[None, :]
+    inp = grpcclient.InferInput("X", [1, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    rng = random.Random(7)
+    with grpcclient.InferenceServerClient(target) as client:
+        while not stop.is_set():
+            model = "digits_logreg" if rng.random() < 0.9 else "no_such_model"
+            with contextlib.suppress(Exception):  # NOT_FOUND is part of the picture (the error-ratio panel)
+                client.infer(model, [inp])
+            time.sleep(0.02)
+
+
 def collect(seconds: float = 90.0, every: float = 1.0) -> list[tuple[float, Samples]]:
     from toolkit import ServeConfig, start
 
     config = ServeConfig(
         repository=ROOT / "model_repository", manifest=ROOT / "tritonctl.yaml", max_models=4,
-        http_port=0, grpc_port=0, metrics_port=0, gateway_port=0, gateway_grpc_port=None,
+        http_port=0, grpc_port=0, metrics_port=0, gateway_port=0, gateway_grpc_port=0,
     )  # fmt: skip
     snaps: list[tuple[float, Samples]] = []
     with start(config) as serving:
         stop = threading.Event()
         workers = [threading.Thread(target=_traffic, args=(serving.url, stop, seed)) for seed in range(4)]
+        assert serving.grpc is not None
+        workers.append(threading.Thread(target=_grpc_traffic, args=(serving.grpc, stop)))
         for w in workers:
             w.start()
         t0 = time.monotonic()
