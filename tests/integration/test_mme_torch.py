@@ -75,6 +75,24 @@ class Pair(Module):
         return a @ self.w + b, (a * a).sum(dim=1, keepdim=True)
 
 
+# Inputs named like forward()'s arguments, listed in another order: libtorch binds them by name.
+NAMED_CONFIG = """platform: "pytorch_libtorch"
+max_batch_size: 8
+input [
+  { name: "scale" data_type: TYPE_FP32 dims: [1] },
+  { name: "x" data_type: TYPE_FP32 dims: [4] }
+]
+output [{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [4] }]
+"""
+
+
+class Named(Module):
+    """forward(x, scale) -> x - scale: the inputs swapped give scale - x."""
+
+    def forward(self, x, scale):  # type: ignore[no-untyped-def]
+        return x - scale
+
+
 def scripted(module: Any, path: Path) -> Path:
     """TorchScript, as libtorch loads it (``torch.jit.load``)."""
     torch.jit.script(module.eval()).save(str(path))
@@ -104,7 +122,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("torch_models")
     torch.manual_seed(13)
     mlp = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-    return {"mlp": scripted(mlp, work / "mlp.pt"), "pair": scripted(Pair(), work / "pair.pt")}
+    return {
+        "mlp": scripted(mlp, work / "mlp.pt"),
+        "pair": scripted(Pair(), work / "pair.pt"),
+        "named": scripted(Named(), work / "named.pt"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +139,7 @@ def serving(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
     store = base / "store"
     pack(store / "mlp_pt_v0.tar.gz", {"mlp/config.pbtxt": MLP_CONFIG, "mlp/1/model.pt": models["mlp"].read_bytes()})
     pack(store / "pt" / "pair.tar.gz", {"config.pbtxt": PAIR_CONFIG, "1/model.pt": models["pair"].read_bytes()})
+    pack(store / "pt" / "named.tar.gz", {"config.pbtxt": NAMED_CONFIG, "1/model.pt": models["named"].read_bytes()})
     config = ServeConfig(repository=base / "repo", store=str(store), endpoint="mme", load_wait_s=3.0, **FREE)
     with start(config, echo=lambda _: None) as running:
         yield running
@@ -201,6 +224,15 @@ def test_two_inputs_and_outputs_follow_the_libtorch_index_not_the_config_order(
     np.testing.assert_array_equal(out_0, first_0)
     np.testing.assert_array_equal(out_1, first_1)
     assert out_0.shape == (3, 2) and out_1.shape == (3, 1)
+
+
+def test_inputs_named_like_forwards_arguments_are_bound_by_name(serving: Serving, models: dict[str, Path]) -> None:
+    """Triton's libtorch backend binds inputs named like forward()'s arguments by name, whatever the config order
+    (here ``scale`` before ``x``)."""
+    scale = np.array([[1.0], [-2.0], [0.5]], dtype=np.float32)
+    (want,) = own(models["named"], ROWS[:3], scale)
+    got = invoke(serving, "pt/named.tar.gz", {"x": ROWS[:3], "scale": scale})
+    np.testing.assert_array_equal(got["OUTPUT__0"], want)
 
 
 def test_concurrent_requests_batched_together_answer_their_own_rows(serving: Serving, models: dict[str, Path]) -> None:

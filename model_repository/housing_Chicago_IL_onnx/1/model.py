@@ -109,9 +109,16 @@ class TritonPythonModel:
         import torch
 
         net = torch.jit.load(self.path, map_location="cpu").eval()
+        order = [name for name, _ in self.inputs]
+        # Triton's libtorch backend binds inputs named like forward()'s arguments by name (else by their INPUT__N
+        # index, which tritonctl's native adaptation orders the config by, else by config order): so does this.
+        with contextlib.suppress(AttributeError, RuntimeError):
+            arguments = [a.name for a in net.forward.schema.arguments][1:]  # after self
+            if set(order) <= set(arguments):
+                order = [a for a in arguments if a in order]
 
         def run(inputs):
-            args = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name, _ in self.inputs if name in inputs]
+            args = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in order if name in inputs]
             with torch.no_grad():
                 res = net(*args)
             res = res if isinstance(res, (tuple, list)) else [res]
