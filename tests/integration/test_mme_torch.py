@@ -5,7 +5,8 @@
 the same file with torch; the answers are compared with torch's own on the same file.
 
 Skipped where torch is not importable (CI: the project venv has no torch). To run it, install torch outside the venv
-and put it on PYTHONPATH, which the embedded Triton's python stubs inherit::
+and put it on PYTHONPATH; Triton's python stub ignores PYTHONPATH (its interpreter is isolated) and the adapter puts
+the entries on ``sys.path`` itself, which the first test would fail without ("No module named 'torch'")::
 
     python -m pip install --no-deps --target /work/torchlib torch-...-cp311-....whl filelock fsspec
     PYTHONPATH=$PWD:/work/torchlib python -m pytest tests/integration/test_mme_torch.py
