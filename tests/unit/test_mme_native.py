@@ -194,8 +194,9 @@ def test_python_models_and_ensembles_are_left_alone(tmp_path: Path) -> None:
 
 
 def test_torchscript_with_torch_is_adapted(tmp_path: Path) -> None:
-    """Where torch is importable, a ``pytorch_libtorch`` artifact becomes the adapter's torchscript model (not run on
-    the machine this was written on: torch is not installed there, and this test is skipped)."""
+    """Where torch is importable, a ``pytorch_libtorch`` artifact becomes the adapter's torchscript model. Skipped
+    where torch is not (CI); run with torch 2.13.0+cpu installed outside the venv (``PYTHONPATH=$PWD:/work/torchlib``),
+    and served for real in tests/integration/test_mme_torch.py."""
     torch = pytest.importorskip("torch")
     net = torch.jit.script(torch.nn.Linear(2, 2))
     net.save(str(tmp_path / "model.pt"))

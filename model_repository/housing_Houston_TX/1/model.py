@@ -14,10 +14,26 @@ import importlib
 import importlib.util
 import json
 import os
+import sys
 import threading
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+
+def _honour_pythonpath():
+    """Triton's python-backend stub starts its interpreter isolated (``sys.flags.isolated``): PYTHONPATH is in its
+    environment (the server's) but not on ``sys.path``, so a framework installed outside the venv (``pip install
+    --target DIR torch``, then ``PYTHONPATH=DIR tritonctl serve``) was found by tritonctl, which adapted the model,
+    and not by the stub, which failed the load ("No module named 'torch'"). Its entries go where Python puts them,
+    ahead of the standard library and site-packages; a stub that honoured the environment already has them."""
+    if not sys.flags.ignore_environment:
+        return
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    sys.path[1 if sys.path[:1] == [""] else 0 : 0] = entries  # after the script directory, as Python does
+
+
+_honour_pythonpath()  # before numpy: the same one as the server's process finds
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
 def _import_asyncio():
@@ -93,9 +109,16 @@ class TritonPythonModel:
         import torch
 
         net = torch.jit.load(self.path, map_location="cpu").eval()
+        order = [name for name, _ in self.inputs]
+        # Triton's libtorch backend binds inputs named like forward()'s arguments by name (else by their INPUT__N
+        # index, which tritonctl's native adaptation orders the config by, else by config order): so does this.
+        with contextlib.suppress(AttributeError, RuntimeError):
+            arguments = [a.name for a in net.forward.schema.arguments][1:]  # after self
+            if set(order) <= set(arguments):
+                order = [a for a in arguments if a in order]
 
         def run(inputs):
-            args = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name, _ in self.inputs if name in inputs]
+            args = [torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in order if name in inputs]
             with torch.no_grad():
                 res = net(*args)
             res = res if isinstance(res, (tuple, list)) else [res]
