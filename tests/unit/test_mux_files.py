@@ -4,6 +4,8 @@ loads, atomically."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import os
 import shutil
@@ -11,10 +13,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from toolkit.mme.muxfiles import DESCRIPTOR, FOLDER, PREPARED, ModelFiles, drop_prepared, write_prepared
 from toolkit.mme.muxspec import ADAPTER, read_artifact
-from toolkit.mme.safe_tar import ArtifactError, read_model_tarball
+from toolkit.mme.safe_tar import IN_MEMORY_BYTES, ArtifactError, _inflate_small, read_model_tarball
 from toolkit.repository.generate import render_model_dir
 from toolkit.spec.models import ModelSpec, TensorSpec
 
@@ -135,3 +139,114 @@ def test_an_artifact_with_files_beside_it_keeps_a_folder(tmp_path: Path) -> None
     assert json.loads((dest / DESCRIPTOR).read_bytes()) == {"artifact": "1/m.py"}
     drop_prepared(root, "m")
     assert not dest.exists()
+
+
+# -- the in-memory inflate (safe_tar._inflate_small) against tarfile's stream: same members, same refusals ------------
+_MEMBER_NAMES = st.sampled_from(
+    [
+        "config.pbtxt",
+        "1/model.py",
+        "1/m.py",
+        "1",
+        "top/config.pbtxt",
+        "top/1/m.py",
+        "./1/x.bin",
+        "/etc/passwd",
+        "../evil",
+        "1/../../evil",
+        "C:/evil",
+        "._config.pbtxt",
+        "__MACOSX/1/m.py",
+        "1/model.py",  # a duplicate
+    ]
+)
+_KINDS = st.sampled_from([tarfile.REGTYPE, tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, b"3"])
+_MEMBERS = st.lists(st.tuples(_MEMBER_NAMES, _KINDS, st.binary(max_size=300)), max_size=8)
+_DAMAGE = st.sampled_from(
+    ["none", "truncate", "no_trailer", "flip", "trailing", "two_members", "plain_tar", "garbage_tar"]
+)
+
+
+def _archive(members: list[tuple[str, bytes, bytes]], damage: str, cut: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            else:
+                info.linkname = "config.pbtxt" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+                tf.addfile(info)
+    tar = buf.getvalue()
+    if damage == "plain_tar":
+        return tar
+    if damage == "garbage_tar":
+        return gzip.compress(tar[:cut] + b"\x07" * 512 + tar[cut:])
+    gz = gzip.compress(tar)
+    if damage == "truncate":
+        return gz[: cut % max(len(gz), 1)]
+    if damage == "no_trailer":  # every byte of the tar is there, its CRC and length are not
+        return gz[: -1 - cut % 8]
+    if damage == "flip":
+        i = cut % len(gz)
+        return gz[:i] + bytes([gz[i] ^ 0x5A]) + gz[i + 1 :]
+    if damage == "trailing":
+        return gz + b"junk"
+    if damage == "two_members":
+        return gz + gzip.compress(tar)
+    return gz
+
+
+def _outcome(path: Path, in_memory: int, max_read: int, max_bytes: int, max_files: int) -> object:
+    try:
+        return read_model_tarball(
+            path, max_read=max_read, label="a", max_bytes=max_bytes, max_files=max_files, in_memory=in_memory
+        )
+    except ArtifactError as exc:
+        text = str(exc)  # a refusal of a member, word for word; an unreadable archive: tarfile's words may differ
+        return ArtifactError, text if text.startswith("a: ") else text.split(":", 1)[0]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    members=_MEMBERS,
+    damage=_DAMAGE,
+    cut=st.integers(min_value=0, max_value=4096),
+    max_read=st.sampled_from([0, 200, LIMIT]),
+    max_bytes=st.sampled_from([250, 10_000]),
+    max_files=st.sampled_from([3, 100]),
+    in_memory=st.sampled_from([600, IN_MEMORY_BYTES]),
+)
+def test_an_archive_inflated_in_memory_reads_as_the_stream_reads_it(
+    tmp_path: Path,
+    members: list[tuple[str, bytes, bytes]],
+    damage: str,
+    cut: int,
+    max_read: int,
+    max_bytes: int,
+    max_files: int,
+    in_memory: int,
+) -> None:
+    """Only the bytes' source differs (one C inflate, or tarfile's gzip stream): the members, the limits and every
+    refusal are ``_scan``'s either way; what the in-memory inflate cannot take whole goes to the stream."""
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(_archive(members, damage, cut))
+    fast = _outcome(path, in_memory, max_read, max_bytes, max_files)
+    slow = _outcome(path, 0, max_read, max_bytes, max_files)
+    assert fast == slow
+
+
+def test_only_a_small_whole_gzip_is_inflated_in_memory(tmp_path: Path) -> None:
+    """The in-memory path is taken (the check above would pass trivially if it never were), and only where it may."""
+    tar = _tar(_model(tmp_path), tmp_path / "m.tar.gz")
+    raw = tar.read_bytes()
+    inflated = _inflate_small(tar, IN_MEMORY_BYTES)
+    assert inflated is not None and inflated.getvalue() == gzip.decompress(raw)
+    assert _inflate_small(tar, len(gzip.decompress(raw)) - 1) is None  # inflates past the limit
+    assert _inflate_small(tar, 0) is None
+    for name, data in [("cut", raw[:-9]), ("two", raw + raw), ("tail", raw + b"x"), ("tar", gzip.decompress(raw))]:
+        other = tmp_path / f"{name}.tar.gz"
+        other.write_bytes(data)
+        assert _inflate_small(other, IN_MEMORY_BYTES) is None, name

@@ -195,12 +195,17 @@ class MuxModels:
             raise ModelNotFoundError(name, f"not in the repository nor in {store!r}")
 
     def _prepare_files(self, name: str) -> str | None:
-        """In a worker thread: the artifact into ``root/<name>``, checked, its descriptor written, its host made."""
-        if not self.inner.knows(name):
-            self._exists(name)
+        """In a worker thread: the artifact into ``root/<name>``, checked, its descriptor written, its host made. An
+        unknown name is looked up in the store (404 if absent) before anything is fetched; on the tarball path that
+        look-up is the tarball's own (one store look-up, not two)."""
+        known = self.inner.knows(name)
         dest = self.root / name
         try:
-            found = self._from_tarball(name) or self._from_folder(name, dest)
+            found: MuxArtifact | str | None = self._from_tarball(name, known)
+            if found is None:
+                if not known:
+                    self._exists(name)
+                found = self._from_folder(name, dest)
         except ArtifactNotFoundError as exc:
             raise ModelNotFoundError(name, str(exc)) from None
         except (ArtifactError, OSError, ValueError) as exc:
@@ -218,17 +223,23 @@ class MuxModels:
                 )
         return host
 
-    def _from_tarball(self, name: str) -> MuxArtifact | None:
+    def _from_tarball(self, name: str, known: bool) -> MuxArtifact | None:
         """The fast path (``toolkit.mme.muxfiles``): a local store's tarball read in memory, judged, and only what
         the host loads written. None where it does not apply (a repository model, a disk cache, a folder artifact, a
         bundle, a large artifact) or where the files are not servable as they are (a native ONNX model is adapted by
-        the extraction): ``_materialize`` prepares those as before and ``read_artifact`` has the last word."""
+        the extraction): ``_materialize`` prepares those as before and ``read_artifact`` has the last word. An
+        absent artifact of an unknown name is None too: ``_exists`` words its 404."""
         store = self.inner.store
         if not isinstance(store, LocalStore) or self.inner.disk_cache is not None:
             return None
         if (self.repository / name / "config.pbtxt").is_file():
             return None
-        tar = store.tarball(name)
+        try:
+            tar = store.tarball(name)
+        except ArtifactNotFoundError:
+            if known:
+                raise
+            return None
         if tar is None:
             return None
         label = f"artifact {tar.name!r} in {store!r}"
