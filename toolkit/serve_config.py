@@ -106,6 +106,7 @@ class ServeConfig:
     multiplex_max_models: int = 0  # per host instance: resident models (0 = no count limit)
     multiplex_max_bytes: str | int = "64KiB"  # larger artifacts keep a stub of their own (docs/mme.md)
     multiplex_policy: str = "lru"  # inside the host: lru or gdsf
+    multiplex_instances: int = 1  # processes per host (each with its own models and budgets)
     # Time limits, in seconds.
     drain_s: float = 10.0  # on stop, what the gateway gives requests in flight to be answered
     timeout_s: float = 60.0  # one request through the gateway to Triton
@@ -167,6 +168,7 @@ class ServeConfig:
             max_models=self.multiplex_max_models,
             policy=self.multiplex_policy,
             max_artifact_bytes=_size(self.multiplex_max_bytes),
+            instances=self.multiplex_instances,
         )
 
     @property
@@ -342,6 +344,9 @@ class ServeConfig:
         m = self.multiplex_max_models
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ServeError(f"--multiplex-max-models must be a whole number >= 0, got {m!r}")
+        n = self.multiplex_instances
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
+            raise ServeError(f"--multiplex-instances must be a whole number from 1 to 64, got {n!r}")
         for flag, value in (
             ("--multiplex-budget", self.multiplex_budget),
             ("--multiplex-max-bytes", self.multiplex_max_bytes),

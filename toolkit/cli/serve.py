@@ -51,6 +51,7 @@ def serve_command(
     multiplex_max_models: int = typer.Option(0, "--multiplex-max-models", help="resident models per host (0: any)"),
     multiplex_max_bytes: str = typer.Option("64KiB", "--multiplex-max-bytes", help="larger artifacts get own stubs"),
     multiplex_policy: str = typer.Option("lru", "--multiplex-policy", help="eviction inside a host: lru or gdsf"),
+    multiplex_instances: int = typer.Option(1, "--multiplex-instances", help="processes per host (budgets: each)"),
     auth: Path | None = typer.Option(None, "--auth", help="principals, keys and policies (YAML/JSON)"),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="address the gateway binds to (Triton's with --no-gateway; admin stays loopback)"
@@ -106,6 +107,7 @@ def serve_command(
         multiplex_max_models=multiplex_max_models,
         multiplex_max_bytes=multiplex_max_bytes,
         multiplex_policy=multiplex_policy,
+        multiplex_instances=multiplex_instances,
         auth=auth,
         host=host,
         drain_s=drain_s,

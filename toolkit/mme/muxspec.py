@@ -148,17 +148,19 @@ class HostSettings:
     max_models: int = 0  # 0 = no count limit
     policy: str = "lru"  # or "gdsf": cost-aware (load time / bytes, frequency)
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    instances: int = 1  # processes per host: Triton hands requests to an idle one; each keeps its own models
 
 
 def host_config(model_cfg: mc.ModelConfig, name: str, root: Path, settings: HostSettings) -> mc.ModelConfig:
     """The host's config: the models' signature, dynamic batching without delay (requests that queue while the host
-    is busy are handed over together), one CPU instance, and where its models and budgets are."""
+    is busy are handed over together), ``settings.instances`` CPU instances (processes: a model asked for through
+    several is loaded in each, the budgets are per instance), and where its models and budgets are."""
     cfg = mc.ModelConfig(name=name, backend="python", max_batch_size=model_cfg.max_batch_size)
     cfg.input.extend(model_cfg.input)
     cfg.output.extend(model_cfg.output)
     if cfg.max_batch_size > 0:
         cfg.dynamic_batching.max_queue_delay_microseconds = 0
-    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=settings.instances)
     params = {
         "tritonctl.mux.root": str(root.resolve()),
         "tritonctl.mux.signature": signature_of(model_cfg),

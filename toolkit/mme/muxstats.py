@@ -177,10 +177,12 @@ class HostStats:
         return {k: v for k, v in self.states.items() if _alive(int(v.get("pid", 0)))}
 
     def resident(self) -> dict[str, int]:
-        """Models resident in a live host now, with their measured bytes."""
+        """Models resident in a live host now, with their measured bytes (summed over the host's instances that hold
+        it: each instance is a process with its own copy)."""
         out: dict[str, int] = {}
         for doc in self.live().values():
-            out.update({str(k): int(v) for k, v in doc.get("resident", {}).items()})
+            for k, v in doc.get("resident", {}).items():
+                out[str(k)] = out.get(str(k), 0) + int(v)
         return out
 
     def hosted(self) -> dict[str, str]:
@@ -195,8 +197,14 @@ class HostStats:
         """One row per model routed to a host (``hosts``: model -> host), resident or not."""
         resident = self.resident()
         counts: dict[str, list[float]] = {}
-        for doc in self.live().values():
-            counts.update(doc.get("counts", {}))
+        for doc in self.live().values():  # a host's instances count apart: hits, misses, loads, failures add up
+            for name, c in doc.get("counts", {}).items():
+                old = counts.get(name)
+                if old is None:
+                    counts[name] = list(c)
+                else:
+                    summed = [old[i] + c[i] for i in (HITS, MISSES, LOADS, FAILURES)]
+                    counts[name] = [*summed, max(old[LAST_USED], c[LAST_USED])]
         rows = []
         for name in sorted(hosts):
             c = counts.get(name, [0, 0, 0, 0, 0.0])
