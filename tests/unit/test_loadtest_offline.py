@@ -151,6 +151,10 @@ def test_server_stats_diff_and_mme_metrics() -> None:
     }
     d = diff_stats(before, reloaded)
     assert d["m"]["requests"] == 4 and d["m"]["avg_batch"] == 2.0 and d["m"]["queue_us"] == pytest.approx(1.0)
+    # reloaded, and its new count happens to equal the old one: other time in it says so (not "no traffic")
+    same_count = {"m": {**after["m"], "success": [before["m"]["success"][0], 9_000], "execution_count": 6}}
+    d = diff_stats(before, same_count)
+    assert d["m"]["requests"] == before["m"]["success"][0]
     text_a = 'tritonctl_mme_model_cache_hits_total{model="a"} 3\ntritonctl_mme_model_invocations_total{model="a"} 4\n'
     text_b = (  # as prometheus_client writes it: HELP/TYPE lines, counters with _total, label values escaped
         "# HELP tritonctl_mme_model_cache_hits_total Invocations whose model was already loaded\n"

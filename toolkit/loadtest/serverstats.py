@@ -49,6 +49,14 @@ def snapshot_stats(triton_http_url: str | None) -> dict[str, dict[str, Any]] | N
     return out
 
 
+def _restarted(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Counters that went backwards, or a success count equal to before with other time in it: a reload during the
+    window whose new count happens to equal the old one (counting from zero again, the window's traffic would
+    otherwise read as none and the model drop out of the report)."""
+    (na, ta), (nb, tb) = a["success"], b["success"]
+    return na < nb or (na == nb and ta != tb) or a["execution_count"] < b["execution_count"]
+
+
 def diff_stats(before: dict[str, dict[str, Any]] | None, after: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
     """Per model with traffic in the window: requests, inferences, executions, avg batch, µs per phase.
 
@@ -62,7 +70,7 @@ def diff_stats(before: dict[str, dict[str, Any]] | None, after: dict[str, dict[s
     out: dict[str, Any] = {}
     for name, a in sorted(after.items()):
         b = before.get(name, {})
-        if b and (a["success"][0] < b["success"][0] or a["execution_count"] < b["execution_count"]):
+        if b and _restarted(a, b):
             b = {}  # reloaded during the window: counters restarted
         succ = a["success"][0] - b.get("success", [0, 0])[0]
         fail = a["fail"][0] - b.get("fail", [0, 0])[0]
