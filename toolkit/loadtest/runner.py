@@ -27,7 +27,7 @@ from toolkit.loadtest.hist import LatencyHistogram
 from toolkit.loadtest.payload import resolve_target
 from toolkit.loadtest.recorder import Recorder
 from toolkit.loadtest.scenario import LoadTestError, Scenario, Target
-from toolkit.loadtest.serverstats import diff_stats, mme_metrics, scrape, snapshot_stats
+from toolkit.loadtest.serverstats import diff_stats, mme_metrics, scrape, settle, snapshot_stats
 from toolkit.server.endpoint import TritonEndpoint
 
 READY_TIMEOUT_S = 60.0  # workers import locust, gevent, tritonclient (~1 s each, more on a loaded machine)
@@ -154,6 +154,7 @@ def run_loadtest(opts: RunOptions) -> dict[str, Any]:
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+        settle(metrics_url)  # the stopped workers' last requests answered first (their loads counted)
         after_stats, after_mme = snapshot_stats(stats_url), scrape(metrics_url)
         rec = Recorder(t0=start_at, warmup=warmup)
         for i, (p, _, err_path) in enumerate(procs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -116,6 +117,18 @@ def scrape(url: str | None) -> dict[tuple[str, str], float] | None:
         return None
     raw = _get(url)
     return None if raw is None else parse_prometheus(raw.decode(errors="replace"))
+
+
+def settle(url: str | None, timeout_s: float = 5.0) -> None:
+    """Wait (bounded) until the gateway at ``url`` has no request in flight: a worker stopped at the window's end
+    leaves its last request running in the gateway, and a cold load it started would otherwise finish after the
+    closing snapshot (a load counted by the manager and missing from the report). No gateway gauge: no wait."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        samples = scrape(url)
+        if not samples or samples.get(("tritonctl_gateway_inflight", ""), 0.0) <= 0:
+            return
+        time.sleep(0.05)
 
 
 def _total(samples: dict[tuple[str, str], float], metric: str) -> float:
