@@ -26,6 +26,7 @@ from examples.housing import generate
 from examples.mme import build_city_store, expected_prices
 from toolkit import ServeConfig, Serving, start
 from toolkit.gateway.mux_rewrite import MUX_PARAM
+from toolkit.loadtest.serverstats import parse_prometheus
 from toolkit.mme.muxspec import HOST_PREFIX
 
 LONG = "housing_" + "L" * 120  # a 128-character name: ~190 bytes added to each request, ~130 to each answer
@@ -384,15 +385,14 @@ def _counted(s: Serving, model: str) -> tuple[float, float]:
     """Hits + misses of ``model``, and the gateway's gRPC OK calls of it, on /metrics (ops may read them)."""
     req = urllib.request.Request(s.url + "/metrics", headers=OPS)
     with urllib.request.urlopen(req, timeout=10) as r:
-        text = r.read().decode()
-    rows = [(ln.rsplit(" ", 1)[0], float(ln.rsplit(" ", 1)[1])) for ln in text.splitlines() if ln and ln[0] != "#"]
-    cache = ("tritonctl_mme_model_cache_hits_total{", "tritonctl_mme_model_cache_misses_total{")
-    counted = sum(v for k, v in rows if k.startswith(cache) and f'model="{model}"' in k)
+        rows = parse_prometheus(r.read().decode())  # prometheus_client's parser
+    cache = ("tritonctl_mme_model_cache_hits_total", "tritonctl_mme_model_cache_misses_total")
+    counted = sum(v for (name, labels), v in rows.items() if name in cache and labels == f'{{model="{model}"}}')
     calls = sum(
         v
-        for k, v in rows
-        if k.startswith("tritonctl_gateway_requests_total{")
-        and all(f in k for f in ('api="grpc"', f'model="{model}"', 'code="OK"'))
+        for (name, labels), v in rows.items()
+        if name == "tritonctl_gateway_requests_total"
+        and all(f in labels for f in ('api="grpc"', f'model="{model}"', 'code="OK"'))
     )
     return counted, calls
 

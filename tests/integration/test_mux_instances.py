@@ -20,6 +20,7 @@ import pytest
 from examples.housing import generate
 from examples.mme import build_city_store, expected_prices
 from toolkit import ServeConfig, Serving, start
+from toolkit.loadtest.serverstats import scrape
 from toolkit.mme.muxstats import HITS, MISSES, read_states
 from toolkit.serving import ServeError
 
@@ -59,10 +60,10 @@ def _invoke(s: Serving, city: str, x: np.ndarray) -> np.ndarray:
     return np.asarray(out["outputs"][0]["data"], dtype=np.float64)
 
 
-def _metrics(s: Serving) -> dict[str, float]:
-    with urllib.request.urlopen(s.url + "/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln and ln[0] != "#"}
+def _metrics(s: Serving) -> dict[tuple[str, str], float]:
+    m = scrape(s.url + "/metrics")  # prometheus_client's parser, as the load-test report reads it
+    assert m is not None
+    return m
 
 
 def test_two_instances_share_the_work_and_the_metrics_add_them_up(served: Serving) -> None:
@@ -88,12 +89,12 @@ def test_two_instances_share_the_work_and_the_metrics_add_them_up(served: Servin
 
     m = _metrics(served)  # right after the answers: the scrape waits for every instance's counts
     counted = sum(
-        m.get(f'tritonctl_mme_model_cache_{kind}_total{{model="housing_{c}"}}', 0.0)
+        m.get((f"tritonctl_mme_model_cache_{kind}_total", f'{{model="housing_{c}"}}'), 0.0)
         for c in CITIES
         for kind in ("hits", "misses")
     )
     assert counted == sent
-    assert m["tritonctl_mme_loaded_models"] == len(CITIES)  # distinct models, however many copies
+    assert m[("tritonctl_mme_loaded_models", "")] == len(CITIES)  # distinct models, however many copies
 
     assert served.repository is not None
     docs = read_states(served.repository.parent / f".{served.repository.name}.tritonctl-mux")
@@ -106,7 +107,7 @@ def test_two_instances_share_the_work_and_the_metrics_add_them_up(served: Servin
             per_doc.setdefault(name, []).append(c)
     for c in CITIES:  # a model's memory is what its copies in the instances hold together
         copies = sum(int(d["resident"].get(f"housing_{c}", 0)) for d in docs.values())
-        assert m[f'tritonctl_mme_model_memory_bytes{{model="housing_{c}"}}'] == copies > 0
+        assert m[("tritonctl_mme_model_memory_bytes", f'{{model="housing_{c}"}}')] == copies > 0
     rows = {r.name: r for r in served.models.states() if r.name.startswith("housing_")}  # type: ignore[union-attr]
     for name, cs in per_doc.items():  # mme list: each model's counts summed over the instances
         assert rows[name].hits == sum(int(c[HITS]) for c in cs)
