@@ -169,20 +169,25 @@ class TritonPythonModel:
         self.poke.set()
 
     # -- loading ---------------------------------------------------------------------------------------------------
+    def _written(self, name):
+        """What the gateway writes for ``name`` in each layout (``_descriptor``): the one-file preparation, the
+        folder's ``mux.json``, and the folder."""
+        folder = os.path.join(self.root, name)
+        return os.path.join(self.root, PREPARED, name), os.path.join(folder, "mux.json"), folder
+
     def _descriptor(self, name):
         """The model's descriptor, its artifact's path and the artifact's bytes, refused unless they are what the
         gateway prepared for this host. Two layouts: ``<root>/.prepared/<name>``, one file (the descriptor's JSON
         line, then the artifact's bytes; ``path`` only names it), or ``<root>/<name>/`` (``mux.json`` and the
         artifact inside that folder; bytes None: loaded from ``path``)."""
-        path = os.path.join(self.root, PREPARED, name)
+        path, descriptor, folder = self._written(name)
         try:
             with open(path, "rb") as fh:
                 head, _, payload = fh.read().partition(b"\n")
         except FileNotFoundError:
             head = payload = None
-        folder = os.path.join(self.root, name)
         if head is None:
-            with open(os.path.join(folder, "mux.json"), "rb") as fh:
+            with open(descriptor, "rb") as fh:
                 head = fh.read()
         desc = json.loads(head)
         if desc.get("name") != name or desc.get("signature") != self.signature:
@@ -306,7 +311,7 @@ class TritonPythonModel:
     def _files(self, name):
         """The identity of its prepared file (or folder's ``mux.json``): the gateway writes it anew each time it
         prepares the model (both layouts: ``_descriptor``)."""
-        for path in (os.path.join(self.root, PREPARED, name), os.path.join(self.root, name, "mux.json")):
+        for path in self._written(name)[:2]:
             try:
                 st = os.stat(path)
             except OSError:
