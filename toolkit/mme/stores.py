@@ -52,21 +52,26 @@ class LocalStore:
         self.root = Path(root)
         if not self.root.is_dir():
             raise ArtifactError(f"artifact store {self.root} is not a directory")
+        # Resolved once: every look-up compares a found path's real location with it (a multiplexed model's cold
+        # request looks its tarball up first, so the look-up is plain os calls on strings: ~3 stats and a realpath)
+        self._base = str(self.root)
+        self._real = os.path.join(os.path.realpath(self._base), "")  # with its separator: "/a/b/" ("/" for /)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
 
     def _locate(self, name: str) -> Path | None:
         path = artifact_path(name)
-        found = [self.root / f"{path}{s}" for s in TAR_SUFFIXES if (self.root / f"{path}{s}").is_file()]
-        if (self.root / path / CONFIG).is_file():
-            found.append(self.root / path)
+        base = f"{self._base}/{path}"
+        found = [base + s for s in TAR_SUFFIXES if os.path.isfile(base + s)]
+        if os.path.isfile(f"{base}/{CONFIG}"):
+            found.append(base)
         if len(found) > 1:
-            shown = " and ".join(str(p.relative_to(self.root)) + ("/" if p.is_dir() else "") for p in found)
+            shown = " and ".join(os.path.relpath(p, self._base) + ("/" if p == base else "") for p in found)
             raise ArtifactError(f"{self!r}: both {shown} exist; remove one so the model is unambiguous")
-        if found and not found[0].resolve().is_relative_to(self.root.resolve()):
+        if found and not os.path.realpath(found[0]).startswith(self._real):
             raise ArtifactError(f"{self!r}: {path} leads out of the store through a symbolic link")
-        return found[0] if found else None
+        return Path(found[0]) if found else None
 
     def list_models(self) -> list[str]:
         files: list[str] = []
