@@ -22,10 +22,11 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from toolkit.errors import TritonctlError
+from toolkit.mme._ustar import plain_members
 from toolkit.mme.layout import (
     CONFIG,
     STEPS_DIR,
@@ -134,7 +135,7 @@ def _check_member(member: tarfile.TarInfo, tar_label: str) -> None:
 
 
 def _scan(
-    tf: tarfile.TarFile,
+    tf: Iterable[tarfile.TarInfo],
     tar_label: str,
     max_bytes: int,
     max_files: int,
@@ -264,33 +265,54 @@ def read_model_tarball(
     extracts it). For callers that need a few small files (a multiplexed model, ``toolkit.mme.muxfiles``), since each
     extracted member is a new file. None (read nothing) for an ensemble bundle, or when the regular files add up to
     more than ``max_read`` bytes. A gzip tarball that inflates to at most ``in_memory`` bytes is inflated in one C
-    call first (``_inflate_small``); the members are read and checked by the same ``_scan`` either way."""
-    data: dict[tarfile.TarInfo, bytes] = {}
-    budget = [max_read]
+    call first (``_inflate_small``) and, when it is a plain archive, listed from its bytes (``toolkit.mme._ustar``);
+    the members are checked by the same ``_scan`` whichever way they were read."""
     inflated = _inflate_small(tar_path, in_memory)
-
-    def read(m: tarfile.TarInfo) -> None:  # in the scan's pass: a gzip stream seeks back by decompressing again
-        budget[0] -= m.size if m.isreg() else 0
-        fh = tf.extractfile(m) if m.isreg() and budget[0] >= 0 else None
-        if fh is not None:
-            data[m] = fh.read()
-
+    plain = plain_members(inflated.getvalue()) if inflated is not None else None
     try:
+        if plain is not None:
+            return _in_memory(dict(plain), label, max_read, max_bytes, max_files)
         with tarfile.open(tar_path, "r:*") if inflated is None else tarfile.open(fileobj=inflated, mode="r:") as tf:
-            members = _scan(tf, label, max_bytes, max_files, read)
-            root, bundle = _model_root(members, label)
-            if bundle or budget[0] < 0:
-                return None
-            out: dict[str, bytes | None] = {}
-            for m in members:
-                parts = _member_parts(m, label)[len(root) :]
-                if parts:
-                    out["/".join(parts)] = data[m] if m.isreg() else None
-            return out
+
+            def read(m: tarfile.TarInfo) -> bytes | None:  # in the scan's pass: a gzip stream seeks back by inflating
+                fh = tf.extractfile(m)
+                return fh.read() if fh is not None else None
+
+            return _in_memory(tf, label, max_read, max_bytes, max_files, read)
     except ArtifactError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise ArtifactError(f"{label} is not a readable tar.gz archive: {exc}") from exc
+
+
+def _in_memory(
+    members: Iterable[tarfile.TarInfo] | dict[tarfile.TarInfo, bytes | None],
+    label: str,
+    max_read: int,
+    max_bytes: int,
+    max_files: int,
+    read: Callable[[tarfile.TarInfo], bytes | None] | None = None,
+) -> dict[str, bytes | None] | None:
+    """``read_model_tarball``'s reading of a member list (a tarfile, or ``plain_members``' pairs whose bytes are read
+    already): each regular file's bytes taken while ``max_read`` lasts."""
+    data: dict[tarfile.TarInfo, bytes | None] = {}
+    budget = [max_read]
+
+    def take(m: tarfile.TarInfo) -> None:
+        budget[0] -= m.size if m.isreg() else 0
+        if m.isreg() and budget[0] >= 0:
+            data[m] = members[m] if isinstance(members, dict) else read(m) if read is not None else None
+
+    listed = _scan(members, label, max_bytes, max_files, take)
+    root, bundle = _model_root(listed, label)
+    if bundle or budget[0] < 0:
+        return None
+    out: dict[str, bytes | None] = {}
+    for m in listed:
+        parts = _member_parts(m, label)[len(root) :]
+        if parts:
+            out["/".join(parts)] = data.get(m) if m.isreg() else None
+    return out
 
 
 def extract_model_tarball(
