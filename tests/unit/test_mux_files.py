@@ -9,6 +9,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,7 +18,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolkit.mme.muxfiles import DESCRIPTOR, FOLDER, PREPARED, ModelFiles, drop_prepared, write_prepared
+from toolkit.mme import muxfiles
+from toolkit.mme.muxfiles import (
+    DESCRIPTOR,
+    FOLDER,
+    PREPARED,
+    ModelFiles,
+    drop_prepared,
+    place_prepared,
+    write_prepared,
+)
 from toolkit.mme.muxspec import ADAPTER, read_artifact
 from toolkit.mme.safe_tar import IN_MEMORY_BYTES, ArtifactError, _inflate_small, read_model_tarball
 from toolkit.repository.generate import render_model_dir
@@ -108,8 +119,10 @@ def test_an_artifact_alone_is_prepared_as_one_file(tmp_path: Path) -> None:
     root, scratch = tmp_path / "root", tmp_path / "scratch"
     scratch.mkdir()
     (root / "m").mkdir(parents=True)  # a folder of an earlier preparation
-    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch) == "m.py"
-    head, _, payload = (root / PREPARED / "m").read_bytes().partition(b"\n")
+    served, written = write_prepared(files, "1/m.py", _describe, root, "m", scratch)
+    data = (root / PREPARED / "m").read_bytes()
+    head, _, payload = data.partition(b"\n")
+    assert served == "m.py" and written == len(data)
     assert json.loads(head) == {"artifact": "m.py"} and payload == (d / "1" / "m.py").read_bytes()
     assert sorted(os.listdir(root)) == [PREPARED] and list(scratch.iterdir()) == []  # renamed into place
     drop_prepared(root, "m")
@@ -125,7 +138,7 @@ def test_an_artifact_with_files_beside_it_keeps_a_folder(tmp_path: Path) -> None
     scratch.mkdir()
     (root / PREPARED).mkdir(parents=True)
     (root / PREPARED / "m").write_bytes(b"an earlier one-file preparation")
-    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch) == "m.py"
+    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch) == ("m.py", 0)
     dest = root / "m"
     got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*"))
     assert got == ["data", "data/w.bin", "m.py", DESCRIPTOR]  # no config, no adapter model.py
@@ -134,11 +147,51 @@ def test_an_artifact_with_files_beside_it_keeps_a_folder(tmp_path: Path) -> None
     assert not (root / PREPARED / "m").exists() and list(scratch.iterdir()) == []
     (d / "1" / DESCRIPTOR).write_text("the model's own file")  # a name the descriptor would overwrite
     files = _in_memory(_tar(d, tmp_path / "clash.tar.gz"))
-    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch) == "1/m.py"
+    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch) == ("1/m.py", 0)
     assert (dest / "1" / DESCRIPTOR).read_text() == "the model's own file"
     assert json.loads((dest / DESCRIPTOR).read_bytes()) == {"artifact": "1/m.py"}
     drop_prepared(root, "m")
     assert not dest.exists()
+
+
+def test_one_file_false_writes_the_folder_layout(tmp_path: Path) -> None:
+    """The caller's tmpfs budget is spent: the same artifact as a folder on disk, and no one-file copy left."""
+    d = _model(tmp_path)
+    files = _in_memory(_tar(d, tmp_path / "m.tar.gz"))
+    root, scratch = tmp_path / "root", tmp_path / "scratch"
+    scratch.mkdir()
+    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch)[1] > 0
+    assert write_prepared(files, "1/m.py", _describe, root, "m", scratch, one_file=False) == ("m.py", 0)
+    assert not (root / PREPARED / "m").exists()
+    assert sorted(os.listdir(root / "m")) == sorted([DESCRIPTOR, "m.py"])
+
+
+def test_prepared_lives_in_dev_shm_and_killed_runs_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(muxfiles, "SHM", shm)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = shm / f"{muxfiles.SHM_PREFIX}{dead.pid}-abc"  # a killed run's folder: its process is gone
+    alive = shm / f"{muxfiles.SHM_PREFIX}{os.getppid()}-abc"  # a live process's: kept
+    other = shm / "someone-else"
+    for folder in (left, alive, other):
+        (folder / "x").mkdir(parents=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    placed = place_prepared(root)
+    assert (
+        placed is not None and placed.parent == shm and placed.name.startswith(f"{muxfiles.SHM_PREFIX}{os.getpid()}-")
+    )
+    assert (root / PREPARED).is_symlink() and (root / PREPARED).resolve() == placed.resolve()
+    assert not left.exists() and alive.exists() and other.exists()
+    files = _in_memory(_tar(_model(tmp_path), tmp_path / "m.tar.gz"))
+    write_prepared(files, "1/m.py", _describe, root, "m", tmp_path)
+    assert sorted(os.listdir(placed)) == ["m"]  # the file, and no temporary one, is on the tmpfs side
+    monkeypatch.setattr(muxfiles, "SHM", tmp_path / "absent")
+    root2 = tmp_path / "root2"
+    root2.mkdir()
+    assert place_prepared(root2) is None and (root2 / PREPARED).is_dir() and not (root2 / PREPARED).is_symlink()
 
 
 # -- the in-memory inflate (safe_tar._inflate_small) against tarfile's stream: same members, same refusals ------------

@@ -16,10 +16,10 @@ from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.muxstats import WANT, HostStats
 
 
-def _state(root: Path, instance: str, pid: int, stamp: int) -> None:
+def _state(root: Path, instance: str, pid: int, stamp: int, resident: dict[str, int] | None = None) -> None:
     path = root / ".state" / f"{instance}.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"pid": pid, "counts": {}, "resident": {}}, separators=(",", ":")))
+    path.write_text(json.dumps({"pid": pid, "counts": {}, "resident": resident or {}}, separators=(",", ":")))
     os.utime(path, ns=(stamp, stamp))
 
 
@@ -60,3 +60,15 @@ def test_a_dead_hosts_file_is_not_waited_for(tmp_path: Path) -> None:
 
 def test_no_host_ever_started_is_no_wait(tmp_path: Path) -> None:
     assert not asyncio.run(HostStats(tmp_path, MMEMetrics()).wait_fresh(time.time_ns()))
+
+
+def test_holds_agrees_with_resident(tmp_path: Path) -> None:
+    """The gateway's per-request question (``holds``) answers as ``resident()`` does: live hosts only."""
+    _state(tmp_path, "h_0", os.getpid(), time.time_ns(), {"a": 10, "b": 20})
+    _state(tmp_path, "h_1", os.getpid(), time.time_ns(), {"b": 5, "c": 1})
+    _state(tmp_path, "h_2", _dead_pid(), time.time_ns(), {"d": 7})  # a killed host's last file
+    stats = HostStats(tmp_path, MMEMetrics())
+    stats.refresh()
+    assert stats.resident() == {"a": 10, "b": 25, "c": 1}
+    for name in ("a", "b", "c", "d", "e"):
+        assert stats.holds(name) == (name in stats.resident())

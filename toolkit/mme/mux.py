@@ -31,7 +31,7 @@ from toolkit.mme._loading import link_tree
 from toolkit.mme.errors import ArtifactFetchError, ModelNotFoundError
 from toolkit.mme.manager import ModelManager, pinned
 from toolkit.mme.metrics import exposition
-from toolkit.mme.muxfiles import DESCRIPTOR, ModelFiles, drop_prepared, write_prepared
+from toolkit.mme.muxfiles import DESCRIPTOR, ModelFiles, drop_prepared, place_prepared, write_prepared
 from toolkit.mme.muxspec import HostSettings, MuxArtifact, is_host, mux_root, read_artifact, write_host
 from toolkit.mme.muxstats import HostStats
 from toolkit.mme.safe_tar import ArtifactError, ArtifactNotFoundError, install_dir, read_model_tarball
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
 log = logging.getLogger(__name__)
+
+SHM_BUDGET = 256 << 20  # one-file preparations kept in /dev/shm (memory) at most; beyond, folders on disk
+INLINE_BYTES = 64 << 10  # a local tarball this small is prepared on the event loop (``MuxModels._prepare_inline``)
 
 __all__ = ["MuxModels"]
 
@@ -70,6 +73,9 @@ class MuxModels:
         self._hosts: dict[str, str] = {}  # signature -> host written in this run
         self._host_lock = threading.Lock()
         self._flights: dict[str, asyncio.Future[str | None]] = {}
+        self._shm: Path | None = None  # ``.prepared``'s tmpfs folder (``place_prepared``), None: on disk
+        self._one_file: dict[str, int] = {}  # name -> bytes of its one-file preparation
+        self._one_file_bytes = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __getattr__(self, attr: str) -> Any:
@@ -81,12 +87,15 @@ class MuxModels:
         """Start empty: files prepared by an earlier run may be of artifacts changed since, so they are removed."""
         shutil.rmtree(self.root, ignore_errors=True)
         self.scratch.mkdir(parents=True)
+        self._shm = place_prepared(self.root)
         await self.inner.start()
 
     async def close(self) -> None:
         for t in list(self._tasks):
             t.cancel()
         await self.inner.close()
+        if self._shm is not None:
+            shutil.rmtree(self._shm, ignore_errors=True)
 
     def on_triton_restart(self) -> None:
         self.inner.on_triton_restart()  # hosts come back empty; their models reload lazily on the next request
@@ -111,7 +120,7 @@ class MuxModels:
         if is_host(name):
             return False
         if name in self._routes:
-            return name in self.stats.resident()
+            return self.stats.holds(name)
         return self.inner.is_resident(name)
 
     def try_serve(self, name: str) -> Callable[[], None] | None:
@@ -144,7 +153,7 @@ class MuxModels:
         if is_host(name):
             raise _host_refused(name)
         if self._routes.pop(name, None) is not None:
-            await asyncio.to_thread(drop_prepared, self.root, name)
+            await asyncio.to_thread(self._drop, name)
             return
         await self.inner.unload(name)
 
@@ -159,22 +168,29 @@ class MuxModels:
             return None
         fut = self._flights.get(name)
         if fut is None:
+            t0 = time.monotonic()
+            host = self._prepare_inline(name)
+            if host is not None:
+                return self._prepared(name, host, t0)
             fut = self._flights[name] = asyncio.get_running_loop().create_future()
             task = asyncio.ensure_future(self._prepare(name, fut))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(fut)
 
+    def _prepared(self, name: str, host: str | None, t0: float) -> str | None:
+        if host is None:
+            self._plain.add(name)
+        else:
+            self._routes[name] = host
+            self.inner.metrics.downloading.observe(time.monotonic() - t0)
+        return host
+
     async def _prepare(self, name: str, fut: asyncio.Future[str | None]) -> None:
         try:
             t0 = time.monotonic()
             host = await asyncio.to_thread(self._prepare_files, name)  # one hop: the work is a few file operations
-            if host is None:
-                self._plain.add(name)
-            else:
-                self._routes[name] = host
-                self.inner.metrics.downloading.observe(time.monotonic() - t0)
-            fut.set_result(host)
+            fut.set_result(self._prepared(name, host, t0))
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # retrieved: waiters that gave up must not leave a warning
@@ -182,6 +198,20 @@ class MuxModels:
                 raise
         finally:
             self._flights.pop(name, None)
+
+    def _prepare_inline(self, name: str) -> str | None:
+        """On the event loop, no thread hop (~0.2-0.3 ms of a ~5 ms cold request): a local store's tarball of at
+        most ``INLINE_BYTES``, read in memory and written as one file or a small folder: well under a millisecond
+        of CPU, which a worker thread would not overlap anyway (the GIL). Not for anything else, including
+        an artifact that is absent or not servable by a host: the worker thread's ``_prepare_files`` has the last
+        word and words its errors (None: not here)."""
+        try:
+            found = self._from_tarball(name, self.inner.knows(name), INLINE_BYTES)
+        except ArtifactNotFoundError as exc:
+            raise ModelNotFoundError(name, str(exc)) from None
+        except (ArtifactError, OSError, ValueError) as exc:
+            raise ArtifactFetchError(name, str(exc)) from None
+        return None if found is None else self._host_for(found)
 
     def _exists(self, name: str) -> None:
         store = self.inner.store
@@ -215,6 +245,9 @@ class MuxModels:
             log.info("model %s is served by its own stub, not multiplexed: %s", name, found)
             shutil.rmtree(dest, ignore_errors=True)
             return None
+        return self._host_for(found)
+
+    def _host_for(self, found: MuxArtifact) -> str:
         with self._host_lock:  # preparations run in worker threads: one writer per host directory
             host = self._hosts.get(found.signature)
             if host is None:  # once per signature and run: the host's directory, written before its first load
@@ -223,12 +256,13 @@ class MuxModels:
                 )
         return host
 
-    def _from_tarball(self, name: str, known: bool) -> MuxArtifact | None:
+    def _from_tarball(self, name: str, known: bool, at_most: int | None = None) -> MuxArtifact | None:
         """The fast path (``toolkit.mme.muxfiles``): a local store's tarball read in memory, judged, and only what
         the host loads written. None where it does not apply (a repository model, a disk cache, a folder artifact, a
         bundle, a large artifact) or where the files are not servable as they are (a native ONNX model is adapted by
         the extraction): ``_materialize`` prepares those as before and ``read_artifact`` has the last word. An
-        absent artifact of an unknown name is None too: ``_exists`` words its 404."""
+        absent artifact of an unknown name is None too: ``_exists`` words its 404; so is a tarball over ``at_most``
+        bytes."""
         store = self.inner.store
         if not isinstance(store, LocalStore) or self.inner.disk_cache is not None:
             return None
@@ -240,7 +274,7 @@ class MuxModels:
             if known:
                 raise
             return None
-        if tar is None:
+        if tar is None or (at_most is not None and tar.stat().st_size > at_most):
             return None
         label = f"artifact {tar.name!r} in {store!r}"
         limit = self.settings.max_artifact_bytes + (1 << 20)  # room for the config and the adapter's model.py
@@ -256,13 +290,28 @@ class MuxModels:
         def describe(artifact: str) -> bytes:  # the descriptor names the artifact where the host finds it
             return replace(chosen, artifact=artifact).descriptor()
 
-        served = write_prepared(files, found.artifact, describe, self.root, name, self.scratch)
+        size = files.entries[found.artifact]
+        with self._host_lock:
+            one_file = self._shm is None or self._one_file_bytes + size <= SHM_BUDGET
+        served, written = write_prepared(files, found.artifact, describe, self.root, name, self.scratch, one_file)
+        self._count_one_file(name, written)
         return replace(found, artifact=served)
+
+    def _count_one_file(self, name: str, written: int) -> None:
+        """``.prepared``'s bytes, for ``SHM_BUDGET`` (its files are memory when on tmpfs)."""
+        with self._host_lock:
+            self._one_file_bytes += written - self._one_file.pop(name, 0)
+            if written:
+                self._one_file[name] = written
+
+    def _drop(self, name: str) -> None:
+        drop_prepared(self.root, name)
+        self._count_one_file(name, 0)
 
     def _from_folder(self, name: str, dest: Path) -> MuxArtifact | str:
         """The general path: the whole model folder at ``dest`` (linked from the repository or the disk cache, or
         fetched), judged, and the descriptor written beside it."""
-        drop_prepared(self.root, name)  # the host reads a one-file preparation first: none may be left over
+        self._drop(name)  # the host reads a one-file preparation first: none may be left over
         self._materialize(name, dest)
         found = read_artifact(dest, name, self.settings.max_artifact_bytes)
         if not isinstance(found, str):

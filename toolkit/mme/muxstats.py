@@ -185,6 +185,11 @@ class HostStats:
                 out[str(k)] = out.get(str(k), 0) + int(v)
         return out
 
+    def holds(self, name: str) -> bool:
+        """``name in resident()`` without building it: the gateway asks this on every request for a multiplexed
+        model (whether its wait counts as a cold load), and a host holds thousands of models."""
+        return any(name in doc.get("resident", ()) for doc in self.live().values())
+
     def hosted(self) -> dict[str, str]:
         """Every model a live host has served since it started -> that host's name."""
         out: dict[str, str] = {}
