@@ -87,6 +87,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
     arts = build_city_store(store, n=6)
     for i in range(9):
         shutil.copy(arts["housing_NewYork_NY"], store / f"housing_copy_{i}.tar.gz")
+    for name in ("housing_shm_a", "housing_shm_b"):  # the tmpfs test's own: prepared by nothing before it
+        shutil.copy(arts["housing_NewYork_NY"], store / f"{name}.tar.gz")
     _numpy_artifact(BOOM, "housing_boom", store, tmp / "w1")
     _numpy_artifact(BROKEN, "housing_broken", store, tmp / "w2")
     _numpy_artifact(BROKEN, "housing_flaky", store, tmp / "w3")  # fixed by test_a_failed_load_backs_off
@@ -460,3 +462,28 @@ def test_cost_aware_eviction_keeps_the_frequent_model(served: Serving, tmp_path:
             assert np.allclose(got, expected_prices("NewYork_NY", x), rtol=1e-4)
         doc = wait_until(lambda: (d := _host_doc(s)) and "housing_copy_2" in d["resident"] and d, 10, "state")
         assert set(doc["resident"]) == {"housing_copy_0", "housing_copy_2"} and doc["evictions"] == 1
+
+
+def test_one_file_preparations_live_on_tmpfs_and_fall_back_to_disk_past_its_budget(
+    served: Serving, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``.prepared`` is a link to this run's folder in /dev/shm (memory: bounded by ``SHM_BUDGET``); once the budget
+    is spent a model is prepared as a folder on disk, and the host serves it all the same. Last in the module: its
+    loads evict models of the small host that earlier tests count on."""
+    from toolkit.mme import mux
+
+    assert served.repository is not None
+    root = served.repository.parent / f".{served.repository.name}.tritonctl-mux"
+    shm = (root / PREPARED).resolve()
+    assert (root / PREPARED).is_symlink() and shm.parent == Path("/dev/shm") and shm.name.startswith("tritonctl-mux-")
+    x, _ = generate("NewYork_NY", 2, seed=6)
+    want = expected_prices("NewYork_NY", x)
+    assert np.allclose(_invoke(_runtime(served), "housing_shm_a", x), want, rtol=1e-4)
+    assert (shm / "housing_shm_a").is_file() and not (root / "housing_shm_a").exists()
+    models = served.models
+    assert isinstance(models, mux.MuxModels)
+    assert models._one_file_bytes >= 4096 * len(models._one_file) > 0  # a page at least per file
+    monkeypatch.setattr(mux, "SHM_BUDGET", models._one_file_bytes)  # spent
+    assert np.allclose(_invoke(_runtime(served), "housing_shm_b", x), want, rtol=1e-4)
+    assert not (shm / "housing_shm_b").exists()
+    assert sorted(os.listdir(root / "housing_shm_b")) == sorted(["mux.json", "housing_NewYork_NY.py"])

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHM_BUDGET = 256 << 20  # one-file preparations kept in /dev/shm (memory) at most; beyond, folders on disk
+_PAGE = 4096
 INLINE_BYTES = 64 << 10  # a local tarball this small is prepared on the event loop (``MuxModels._prepare_inline``)
 
 __all__ = ["MuxModels"]
@@ -298,7 +299,8 @@ class MuxModels:
         return replace(found, artifact=served)
 
     def _count_one_file(self, name: str, written: int) -> None:
-        """``.prepared``'s bytes, for ``SHM_BUDGET`` (its files are memory when on tmpfs)."""
+        """``.prepared``'s bytes, for ``SHM_BUDGET`` (its files are memory when on tmpfs, a page at least each)."""
+        written = -(-written // _PAGE) * _PAGE
         with self._host_lock:
             self._one_file_bytes += written - self._one_file.pop(name, 0)
             if written:
