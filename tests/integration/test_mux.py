@@ -35,6 +35,7 @@ from examples.housing import generate
 from examples.mme import _tar_dir, build_city_store, city_spec, expected_prices
 from tests.waiting import wait_until
 from toolkit import ServeConfig, Serving, start
+from toolkit.loadtest.serverstats import parse_prometheus
 from toolkit.mme.muxfiles import PREPARED
 from toolkit.mme.muxspec import HOST_PREFIX
 from toolkit.mme.muxstats import LOADS, MISSES, read_states
@@ -154,11 +155,11 @@ def _counts(s: Serving, name: str) -> list[float]:
 
 
 def _metrics(s: Serving) -> dict[str, float]:
-    """The gateway's /metrics as {series: value} (ops may read them)."""
+    """The gateway's /metrics as {'name{labels}': value} (ops may read them), read by prometheus_client's parser."""
     req = urllib.request.Request(s.url + "/metrics", headers={"x-api-key": OPS})
     with urllib.request.urlopen(req, timeout=10) as r:
         text = r.read().decode()
-    return {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln and ln[0] != "#"}
+    return {name + labels: v for (name, labels), v in parse_prometheus(text).items()}
 
 
 def _triton_loaded(s: Serving) -> set[str]:
