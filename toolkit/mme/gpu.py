@@ -244,3 +244,21 @@ class GpuMeter:
             return after - window.before
         finally:
             self._lock.release()
+
+
+async def start_gpu_meter(fraction: float, metrics_url: str, reader: GpuReader | None = None) -> GpuMeter:
+    """The manager's GPU budget, read once at its start: ``fraction`` x the memory of the GPUs the Triton at
+    ``metrics_url`` reports (``reader`` default: ``open_gpu_reader``, NVML too when Triton runs on this host).
+    ``GpuUnavailableError`` for a Triton without a GPU, before anything else starts."""
+    if reader is None:
+        host = metrics_url.split("://", 1)[-1].split("/", 1)[0].rpartition(":")[0].strip("[]")
+        local = host in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+        reader = await asyncio.to_thread(open_gpu_reader, metrics_url, local=local)
+    readings = await asyncio.to_thread(reader.read)
+    budget = gpu_budget_bytes(fraction, readings)
+    meter = GpuMeter(reader, budget, sum(r.total for r in readings.values()))
+    log.info(
+        "GPU budget %d bytes (%.2f x %d bytes on %d GPU(s), read from %s)",
+        budget, fraction, meter.total_bytes, len(readings), reader.source,
+    )  # fmt: skip
+    return meter

@@ -8,8 +8,8 @@ model's hot path (``serving``) is a dict lookup and two counter updates, no roun
 This module is the public face (see notes/MME_CONTRACT.md); the work is split by concern into private modules:
 ``_residency`` (per-model records, in-flight counts, pins, the change signal), ``_loading`` (single flight, fetch,
 Triton load, backoff, footprints, the phases of each load), ``_gate`` (how many Triton loads at once, first come first
-served), ``_eviction`` (budgets, victims, asynchronous unloads) and ``_triton`` (the repository API with one error
-mapping).
+served), ``_eviction`` (budgets, victims, asynchronous unloads), ``_sync`` (the records kept true to Triton's index:
+adoption, restarts), ``_health`` (dead stubs) and ``_triton`` (the repository API with one error mapping).
 
 ``gpu_memory_fraction`` adds a GPU budget (``toolkit.mme.gpu``): fraction x the total memory of the GPUs that Triton
 reports, read once by ``start`` before anything else is touched, so a Triton without a GPU fails cleanly.
@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,16 +32,16 @@ from toolkit.mme._gate import LoadGate, default_limit
 from toolkit.mme._health import StubWatch
 from toolkit.mme._loading import Loader, composing_models
 from toolkit.mme._residency import Entry, ModelState, Residency, State
+from toolkit.mme._sync import IndexSync
 from toolkit.mme._triton import TritonRepository
 from toolkit.mme.diskcache import DiskCache
 from toolkit.mme.errors import ArtifactFetchError, ManagerConfigError, ModelNotFoundError, ModelPinnedError
 from toolkit.mme.footprint import DEFAULT_GPU_MODEL_BYTES, DEFAULT_MODEL_BYTES
-from toolkit.mme.gpu import GpuMeter, GpuReader, check_fraction, gpu_budget_bytes, open_gpu_reader
+from toolkit.mme.gpu import GpuMeter, GpuReader, check_fraction, start_gpu_meter
 from toolkit.mme.metrics import MMEMetrics, exposition
 from toolkit.mme.policies import DEFAULT_POLICY, EvictionPolicy, PolicyError, make_policy
 from toolkit.mme.safe_tar import ArtifactError, validate_model_name
 from toolkit.mme.stores import ArtifactStore
-from toolkit.server.client import names_in_state
 from toolkit.server.endpoint import TritonEndpoint
 
 if TYPE_CHECKING:
@@ -165,6 +165,7 @@ class ModelManager:
             default_gpu_model_bytes=default_gpu_model_bytes,
             max_concurrent_loads=max_concurrent_loads or default_limit(),
         )
+        self._sync = IndexSync(self._res, self._triton, self._evictor, self._loader, self.policy, index_sync_s)
         self.stub_check_s = stub_check_s
         self.stubs = StubWatch(
             self._res,
@@ -217,10 +218,12 @@ class ModelManager:
         """Read the GPU budget (if any), connect, adopt the models Triton already has loaded, and cache the store's
         listing. The GPU comes first: a Triton without one raises ``GpuUnavailableError`` with nothing started."""
         if self.gpu_memory_fraction is not None and self._evictor.gpu is None:
-            await self._start_gpu(self.gpu_memory_fraction)
+            meter = await start_gpu_meter(self.gpu_memory_fraction, self.endpoint.metrics_url, self._gpu_reader)
+            self._evictor.gpu = self._loader.gpu = meter
+            self.metrics.gpu_budget.set(float(meter.budget_bytes))
         self._loop = asyncio.get_running_loop()
         self._triton.open()
-        await self._resync()
+        await self._sync.resync()
         if self.measure_footprint:
             await self._loader.measure_now([e.name for e in self._res.entries.values() if e.state is State.READY])
         await self.refresh_listing()
@@ -229,23 +232,7 @@ class ModelManager:
         if self.stub_check_s > 0:
             self._spawn(self.stubs.run())
         if self.index_sync_s > 0:
-            self._spawn(self._adopt_forever())
-
-    async def _start_gpu(self, fraction: float) -> None:
-        reader = self._gpu_reader
-        if reader is None:
-            host = self.endpoint.metrics.rpartition(":")[0].strip("[]")
-            local = host in ("127.0.0.1", "localhost", "::1", "0.0.0.0")
-            reader = await asyncio.to_thread(open_gpu_reader, self.endpoint.metrics_url, local=local)
-        readings = await asyncio.to_thread(reader.read)
-        budget = gpu_budget_bytes(fraction, readings)
-        meter = GpuMeter(reader, budget, sum(r.total for r in readings.values()))
-        self._evictor.gpu = self._loader.gpu = meter
-        self.metrics.gpu_budget.set(float(budget))
-        log.info(
-            "GPU budget %d bytes (%.2f x %d bytes on %d GPU(s), read from %s)",
-            budget, fraction, meter.total_bytes, len(readings), reader.source,
-        )  # fmt: skip
+            self._spawn(self._sync.adopt_forever())
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -274,16 +261,7 @@ class ModelManager:
         at once (not at the next resync) means the first requests after the restart load what they need instead of
         being forwarded to a model the fresh Triton does not have."""
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._forget_resident)
-
-    def _forget_resident(self) -> None:
-        if self._evictor.gpu is not None:
-            self._evictor.gpu.note_unload()
-        for e in self._res.entries.values():
-            if e.state is State.READY:
-                e.state = State.UNLOADED
-                self.policy.on_evict(e.name)
-        self._res.update_gauges()
+            self._loop.call_soon_threadsafe(self._sync.forget_resident)
 
     def stub_failed(self, name: str) -> None:
         """Triton answered a request for ``name`` with "Stub process ... is not healthy": check its stubs now."""
@@ -293,50 +271,7 @@ class ModelManager:
     def on_triton_restart(self) -> None:
         """Called (from any thread) after the supervisor restarted Triton and reloaded models: resync states."""
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(lambda: self._spawn(self._resync()))
-
-    async def _resync(self) -> None:
-        """Make the records match Triton's index (models loaded behind our back are adopted, vanished ones dropped);
-        an operation in progress owns its entry, so it is left alone."""
-        ready = names_in_state(await self._triton.index())
-        self._adopt(ready)
-        for e in self._res.entries.values():
-            if e.state is State.READY and e.name not in ready:
-                e.state = State.UNLOADED
-                self.policy.on_evict(e.name)
-                if self._evictor.gpu is not None:
-                    self._evictor.gpu.note_unload()
-        self._res.update_gauges()
-        self._res.notify()
-
-    async def _adopt_forever(self) -> None:
-        """Every model Triton holds counts against the budgets, however it was loaded: adopt, then trim to budget
-        (idle models only). Only adoption here: a model that vanished is found by a request, the stub check or the
-        supervisor's resync, never by an index read that raced with a load of ours."""
-        while True:
-            await asyncio.sleep(self.index_sync_s)
-            try:
-                if self._adopt(names_in_state(await self._triton.index())):
-                    self._res.update_gauges()
-                    self._res.notify()
-                await self._evictor.trim_to_budget()
-            except Exception as exc:  # Triton restarting or unreachable: the next round (or the resync) catches up
-                log.debug("index sync skipped: %s", exc)
-
-    def _adopt(self, ready: Collection[str]) -> bool:
-        """Records for READY models the manager did not load (an operation in progress owns its entry); True when
-        there was one."""
-        adopted = False
-        for name in ready:
-            e = self._res.entry(name)
-            if e.state is not State.READY and e.future is None:
-                e.state = State.READY
-                e.size_bytes = e.size_bytes or self._loader.estimate(name)
-                if self._evictor.gpu is not None:  # adopted: never measured here, so charged its estimate
-                    self._evictor.gpu.sizes.setdefault(name, self._loader.estimate_gpu(name))
-                self.policy.on_load(name, self._res.now(), e.size_bytes, 0.0)
-                adopted = True
-        return adopted
+            self._loop.call_soon_threadsafe(lambda: self._spawn(self._sync.resync()))
 
     # ------------------------------------------------------------------------------------------- queries ---
     def knows(self, name: str) -> bool:
