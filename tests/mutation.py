@@ -75,6 +75,7 @@ TARGETS = [
     ),
     Target("bodies", "toolkit/gateway/bodies.py", ("tests/unit/test_bodies.py",)),
     Target("protowire", "toolkit/gateway/protowire.py", ("tests/unit/test_protowire.py",)),
+    Target("ustar", "toolkit/mme/_ustar.py", ("tests/unit/test_ustar.py",)),
 ]
 
 _EMPTY_PATH = (
@@ -89,6 +90,12 @@ _UNREACHABLE_SHIFT = (
 # (target path, the mutated line's source stripped, mutation, column in that stripped line or None for any) -> why
 # no test can tell the mutant from the original. "*" as the mutation: every mutant of that line.
 EQUIVALENT: dict[tuple[str, str, str, int | None], str] = {
+    ("toolkit/mme/_ustar.py", 'field = field.split(b"\\0", 1)[0]', "`1` -> `2`", None): (
+        "only the part before the first NUL is read: splitting at two NULs gives the same first part"
+    ),
+    ("toolkit/mme/_ustar.py", 'return field.split(b"\\0", 1)[0].decode(_ENCODING, _ERRORS)', "`1` -> `2`", None): (
+        "only the part before the first NUL is read: splitting at two NULs gives the same first part"
+    ),
     (
         "toolkit/gateway/auth.py",
         'if not any(r == "*" or like(r, resource) for r in self.resources):',

@@ -31,11 +31,15 @@ _FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)
 _ENCODING, _ERRORS = tarfile.ENCODING, "surrogateescape"  # what ``tarfile.open`` reads names with by default
 
 
-def _octal(field: bytes) -> int | None:
-    """tarfile's ``nti`` for a field of plain octal digits between spaces (up to its first NUL); None otherwise."""
+class _NotPlain(Exception):
+    """What this reader leaves to tarfile (never raised out of ``plain_members``)."""
+
+
+def _octal(field: bytes) -> int:
+    """tarfile's ``nti`` for a field of plain octal digits between spaces (up to its first NUL)."""
     field = field.split(b"\0", 1)[0]
     if _OCTAL.fullmatch(field) is None:
-        return None
+        raise _NotPlain
     digits = field.strip(b" ")
     return int(digits, 8) if digits else 0
 
@@ -52,27 +56,24 @@ def _checksum_ok(buf: bytes, chksum: int) -> bool:
     return chksum == 256 + sum(struct.unpack_from("148b8x356b", buf))
 
 
-def _header(buf: bytes) -> tarfile.TarInfo | None:
-    """One header as tarfile's ``frombuf`` and ``_proc_builtin`` read it, for a file or a folder; None otherwise."""
+def _header(buf: bytes) -> tarfile.TarInfo:
+    """One header as tarfile's ``frombuf`` and ``_proc_builtin`` read it, for a file or a folder."""
     numbers = [_octal(buf[a:b]) for a, b in _NUMERIC]
-    size, chksum = numbers[_SIZE], numbers[_CHKSUM]
-    if size is None or chksum is None or None in numbers or not _checksum_ok(buf, chksum):
-        return None
+    if not _checksum_ok(buf, numbers[_CHKSUM]):
+        raise _NotPlain
     kind = buf[156:157]
     name = _text(buf[0:100])
     if kind == tarfile.AREGTYPE and name.endswith("/"):
         kind = tarfile.DIRTYPE  # the old V7 way of writing a folder
     if kind not in _FILE_TYPES and kind != tarfile.DIRTYPE:
-        return None
+        raise _NotPlain
     prefix = _text(buf[345:500])
-    if kind == tarfile.DIRTYPE:
-        name = name.rstrip("/")
     if prefix:
         name = prefix + "/" + name
-    if kind == tarfile.DIRTYPE:
+    if kind == tarfile.DIRTYPE:  # (tarfile strips the name, then the joined name: the same as this once)
         name = name.rstrip("/")
     info = tarfile.TarInfo(name)
-    info.type, info.size = kind, size
+    info.type, info.size = kind, numbers[_SIZE]
     return info
 
 
@@ -81,20 +82,18 @@ def plain_members(raw: bytes) -> list[tuple[tarfile.TarInfo, bytes | None]] | No
     order, as tarfile lists them; None where this reader does not answer (see the module's docstring)."""
     out: list[tuple[tarfile.TarInfo, bytes | None]] = []
     off, end = 0, len(raw)
-    while True:
-        if off + _BLOCK > end:
-            return None  # no end-of-archive block
-        buf = raw[off : off + _BLOCK]
-        if buf == _ZERO:
-            return out or None
-        info = _header(buf)
-        if info is None:
-            return None
-        off += _BLOCK
-        data = None
-        if info.type in _FILE_TYPES:  # a folder's size is not skipped (tarfile reads the next header there)
-            if off + info.size > end:
-                return None
-            data = raw[off : off + info.size]
-            off += -(-info.size // _BLOCK) * _BLOCK
-        out.append((info, data))
+    try:
+        while off + _BLOCK <= end:  # else no end-of-archive block: None
+            buf = raw[off : off + _BLOCK]
+            if buf == _ZERO:
+                return out or None
+            info = _header(buf)
+            off += _BLOCK
+            data = None
+            if info.type in _FILE_TYPES:  # a folder's size is not skipped (tarfile reads the next header there)
+                data = raw[off : off + info.size]  # short only if the archive is: then no zero block follows
+                off += -(-info.size // _BLOCK) * _BLOCK
+            out.append((info, data))
+    except _NotPlain:
+        pass
+    return None
