@@ -10,6 +10,7 @@ metrics and ``mme list`` show multiplexed models like the others.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -88,7 +89,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
     arts = build_city_store(store, n=6)
     for i in range(9):
         shutil.copy(arts["housing_NewYork_NY"], store / f"housing_copy_{i}.tar.gz")
-    for name in ("housing_shm_a", "housing_shm_b"):  # the tmpfs test's own: prepared by nothing before it
+    for name in ("housing_shm_a", "housing_shm_b", "housing_shm_c"):  # the tmpfs test's: prepared by nothing before
         shutil.copy(arts["housing_NewYork_NY"], store / f"{name}.tar.gz")
     _numpy_artifact(BOOM, "housing_boom", store, tmp / "w1")
     _numpy_artifact(BROKEN, "housing_broken", store, tmp / "w2")
@@ -468,7 +469,7 @@ def test_cost_aware_eviction_keeps_the_frequent_model(served: Serving, tmp_path:
 def test_one_file_preparations_live_on_tmpfs_and_fall_back_to_disk_past_its_budget(
     served: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``.prepared`` is a link to this run's folder in /dev/shm (memory: bounded by ``SHM_BUDGET``); once the budget
+    """``.prepared`` is a link to this run's folder in /dev/shm (memory: bounded by its budget); once the budget
     is spent a model is prepared as a folder on disk, and the host serves it all the same. Last in the module: its
     loads evict models of the small host that earlier tests count on."""
     from toolkit.mme import mux
@@ -484,7 +485,20 @@ def test_one_file_preparations_live_on_tmpfs_and_fall_back_to_disk_past_its_budg
     models = served.models
     assert isinstance(models, mux.MuxModels)
     assert models._one_file_bytes >= 4096 * len(models._one_file) > 0  # a page at least per file
-    monkeypatch.setattr(mux, "SHM_BUDGET", models._one_file_bytes)  # spent
+    assert 0 < models._shm_budget <= mux.SHM_BUDGET  # at most half of what /dev/shm had free
+    monkeypatch.setattr(models, "_shm_budget", models._one_file_bytes)  # spent
     assert np.allclose(_invoke(_runtime(served), "housing_shm_b", x), want, rtol=1e-4)
     assert not (shm / "housing_shm_b").exists()
     assert sorted(os.listdir(root / "housing_shm_b")) == sorted(["mux.json", "housing_NewYork_NY.py"])
+    # /dev/shm smaller than it looked (a container's 64 MB, shared): ENOSPC on the one file, then disk for good
+    monkeypatch.setattr(models, "_shm_budget", 1 << 30)
+    real = mux.write_prepared
+
+    def full(*args: object, **kw: object) -> tuple[str, int]:
+        if args[-1] is True:  # one_file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(mux, "write_prepared", full)
+    assert np.allclose(_invoke(_runtime(served), "housing_shm_c", x), want, rtol=1e-4)
+    assert (root / "housing_shm_c" / "mux.json").is_file() and models._shm_budget == 0

@@ -17,7 +17,9 @@ a multiplexed model is refused there (``toolkit.gateway.h2_policy``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import shutil
 import threading
 import time
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SHM_BUDGET = 256 << 20  # one-file preparations kept in /dev/shm (memory) at most; beyond, folders on disk
+SHM_BUDGET = 256 << 20  # one-file preparations kept in /dev/shm (memory) at most, and half its free space; then disk
 _PAGE = 4096
 INLINE_BYTES = 64 << 10  # a local tarball this small is prepared on the event loop (``MuxModels._prepare_inline``)
 
@@ -77,6 +79,7 @@ class MuxModels:
         self._shm: Path | None = None  # ``.prepared``'s tmpfs folder (``place_prepared``), None: on disk
         self._one_file: dict[str, int] = {}  # name -> bytes of its one-file preparation
         self._one_file_bytes = 0
+        self._shm_budget = SHM_BUDGET
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __getattr__(self, attr: str) -> Any:
@@ -89,6 +92,9 @@ class MuxModels:
         shutil.rmtree(self.root, ignore_errors=True)
         self.scratch.mkdir(parents=True)
         self._shm = place_prepared(self.root)
+        if self._shm is not None:  # at most half of what the tmpfs has free now (a container's /dev/shm is 64 MB)
+            st = os.statvfs(self._shm)
+            self._shm_budget = min(SHM_BUDGET, st.f_bavail * st.f_frsize // 2)
         await self.inner.start()
 
     async def close(self) -> None:
@@ -293,13 +299,20 @@ class MuxModels:
 
         size = files.entries[found.artifact]
         with self._host_lock:
-            one_file = self._shm is None or self._one_file_bytes + size <= SHM_BUDGET
-        served, written = write_prepared(files, found.artifact, describe, self.root, name, self.scratch, one_file)
+            one_file = self._shm is None or self._one_file_bytes + size <= self._shm_budget
+        try:
+            served, written = write_prepared(files, found.artifact, describe, self.root, name, self.scratch, one_file)
+        except OSError as exc:
+            if not (one_file and self._shm is not None and exc.errno == errno.ENOSPC):
+                raise
+            log.warning("%s is full: %s is prepared on disk, and so is every model after it", self._shm, name)
+            self._shm_budget = 0  # a tmpfs smaller than it looked (a container's 64 MB /dev/shm, shared)
+            served, written = write_prepared(files, found.artifact, describe, self.root, name, self.scratch, False)
         self._count_one_file(name, written)
         return replace(found, artifact=served)
 
     def _count_one_file(self, name: str, written: int) -> None:
-        """``.prepared``'s bytes, for ``SHM_BUDGET`` (its files are memory when on tmpfs, a page at least each)."""
+        """``.prepared``'s bytes, for its budget (its files are memory when on tmpfs, a page at least each)."""
         written = -(-written // _PAGE) * _PAGE
         with self._host_lock:
             self._one_file_bytes += written - self._one_file.pop(name, 0)
