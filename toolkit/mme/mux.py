@@ -3,15 +3,17 @@
 Why: a python-backend model costs a stub process (~47 MB, ~175 ms to load); a 1 KB regression loaded in-process costs
 a few KB and about a millisecond. ``MuxModels`` is the gateway's model provider (``toolkit.gateway.models``) over the
 MME ``ModelManager``: a name it multiplexes is prepared once into ``mux_root`` (a local store's tarball read in
-memory and only what the host loads written, ``toolkit.mme.muxfiles``; else fetched from the store or disk cache, or
-linked from the repository; checked by ``muxspec.read_artifact`` either way) and routed to the host of its signature;
-every other name, and every artifact the host cannot serve, goes to the manager exactly as before.
+memory and only what the host loads written, ``toolkit.mme.muxfiles``, on the event loop when small; else fetched
+from the store or disk cache, or linked from the repository; checked by ``muxspec.read_artifact`` either way) and
+routed to the host of its signature; every other name, and every artifact the host cannot serve, goes to the
+manager exactly as before.
 
 Security: admission authorizes the canonical model name before anything here runs; ``mux_route`` then tells the
 gateway which host to send the request to, and the gateway sets the host's ``tritonctl_mux_model`` parameter to that
 name, over anything the client sent. No client can name a host (``knows`` is False, ``try_serve``/``serve`` refuse),
-so the parameter is only ever set by the gateway. gRPC requests are forwarded frame by frame and cannot be rewritten:
-a multiplexed model is refused there (``toolkit.gateway.h2_policy``).
+so the parameter is only ever set by the gateway. Over gRPC the same name is set by fields appended to the forwarded
+message (``toolkit.gateway.h2_mux``); streams and compressed messages are refused for such a model
+(``toolkit.gateway.h2_policy``).
 """
 
 from __future__ import annotations
