@@ -9,6 +9,7 @@ footprint (``toolkit.mme.gpu``) falls back the same way on ``tritonctl.gpu_memor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterable
@@ -20,6 +21,18 @@ STUB_NAME = "triton_python_backend_stub"
 DEFAULT_MODEL_BYTES = 64 * 1024**2
 # A GPU model's first load, before anything is measured or declared: a CUDA context alone is a few hundred MiB.
 DEFAULT_GPU_MODEL_BYTES = 512 * 1024**2
+
+
+def pid_alive(pid: int) -> bool:
+    """A process with this pid runs and is not a zombie (read from /proc: Linux, where Triton's stubs run). For a
+    pid written in a file by a process that may be gone (a model host's state, a killed run's /dev/shm folder)."""
+    return pid > 0 and os.path.exists(f"/proc/{pid}") and not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    return True
 
 
 def _size_param(key: str) -> re.Pattern[str]:

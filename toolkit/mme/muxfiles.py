@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.mme.footprint import pid_alive
 from toolkit.mme.safe_tar import TMP_PREFIX, ArtifactError, install_dir
 
 SHM = Path("/dev/shm")
@@ -204,7 +205,7 @@ def _sweep() -> None:
         return
     for entry in entries:
         pid = entry.name[len(SHM_PREFIX) :].split("-", 1)[0] if entry.name.startswith(SHM_PREFIX) else ""
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         try:
             mine = entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid()
@@ -212,13 +213,3 @@ def _sweep() -> None:
             continue
         if mine:
             shutil.rmtree(entry.path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True

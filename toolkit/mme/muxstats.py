@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit.mme.footprint import pid_alive
 from toolkit.mme.metrics import MMEMetrics
 from toolkit.mme.muxspec import HOST_PREFIX
 
@@ -31,6 +32,7 @@ HITS, MISSES, LOADS, FAILURES, LAST_USED = range(5)
 WANT = "want"  # the file a reader touches to ask the hosts for fresh state files (the host template's name for it)
 FRESH_TIMEOUT_S = 0.5  # the longest a scrape waits for fresh files (a host writes within ~20 ms when alive)
 _POLL_S = 0.005
+_LIVE_TTL_S = 0.5  # how long ``live()`` trusts its last look at the hosts' pids between readings (a /proc read each)
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +60,6 @@ class MuxModelState:
     error: str | None = None
     kind: str = "mux"
     host: str = ""
-
-
-def _alive(pid: int) -> bool:
-    return pid > 0 and os.path.exists(f"/proc/{pid}") and not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    return True
 
 
 def read_stamped(root: Path) -> dict[str, tuple[dict[str, Any], int]]:
@@ -99,7 +91,7 @@ def _stale(root: Path, since: int) -> list[str]:
         with contextlib.suppress(OSError, ValueError), open(p, "rb") as fh:
             if os.fstat(fh.fileno()).st_mtime_ns < since:
                 head = fh.read(64).split(b",", 1)[0]
-                if head.startswith(b'{"pid":') and _alive(int(head[7:])):
+                if head.startswith(b'{"pid":') and pid_alive(int(head[7:])):
                     out.append(p.stem)
     return out
 
@@ -113,13 +105,15 @@ class HostStats:
         self._seen: dict[str, _Seen] = {}
         self.states: dict[str, dict[str, Any]] = {}
         self.covered = 0  # every request answered before this (time.time_ns()) was in the last reading
+        self._live: tuple[float, dict[str, dict[str, Any]]] | None = None  # (monotonic time, ``live()``'s answer)
 
     def refresh(self) -> None:
         stamped = read_stamped(self.root)
         self.states = {k: doc for k, (doc, _) in stamped.items()}
+        self._live = None
         for instance, doc in self.states.items():
             self._fold(instance, doc)
-        live = [stamp for doc, stamp in stamped.values() if _alive(int(doc.get("pid", 0)))]
+        live = [stamp for doc, stamp in stamped.values() if pid_alive(int(doc.get("pid", 0)))]
         self.covered = min(live, default=time.time_ns())
 
     async def wait_fresh(self, since: int, timeout: float = FRESH_TIMEOUT_S) -> bool:
@@ -173,8 +167,13 @@ class HostStats:
         seen.load_seq = seq
 
     def live(self) -> dict[str, dict[str, Any]]:
-        """States of host processes still running (a killed host's last file is not a resident set)."""
-        return {k: v for k, v in self.states.items() if _alive(int(v.get("pid", 0)))}
+        """States of host processes still running (a killed host's last file is not a resident set): looked at once
+        per reading and again after ``_LIVE_TTL_S``, not on every call (``holds`` runs on every request, and a
+        /proc read is ~30 µs)."""
+        now = time.monotonic()
+        if self._live is None or now - self._live[0] > _LIVE_TTL_S:
+            self._live = (now, {k: v for k, v in self.states.items() if pid_alive(int(v.get("pid", 0)))})
+        return self._live[1]
 
     def resident(self) -> dict[str, int]:
         """Models resident in a live host now, with their measured bytes (summed over the host's instances that hold
@@ -187,7 +186,8 @@ class HostStats:
 
     def holds(self, name: str) -> bool:
         """``name in resident()`` without building it: the gateway asks this on every request for a multiplexed
-        model (whether its wait counts as a cold load), and a host holds thousands of models."""
+        model (whether its wait counts as a cold load), and a host holds thousands of models. As of the last reading
+        (a host that died since is seen within ``_LIVE_TTL_S``)."""
         return any(name in doc.get("resident", ()) for doc in self.live().values())
 
     def hosted(self) -> dict[str, str]:

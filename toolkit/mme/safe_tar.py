@@ -271,7 +271,8 @@ def read_model_tarball(
     plain = plain_members(inflated.getvalue()) if inflated is not None else None
     try:
         if plain is not None:
-            return _in_memory(dict(plain), label, max_read, max_bytes, max_files)
+            read_already = dict(plain)
+            return _in_memory(read_already, label, max_read, max_bytes, max_files, read_already.__getitem__)
         with tarfile.open(tar_path, "r:*") if inflated is None else tarfile.open(fileobj=inflated, mode="r:") as tf:
 
             def read(m: tarfile.TarInfo) -> bytes | None:  # in the scan's pass: a gzip stream seeks back by inflating
@@ -286,22 +287,22 @@ def read_model_tarball(
 
 
 def _in_memory(
-    members: Iterable[tarfile.TarInfo] | dict[tarfile.TarInfo, bytes | None],
+    members: Iterable[tarfile.TarInfo],
     label: str,
     max_read: int,
     max_bytes: int,
     max_files: int,
-    read: Callable[[tarfile.TarInfo], bytes | None] | None = None,
+    read: Callable[[tarfile.TarInfo], bytes | None],
 ) -> dict[str, bytes | None] | None:
-    """``read_model_tarball``'s reading of a member list (a tarfile, or ``plain_members``' pairs whose bytes are read
-    already): each regular file's bytes taken while ``max_read`` lasts."""
+    """``read_model_tarball``'s reading of a member list (a tarfile, or ``plain_members``' members, whose bytes are
+    read already): each regular file's bytes taken (``read``) while ``max_read`` lasts."""
     data: dict[tarfile.TarInfo, bytes | None] = {}
     budget = [max_read]
 
     def take(m: tarfile.TarInfo) -> None:
         budget[0] -= m.size if m.isreg() else 0
         if m.isreg() and budget[0] >= 0:
-            data[m] = members[m] if isinstance(members, dict) else read(m) if read is not None else None
+            data[m] = read(m)
 
     listed = _scan(members, label, max_bytes, max_files, take)
     root, bundle = _model_root(listed, label)
