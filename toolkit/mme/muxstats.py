@@ -110,11 +110,11 @@ class HostStats:
     def refresh(self) -> None:
         stamped = read_stamped(self.root)
         self.states = {k: doc for k, (doc, _) in stamped.items()}
-        self._live = None
         for instance, doc in self.states.items():
             self._fold(instance, doc)
-        live = [stamp for doc, stamp in stamped.values() if pid_alive(int(doc.get("pid", 0)))]
-        self.covered = min(live, default=time.time_ns())
+        alive = [k for k, doc in self.states.items() if pid_alive(int(doc.get("pid", 0)))]
+        self._live = (time.monotonic(), {k: self.states[k] for k in alive})  # ``live()``'s answer, as read now
+        self.covered = min((stamped[k][1] for k in alive), default=time.time_ns())
 
     async def wait_fresh(self, since: int, timeout: float = FRESH_TIMEOUT_S) -> bool:
         """Ask the hosts for state files that count every request answered before ``since`` (``time.time_ns()``)
